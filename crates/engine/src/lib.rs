@@ -1,0 +1,13 @@
+//! The pipeline engine of ugc-pipe, free of libtorch so it builds and tests in seconds.
+//!
+//! - [`spec`]: pipeline YAML -> validated, resolved spec (positions in every error).
+//! - [`graph`]: spec + matrix -> deduplicated DAG of stage nodes (petgraph).
+//! - [`cache`]: content-addressed store, versioned cache keys, records as commit points.
+//! - [`lock`]: per-key locks with stale-pid detection.
+//! - [`registry`]: SQLite run registry (runs, executions, metrics).
+//! - [`executor`]: schedules nodes, runs one stage by key, commits.
+//! - [`stage`]: the contract with the code of each stage kind.
+
+pub mod stage;
+
+pub use stage::*;

@@ -1,0 +1,262 @@
+//! The contract between the engine and the code of a stage kind.
+//!
+//! A stage kind (`synth`, `split`, `supernet`, `command`, ...) is registered with the engine
+//! as a [`StageKind`]. Its parameter schema and defaults come from `stages/<kind>.yaml`
+//! ([`KindSchema`]); the engine validates and resolves parameters, computes the cache key,
+//! hands the stage a [`StageContext`] with a fresh output directory, and commits what the
+//! stage wrote only when [`StageKind::run`] returns `Ok`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The type a parameter must have; checked when the pipeline is loaded, with the
+/// file:line:column of the offending value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ParamType {
+    Bool,
+    /// An integer (YAML `3`).
+    Int,
+    /// A number; integers are accepted and widened.
+    Float,
+    String,
+    /// A file or directory path; relative paths are resolved against the pipeline file's
+    /// folder. Path parameters listed in `external_inputs` enter the cache key by content.
+    Path,
+    List,
+    Map,
+    /// Anything (validated by the stage itself).
+    Any,
+}
+
+/// One parameter of a stage kind, as declared in `stages/<kind>.yaml`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParamSchema {
+    #[serde(rename = "type")]
+    pub ty: ParamType,
+    /// Default value; `None` together with `required: false` means "absent unless given".
+    #[serde(default)]
+    pub default: Option<Value>,
+    #[serde(default)]
+    pub required: bool,
+    /// For `type: string`: the allowed values, if the set is closed.
+    #[serde(default, rename = "enum")]
+    pub choices: Option<Vec<String>>,
+    #[serde(default)]
+    pub doc: String,
+}
+
+/// What a stage kind declares about itself (`stages/<kind>.yaml`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KindSchema {
+    pub kind: String,
+    /// Bumped whenever the kind's code changes what it produces: part of the cache key.
+    pub version: u32,
+    #[serde(default)]
+    pub doc: String,
+    /// Whether the stage runs on the accelerator: at most one such stage per GPU runs at a
+    /// time, and the resolved device enters its cache key.
+    #[serde(default)]
+    pub gpu: bool,
+    /// Dotted parameter paths (e.g. `dataset.root`, `inputs`) whose values are files or
+    /// directories outside the cache. Their *contents* enter the cache key, their paths do not.
+    #[serde(default)]
+    pub external_inputs: Vec<String>,
+    /// Dotted parameter paths that never enter the cache key (e.g. `log_every`).
+    #[serde(default)]
+    pub not_in_key: Vec<String>,
+    pub params: BTreeMap<String, ParamSchema>,
+}
+
+impl KindSchema {
+    /// Parses a `stages/<kind>.yaml` document.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+/// Where a stage runs. `Cuda(i)` is GPU `i`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DeviceKind {
+    Cpu,
+    Cuda(usize),
+}
+
+impl std::fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceKind::Cpu => write!(f, "cpu"),
+            DeviceKind::Cuda(i) => write!(f, "cuda:{i}"),
+        }
+    }
+}
+
+/// Cooperative cancellation: set on SIGINT/SIGTERM. Long stages poll it between steps,
+/// checkpoint into their scratch directory, and return [`StageError::Cancelled`].
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+    /// The shared flag, for registering with `signal_hook::flag::register`.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.0.clone()
+    }
+}
+
+/// The committed output of one upstream stage, read-only.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StageInput {
+    /// Name of the upstream stage as written in the pipeline (`deps` entry).
+    pub name: String,
+    /// Its kind, so a stage can find e.g. "the split it depends on".
+    pub kind: String,
+    /// Folder holding its outputs. Never write into it.
+    pub dir: PathBuf,
+}
+
+/// Reports progress of a running stage. Implemented by the executor (it drives one
+/// progress bar per running stage); [`NullProgress`] for tests.
+pub trait Progress: Send + Sync {
+    /// Starts (or restarts) a phase of `total` steps, e.g. "train" or "hash".
+    fn start(&self, phase: &str, total: u64);
+    /// Sets the current step of the phase.
+    fn set(&self, step: u64);
+    /// A one-line status message, shown next to the bar and kept in the stage log.
+    fn message(&self, msg: &str);
+}
+
+/// Progress sink that drops everything.
+#[derive(Debug, Default)]
+pub struct NullProgress;
+
+impl Progress for NullProgress {
+    fn start(&self, _phase: &str, _total: u64) {}
+    fn set(&self, _step: u64) {}
+    fn message(&self, _msg: &str) {}
+}
+
+/// Everything a running stage may use. The stage reads `params` and `inputs`, writes only
+/// under `out_dir`, may keep resumable checkpoints under `scratch_dir`, and polls `cancel`.
+pub struct StageContext<'a> {
+    /// Node id, e.g. `supernet` or `distill[label_ratio=0.25]`.
+    pub node: &'a str,
+    pub kind: &'a str,
+    /// Resolved parameters (defaults merged, overrides and matrix values applied,
+    /// `${...}` references substituted, relative paths made absolute). A JSON object.
+    pub params: &'a Value,
+    pub inputs: &'a [StageInput],
+    /// Fresh, empty, private directory. Everything the stage produces goes here.
+    pub out_dir: &'a Path,
+    /// Per-cache-key directory that survives crashes; never treated as committed output.
+    pub scratch_dir: &'a Path,
+    pub device: DeviceKind,
+    pub progress: &'a dyn Progress,
+    pub cancel: &'a CancelToken,
+    /// Extra environment for subprocesses the stage starts (the `command` kind passes it on).
+    pub env: &'a BTreeMap<String, String>,
+}
+
+impl StageContext<'_> {
+    /// The output folder of the first upstream stage of `kind`, if any.
+    pub fn input_of_kind(&self, kind: &str) -> Option<&StageInput> {
+        self.inputs.iter().find(|i| i.kind == kind)
+    }
+
+    /// The output folder of the first upstream stage of `kind`, or a clear error.
+    pub fn require_input(&self, kind: &str) -> Result<&StageInput, StageError> {
+        self.input_of_kind(kind).ok_or_else(|| {
+            StageError::Config(format!(
+                "stage `{}` (kind {}) needs a `{kind}` stage among its deps",
+                self.node, self.kind
+            ))
+        })
+    }
+
+    /// Deserializes the resolved parameters into the stage's own typed struct.
+    pub fn typed_params<T: serde::de::DeserializeOwned>(&self) -> Result<T, StageError> {
+        serde_json::from_value(self.params.clone())
+            .map_err(|e| StageError::Config(format!("stage `{}` parameters: {e}", self.node)))
+    }
+}
+
+/// Why a stage did not produce output. Nothing is committed in any of these cases.
+#[derive(Debug, thiserror::Error)]
+pub enum StageError {
+    /// Bad parameters or inputs: the user's to fix (message names the value).
+    #[error("{0}")]
+    Config(String),
+    /// Bad data on disk (message names the file).
+    #[error("{0}")]
+    Data(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The stage saw the cancel token, saved what it could into scratch, and stopped.
+    #[error("cancelled")]
+    Cancelled,
+    /// A user command exited non-zero, a numeric failure, etc.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl StageError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        StageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// The code of one stage kind.
+pub trait StageKind: Send + Sync {
+    /// The parsed `stages/<kind>.yaml`.
+    fn schema(&self) -> &KindSchema;
+    /// Runs the stage. On `Ok` the engine commits everything under `ctx.out_dir`.
+    /// A top-level `metrics.json` (a flat JSON object of numbers) is also recorded in the
+    /// run registry and shown by `ugc-pipe show`.
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;
+}
+
+/// The stage kinds known to a binary, by name.
+#[derive(Default, Clone)]
+pub struct KindRegistry {
+    kinds: BTreeMap<String, Arc<dyn StageKind>>,
+}
+
+impl KindRegistry {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn register(&mut self, kind: Arc<dyn StageKind>) {
+        self.kinds.insert(kind.schema().kind.clone(), kind);
+    }
+    pub fn get(&self, name: &str) -> Option<&Arc<dyn StageKind>> {
+        self.kinds.get(name)
+    }
+    pub fn schema(&self, name: &str) -> Option<&KindSchema> {
+        self.kinds.get(name).map(|k| k.schema())
+    }
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.kinds.keys().map(String::as_str)
+    }
+}
