@@ -1,1 +1,36 @@
-//! ugc-nn
+//! ugc-nn: the networks UGC compresses, as weight-sharing supernets (tch).
+//!
+//! # Contract (shared by every family; read this before adding one)
+//! - [`arch`]: [`Arch`] (CLI names) and [`ArchConfig`] (what to build, serde, per-family
+//!   defaults from DESIGN §3). Weights never live in configs.
+//! - [`subnet`]: [`SubnetConfig`] (`w=..;d=..` strings, `docs/config-strings.md`) and
+//!   [`SearchSpace`] (`largest`, `smallest`, `sample`, `check`/`contains`).
+//! - [`elastic`]: first-k-channel conv / transposed conv / norm layers; widths are forward
+//!   arguments, never hidden state. [`Mode`] selects train / eval / BN-calibration behaviour.
+//! - [`cost`]: [`Cost`] and torchprofile-convention counting helpers.
+//! - [`generator`]: the object-safe [`Generator`] trait, [`build_generator`],
+//!   [`search_space`], [`profile`] and [`recalibrate_bn`].
+//! - [`disc`]: [`Discriminator`] trait, [`DiscConfig`], [`build_discriminator`].
+//!
+//! Tensors are created under an `nn::Path` with the official PyTorch state-dict names, so an
+//! official checkpoint converted to safetensors loads by name.
+
+pub mod arch;
+pub mod cost;
+pub mod disc;
+pub mod elastic;
+pub mod error;
+pub mod gaugan;
+pub mod generator;
+pub mod multiscale;
+pub mod pix2pixhd;
+pub mod spade;
+pub mod subnet;
+
+pub use arch::{Arch, ArchConfig, NormKind, SpaceSpec, Upsampling};
+pub use cost::Cost;
+pub use disc::{DiscArch, DiscConfig, Discriminator, build_discriminator};
+pub use elastic::Mode;
+pub use error::NnError;
+pub use generator::{Generator, build_generator, profile, recalibrate_bn, search_space};
+pub use subnet::{BlockChoice, SearchSpace, SubnetConfig, WidthChoice};

@@ -1,0 +1,138 @@
+//! The generator contract every family implements, and dispatch by [`Arch`].
+//!
+//! A family module `F` (e.g. `resnet`, `pix2pixhd`) provides:
+//! - `pub fn search_space(cfg: &ArchConfig) -> Result<SearchSpace, NnError>`
+//! - `pub fn cost(cfg: &ArchConfig, sub: &SubnetConfig, input_chw: [i64; 3]) -> Result<Cost, NnError>`
+//!   (analytic, no tensors allocated, so `profile` works for any size);
+//! - a struct with `pub fn new(p: &nn::Path, cfg: &ArchConfig) -> Result<Self, NnError>` that
+//!   creates the full supernet's tensors under `p` with the official state-dict names, and
+//!   implements [`Generator`].
+//!
+//! It is wired in by one arm in each of [`build_generator`], [`search_space`] and [`profile`].
+
+use tch::{Tensor, nn};
+
+use crate::arch::{Arch, ArchConfig};
+use crate::cost::Cost;
+use crate::elastic::{ElasticBatchNorm2d, Mode};
+use crate::error::NnError;
+use crate::subnet::{SearchSpace, SubnetConfig};
+
+/// A weight-sharing generator supernet. Object safe; the active sub-net is always an
+/// argument.
+pub trait Generator: Send {
+    /// The architecture the tensors were created for.
+    fn arch(&self) -> &ArchConfig;
+
+    /// The sub-nets this supernet contains (same as the free [`search_space`] of its config).
+    fn search_space(&self) -> SearchSpace;
+
+    /// Forward of sub-net `sub` (the full model when `sub` is `search_space().largest()`).
+    /// Errors when `sub` is not in the search space or `x` has the wrong channel count.
+    fn forward(&self, x: &Tensor, sub: &SubnetConfig, mode: Mode) -> Result<Tensor, NnError>;
+
+    /// Analytic cost of `sub` on a batch-1 input of shape `[C, H, W]`; runs nothing.
+    fn cost(&self, sub: &SubnetConfig, input_chw: [i64; 3]) -> Result<Cost, NnError> {
+        crate::generator::profile(self.arch(), Some(sub), input_chw)
+    }
+
+    /// The config of the standalone compact model equal to `sub`: same family, `channels`
+    /// set to `sub`'s widths, skipped blocks removed.
+    fn compact_config(&self, sub: &SubnetConfig) -> Result<ArchConfig, NnError>;
+
+    /// The compact model's tensors (names as that model creates them, contiguous copies):
+    /// a generator built from `compact_config(sub)` and loaded with these tensors computes,
+    /// with its largest sub-net, the same output as `forward(x, sub)` here.
+    fn extract(&self, sub: &SubnetConfig) -> Result<Vec<(String, Tensor)>, NnError>;
+
+    /// Every batch-norm layer (for recalibration); empty for BN-free families.
+    fn batch_norms(&self) -> Vec<&ElasticBatchNorm2d> {
+        Vec::new()
+    }
+}
+
+fn missing(arch: Arch) -> NnError {
+    NnError::Unsupported(format!(
+        "architecture `{arch}` is not implemented in this build"
+    ))
+}
+
+/// Builds the supernet of `cfg` under `vs` (official parameter names relative to `vs`).
+pub fn build_generator(vs: &nn::Path, cfg: &ArchConfig) -> Result<Box<dyn Generator>, NnError> {
+    cfg.validate()?;
+    let _ = vs;
+    match cfg.arch {
+        Arch::Pix2PixHd => Ok(Box::new(crate::pix2pixhd::Pix2PixHd::new(vs, cfg)?)),
+        Arch::Gaugan => Ok(Box::new(crate::gaugan::Gaugan::new(vs, cfg)?)),
+        a => Err(missing(a)),
+    }
+}
+
+/// The search space of `cfg` without building any tensors.
+pub fn search_space(cfg: &ArchConfig) -> Result<SearchSpace, NnError> {
+    cfg.validate()?;
+    match cfg.arch {
+        Arch::Pix2PixHd => crate::pix2pixhd::search_space(cfg),
+        Arch::Gaugan => crate::gaugan::search_space(cfg),
+        a => Err(missing(a)),
+    }
+}
+
+/// MACs and params of sub-net `sub` (the full model when `None`) of `cfg` on a batch-1 input
+/// `[C, H, W]`, counted analytically under the torchprofile convention (see [`crate::cost`]).
+pub fn profile(
+    cfg: &ArchConfig,
+    sub: Option<&SubnetConfig>,
+    input_chw: [i64; 3],
+) -> Result<Cost, NnError> {
+    let space = search_space(cfg)?;
+    let sub = match sub {
+        Some(s) => {
+            space.check(s)?;
+            s.clone()
+        }
+        None => space.largest(),
+    };
+    if input_chw[0] != cfg.input_nc {
+        return Err(NnError::BadInput {
+            shape: input_chw.to_vec(),
+            reason: format!("{} expects {} input channels", cfg.arch, cfg.input_nc),
+        });
+    }
+    let _ = sub;
+    match cfg.arch {
+        Arch::Pix2PixHd => crate::pix2pixhd::cost(cfg, &sub, input_chw),
+        Arch::Gaugan => crate::gaugan::cost(cfg, &sub, input_chw),
+        a => Err(missing(a)),
+    }
+}
+
+/// Recalibrates the batch-norm running statistics of sub-net `sub` on `batches` (GAN
+/// Compression's procedure, needed before evaluating a sub-net of a BN family): statistics are
+/// reset, then each batch is run in [`Mode::Calibrate`] with momentum `1/(i+1)`, so the
+/// running values become the average of the per-batch statistics. No gradients are recorded.
+/// A no-op for families without batch norm. Returns the number of batches used.
+pub fn recalibrate_bn<'a, I>(
+    model: &dyn Generator,
+    sub: &SubnetConfig,
+    batches: I,
+) -> Result<usize, NnError>
+where
+    I: IntoIterator<Item = &'a Tensor>,
+{
+    model.search_space().check(sub)?;
+    let bns = model.batch_norms();
+    if bns.is_empty() {
+        return Ok(0);
+    }
+    for bn in &bns {
+        bn.reset_running_stats();
+    }
+    let mut n = 0usize;
+    for x in batches {
+        let momentum = 1.0 / (n as f64 + 1.0);
+        let _ = tch::no_grad(|| model.forward(x, sub, Mode::Calibrate { momentum }))?;
+        n += 1;
+    }
+    Ok(n)
+}
