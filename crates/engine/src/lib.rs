@@ -8,6 +8,9 @@
 //! - [`executor`]: schedules nodes, runs one stage by key, commits.
 //! - [`stage`]: the contract with the code of each stage kind.
 
+pub mod cache;
+pub mod lock;
+pub mod registry;
 pub mod stage;
 
 pub use stage::*;

@@ -1,0 +1,418 @@
+use std::collections::BTreeSet;
+use std::os::unix::fs::PermissionsExt;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+
+use super::*;
+
+fn material(lr: f64) -> KeyMaterial {
+    let mut m = KeyMaterial::new("train", 1, json!({ "lr": lr }));
+    m.env.insert("device".into(), "cpu".into());
+    m
+}
+
+fn meta() -> RecordMeta {
+    RecordMeta {
+        node: "train".into(),
+        pipeline: "p.yaml".into(),
+        created_unix_ms: now_unix_ms(),
+        duration_ms: 5,
+        host: "h".into(),
+        device: "cpu".into(),
+    }
+}
+
+/// Stages and commits `files` (relative path -> contents) under `material`.
+fn commit_files(cache: &Cache, m: &KeyMaterial, files: &[(&str, &[u8])]) -> Record {
+    let staging = cache.stage(&m.key()).unwrap();
+    for (rel, bytes) in files {
+        let p = staging.out_dir().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, bytes).unwrap();
+    }
+    cache.commit(staging, m, meta()).unwrap()
+}
+
+/// Makes a committed object writable and overwrites it with same-size garbage.
+fn corrupt_object(cache: &Cache, digest: &str) {
+    let obj = cache.object_path(digest);
+    let len = std::fs::metadata(&obj).unwrap().len() as usize;
+    std::fs::set_permissions(&obj, Permissions::from_mode(0o644)).unwrap();
+    std::fs::write(&obj, vec![b'X'; len]).unwrap();
+}
+
+fn dir_is_empty(p: &Path) -> bool {
+    std::fs::read_dir(p).unwrap().next().is_none()
+}
+
+#[test]
+fn commit_then_lookup_round_trips_nested_dirs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("cache")).unwrap();
+    let m = material(0.1);
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+    let files: &[(&str, &[u8])] = &[
+        ("metrics.json", b"{\"fid\": 1.5}"),
+        ("ckpt/g.safetensors", b"weights"),
+        ("samples/a/b/0.png", b"png-bytes"),
+        ("samples/a/b/1.png", b"png-bytes"), // same content: one object
+    ];
+    let rec = commit_files(&cache, &m, files);
+    assert_eq!(rec.files.len(), 4);
+    let got = cache.lookup(&m.key()).unwrap().expect("committed record");
+    assert_eq!(got, rec);
+    let out = cache.output_dir(&got).unwrap();
+    for (rel, bytes) in files {
+        assert_eq!(&std::fs::read(out.join(rel)).unwrap(), bytes, "{rel}");
+    }
+    // The view's digest is the record's tree digest, which downstream keys use.
+    assert_eq!(cache.digest_path(&out).unwrap(), rec.tree_digest);
+    // Objects are read-only and deduplicated; staging is gone.
+    assert_eq!(cache.objects().unwrap().len(), 3);
+    let obj = cache.object_path(&rec.files[0].digest);
+    assert_eq!(
+        std::fs::metadata(&obj).unwrap().permissions().mode() & 0o222,
+        0
+    );
+    assert!(dir_is_empty(&cache.root().join("tmp")));
+    // The record survives reopening.
+    let cache = Cache::open(&dir.path().join("cache")).unwrap();
+    assert_eq!(cache.lookup(&m.key()).unwrap(), Some(rec));
+}
+
+#[test]
+fn commit_refuses_a_key_that_is_not_the_materials() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let staging = cache.stage(&material(0.1).key()).unwrap();
+    let err = cache.commit(staging, &material(0.2), meta()).unwrap_err();
+    assert!(matches!(err, CacheError::KeyMismatch { .. }), "{err}");
+    assert!(cache.lookup(&material(0.2).key()).unwrap().is_none());
+}
+
+#[test]
+fn symlinks_inside_are_stored_and_outside_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("cache")).unwrap();
+    let m = material(0.3);
+    let staging = cache.stage(&m.key()).unwrap();
+    std::fs::write(staging.out_dir().join("real.txt"), b"data").unwrap();
+    std::os::unix::fs::symlink("real.txt", staging.out_dir().join("alias.txt")).unwrap();
+    let rec = cache.commit(staging, &m, meta()).unwrap();
+    let out = cache.output_dir(&rec).unwrap();
+    assert_eq!(std::fs::read(out.join("alias.txt")).unwrap(), b"data");
+    assert!(
+        !std::fs::symlink_metadata(out.join("alias.txt"))
+            .unwrap()
+            .is_symlink()
+    );
+
+    let outside = dir.path().join("secret.txt");
+    std::fs::write(&outside, b"x").unwrap();
+    let m = material(0.4);
+    let staging = cache.stage(&m.key()).unwrap();
+    std::os::unix::fs::symlink(&outside, staging.out_dir().join("leak.txt")).unwrap();
+    let err = cache.commit(staging, &m, meta()).unwrap_err().to_string();
+    assert!(err.contains("leak.txt") && err.contains("outside"), "{err}");
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+}
+
+#[test]
+fn staging_without_commit_leaves_no_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    let staging = cache.stage(&m.key()).unwrap();
+    std::fs::write(staging.out_dir().join("half.bin"), b"partial").unwrap();
+    // Simulate a crash: the process dies without commit and without running destructors.
+    std::mem::forget(staging);
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+    assert!(cache.records().unwrap().is_empty());
+    // The staging dir's owner lock is still held by this process (forgotten, not closed),
+    // so gc leaves it; a dead owner would release it.
+    assert!(cache.gc(None).unwrap().removed_tmp.is_empty());
+}
+
+#[test]
+fn corrupted_object_makes_lookup_miss_and_drops_the_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    let rec = commit_files(&cache, &m, &[("a.bin", b"good data"), ("b.bin", b"other")]);
+    let a = rec.files.iter().find(|f| f.path == "a.bin").unwrap();
+    corrupt_object(&cache, &a.digest);
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+    assert!(!cache.record_path(&m.key()).exists(), "record kept");
+    assert!(!cache.view_path(&m.key()).exists(), "view kept");
+    assert!(
+        !cache.object_path(&a.digest).exists(),
+        "corrupt object not quarantined"
+    );
+    // Re-running the stage recreates a good object and record.
+    let again = commit_files(&cache, &m, &[("a.bin", b"good data"), ("b.bin", b"other")]);
+    let got = cache.lookup(&m.key()).unwrap().unwrap();
+    assert_eq!(got.tree_digest, again.tree_digest);
+    assert_eq!(
+        std::fs::read(cache.output_dir(&got).unwrap().join("a.bin")).unwrap(),
+        b"good data"
+    );
+}
+
+#[test]
+fn missing_object_makes_lookup_miss() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    let rec = commit_files(&cache, &m, &[("a.bin", b"abc")]);
+    std::fs::remove_file(cache.object_path(&rec.files[0].digest)).unwrap();
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+    assert!(cache.records().unwrap().is_empty());
+}
+
+#[test]
+fn garbled_record_is_dropped_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    commit_files(&cache, &m, &[("a.bin", b"abc")]);
+    std::fs::write(cache.record_path(&m.key()), b"{\"key\": tru").unwrap();
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+    // A record claiming a key its material does not produce is refused too.
+    let other = commit_files(&cache, &material(0.2), &[("a.bin", b"abc")]);
+    let mut forged = other.clone();
+    forged.key = m.key();
+    std::fs::write(
+        cache.record_path(&m.key()),
+        serde_json::to_vec(&forged).unwrap(),
+    )
+    .unwrap();
+    assert!(cache.lookup(&m.key()).unwrap().is_none());
+}
+
+#[test]
+fn damaged_view_is_rematerialised() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    let rec = commit_files(&cache, &m, &[("x/a.txt", b"aaa"), ("b.txt", b"bbb")]);
+    let view = cache.output_dir(&rec).unwrap();
+    std::fs::remove_file(view.join("x/a.txt")).unwrap();
+    std::fs::write(view.join("stray.txt"), b"junk").unwrap();
+    let view = cache.output_dir(&rec).unwrap();
+    assert_eq!(std::fs::read(view.join("x/a.txt")).unwrap(), b"aaa");
+    assert!(!view.join("stray.txt").exists());
+    std::fs::remove_dir_all(&view).unwrap();
+    assert_eq!(
+        std::fs::read(cache.output_dir(&rec).unwrap().join("b.txt")).unwrap(),
+        b"bbb"
+    );
+}
+
+#[test]
+fn verify_quarantines_corrupt_objects_and_their_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let good = commit_files(&cache, &material(0.1), &[("a", b"fine")]);
+    let bad = commit_files(
+        &cache,
+        &material(0.2),
+        &[("a", b"will rot"), ("b", b"fine")],
+    );
+    let rotten = bad
+        .files
+        .iter()
+        .find(|f| f.path == "a")
+        .unwrap()
+        .digest
+        .clone();
+    corrupt_object(&cache, &rotten);
+    let before = cache.hash_count();
+    let report = cache.verify().unwrap();
+    assert_eq!(report.objects_checked, 2); // "fine" is shared by both records
+    assert_eq!(
+        cache.hash_count() - before,
+        2,
+        "verify must re-hash every object"
+    );
+    assert_eq!(report.corrupt, vec![rotten.clone()]);
+    assert_eq!(report.removed_records, vec![bad.key.clone()]);
+    assert!(report.missing.is_empty());
+    assert!(cache.lookup(&bad.key).unwrap().is_none());
+    assert!(cache.lookup(&good.key).unwrap().is_some());
+    let quarantined: Vec<_> = std::fs::read_dir(cache.root().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(quarantined.len(), 1);
+    assert!(quarantined[0].starts_with(&rotten));
+    // A clean cache verifies clean.
+    let again = cache.verify().unwrap();
+    assert!(again.corrupt.is_empty() && again.removed_records.is_empty());
+}
+
+#[test]
+fn verify_reports_missing_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let rec = commit_files(&cache, &material(0.1), &[("a", b"gone soon")]);
+    std::fs::remove_file(cache.object_path(&rec.files[0].digest)).unwrap();
+    let report = cache.verify().unwrap();
+    assert_eq!(report.missing, vec![rec.files[0].digest.clone()]);
+    assert_eq!(report.removed_records, vec![rec.key]);
+}
+
+fn age(path: &Path) {
+    let old = SystemTime::now() - Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(path)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+}
+
+#[test]
+fn stat_cache_avoids_rehashing_unchanged_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset");
+    std::fs::create_dir_all(data.join("sub")).unwrap();
+    for (i, name) in ["a.png", "b.png", "sub/c.png"].iter().enumerate() {
+        std::fs::write(data.join(name), vec![i as u8; 1000]).unwrap();
+        age(&data.join(name));
+    }
+    let cache = Cache::open(&dir.path().join("cache")).unwrap();
+    let d1 = cache.digest_path(&data).unwrap();
+    assert_eq!(cache.hash_count(), 3);
+    let d2 = cache.digest_path(&data).unwrap();
+    assert_eq!(d1, d2);
+    assert_eq!(cache.hash_count(), 3, "unchanged files were re-hashed");
+    // The stat cache is persistent: a new Cache (new process) does not re-hash either.
+    let cache2 = Cache::open(&dir.path().join("cache")).unwrap();
+    assert_eq!(cache2.digest_path(&data).unwrap(), d1);
+    assert_eq!(cache2.hash_count(), 0);
+    // Changing one file re-hashes only that file and changes the digest.
+    std::fs::write(data.join("sub/c.png"), vec![9u8; 1000]).unwrap();
+    let d3 = cache2.digest_path(&data).unwrap();
+    assert_ne!(d3, d1);
+    assert_eq!(cache2.hash_count(), 1);
+    // Just-modified files are not trusted to the stat cache (racy window)...
+    assert_eq!(cache2.digest_path(&data).unwrap(), d3);
+    assert_eq!(cache2.hash_count(), 2);
+    // ...until they are old enough.
+    age(&data.join("sub/c.png"));
+    cache2.digest_path(&data).unwrap();
+    cache2.digest_path(&data).unwrap();
+    assert_eq!(cache2.hash_count(), 3);
+    // A file digest is the blake3 of its content.
+    assert_eq!(
+        cache2.digest_path(&data.join("a.png")).unwrap(),
+        blake3::hash(&[0u8; 1000]).to_hex().to_string()
+    );
+}
+
+#[test]
+fn digest_of_missing_path_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let missing = dir.path().join("no-such-dataset");
+    let err = cache.digest_path(&missing).unwrap_err();
+    assert!(matches!(err, CacheError::Missing { .. }));
+    assert!(err.to_string().contains("no-such-dataset"), "{err}");
+}
+
+#[test]
+fn lookup_does_not_rehash_intact_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    commit_files(&cache, &m, &[("a", b"1"), ("b", b"2")]);
+    let before = cache.hash_count();
+    for _ in 0..3 {
+        assert!(cache.lookup(&m.key()).unwrap().is_some());
+    }
+    assert_eq!(cache.hash_count(), before);
+}
+
+#[test]
+fn gc_removes_orphans_and_keeps_referenced_objects() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let keep = commit_files(
+        &cache,
+        &material(0.1),
+        &[("shared", b"common"), ("own", b"one")],
+    );
+    let drop_me = commit_files(
+        &cache,
+        &material(0.2),
+        &[("shared", b"common"), ("own", b"two")],
+    );
+    // Orphans: a view without record, an object no record uses, a dead process's tmp dir.
+    let orphan_key = material(0.9).key();
+    std::fs::create_dir_all(cache.view_path(&orphan_key)).unwrap();
+    let orphan_obj = cache.object_path(&"f".repeat(64));
+    std::fs::create_dir_all(orphan_obj.parent().unwrap()).unwrap();
+    std::fs::write(&orphan_obj, b"orphan").unwrap();
+    let dead_tmp = cache.root().join("tmp/stage-dead-1-2-3");
+    std::fs::create_dir_all(dead_tmp.join("out")).unwrap();
+    std::fs::write(dead_tmp.join("out/x"), b"x").unwrap();
+    std::fs::write(cache.root().join("tmp/stage-dead-1-2-3.lock"), b"{}").unwrap();
+    // A live staging dir must survive.
+    let live = cache.stage(&material(0.5).key()).unwrap();
+
+    let report = cache.gc(None).unwrap();
+    assert_eq!(report.removed_objects, 1);
+    assert_eq!(report.removed_views, vec![orphan_key.to_string()]);
+    assert_eq!(report.removed_tmp, vec![dead_tmp.clone()]);
+    assert!(report.removed_records.is_empty());
+    assert!(!orphan_obj.exists() && !dead_tmp.exists());
+    assert!(live.out_dir().exists());
+    assert!(cache.lookup(&keep.key).unwrap().is_some());
+    assert!(cache.lookup(&drop_me.key).unwrap().is_some());
+
+    // With a keep set: the other record goes, and its unshared object with it.
+    let report = cache.gc(Some(&BTreeSet::from([keep.key.clone()]))).unwrap();
+    assert_eq!(report.removed_records, vec![drop_me.key.clone()]);
+    assert_eq!(report.removed_objects, 1);
+    assert!(cache.lookup(&drop_me.key).unwrap().is_none());
+    let kept = cache.lookup(&keep.key).unwrap().unwrap();
+    let out = cache.output_dir(&kept).unwrap();
+    assert_eq!(std::fs::read(out.join("shared")).unwrap(), b"common");
+    assert_eq!(std::fs::read(out.join("own")).unwrap(), b"one");
+    assert_eq!(cache.objects().unwrap().len(), 2);
+}
+
+#[test]
+fn gc_leaves_locked_keys_alone() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let rec = commit_files(&cache, &material(0.1), &[("a", b"a")]);
+    let scratch = cache.scratch_dir(&rec.key).unwrap();
+    std::fs::write(scratch.join("ckpt"), b"step 10").unwrap();
+    let lock = KeyLock::acquire(cache.root(), &rec.key).unwrap();
+    let report = cache.gc(Some(&BTreeSet::new())).unwrap();
+    assert_eq!(report.skipped_locked, vec![rec.key.clone()]);
+    assert!(report.removed_records.is_empty() && report.removed_objects == 0);
+    assert!(scratch.join("ckpt").exists());
+    drop(lock);
+    let report = cache.gc(Some(&BTreeSet::new())).unwrap();
+    assert_eq!(report.removed_records, vec![rec.key.clone()]);
+    assert_eq!(report.removed_scratch, vec![rec.key.to_string()]);
+    assert!(cache.records().unwrap().is_empty());
+}
+
+#[test]
+fn scratch_survives_until_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = material(0.1).key();
+    let s = cache.scratch_dir(&k).unwrap();
+    std::fs::write(s.join("ckpt.bin"), b"1").unwrap();
+    // gc without keep keeps scratch of uncommitted keys: it is how a crashed stage resumes.
+    cache.gc(None).unwrap();
+    assert!(cache.scratch_dir(&k).unwrap().join("ckpt.bin").exists());
+    cache.clear_scratch(&k).unwrap();
+    assert!(!s.join("ckpt.bin").exists());
+    cache.clear_scratch(&k).unwrap();
+}

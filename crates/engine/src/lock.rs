@@ -1,0 +1,455 @@
+//! Per-key locks: only one process executes and commits a given cache key at a time.
+//!
+//! A lock is an OS advisory lock (`flock`) on `locks/<key>.lock`, whose content names the
+//! holder (pid, host, start time). The kernel drops the lock when the holder dies (even by
+//! `kill -9`), so a lock file nobody holds is stale: [`list_locks`] reports it and
+//! [`remove_stale`] (`ugc-pipe unlock`) deletes it.
+//!
+//! Lock files are removed when released. To make that safe, a holder unlinks the file
+//! *while* holding the lock, and an acquirer checks after locking that the path still
+//! names the inode it locked (otherwise it locked a file that was just removed, and retries).
+
+use std::fs::{File, OpenOptions, TryLockError};
+use std::io::{Read, Write};
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+
+/// Sub-directory of the cache root that holds the lock files.
+pub const LOCKS_DIR: &str = "locks";
+
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("lock file {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> LockError + '_ {
+    move |source| LockError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What a holder writes into its lock file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockOwner {
+    pub pid: u32,
+    pub host: String,
+    pub since_unix_ms: u64,
+}
+
+impl LockOwner {
+    fn current() -> LockOwner {
+        LockOwner {
+            pid: std::process::id(),
+            host: this_host(),
+            since_unix_ms: crate::cache::now_unix_ms(),
+        }
+    }
+}
+
+/// The name of this machine, as recorded in locks, records and the registry.
+pub fn this_host() -> String {
+    hostname::get()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "unknown-host".to_string())
+}
+
+/// Whether process `pid` exists on this machine.
+pub fn pid_alive(pid: u32) -> bool {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return false;
+    };
+    if pid <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks for existence/permission; no signal is sent.
+    let rc = unsafe { libc::kill(pid, 0) };
+    rc == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// An exclusive lock on a file that is unlinked on release (see the module doc).
+#[derive(Debug)]
+pub(crate) struct ExclusiveFile {
+    file: File,
+    path: PathBuf,
+}
+
+impl ExclusiveFile {
+    /// Locks `path` (creating it), blocking when `wait`, writing `owner` into it.
+    /// `Ok(None)` if `wait` is false and someone else holds it.
+    pub(crate) fn lock(path: &Path, wait: bool) -> Result<Option<ExclusiveFile>, LockError> {
+        loop {
+            let file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(io_err(path))?;
+            if wait {
+                file.lock().map_err(io_err(path))?;
+            } else {
+                match file.try_lock() {
+                    Ok(()) => {}
+                    Err(TryLockError::WouldBlock) => return Ok(None),
+                    Err(TryLockError::Error(e)) => return Err(io_err(path)(e)),
+                }
+            }
+            // The previous holder may have unlinked the file between our open and lock.
+            let ours = file.metadata().map_err(io_err(path))?;
+            match std::fs::metadata(path) {
+                Ok(now) if now.ino() == ours.ino() && now.dev() == ours.dev() => {}
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(path)(e)),
+            }
+            let mut held = ExclusiveFile {
+                file,
+                path: path.to_path_buf(),
+            };
+            held.write_owner()?;
+            return Ok(Some(held));
+        }
+    }
+
+    fn write_owner(&mut self) -> Result<(), LockError> {
+        let text = serde_json::to_string(&LockOwner::current()).expect("owner serializes");
+        self.file.set_len(0).map_err(io_err(&self.path))?;
+        (&self.file)
+            .write_all(text.as_bytes())
+            .map_err(io_err(&self.path))
+    }
+}
+
+impl Drop for ExclusiveFile {
+    fn drop(&mut self) {
+        // Unlink while still holding the lock; closing the file then releases it.
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("could not remove lock file {}: {e}", self.path.display());
+        }
+    }
+}
+
+/// Exclusive right to execute and commit one cache key; released on drop.
+#[derive(Debug)]
+pub struct KeyLock {
+    key: CacheKey,
+    _file: ExclusiveFile,
+}
+
+/// Path of the lock file of `key`.
+pub fn lock_path(cache_root: &Path, key: &CacheKey) -> PathBuf {
+    cache_root.join(LOCKS_DIR).join(format!("{key}.lock"))
+}
+
+fn ensure_dir(cache_root: &Path) -> Result<(), LockError> {
+    let dir = cache_root.join(LOCKS_DIR);
+    std::fs::create_dir_all(&dir).map_err(io_err(&dir))
+}
+
+impl KeyLock {
+    /// Takes the lock of `key`, waiting as long as another process or thread holds it.
+    pub fn acquire(cache_root: &Path, key: &CacheKey) -> Result<KeyLock, LockError> {
+        ensure_dir(cache_root)?;
+        let file = ExclusiveFile::lock(&lock_path(cache_root, key), true)?
+            .expect("a blocking lock always returns a holder");
+        Ok(KeyLock {
+            key: key.clone(),
+            _file: file,
+        })
+    }
+
+    /// Takes the lock of `key` if it is free; `None` if someone holds it.
+    pub fn try_acquire(cache_root: &Path, key: &CacheKey) -> Result<Option<KeyLock>, LockError> {
+        ensure_dir(cache_root)?;
+        Ok(
+            ExclusiveFile::lock(&lock_path(cache_root, key), false)?.map(|file| KeyLock {
+                key: key.clone(),
+                _file: file,
+            }),
+        )
+    }
+
+    /// Like [`Self::acquire`] but gives up after `timeout`, polling every 50 ms.
+    pub fn acquire_timeout(
+        cache_root: &Path,
+        key: &CacheKey,
+        timeout: Duration,
+    ) -> Result<Option<KeyLock>, LockError> {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(lock) = KeyLock::try_acquire(cache_root, key)? {
+                return Ok(Some(lock));
+            }
+            if start.elapsed() >= timeout {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn key(&self) -> &CacheKey {
+        &self.key
+    }
+}
+
+/// A lock file found under `locks/`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct LockInfo {
+    pub key: CacheKey,
+    pub path: PathBuf,
+    /// Holder as written in the file; `None` while a new holder has not written it yet,
+    /// or when the content is unreadable.
+    pub owner: Option<LockOwner>,
+    /// Whether some process holds the lock now. `false` = stale (holder died).
+    pub alive: bool,
+    /// Whether the recorded pid exists, when the holder is on this host.
+    pub pid_alive: Option<bool>,
+}
+
+impl LockInfo {
+    pub fn pid(&self) -> Option<u32> {
+        self.owner.as_ref().map(|o| o.pid)
+    }
+    pub fn host(&self) -> Option<&str> {
+        self.owner.as_ref().map(|o| o.host.as_str())
+    }
+    pub fn since_unix_ms(&self) -> Option<u64> {
+        self.owner.as_ref().map(|o| o.since_unix_ms)
+    }
+}
+
+fn read_owner(path: &Path) -> Option<LockOwner> {
+    let mut text = String::new();
+    File::open(path).ok()?.read_to_string(&mut text).ok()?;
+    serde_json::from_str(&text).ok()
+}
+
+/// Whether someone holds the flock on `path`, tested without keeping it.
+fn held(path: &Path) -> Result<Option<bool>, LockError> {
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    match file.try_lock() {
+        Ok(()) => Ok(Some(false)),
+        Err(TryLockError::WouldBlock) => Ok(Some(true)),
+        Err(TryLockError::Error(e)) => Err(io_err(path)(e)),
+    }
+}
+
+/// Every key lock file under `<cache_root>/locks`, live or stale, sorted by key.
+pub fn list_locks(cache_root: &Path) -> Result<Vec<LockInfo>, LockError> {
+    let dir = cache_root.join(LOCKS_DIR);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(io_err(&dir)(e)),
+    };
+    let host = this_host();
+    let mut out = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(io_err(&dir))?;
+        let name = entry.file_name();
+        let Some(key) = name
+            .to_str()
+            .and_then(|n| n.strip_suffix(".lock"))
+            .and_then(|k| k.parse::<CacheKey>().ok())
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Some(alive) = held(&path)? else { continue };
+        let owner = read_owner(&path);
+        let pid_alive = owner
+            .as_ref()
+            .filter(|o| o.host == host)
+            .map(|o| pid_alive(o.pid));
+        out.push(LockInfo {
+            key,
+            path,
+            owner,
+            alive,
+            pid_alive,
+        });
+    }
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
+}
+
+/// Removes stale lock files (no live holder) and returns what was removed.
+pub fn remove_stale(cache_root: &Path) -> Result<Vec<LockInfo>, LockError> {
+    let mut removed = Vec::new();
+    for info in list_locks(cache_root)? {
+        if info.alive {
+            continue;
+        }
+        // Taking the lock proves nobody holds it; dropping it unlinks the file safely.
+        if let Some(lock) = ExclusiveFile::lock(&info.path, false)? {
+            drop(lock);
+            removed.push(info);
+        }
+    }
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    fn key(c: char) -> CacheKey {
+        c.to_string().repeat(64).parse().unwrap()
+    }
+
+    /// Helper process for the cross-process tests: takes the lock named by the
+    /// environment, writes a marker file, then holds the lock until stdin closes.
+    #[test]
+    #[ignore = "helper process started by the cross-process lock tests"]
+    fn helper_hold_lock() {
+        let root = PathBuf::from(std::env::var("UGC_LOCK_TEST_ROOT").unwrap());
+        let key: CacheKey = std::env::var("UGC_LOCK_TEST_KEY").unwrap().parse().unwrap();
+        let marker = PathBuf::from(std::env::var("UGC_LOCK_TEST_MARKER").unwrap());
+        let lock = KeyLock::acquire(&root, &key).unwrap();
+        std::fs::write(&marker, b"locked").unwrap();
+        let mut sink = Vec::new();
+        let _ = std::io::stdin().read_to_end(&mut sink);
+        drop(lock);
+    }
+
+    fn spawn_holder(root: &Path, key: &CacheKey, marker: &Path) -> std::process::Child {
+        Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "lock::tests::helper_hold_lock",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("UGC_LOCK_TEST_ROOT", root)
+            .env("UGC_LOCK_TEST_KEY", key.as_str())
+            .env("UGC_LOCK_TEST_MARKER", marker)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap()
+    }
+
+    fn wait_for(path: &Path, secs: u64) -> bool {
+        let start = std::time::Instant::now();
+        while start.elapsed() < Duration::from_secs(secs) {
+            if path.exists() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    #[test]
+    fn second_process_waits_then_gets_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key('a');
+        let marker = dir.path().join("marker");
+        let mine = KeyLock::acquire(dir.path(), &k).unwrap();
+        let mut child = spawn_holder(dir.path(), &k, &marker);
+        std::thread::sleep(Duration::from_millis(700));
+        assert!(!marker.exists(), "child took a lock the parent holds");
+        drop(mine);
+        assert!(wait_for(&marker, 30), "child never got the released lock");
+        // Now the child holds it: we cannot take it.
+        assert!(KeyLock::try_acquire(dir.path(), &k).unwrap().is_none());
+        let live = list_locks(dir.path()).unwrap();
+        assert_eq!(live.len(), 1);
+        assert!(live[0].alive);
+        assert_eq!(live[0].pid(), Some(child.id()));
+        drop(child.stdin.take());
+        assert!(child.wait().unwrap().success());
+        assert!(KeyLock::try_acquire(dir.path(), &k).unwrap().is_some());
+        assert!(
+            list_locks(dir.path()).unwrap().is_empty(),
+            "released lock file left behind"
+        );
+    }
+
+    #[test]
+    fn killed_holder_leaves_a_stale_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key('b');
+        let marker = dir.path().join("marker");
+        let mut child = spawn_holder(dir.path(), &k, &marker);
+        assert!(wait_for(&marker, 30));
+        let pid = child.id();
+        child.kill().unwrap(); // SIGKILL: no destructor runs, the file stays.
+        child.wait().unwrap();
+        let locks = list_locks(dir.path()).unwrap();
+        assert_eq!(locks.len(), 1);
+        assert!(!locks[0].alive);
+        assert_eq!(locks[0].pid(), Some(pid));
+        assert_eq!(locks[0].pid_alive, Some(false));
+        // The flock died with the process, so the key is usable right away...
+        drop(KeyLock::try_acquire(dir.path(), &k).unwrap().unwrap());
+        // ...and a stale file left by a dead pid is removed by `unlock`.
+        let path = lock_path(dir.path(), &k);
+        let stale = LockOwner {
+            pid,
+            host: this_host(),
+            since_unix_ms: 1,
+        };
+        std::fs::write(&path, serde_json::to_string(&stale).unwrap()).unwrap();
+        let removed = remove_stale(dir.path()).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].owner, Some(stale));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn threads_with_own_fds_exclude_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key('c');
+        let first = KeyLock::acquire(dir.path(), &k).unwrap();
+        let got = Arc::new(AtomicBool::new(false));
+        let (root, k2, got2) = (dir.path().to_path_buf(), k.clone(), got.clone());
+        let t = std::thread::spawn(move || {
+            let lock = KeyLock::acquire(&root, &k2).unwrap();
+            got2.store(true, Ordering::SeqCst);
+            drop(lock);
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(!got.load(Ordering::SeqCst), "second holder did not wait");
+        assert!(
+            KeyLock::acquire_timeout(dir.path(), &k, Duration::from_millis(100))
+                .unwrap()
+                .is_none()
+        );
+        drop(first);
+        t.join().unwrap();
+        assert!(got.load(Ordering::SeqCst));
+    }
+
+    #[test]
+    fn live_locks_are_not_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let _held = KeyLock::acquire(dir.path(), &key('d')).unwrap();
+        assert!(remove_stale(dir.path()).unwrap().is_empty());
+        let locks = list_locks(dir.path()).unwrap();
+        assert_eq!(locks.len(), 1);
+        assert!(locks[0].alive);
+        assert_eq!(locks[0].pid_alive, Some(true));
+    }
+}
