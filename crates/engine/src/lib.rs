@@ -9,8 +9,10 @@
 //! - [`stage`]: the contract with the code of each stage kind.
 
 pub mod cache;
+pub mod graph;
 pub mod lock;
 pub mod registry;
+pub mod spec;
 pub mod stage;
 
 pub use stage::*;

@@ -1,0 +1,352 @@
+//! Pipeline spec + matrix -> DAG of stage instances (nodes), deduplicated by id.
+//!
+//! A stage appears once per combination of the matrix variables it depends on: the ones
+//! its own params reference, plus those any ancestor depends on. A stage that reads no
+//! swept value (directly or through its inputs) is one node shared by every matrix point,
+//! which is what lets an ablation reuse everything upstream of the swept value.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use petgraph::Direction;
+use petgraph::graph::{DiGraph, NodeIndex};
+use serde_json::Value;
+
+use crate::spec::refs::{collect_refs, paths_overlap};
+use crate::spec::resolve::{merged, point_params, resolve_stage};
+use crate::spec::{Pipeline, SourcePos, SpecError};
+use crate::stage::KindRegistry;
+
+/// One stage at one (relevant part of a) matrix point.
+#[derive(Debug, Clone)]
+pub struct Node {
+    /// `split`, or `distill[adf=true,label_ratio=0.25]`: the stage name plus only the matrix
+    /// variables the node depends on, sorted by name.
+    pub id: String,
+    pub stage: String,
+    pub kind: String,
+    /// Resolved JSON object: defaults merged, references substituted, paths absolute.
+    pub params: Value,
+    /// `params` without the kind's `not_in_key` and `external_inputs` paths.
+    pub key_params: Value,
+    /// (dotted param path, absolute path); a list param gives `path.0`, `path.1`, ...
+    pub external_inputs: Vec<(String, PathBuf)>,
+    /// The matrix variables in the id, with their values.
+    pub matrix_point: BTreeMap<String, Value>,
+    pub gpu: bool,
+    pub pos: SourcePos,
+}
+
+/// The expanded pipeline: nodes and `dep -> dependent` edges.
+#[derive(Debug, Clone)]
+pub struct Dag {
+    graph: DiGraph<Node, ()>,
+    /// Each node's dependencies in its stage's `deps` order (petgraph keeps no edge order).
+    deps: Vec<Vec<NodeIndex>>,
+}
+
+/// A matrix value as written in an id: strings bare, everything else as compact JSON.
+fn id_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn node_id(stage: &str, point: &BTreeMap<String, Value>) -> String {
+    if point.is_empty() {
+        return stage.to_string();
+    }
+    let vars: Vec<String> = point
+        .iter()
+        .map(|(k, v)| format!("{k}={}", id_value(v)))
+        .collect();
+    format!("{stage}[{}]", vars.join(","))
+}
+
+/// Every combination of matrix values, the first variable varying slowest.
+fn matrix_points(matrix: &[(String, Vec<Value>)]) -> Vec<Vec<(String, Value)>> {
+    let mut points: Vec<Vec<(String, Value)>> = vec![Vec::new()];
+    for (var, values) in matrix {
+        points = points
+            .into_iter()
+            .flat_map(|pt| {
+                values.iter().map(move |v| {
+                    let mut next = pt.clone();
+                    next.push((var.clone(), v.clone()));
+                    next
+                })
+            })
+            .collect();
+    }
+    points
+}
+
+impl Dag {
+    /// Expands the matrix and resolves every node. Errors carry the position of the value
+    /// at fault (a reference, a wrongly typed value, a missing parameter).
+    pub fn build(p: &Pipeline, kinds: &KindRegistry) -> Result<Dag, SpecError> {
+        let index: HashMap<&str, usize> = p
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.as_str(), i))
+            .collect();
+        let order = stage_order(p, &index)?;
+
+        // Which matrix variables each stage depends on, directly or through ancestors.
+        let mut vars: Vec<BTreeSet<String>> = vec![BTreeSet::new(); p.stages.len()];
+        for &i in &order {
+            let s = &p.stages[i];
+            let schema = kinds
+                .schema(&s.kind)
+                .ok_or_else(|| SpecError::UnknownKind {
+                    pos: s.pos.clone(),
+                    kind: s.kind.clone(),
+                    known: kinds.names().map(str::to_string).collect(),
+                })?;
+            let mut names = Vec::new();
+            collect_refs(&Value::Object(merged(s, schema)?), &mut names);
+            let mut own: BTreeSet<String> = p
+                .matrix
+                .iter()
+                .filter(|(var, _)| names.iter().any(|r| paths_overlap(r, var)))
+                .map(|(var, _)| var.clone())
+                .collect();
+            for d in &s.deps {
+                own.extend(vars[index[d.as_str()]].iter().cloned());
+            }
+            vars[i] = own;
+        }
+
+        let mut graph = DiGraph::new();
+        let mut deps: Vec<Vec<NodeIndex>> = Vec::new();
+        let mut by_id: HashMap<String, NodeIndex> = HashMap::new();
+        let mut edges: HashSet<(NodeIndex, NodeIndex)> = HashSet::new();
+        for point in matrix_points(&p.matrix) {
+            let params = point_params(p, &point);
+            let mut at_point: Vec<Option<NodeIndex>> = vec![None; p.stages.len()];
+            for &i in &order {
+                let s = &p.stages[i];
+                let matrix_point: BTreeMap<String, Value> = point
+                    .iter()
+                    .filter(|(var, _)| vars[i].contains(var))
+                    .cloned()
+                    .collect();
+                let id = node_id(&s.name, &matrix_point);
+                let n = match by_id.get(&id) {
+                    Some(&n) => n,
+                    None => {
+                        let schema = kinds.schema(&s.kind).expect("checked above");
+                        let r = resolve_stage(p, s, schema, &params)?;
+                        let n = graph.add_node(Node {
+                            id: id.clone(),
+                            stage: s.name.clone(),
+                            kind: s.kind.clone(),
+                            params: r.params,
+                            key_params: r.key_params,
+                            external_inputs: r.external_inputs,
+                            matrix_point,
+                            gpu: schema.gpu,
+                            pos: s.pos.clone(),
+                        });
+                        deps.push(Vec::new());
+                        by_id.insert(id, n);
+                        n
+                    }
+                };
+                at_point[i] = Some(n);
+                for d in &s.deps {
+                    let dn = at_point[index[d.as_str()]].expect("deps come first in stage order");
+                    if edges.insert((dn, n)) {
+                        graph.add_edge(dn, n, ());
+                        deps[n.index()].push(dn);
+                    }
+                }
+            }
+        }
+        Ok(Dag { graph, deps })
+    }
+
+    /// Nodes so that every dependency comes before its dependents; among ready nodes the
+    /// one created first (file order, then matrix order) goes first, so the order is stable.
+    pub fn topo_order(&self) -> Vec<NodeIndex> {
+        let mut indeg: Vec<usize> = self.deps.iter().map(Vec::len).collect();
+        let mut ready: BinaryHeap<Reverse<NodeIndex>> = self
+            .graph
+            .node_indices()
+            .filter(|n| indeg[n.index()] == 0)
+            .map(Reverse)
+            .collect();
+        let mut out = Vec::with_capacity(self.len());
+        while let Some(Reverse(n)) = ready.pop() {
+            out.push(n);
+            for m in self.graph.neighbors_directed(n, Direction::Outgoing) {
+                indeg[m.index()] -= 1;
+                if indeg[m.index()] == 0 {
+                    ready.push(Reverse(m));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn node(&self, i: NodeIndex) -> &Node {
+        &self.graph[i]
+    }
+
+    /// All nodes, in creation order.
+    pub fn nodes(&self) -> impl Iterator<Item = (NodeIndex, &Node)> {
+        self.graph.node_indices().map(|i| (i, &self.graph[i]))
+    }
+
+    /// Direct dependencies, in the stage's `deps` order.
+    pub fn deps(&self, i: NodeIndex) -> Vec<NodeIndex> {
+        self.deps[i.index()].clone()
+    }
+
+    /// Direct dependents, in creation order.
+    pub fn dependents(&self, i: NodeIndex) -> Vec<NodeIndex> {
+        let mut v: Vec<NodeIndex> = self
+            .graph
+            .neighbors_directed(i, Direction::Outgoing)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The node with exactly this id, else every instance of the stage with this name.
+    pub fn find(&self, stage_or_id: &str) -> Vec<NodeIndex> {
+        let exact: Vec<NodeIndex> = self
+            .graph
+            .node_indices()
+            .filter(|&i| self.graph[i].id == stage_or_id)
+            .collect();
+        if !exact.is_empty() {
+            return exact;
+        }
+        self.graph
+            .node_indices()
+            .filter(|&i| self.graph[i].stage == stage_or_id)
+            .collect()
+    }
+
+    /// Everything downstream of `i` (not `i` itself), in creation order.
+    pub fn descendants(&self, i: NodeIndex) -> Vec<NodeIndex> {
+        let mut seen = BTreeSet::new();
+        let mut stack = vec![i];
+        while let Some(n) = stack.pop() {
+            for m in self.graph.neighbors_directed(n, Direction::Outgoing) {
+                if seen.insert(m) {
+                    stack.push(m);
+                }
+            }
+        }
+        seen.into_iter().collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.graph.node_count()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.graph.node_count() == 0
+    }
+
+    /// Graphviz text: one box per node (id and kind), one arrow per dependency.
+    pub fn to_dot(&self) -> String {
+        let q = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+        let mut out = String::from("digraph pipeline {\n  rankdir=LR;\n  node [shape=box];\n");
+        for i in self.topo_order() {
+            let n = &self.graph[i];
+            let _ = writeln!(
+                out,
+                "  \"{}\" [label=\"{}\\n({})\"];",
+                q(&n.id),
+                q(&n.id),
+                q(&n.kind)
+            );
+        }
+        for i in self.topo_order() {
+            for d in &self.deps[i.index()] {
+                let _ = writeln!(
+                    out,
+                    "  \"{}\" -> \"{}\";",
+                    q(&self.graph[*d].id),
+                    q(&self.graph[i].id)
+                );
+            }
+        }
+        out.push_str("}\n");
+        out
+    }
+
+    /// Mermaid flowchart text; nodes are `n<index>` with the id and kind as label.
+    pub fn to_mermaid(&self) -> String {
+        let q = |s: &str| s.replace('"', "#quot;");
+        let mut out = String::from("flowchart LR\n");
+        for i in self.topo_order() {
+            let n = &self.graph[i];
+            let _ = writeln!(out, "  n{}[\"{} ({})\"]", i.index(), q(&n.id), q(&n.kind));
+        }
+        for i in self.topo_order() {
+            for d in &self.deps[i.index()] {
+                let _ = writeln!(out, "  n{} --> n{}", d.index(), i.index());
+            }
+        }
+        out
+    }
+}
+
+/// Stages ordered so that deps come first (file order among the ready ones). A cycle is
+/// reported by the loader with every stage named; here it is only a safety net.
+fn stage_order(p: &Pipeline, index: &HashMap<&str, usize>) -> Result<Vec<usize>, SpecError> {
+    let mut indeg = vec![0usize; p.stages.len()];
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); p.stages.len()];
+    for (i, s) in p.stages.iter().enumerate() {
+        for (d, pos) in s
+            .deps
+            .iter()
+            .zip(s.dep_pos.iter().chain(std::iter::repeat(&s.pos)))
+        {
+            let j = *index.get(d.as_str()).ok_or_else(|| SpecError::UnknownDep {
+                pos: pos.clone(),
+                stage: s.name.clone(),
+                dep: d.clone(),
+            })?;
+            indeg[i] += 1;
+            users[j].push(i);
+        }
+    }
+    let mut ready: BinaryHeap<Reverse<usize>> = (0..p.stages.len())
+        .filter(|&i| indeg[i] == 0)
+        .map(Reverse)
+        .collect();
+    let mut order = Vec::with_capacity(p.stages.len());
+    while let Some(Reverse(i)) = ready.pop() {
+        order.push(i);
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.push(Reverse(u));
+            }
+        }
+    }
+    if order.len() < p.stages.len() {
+        let stuck: Vec<String> = (0..p.stages.len())
+            .filter(|i| indeg[*i] > 0)
+            .map(|i| p.stages[i].name.clone())
+            .collect();
+        let first = (0..p.stages.len()).find(|i| indeg[*i] > 0).unwrap_or(0);
+        return Err(SpecError::Cycle {
+            pos: p.stages[first].pos.clone(),
+            stages: stuck,
+        });
+    }
+    Ok(order)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+use serde_json::json;
+
+use super::*;
+use crate::spec::testutil::{kinds, load};
+
+const ABLATION: &str = r#"params:
+  task: labels2photo
+  label_ratio: 0.25
+  adf: false
+matrix:
+  label_ratio: [0.1, 0.25, 0.5]
+  adf: [true, false]
+stages:
+  data:
+    kind: synth
+    params: {task: "${task}", n: 16}
+  split:
+    kind: split
+    deps: [data]
+    params: {label_ratio: "${label_ratio}"}
+  prep:
+    kind: train
+    deps: [data]
+  distill:
+    kind: train
+    deps: [split, prep]
+    params: {adf: "${adf}"}
+  adfonly:
+    kind: train
+    params: {adf: "${adf}", tag: "r${adf}"}
+"#;
+
+fn dag(text: &str) -> Dag {
+    Dag::build(&load(text).unwrap(), &kinds()).unwrap()
+}
+
+fn ids(d: &Dag, v: &[NodeIndex]) -> Vec<String> {
+    v.iter().map(|&i| d.node(i).id.clone()).collect()
+}
+
+#[test]
+fn matrix_dedups_stages_that_do_not_read_the_swept_values() {
+    let d = dag(ABLATION);
+    assert_eq!(d.find("data").len(), 1, "reads no matrix var");
+    assert_eq!(d.find("prep").len(), 1, "only an unswept ancestor");
+    assert_eq!(d.find("split").len(), 3, "reads label_ratio");
+    assert_eq!(
+        d.find("distill").len(),
+        6,
+        "reads adf, inherits label_ratio"
+    );
+    assert_eq!(d.find("adfonly").len(), 2, "reads adf only");
+    assert_eq!(d.len(), 1 + 1 + 3 + 6 + 2);
+}
+
+#[test]
+fn ids_carry_only_the_vars_a_node_depends_on_sorted() {
+    let d = dag(ABLATION);
+    assert_eq!(ids(&d, &d.find("data")), ["data"]);
+    assert_eq!(
+        ids(&d, &d.find("split")),
+        [
+            "split[label_ratio=0.1]",
+            "split[label_ratio=0.25]",
+            "split[label_ratio=0.5]"
+        ]
+    );
+    let n = d.find("distill[adf=true,label_ratio=0.25]");
+    assert_eq!(n.len(), 1);
+    let node = d.node(n[0]);
+    assert_eq!(node.stage, "distill");
+    assert_eq!(node.kind, "train");
+    assert!(node.gpu);
+    assert_eq!(
+        node.matrix_point,
+        BTreeMap::from([
+            ("adf".to_string(), json!(true)),
+            ("label_ratio".to_string(), json!(0.25))
+        ])
+    );
+    assert_eq!(node.params["adf"], json!(true));
+    // Deps in the stage's `deps` order, at the same matrix point.
+    assert_eq!(ids(&d, &d.deps(n[0])), ["split[label_ratio=0.25]", "prep"]);
+    let a = d.node(d.find("adfonly[adf=false]")[0]);
+    assert_eq!(a.params["tag"], json!("rfalse"));
+}
+
+#[test]
+fn resolved_params_merge_defaults_in_schema_order() {
+    let d = dag(ABLATION);
+    let data = d.node(d.find("data")[0]);
+    assert_eq!(
+        data.params,
+        json!({"log_every": 10, "n": 16, "size": 32, "task": "labels2photo"})
+    );
+    let keys: Vec<&String> = data.params.as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["log_every", "n", "size", "task"]);
+    // not_in_key paths are left out of the key.
+    assert_eq!(
+        data.key_params,
+        json!({"n": 16, "size": 32, "task": "labels2photo"})
+    );
+    let prep = d.node(d.find("prep")[0]);
+    assert_eq!(prep.params["opt"], json!({"beta1": 0.5, "beta2": 0.999}));
+    assert!(
+        prep.params.get("tag").is_none(),
+        "optional without default stays absent"
+    );
+}
+
+#[test]
+fn topo_order_puts_deps_first_and_is_stable() {
+    let d = dag(ABLATION);
+    let order = d.topo_order();
+    assert_eq!(order.len(), d.len());
+    let pos: HashMap<NodeIndex, usize> = order.iter().enumerate().map(|(k, &i)| (i, k)).collect();
+    for &i in &order {
+        for dep in d.deps(i) {
+            assert!(pos[&dep] < pos[&i]);
+        }
+    }
+    assert_eq!(d.node(order[0]).id, "data");
+    assert_eq!(order, d.topo_order());
+}
+
+#[test]
+fn dependents_descendants_and_find() {
+    let d = dag(ABLATION);
+    let data = d.find("data")[0];
+    let mut deps = ids(&d, &d.dependents(data));
+    deps.sort();
+    assert_eq!(
+        deps,
+        [
+            "prep",
+            "split[label_ratio=0.1]",
+            "split[label_ratio=0.25]",
+            "split[label_ratio=0.5]"
+        ]
+    );
+    // Everything but the two `adfonly` nodes and `data` itself is downstream of `data`.
+    assert_eq!(d.descendants(data).len(), d.len() - 3);
+    let s = d.find("split[label_ratio=0.5]")[0];
+    let mut down = ids(&d, &d.descendants(s));
+    down.sort();
+    assert_eq!(
+        down,
+        [
+            "distill[adf=false,label_ratio=0.5]",
+            "distill[adf=true,label_ratio=0.5]"
+        ]
+    );
+    assert!(d.find("nosuch").is_empty());
+}
+
+#[test]
+fn dotted_matrix_var_is_read_through_its_parent_map() {
+    let text = r#"params:
+  model: {ngf: 8, blocks: 3}
+matrix:
+  model.ngf: [4, 8]
+stages:
+  a:
+    kind: command
+    params: {cmd: "x", env: {M: "${model}"}}
+  b:
+    kind: command
+    params: {cmd: "x ${model.blocks}"}
+"#;
+    let d = dag(text);
+    assert_eq!(ids(&d, &d.find("a")), ["a[model.ngf=4]", "a[model.ngf=8]"]);
+    assert_eq!(
+        d.node(d.find("a[model.ngf=4]")[0]).params["env"],
+        json!({"M": {"ngf": 4, "blocks": 3}})
+    );
+    assert_eq!(ids(&d, &d.find("b")), ["b"]);
+}
+
+#[test]
+fn string_matrix_values_are_bare_in_ids() {
+    let text = "matrix:\n  strategy: [wide, deep]\nstages:\n  t: {kind: train, params: {strategy: \"${strategy}\"}}\n";
+    let d = dag(text);
+    assert_eq!(
+        ids(&d, &d.find("t")),
+        ["t[strategy=wide]", "t[strategy=deep]"]
+    );
+    // A matrix value that the schema's enum refuses fails at its use.
+    let bad = "matrix:\n  strategy: [wide, tall]\nstages:\n  t: {kind: train, params: {strategy: \"${strategy}\"}}\n";
+    let e = load(bad).unwrap_err().to_string();
+    assert!(
+        e.ends_with("value `tall` is not allowed (allowed: largest, wide, deep, multi)"),
+        "{e}"
+    );
+    assert!(e.contains(":4:39:"), "{e}");
+}
+
+#[test]
+fn dot_and_mermaid_contain_every_edge() {
+    let d = dag(ABLATION);
+    let dot = d.to_dot();
+    assert!(dot.starts_with("digraph pipeline {"));
+    assert!(
+        dot.contains("\"data\" -> \"split[label_ratio=0.1]\";"),
+        "{dot}"
+    );
+    assert!(dot.contains("\"split[label_ratio=0.5]\" -> \"distill[adf=false,label_ratio=0.5]\";"));
+    assert!(dot.contains("\"prep\" -> \"distill[adf=true,label_ratio=0.1]\";"));
+    let edges = dot.lines().filter(|l| l.contains(" -> ")).count();
+    // data->split x3, data->prep, split->distill x6, prep->distill x6.
+    assert_eq!(edges, 3 + 1 + 6 + 6);
+
+    let mm = d.to_mermaid();
+    assert!(mm.starts_with("flowchart LR\n"));
+    let data = d.find("data")[0].index();
+    let prep = d.find("prep")[0].index();
+    assert!(mm.contains(&format!("n{data} --> n{prep}")), "{mm}");
+    assert!(mm.contains("[\"split[label_ratio=0.1] (split)\"]"), "{mm}");
+    assert_eq!(mm.lines().filter(|l| l.contains(" --> ")).count(), edges);
+}
+
+#[test]
+fn without_matrix_every_stage_is_one_node() {
+    let d = dag(
+        "stages:\n  a: {kind: synth, params: {task: edges2photo}}\n  b: {kind: split, deps: [a], params: {label_ratio: 0.5}}\n",
+    );
+    assert_eq!(d.len(), 2);
+    assert_eq!(ids(&d, &d.topo_order()), ["a", "b"]);
+    assert!(d.node(d.find("b")[0]).matrix_point.is_empty());
+}

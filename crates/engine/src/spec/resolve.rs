@@ -1,0 +1,354 @@
+//! Resolution of one stage at one matrix point: defaults merged, `${}` references
+//! substituted, types checked against the kind's schema, paths made absolute, and the
+//! cache-relevant view (`key_params`, `external_inputs`) derived.
+
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{Map, Value};
+
+use super::refs::{self, Piece};
+use super::{Pipeline, SourcePos, SpecError, StageSpec};
+use crate::stage::{KindSchema, ParamSchema, ParamType};
+
+/// A stage's parameters at one matrix point.
+#[derive(Debug, Clone)]
+pub(crate) struct Resolved {
+    pub params: Value,
+    pub key_params: Value,
+    pub external_inputs: Vec<(String, PathBuf)>,
+}
+
+/// The pipeline params with the matrix point's values written at their variable paths.
+pub(crate) fn point_params(p: &Pipeline, point: &[(String, Value)]) -> Map<String, Value> {
+    let mut params = p.params.clone();
+    for (var, value) in point {
+        let segs: Vec<&str> = var.split('.').collect();
+        set_path(&mut params, &segs, value.clone());
+    }
+    params
+}
+
+/// Sets `segs` in `map`, creating (or replacing non-map values with) maps on the way.
+pub(crate) fn set_path(map: &mut Map<String, Value>, segs: &[&str], value: Value) {
+    let Some((last, init)) = segs.split_last() else {
+        return;
+    };
+    let mut cur = map;
+    for seg in init {
+        let entry = cur
+            .entry(seg.to_string())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !entry.is_object() {
+            *entry = Value::Object(Map::new());
+        }
+        cur = entry.as_object_mut().expect("made an object above");
+    }
+    cur.insert(last.to_string(), value);
+}
+
+/// Lexically folds `.` and `..` (the path may not exist yet, so no canonicalize).
+pub(crate) fn normalize(path: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    out
+}
+
+/// The merged parameters of `stage` before substitution: written values, then schema
+/// defaults for what is not written (a written key replaces its default whole).
+/// Values are in schema (sorted) order so that the resolved object is canonical.
+pub(crate) fn merged(
+    stage: &StageSpec,
+    schema: &KindSchema,
+) -> Result<Map<String, Value>, SpecError> {
+    let empty = Map::new();
+    let written = stage.params.as_object().unwrap_or(&empty);
+    if let Some(unknown) = written.keys().find(|k| !schema.params.contains_key(*k)) {
+        return Err(SpecError::UnknownParam {
+            pos: stage.param_pos.at(std::slice::from_ref(unknown)).clone(),
+            stage: stage.name.clone(),
+            param: unknown.clone(),
+            valid: schema.params.keys().cloned().collect(),
+        });
+    }
+    let mut out = Map::new();
+    for (name, ps) in &schema.params {
+        if let Some(v) = written.get(name) {
+            out.insert(name.clone(), v.clone());
+        } else if let Some(d) = &ps.default {
+            out.insert(name.clone(), d.clone());
+        } else if ps.required {
+            return Err(SpecError::MissingParam {
+                pos: stage.pos.clone(),
+                stage: stage.name.clone(),
+                param: name.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// Resolves `stage` against the point's `params`.
+pub(crate) fn resolve_stage(
+    p: &Pipeline,
+    stage: &StageSpec,
+    schema: &KindSchema,
+    params: &Map<String, Value>,
+) -> Result<Resolved, SpecError> {
+    let empty = Map::new();
+    let written = stage.params.as_object().unwrap_or(&empty);
+    let merged = merged(stage, schema)?;
+    let mut out = Map::new();
+    for (name, value) in merged {
+        let ps = &schema.params[&name];
+        let from_file = written.contains_key(&name);
+        // Defaults come from the kind's schema: point at the stage that uses them.
+        let pos_of = |path: &[String]| -> SourcePos {
+            if from_file {
+                stage.param_pos.at(path).clone()
+            } else {
+                stage.pos.clone()
+            }
+        };
+        let mut path = vec![name.clone()];
+        let value = substitute(&value, params, &mut path, &pos_of)?;
+        let value = check_type(stage, &name, ps, value, &pos_of(&path))?;
+        let value = if ps.ty == ParamType::Path {
+            match value {
+                Value::String(s) => Value::String(absolute_in(&p.dir, &s)),
+                other => other,
+            }
+        } else {
+            value
+        };
+        out.insert(name, value);
+    }
+
+    let mut external_inputs = Vec::new();
+    for dotted in &schema.external_inputs {
+        let segs: Vec<String> = dotted.split('.').map(str::to_string).collect();
+        let pos = stage.param_pos.at(&segs).clone();
+        let Some(v) = get_mut(&mut out, &segs) else {
+            continue;
+        };
+        match v {
+            Value::Null => {}
+            Value::String(s) => {
+                *s = absolute_in(&p.dir, s);
+                external_inputs.push((dotted.clone(), PathBuf::from(&*s)));
+            }
+            Value::Array(items) => {
+                for (i, item) in items.iter_mut().enumerate() {
+                    let Value::String(s) = item else {
+                        return Err(SpecError::WrongType {
+                            pos,
+                            what: format!("stage `{}` external input `{dotted}`", stage.name),
+                            expected: "a list of paths".into(),
+                            got: format!("an item that is {}", describe(item)),
+                        });
+                    };
+                    *s = absolute_in(&p.dir, s);
+                    external_inputs.push((format!("{dotted}.{i}"), PathBuf::from(&*s)));
+                }
+            }
+            other => {
+                return Err(SpecError::WrongType {
+                    pos,
+                    what: format!("stage `{}` external input `{dotted}`", stage.name),
+                    expected: "a path or a list of paths".into(),
+                    got: describe(other),
+                });
+            }
+        }
+    }
+
+    let mut key = out.clone();
+    for dotted in schema.not_in_key.iter().chain(&schema.external_inputs) {
+        let segs: Vec<String> = dotted.split('.').map(str::to_string).collect();
+        remove_path(&mut key, &segs);
+    }
+    Ok(Resolved {
+        params: Value::Object(out),
+        key_params: Value::Object(key),
+        external_inputs,
+    })
+}
+
+fn absolute_in(dir: &Path, s: &str) -> String {
+    let path = Path::new(s);
+    let joined = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        dir.join(path)
+    };
+    normalize(&joined).to_string_lossy().into_owned()
+}
+
+fn get_mut<'a>(map: &'a mut Map<String, Value>, segs: &[String]) -> Option<&'a mut Value> {
+    let (first, rest) = segs.split_first()?;
+    let mut cur = map.get_mut(first)?;
+    for seg in rest {
+        cur = cur.as_object_mut()?.get_mut(seg)?;
+    }
+    Some(cur)
+}
+
+fn remove_path(map: &mut Map<String, Value>, segs: &[String]) {
+    match segs {
+        [] => {}
+        [last] => {
+            map.remove(last);
+        }
+        [first, rest @ ..] => {
+            if let Some(Value::Object(inner)) = map.get_mut(first) {
+                remove_path(inner, rest);
+            }
+        }
+    }
+}
+
+/// Substitutes references in `v` (at `path` inside the stage params).
+fn substitute(
+    v: &Value,
+    params: &Map<String, Value>,
+    path: &mut Vec<String>,
+    pos_of: &dyn Fn(&[String]) -> SourcePos,
+) -> Result<Value, SpecError> {
+    Ok(match v {
+        Value::String(s) => {
+            let pieces = refs::parse_template(s).map_err(|message| SpecError::Invalid {
+                pos: pos_of(path),
+                message,
+            })?;
+            let lookup = |name: &str| {
+                refs::lookup(params, name).map_err(|hint| SpecError::UnknownRef {
+                    pos: pos_of(path),
+                    name: name.to_string(),
+                    hint,
+                })
+            };
+            match pieces.as_slice() {
+                [Piece::Ref(name)] => lookup(name)?.clone(),
+                _ => {
+                    let mut text = String::new();
+                    for piece in &pieces {
+                        match piece {
+                            Piece::Text(t) => text.push_str(t),
+                            Piece::Ref(name) => text.push_str(&refs::as_text(lookup(name)?)),
+                        }
+                    }
+                    Value::String(text)
+                }
+            }
+        }
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                path.push(i.to_string());
+                out.push(substitute(item, params, path, pos_of)?);
+                path.pop();
+            }
+            Value::Array(out)
+        }
+        Value::Object(m) => {
+            let mut out = Map::new();
+            for (k, item) in m {
+                path.push(k.clone());
+                out.insert(k.clone(), substitute(item, params, path, pos_of)?);
+                path.pop();
+            }
+            Value::Object(out)
+        }
+        other => other.clone(),
+    })
+}
+
+/// "int 3", "string \"abc\"", "map": what a value is, for type errors.
+pub(crate) fn describe(v: &Value) -> String {
+    let short = |s: String| {
+        if s.chars().count() > 40 {
+            format!("{}...", s.chars().take(40).collect::<String>())
+        } else {
+            s
+        }
+    };
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("bool {b}"),
+        Value::Number(n) if n.is_f64() => format!("float {n}"),
+        Value::Number(n) => format!("int {n}"),
+        Value::String(s) => format!("string {}", short(format!("{s:?}"))),
+        Value::Array(_) => "list".into(),
+        Value::Object(_) => "map".into(),
+    }
+}
+
+/// Checks `v` against the parameter's declared type; floats accept (and widen) integers
+/// so that `lr: 1` and `lr: 1.0` resolve, and key, identically.
+fn check_type(
+    stage: &StageSpec,
+    name: &str,
+    ps: &ParamSchema,
+    v: Value,
+    pos: &SourcePos,
+) -> Result<Value, SpecError> {
+    let what = || format!("stage `{}` parameter `{name}`", stage.name);
+    // An explicit null unsets an optional parameter.
+    if v.is_null() && !ps.required {
+        return Ok(v);
+    }
+    let ok = match ps.ty {
+        ParamType::Bool => v.is_boolean(),
+        ParamType::Int => v.is_i64() || v.is_u64(),
+        ParamType::Float => v.is_number(),
+        ParamType::String => v.is_string(),
+        ParamType::Path => v.as_str().is_some_and(|s| !s.is_empty()),
+        ParamType::List => v.is_array(),
+        ParamType::Map => v.is_object(),
+        ParamType::Any => true,
+    };
+    if !ok {
+        let expected = match ps.ty {
+            ParamType::Bool => "bool",
+            ParamType::Int => "int",
+            ParamType::Float => "float",
+            ParamType::String => "string",
+            ParamType::Path => "path (a non-empty string)",
+            ParamType::List => "list",
+            ParamType::Map => "map",
+            ParamType::Any => "anything",
+        };
+        return Err(SpecError::WrongType {
+            pos: pos.clone(),
+            what: what(),
+            expected: expected.into(),
+            got: describe(&v),
+        });
+    }
+    if let (Some(choices), Value::String(s)) = (&ps.choices, &v)
+        && !choices.contains(s)
+    {
+        return Err(SpecError::NotAllowed {
+            pos: pos.clone(),
+            what: what(),
+            value: s.clone(),
+            allowed: choices.clone(),
+        });
+    }
+    if ps.ty == ParamType::Float
+        && !v.is_f64()
+        && let Some(f) = v.as_f64()
+    {
+        return Ok(Value::from(f));
+    }
+    Ok(v)
+}

@@ -1,0 +1,535 @@
+use std::io::Write as _;
+use std::path::Path;
+
+use serde_json::json;
+
+use super::testutil::{FILE, err, kinds, load, load_with};
+use super::*;
+
+const GOOD: &str = r#"params:
+  task: labels2photo
+  label_ratio: 0.25
+  model: {ngf: 8, name: "g"}
+stages:
+  data:
+    kind: synth
+    doc: make a dataset
+    params: {task: "${task}", n: 16}
+  split:
+    kind: split
+    deps: [data]
+    params: {label_ratio: "${label_ratio}", seed: 0}
+"#;
+
+#[test]
+fn loads_a_valid_pipeline() {
+    let p = load(GOOD).unwrap();
+    assert_eq!(p.path, Path::new(FILE));
+    assert_eq!(p.dir, Path::new("/pipes"));
+    assert_eq!(p.params["label_ratio"], json!(0.25));
+    let names: Vec<&str> = p.stages.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(names, ["data", "split"]);
+    let split = p.stage("split").unwrap();
+    assert_eq!(split.deps, ["data"]);
+    assert_eq!(
+        split.params,
+        json!({"label_ratio": "${label_ratio}", "seed": 0})
+    );
+    assert_eq!((split.pos.line, split.pos.col), (10, 3));
+    assert_eq!(p.stage("data").unwrap().doc, "make a dataset");
+}
+
+#[test]
+fn stage_order_follows_the_file_not_the_alphabet() {
+    let p = load("stages:\n  zz: {kind: synth, params: {task: edges2photo}}\n  aa: {kind: synth, params: {task: edges2photo}}\n").unwrap();
+    assert_eq!(p.stages[0].name, "zz");
+    assert_eq!(p.stages[1].name, "aa");
+}
+
+#[test]
+fn syntax_error_has_position() {
+    let e = err("stages:\n  data:\n    kind: [synth\n");
+    assert!(e.starts_with(&format!("{FILE}:")), "{e}");
+    assert!(e.contains("YAML syntax"), "{e}");
+    // The unclosed flow sequence is reported on line 3 or at the end of input (line 4).
+    let line: usize = e.split(':').nth(1).unwrap().parse().unwrap();
+    assert!((3..=4).contains(&line), "{e}");
+
+    let e = err("stages:\n  data: {kind: synth\n  x: 1\n");
+    assert!(e.contains("YAML syntax"), "{e}");
+}
+
+#[test]
+fn unknown_top_level_key_has_position() {
+    let e = err("params: {}\nstagez:\n  a: {kind: synth}\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:2:1: unknown key `stagez` in the pipeline (valid: params, matrix, stages)")
+    );
+}
+
+#[test]
+fn missing_stages_is_an_error() {
+    let e = err("params: {a: 1}\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:1:1: the pipeline is missing the required key `stages`")
+    );
+}
+
+#[test]
+fn unknown_stage_key_has_position() {
+    let e = err("stages:\n  data:\n    kind: synth\n    dep: [x]\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:4:5: unknown key `dep` in stage `data` (valid: kind, deps, params, doc)")
+    );
+}
+
+#[test]
+fn unknown_param_lists_the_valid_ones() {
+    let e = err(
+        "stages:\n  data:\n    kind: synth\n    params:\n      task: edges2photo\n      nn: 3\n",
+    );
+    assert_eq!(
+        e,
+        format!("{FILE}:6:7: stage `data` has no parameter `nn` (valid: log_every, n, size, task)")
+    );
+}
+
+#[test]
+fn missing_required_param_points_at_the_stage() {
+    let e = err("stages:\n  data:\n    kind: synth\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:2:3: stage `data` is missing the required parameter `task`")
+    );
+}
+
+#[test]
+fn type_error_says_expected_and_got() {
+    let e = err("stages:\n  data:\n    kind: synth\n    params: {task: edges2photo, n: many}\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:4:36: stage `data` parameter `n`: expected int, got string \"many\"")
+    );
+    // A float where an int is expected.
+    let e = err("stages:\n  data:\n    kind: synth\n    params: {task: edges2photo, n: 1.5}\n");
+    assert!(e.ends_with("expected int, got float 1.5"), "{e}");
+    // A type error through a reference points at the reference.
+    let e = err(
+        "params: {n: abc}\nstages:\n  data:\n    kind: synth\n    params:\n      task: edges2photo\n      n: \"${n}\"\n",
+    );
+    assert_eq!(
+        e,
+        format!("{FILE}:7:10: stage `data` parameter `n`: expected int, got string \"abc\"")
+    );
+}
+
+#[test]
+fn float_params_widen_ints() {
+    let p = load("stages:\n  s:\n    kind: split\n    params: {label_ratio: 1}\n").unwrap();
+    let dag = crate::graph::Dag::build(&p, &kinds()).unwrap();
+    let n = dag.node(dag.find("s")[0]);
+    assert!(n.params["label_ratio"].is_f64());
+    assert_eq!(n.params["label_ratio"], json!(1.0));
+}
+
+#[test]
+fn enum_value_not_allowed() {
+    let e = err("stages:\n  data:\n    kind: synth\n    params: {task: horses}\n");
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:4:20: stage `data` parameter `task`: value `horses` is not allowed (allowed: labels2photo, edges2photo)"
+        )
+    );
+}
+
+#[test]
+fn unknown_kind_lists_known_kinds() {
+    let e = err("stages:\n  data:\n    kind: synthh\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:3:11: unknown stage kind `synthh` (known: command, split, synth, train)")
+    );
+}
+
+#[test]
+fn missing_dep_has_position() {
+    let e = err(
+        "stages:\n  data: {kind: synth, params: {task: edges2photo}}\n  split:\n    kind: split\n    deps: [data, dta]\n    params: {label_ratio: 0.5}\n",
+    );
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:5:18: stage `split` depends on `dta`, which is not a stage of this pipeline"
+        )
+    );
+}
+
+#[test]
+fn duplicate_stage_names_are_refused() {
+    let e = err(
+        "stages:\n  data: {kind: synth, params: {task: edges2photo}}\n  data: {kind: synth, params: {task: labels2photo}}\n",
+    );
+    assert_eq!(
+        e,
+        format!("{FILE}:3:3: duplicate stage name `data` (first defined at {FILE}:2:3)")
+    );
+}
+
+#[test]
+fn bad_stage_name_is_refused() {
+    let e = err("stages:\n  Data: {kind: synth, params: {task: edges2photo}}\n");
+    assert_eq!(
+        e,
+        format!("{FILE}:2:3: stage name `Data` must match [a-z0-9_-]+")
+    );
+}
+
+#[test]
+fn cycle_names_every_stage_in_order() {
+    let text = "stages:
+  a: {kind: split, deps: [c], params: {label_ratio: 0.1}}
+  b: {kind: split, deps: [a], params: {label_ratio: 0.1}}
+  c: {kind: split, deps: [b], params: {label_ratio: 0.1}}
+  d: {kind: split, deps: [a], params: {label_ratio: 0.1}}
+";
+    assert_eq!(err(text), format!("{FILE}:2:3: cycle: a -> b -> c -> a"));
+    let self_loop = "stages:\n  x: {kind: split, deps: [x], params: {label_ratio: 0.1}}\n";
+    assert_eq!(err(self_loop), format!("{FILE}:2:3: cycle: x -> x"));
+    // Entered from a stage that is not on the cycle itself.
+    let tail = "stages:
+  z: {kind: split, deps: [q], params: {label_ratio: 0.1}}
+  q: {kind: split, deps: [r], params: {label_ratio: 0.1}}
+  r: {kind: split, deps: [q], params: {label_ratio: 0.1}}
+";
+    assert_eq!(err(tail), format!("{FILE}:3:3: cycle: q -> r -> q"));
+}
+
+#[test]
+fn oversize_file_is_refused_before_parsing() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("big.yaml");
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(
+        f,
+        "stages:\n  a: {{kind: synth, params: {{task: edges2photo}}}}"
+    )
+    .unwrap();
+    f.write_all(&vec![b'#'; 2048]).unwrap();
+    drop(f);
+    let opts = LoadOptions {
+        max_bytes: 1024,
+        ..LoadOptions::default()
+    };
+    let e = load_pipeline(&path, &kinds(), &opts).unwrap_err();
+    assert!(matches!(e, SpecError::TooLarge { max: 1024, .. }), "{e}");
+    assert!(e.to_string().contains("big.yaml"), "{e}");
+    // The same file is fine under the default limit.
+    load_pipeline(&path, &kinds(), &LoadOptions::default()).unwrap();
+    let e = load_pipeline_str(&"#".repeat(2000), Path::new(FILE), &kinds(), &opts).unwrap_err();
+    assert!(matches!(e, SpecError::TooLarge { .. }), "{e}");
+}
+
+#[test]
+fn missing_file_names_the_path() {
+    let e = load_pipeline(
+        Path::new("/nonexistent/p.yaml"),
+        &kinds(),
+        &LoadOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().starts_with("/nonexistent/p.yaml: "), "{e}");
+}
+
+#[test]
+fn deep_nesting_is_refused() {
+    let deep = format!(
+        "params:\n  x: {}{}\nstages:\n  a: {{kind: synth, params: {{task: edges2photo}}}}\n",
+        "[".repeat(100),
+        "]".repeat(100)
+    );
+    let e = load(&deep).unwrap_err();
+    assert!(matches!(e, SpecError::Limit { .. }), "{e}");
+    assert!(e.to_string().starts_with(&format!("{FILE}:2:")), "{e}");
+    // Within the limit it loads.
+    let ok = deep
+        .replace(&"[".repeat(100), &"[".repeat(20))
+        .replace(&"]".repeat(100), &"]".repeat(20));
+    load(&ok).unwrap();
+}
+
+#[test]
+fn too_many_nodes_is_refused() {
+    let items = vec!["1"; 500].join(", ");
+    let text = format!(
+        "params:\n  x: [{items}]\nstages:\n  a: {{kind: synth, params: {{task: edges2photo}}}}\n"
+    );
+    let opts = LoadOptions {
+        max_nodes: 100,
+        ..LoadOptions::default()
+    };
+    let e = load_pipeline_str(&text, Path::new(FILE), &kinds(), &opts).unwrap_err();
+    assert!(matches!(e, SpecError::Limit { .. }), "{e}");
+    load(&text).unwrap();
+}
+
+#[test]
+fn alias_bomb_is_refused_quickly() {
+    let mut text =
+        String::from("params:\n  l0: &l0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+    for i in 1..10 {
+        let refs = vec![format!("*l{}", i - 1); 9].join(", ");
+        text.push_str(&format!("  l{i}: &l{i} [{refs}]\n"));
+    }
+    text.push_str("stages:\n  a: {kind: synth, params: {task: edges2photo}}\n");
+    let t = std::time::Instant::now();
+    let e = load(&text).unwrap_err();
+    assert!(matches!(e, SpecError::Limit { .. }), "{e}");
+    assert!(e.to_string().starts_with(&format!("{FILE}:")), "{e}");
+    assert!(t.elapsed().as_secs() < 5, "took {:?}", t.elapsed());
+    // Plain, small aliases are fine.
+    let ok = "params:\n  base: &b {ngf: 8}\n  other: *b\nstages:\n  a: {kind: synth, params: {task: edges2photo}}\n";
+    assert_eq!(load(ok).unwrap().params["other"], json!({"ngf": 8}));
+}
+
+#[test]
+fn override_of_a_param() {
+    let p = load_with(GOOD, &["label_ratio=0.5", "model.ngf=16"]).unwrap();
+    assert_eq!(p.params["label_ratio"], json!(0.5));
+    assert_eq!(p.params["model"], json!({"ngf": 16, "name": "g"}));
+    let dag = crate::graph::Dag::build(&p, &kinds()).unwrap();
+    let split = dag.node(dag.find("split")[0]);
+    assert_eq!(split.params["label_ratio"], json!(0.5));
+}
+
+#[test]
+fn override_of_a_stage_param() {
+    let p = load_with(GOOD, &["split.seed=3", "data.task=edges2photo"]).unwrap();
+    assert_eq!(p.stage("split").unwrap().params["seed"], json!(3));
+    assert_eq!(
+        p.stage("data").unwrap().params["task"],
+        json!("edges2photo")
+    );
+    // A nested override starts from the kind's default map.
+    let p = load_with(
+        "stages:\n  t: {kind: train}\n",
+        &["t.opt.beta1=0.9", "t.tag=[a, b]"],
+    );
+    let e = p.unwrap_err();
+    // `tag` is a string param: the list is refused, naming the flag.
+    assert_eq!(
+        e.to_string(),
+        "--set t.tag=[a, b]:1:7: stage `t` parameter `tag`: expected string, got list"
+    );
+    let p = load_with("stages:\n  t: {kind: train}\n", &["t.opt.beta1=0.9"]).unwrap();
+    assert_eq!(
+        p.stage("t").unwrap().params["opt"],
+        json!({"beta1": 0.9, "beta2": 0.999})
+    );
+    // A wrongly typed override is refused at load.
+    let e = load_with(GOOD, &["split.seed=abc"]).unwrap_err();
+    assert!(
+        e.to_string().contains("expected int, got string \"abc\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn override_with_unknown_path_names_the_flag() {
+    let e = load_with(GOOD, &["nosuch.x=1"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--set nosuch.x=1: `nosuch` is neither a param (params: task, label_ratio, model) nor a stage (stages: data, split)"
+    );
+    let e = load_with(GOOD, &["model.ngff=1"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--set model.ngff=1: `params.model.ngff` does not exist (keys there: ngf, name)"
+    );
+    let e = load_with(GOOD, &["split.sede=1"]).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("--set split.sede=1: stage `split` (kind split) has no parameter `sede`"),
+        "{e}"
+    );
+    let e = load_with(GOOD, &["split=1"]).unwrap_err();
+    assert!(
+        e.to_string().contains("name a parameter of stage `split`"),
+        "{e}"
+    );
+    let e = load_with(GOOD, &["split.seed=[1, 2"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--set split.seed=[1, 2: value `[1, 2` is not valid YAML: unclosed bracket '['"
+    );
+    let e = load_with(GOOD, &["seed"]).unwrap_err();
+    assert!(e.to_string().contains("expected `path=value`"), "{e}");
+}
+
+#[test]
+fn override_of_a_matrix_var_is_refused() {
+    let text = format!("{GOOD}matrix:\n  label_ratio: [0.1, 0.5]\n");
+    let e = load_with(&text, &["label_ratio=0.3"]).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "--set label_ratio=0.3: `label_ratio` is a matrix variable; edit its list under `matrix:` instead"
+    );
+}
+
+#[test]
+fn typed_and_interpolated_refs() {
+    let text = r#"params:
+  n: 16
+  model: {ngf: 8}
+  tags: [x, y]
+  name: run
+stages:
+  data:
+    kind: synth
+    params: {task: labels2photo, n: "${n}", size: "${model.ngf}"}
+  c:
+    kind: command
+    deps: [data]
+    params:
+      cmd: "train --n ${n} --m ${model} --t ${tags.1} --name ${name}-$${HOME}"
+      env: {MODEL: "${model}"}
+"#;
+    let p = load(text).unwrap();
+    let dag = crate::graph::Dag::build(&p, &kinds()).unwrap();
+    let data = dag.node(dag.find("data")[0]);
+    assert_eq!(data.params["n"], json!(16));
+    assert_eq!(data.params["size"], json!(8));
+    let c = dag.node(dag.find("c")[0]);
+    assert_eq!(
+        c.params["cmd"],
+        json!("train --n 16 --m {\"ngf\":8} --t y --name run-${HOME}")
+    );
+    assert_eq!(c.params["env"], json!({"MODEL": {"ngf": 8}}));
+}
+
+#[test]
+fn unknown_ref_points_at_the_string() {
+    let e = err(
+        "params: {task: edges2photo}\nstages:\n  data:\n    kind: synth\n    params:\n      task: \"${tsk}\"\n",
+    );
+    assert_eq!(
+        e,
+        format!("{FILE}:6:13: unknown reference `${{tsk}}` (params are: task)")
+    );
+    let e = err(
+        "params: {m: {ngf: 8}}\nstages:\n  c: {kind: command, params: {cmd: \"x ${m.nfg}\"}}\n",
+    );
+    assert_eq!(
+        e,
+        format!("{FILE}:3:36: unknown reference `${{m.nfg}}` (`m` has keys: ngf)")
+    );
+    let e = err("stages:\n  c: {kind: command, params: {cmd: \"x ${oops\"}}\n");
+    assert!(e.contains("unterminated reference"), "{e}");
+}
+
+#[test]
+fn refs_in_top_level_params_are_refused() {
+    let e = err(
+        "params:\n  a: 1\n  b: \"${a}\"\nstages:\n  d: {kind: synth, params: {task: edges2photo}}\n",
+    );
+    assert!(
+        e.starts_with(&format!(
+            "{FILE}:3:6: `${{a}}`: references are expanded in stage params only"
+        )),
+        "{e}"
+    );
+}
+
+#[test]
+fn matrix_shape_errors() {
+    let base = "stages:\n  d: {kind: synth, params: {task: edges2photo}}\n";
+    let e = err(&format!("{base}matrix:\n  x: []\n"));
+    assert_eq!(
+        e,
+        format!("{FILE}:4:6: matrix variable `x` has an empty list of values")
+    );
+    let e = err(&format!("{base}matrix:\n  x: 3\n"));
+    assert_eq!(
+        e,
+        format!("{FILE}:4:6: matrix variable `x`: expected a list of values, got int")
+    );
+    let e = err(&format!("{base}matrix:\n  x: [1, 1]\n"));
+    assert!(e.contains("lists `1` twice"), "{e}");
+}
+
+#[test]
+fn relative_paths_resolve_against_the_pipeline_folder() {
+    let text = "stages:
+  s:
+    kind: split
+    params: {label_ratio: 0.5, out: ../data/./out}
+  c:
+    kind: command
+    params:
+      cmd: run
+      inputs: [a.png, /abs/b.png]
+      data: {root: images, other: keep}
+";
+    let p = load_pipeline_str(
+        text,
+        Path::new("/work/pipes/p.yaml"),
+        &kinds(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let dag = crate::graph::Dag::build(&p, &kinds()).unwrap();
+    let s = dag.node(dag.find("s")[0]);
+    assert_eq!(s.params["out"], json!("/work/data/out"));
+    let c = dag.node(dag.find("c")[0]);
+    assert_eq!(
+        c.params["inputs"],
+        json!(["/work/pipes/a.png", "/abs/b.png"])
+    );
+    assert_eq!(
+        c.params["data"],
+        json!({"root": "/work/pipes/images", "other": "keep"})
+    );
+    assert_eq!(
+        c.external_inputs,
+        vec![
+            ("inputs.0".to_string(), "/work/pipes/a.png".into()),
+            ("inputs.1".to_string(), "/abs/b.png".into()),
+            ("data.root".to_string(), "/work/pipes/images".into()),
+        ]
+    );
+    // External inputs and not_in_key paths stay out of the key; the rest stays in.
+    assert_eq!(
+        c.key_params,
+        json!({"cmd": "run", "data": {"other": "keep"}})
+    );
+}
+
+#[test]
+fn relative_pipeline_path_is_made_absolute() {
+    let p = load_pipeline_str(
+        "stages:\n  d: {kind: synth, params: {task: edges2photo}}\n",
+        Path::new("sub/p.yaml"),
+        &kinds(),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    assert!(p.path.is_absolute());
+    assert_eq!(p.dir, std::env::current_dir().unwrap().join("sub"));
+}
+
+#[test]
+fn duplicate_keys_inside_params_are_refused() {
+    let e = err("stages:\n  d:\n    kind: synth\n    params: {task: edges2photo, n: 1, n: 2}\n");
+    assert_eq!(e, format!("{FILE}:4:39: duplicate key `n`"));
+}
+
+#[test]
+fn every_positioned_error_displays_its_position_first() {
+    let e = load("stages:\n  a:\n    kind: nope\n").unwrap_err();
+    let pos = e.pos().unwrap();
+    assert!(e.to_string().starts_with(&format!("{pos}: ")));
+    assert_eq!((pos.line, pos.col), (3, 11));
+}

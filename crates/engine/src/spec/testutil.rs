@@ -1,0 +1,92 @@
+//! Test kinds built from small `KindSchema` YAML documents.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::spec::{LoadOptions, Pipeline, SpecError, load_pipeline_str};
+use crate::stage::{KindRegistry, KindSchema, StageContext, StageError, StageKind};
+
+struct TestKind(KindSchema);
+
+impl StageKind for TestKind {
+    fn schema(&self) -> &KindSchema {
+        &self.0
+    }
+    fn run(&self, _ctx: &StageContext<'_>) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+const SCHEMAS: &[&str] = &[
+    r#"
+kind: synth
+version: 1
+not_in_key: [log_every]
+params:
+  task: {type: string, required: true, enum: [labels2photo, edges2photo]}
+  n: {type: int, default: 64}
+  size: {type: int, default: 32}
+  log_every: {type: int, default: 10}
+"#,
+    r#"
+kind: split
+version: 1
+params:
+  label_ratio: {type: float, required: true}
+  seed: {type: int, default: 0}
+  out: {type: path}
+"#,
+    r#"
+kind: train
+version: 2
+gpu: true
+params:
+  lr: {type: float, default: 0.0002}
+  adf: {type: bool, default: false}
+  strategy: {type: string, default: multi, enum: [largest, wide, deep, multi]}
+  opt: {type: map, default: {beta1: 0.5, beta2: 0.999}}
+  tag: {type: string}
+"#,
+    r#"
+kind: command
+version: 1
+external_inputs: [inputs, data.root]
+not_in_key: [env]
+params:
+  cmd: {type: string, required: true}
+  inputs: {type: list, default: []}
+  data: {type: map}
+  env: {type: map}
+"#,
+];
+
+pub(crate) fn kinds() -> KindRegistry {
+    let mut reg = KindRegistry::new();
+    for text in SCHEMAS {
+        let schema = KindSchema::from_yaml(text).expect("test schema parses");
+        reg.register(Arc::new(TestKind(schema)));
+    }
+    reg
+}
+
+pub(crate) const FILE: &str = "/pipes/p.yaml";
+
+pub(crate) fn load(text: &str) -> Result<Pipeline, SpecError> {
+    load_pipeline_str(text, Path::new(FILE), &kinds(), &LoadOptions::default())
+}
+
+pub(crate) fn load_with(text: &str, sets: &[&str]) -> Result<Pipeline, SpecError> {
+    let opts = LoadOptions {
+        overrides: sets.iter().map(|s| s.to_string()).collect(),
+        ..LoadOptions::default()
+    };
+    load_pipeline_str(text, Path::new(FILE), &kinds(), &opts)
+}
+
+/// The error's Display, which must start with `file:line:col:`.
+pub(crate) fn err(text: &str) -> String {
+    match load(text) {
+        Ok(_) => panic!("expected an error for:\n{text}"),
+        Err(e) => e.to_string(),
+    }
+}
