@@ -306,6 +306,36 @@ impl Registry {
         Ok(())
     }
 
+    /// Marks runs of this host still `running` whose process is gone as `interrupted`
+    /// (a run killed with -9 never calls [`Self::end_run`]); returns their ids.
+    pub fn mark_abandoned_runs(&self) -> Result<Vec<i64>, RegistryError> {
+        let host = this_host();
+        let candidates: Vec<(i64, i64)> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare("SELECT id, pid FROM runs WHERE status = 'running' AND host = ?1")
+                .map_err(|e| self.db(e))?;
+            let rows = stmt
+                .query_map(params![host], |r| Ok((r.get(0)?, r.get(1)?)))
+                .map_err(|e| self.db(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?
+        };
+        let mut marked = Vec::new();
+        for (id, pid) in candidates {
+            let alive = u32::try_from(pid).is_ok_and(crate::lock::pid_alive);
+            if !alive {
+                self.conn()
+                    .execute(
+                        "UPDATE runs SET status = 'interrupted' WHERE id = ?1 AND status = 'running'",
+                        params![id],
+                    )
+                    .map_err(|e| self.db(e))?;
+                marked.push(id);
+            }
+        }
+        Ok(marked)
+    }
+
     /// Records one stage execution; returns its id (`e.id` is ignored).
     pub fn record_execution(&self, e: &ExecutionRow) -> Result<i64, RegistryError> {
         check_status("execution status", &e.status, &EXECUTION_STATUSES)?;
@@ -617,6 +647,27 @@ mod tests {
         let m = reg.metrics_for_keys(&[key('a'), key('b')]).unwrap();
         assert_eq!(m.len(), 1);
         assert_eq!(m[key('a').as_str()], BTreeMap::from([("fid".into(), 25.0)]));
+    }
+
+    #[test]
+    fn runs_of_dead_processes_are_marked_interrupted() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        let live = reg.begin_run("p", &[]).unwrap();
+        let dead = reg.begin_run("p", &[]).unwrap();
+        // A pid above the kernel's pid_max cannot belong to a live process.
+        reg.conn()
+            .execute(
+                "UPDATE runs SET pid = 2147483646 WHERE id = ?1",
+                params![dead],
+            )
+            .unwrap();
+        assert_eq!(reg.mark_abandoned_runs().unwrap(), vec![dead]);
+        let runs = reg.runs(10).unwrap();
+        let status = |id| runs.iter().find(|r| r.id == id).unwrap().status.clone();
+        assert_eq!(status(dead), "interrupted");
+        assert_eq!(status(live), "running");
+        assert!(reg.mark_abandoned_runs().unwrap().is_empty());
     }
 
     #[test]

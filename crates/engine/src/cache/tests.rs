@@ -416,3 +416,67 @@ fn scratch_survives_until_cleared() {
     assert!(!s.join("ckpt.bin").exists());
     cache.clear_scratch(&k).unwrap();
 }
+
+/// Helper process for `killed_stage_leaves_nothing_served`: stages outputs for a key, says
+/// where, then waits to be killed before committing.
+#[test]
+#[ignore = "helper process started by killed_stage_leaves_nothing_served"]
+fn helper_stage_then_hang() {
+    use std::io::Read;
+    let root = PathBuf::from(std::env::var("UGC_CACHE_TEST_ROOT").unwrap());
+    let marker = PathBuf::from(std::env::var("UGC_CACHE_TEST_MARKER").unwrap());
+    let cache = Cache::open(&root).unwrap();
+    let staging = cache.stage(&material(0.7).key()).unwrap();
+    std::fs::write(staging.out_dir().join("partial.bin"), b"half written").unwrap();
+    std::fs::write(&marker, staging.work_dir().to_str().unwrap()).unwrap();
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+}
+
+#[test]
+fn killed_stage_leaves_nothing_served() {
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("cache");
+    let marker = dir.path().join("marker");
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "cache::tests::helper_stage_then_hang",
+            "--ignored",
+            "--test-threads=1",
+        ])
+        .env("UGC_CACHE_TEST_ROOT", &root)
+        .env("UGC_CACHE_TEST_MARKER", &marker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while !marker.exists() && start.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let work = PathBuf::from(std::fs::read_to_string(&marker).unwrap());
+    let cache = Cache::open(&root).unwrap();
+    // While the owner lives, its staging dir is not garbage.
+    assert!(cache.gc(None).unwrap().removed_tmp.is_empty());
+    assert!(work.exists());
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(cache.lookup(&material(0.7).key()).unwrap().is_none());
+    assert!(cache.records().unwrap().is_empty());
+    let report = cache.gc(None).unwrap();
+    assert_eq!(report.removed_tmp, vec![work.clone()]);
+    assert!(!work.exists());
+    assert!(
+        dir_is_empty(&cache.root().join("tmp")),
+        "owner lock file left behind"
+    );
+}
+
+#[test]
+fn cache_and_registry_can_be_shared_between_threads() {
+    fn assert_sync<T: Send + Sync>() {}
+    assert_sync::<Cache>();
+    assert_sync::<crate::registry::Registry>();
+}
