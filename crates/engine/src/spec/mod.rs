@@ -25,6 +25,10 @@ use crate::stage::KindRegistry;
 pub use error::{SourcePos, SpecError};
 use yaml::{YNode, YValue};
 
+/// Most matrix points accepted: each one is resolved when the DAG is built, so a matrix of
+/// many long lists would otherwise hang the loader.
+pub const MAX_MATRIX_POINTS: usize = 10_000;
+
 /// How to load a pipeline: `--set` overrides and the limits that refuse pathological input.
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
@@ -313,6 +317,17 @@ fn parse_pipeline(
         Some(v) if matches!(v.value, YValue::Null) => (Vec::new(), Vec::new()),
         Some(v) => parse_matrix(v, file)?,
     };
+    let points = matrix
+        .iter()
+        .fold(1usize, |acc, (_, values)| acc.saturating_mul(values.len()));
+    if points > MAX_MATRIX_POINTS {
+        return Err(SpecError::Limit {
+            pos: matrix_pos[0].clone(),
+            message: format!(
+                "the matrix has {points} points, more than the limit of {MAX_MATRIX_POINTS}"
+            ),
+        });
+    }
 
     let stages_node = stages_node.ok_or_else(|| SpecError::MissingKey {
         pos: root.pos(file),
@@ -320,15 +335,17 @@ fn parse_pipeline(
         section: "the pipeline".into(),
     })?;
     let mut stages: Vec<StageSpec> = Vec::new();
+    let mut by_name: HashMap<String, usize> = HashMap::new();
     for (k, v) in entries(stages_node, file, "`stages`")? {
         let name = k.key_text(file)?;
-        if let Some(first) = stages.iter().find(|s| s.name == name) {
+        if let Some(&first) = by_name.get(&name) {
             return Err(SpecError::DuplicateStage {
                 pos: k.pos(file),
                 name,
-                first: first.pos.clone(),
+                first: stages[first].pos.clone(),
             });
         }
+        by_name.insert(name.clone(), stages.len());
         stages.push(parse_stage(name, k, v, file, kinds)?);
     }
     if stages.is_empty() {
@@ -339,7 +356,7 @@ fn parse_pipeline(
     }
     for s in &stages {
         for (dep, pos) in s.deps.iter().zip(&s.dep_pos) {
-            if !stages.iter().any(|o| &o.name == dep) {
+            if !by_name.contains_key(dep) {
                 return Err(SpecError::UnknownDep {
                     pos: pos.clone(),
                     stage: s.name.clone(),
@@ -558,56 +575,63 @@ fn parse_stage(
 
 /// Refuses a dependency cycle, naming every stage on it in data-flow order
 /// (`a -> b` means `b` depends on `a`), starting from the one written first.
+///
+/// Iterative (Kahn's algorithm, then a walk through what is left) so that a long chain of
+/// stages cannot overflow the stack.
 fn check_cycles(p: &Pipeline) -> Result<(), SpecError> {
+    let n = p.stages.len();
     let index: HashMap<&str, usize> = p
         .stages
         .iter()
         .enumerate()
         .map(|(i, s)| (s.name.as_str(), i))
         .collect();
-    // 0 = unvisited, 1 = on the stack, 2 = done.
-    let mut state = vec![0u8; p.stages.len()];
-    let mut stack: Vec<usize> = Vec::new();
-    fn visit(
-        i: usize,
-        p: &Pipeline,
-        index: &HashMap<&str, usize>,
-        state: &mut [u8],
-        stack: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
-        state[i] = 1;
-        stack.push(i);
-        for dep in &p.stages[i].deps {
-            let j = index[dep.as_str()];
-            if state[j] == 1 {
-                let from = stack.iter().position(|&s| s == j).unwrap_or(0);
-                return Some(stack[from..].to_vec());
-            }
-            if state[j] == 0
-                && let Some(c) = visit(j, p, index, state, stack)
-            {
-                return Some(c);
-            }
-        }
-        stack.pop();
-        state[i] = 2;
-        None
-    }
-    for i in 0..p.stages.len() {
-        if state[i] == 0
-            && let Some(mut cycle) = visit(i, p, &index, &mut state, &mut stack)
-        {
-            // The stack runs dependent -> dep; data flows the other way.
-            cycle.reverse();
-            let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
-            cycle.rotate_left(first);
-            let mut names: Vec<String> = cycle.iter().map(|&s| p.stages[s].name.clone()).collect();
-            names.push(names[0].clone());
-            return Err(SpecError::Cycle {
-                pos: p.stages[cycle[0]].pos.clone(),
-                stages: names,
-            });
+    let deps: Vec<Vec<usize>> = p
+        .stages
+        .iter()
+        .map(|s| s.deps.iter().map(|d| index[d.as_str()]).collect())
+        .collect();
+    let mut users: Vec<Vec<usize>> = vec![Vec::new(); n];
+    for (i, ds) in deps.iter().enumerate() {
+        for &d in ds {
+            users[d].push(i);
         }
     }
-    Ok(())
+    let mut indeg: Vec<usize> = deps.iter().map(Vec::len).collect();
+    let mut ready: Vec<usize> = (0..n).filter(|&i| indeg[i] == 0).collect();
+    while let Some(i) = ready.pop() {
+        for &u in &users[i] {
+            indeg[u] -= 1;
+            if indeg[u] == 0 {
+                ready.push(u);
+            }
+        }
+    }
+    let Some(start) = (0..n).find(|&i| indeg[i] > 0) else {
+        return Ok(());
+    };
+    // Every stage left over has a dep that is left over too: walking those deps must
+    // come back to a stage already seen, and the walk from there is the cycle.
+    let mut seen_at: HashMap<usize, usize> = HashMap::new();
+    let mut walk = Vec::new();
+    let mut cur = start;
+    while !seen_at.contains_key(&cur) {
+        seen_at.insert(cur, walk.len());
+        walk.push(cur);
+        cur = *deps[cur]
+            .iter()
+            .find(|&&d| indeg[d] > 0)
+            .expect("a stage left by Kahn's algorithm has a dep left too");
+    }
+    let mut cycle = walk.split_off(seen_at[&cur]);
+    // The walk runs dependent -> dep; data flows the other way.
+    cycle.reverse();
+    let first = (0..cycle.len()).min_by_key(|&k| cycle[k]).unwrap_or(0);
+    cycle.rotate_left(first);
+    let mut names: Vec<String> = cycle.iter().map(|&s| p.stages[s].name.clone()).collect();
+    names.push(names[0].clone());
+    Err(SpecError::Cycle {
+        pos: p.stages[cycle[0]].pos.clone(),
+        stages: names,
+    })
 }

@@ -533,3 +533,49 @@ fn every_positioned_error_displays_its_position_first() {
     assert!(e.to_string().starts_with(&format!("{pos}: ")));
     assert_eq!((pos.line, pos.col), (3, 11));
 }
+
+#[test]
+fn a_long_chain_of_stages_loads_without_deep_recursion() {
+    let n = 5000;
+    let mut text = String::from("stages:\n  s0: {kind: synth, params: {task: edges2photo}}\n");
+    for i in 1..n {
+        text.push_str(&format!(
+            "  s{i}: {{kind: split, deps: [s{}], params: {{label_ratio: 0.5}}}}\n",
+            i - 1
+        ));
+    }
+    let t = std::time::Instant::now();
+    let p = load(&text).unwrap();
+    assert_eq!(p.stages.len(), n);
+    let dag = crate::graph::Dag::build(&p, &kinds()).unwrap();
+    assert_eq!(dag.descendants(dag.find("s0")[0]).len(), n - 1);
+    // Closing the chain into a loop names all of it.
+    let looped = text.replacen(
+        "s0: {kind: synth, params:",
+        &format!("s0: {{kind: synth, deps: [s{}], params:", n - 1),
+        1,
+    );
+    let e = load(&looped).unwrap_err();
+    let SpecError::Cycle { stages, .. } = &e else {
+        panic!("{e}")
+    };
+    assert_eq!(stages.len(), n + 1);
+    assert_eq!((stages[0].as_str(), stages[n].as_str()), ("s0", "s0"));
+    assert!(t.elapsed().as_secs() < 20, "took {:?}", t.elapsed());
+}
+
+#[test]
+fn a_huge_matrix_is_refused() {
+    let list = (0..30)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "matrix:\n  a: [{list}]\n  b: [{list}]\n  c: [{list}]\nstages:\n  d: {{kind: synth, params: {{task: edges2photo}}}}\n"
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{FILE}:2:3: refused: the matrix has 27000 points, more than the limit of 10000")
+    );
+}
