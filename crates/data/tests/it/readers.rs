@@ -1,0 +1,96 @@
+use ugc_data::dataset::{
+    ExtraInput, Format, SampleFiles, read_aligned_split, read_cityscapes_split, read_folder,
+};
+use ugc_data::{SynthTask, read_dataset};
+
+use crate::common::*;
+
+#[test]
+fn aligned_reader_lists_each_split_sorted() {
+    let d = tempfile::tempdir().unwrap();
+    aligned_dataset(d.path(), 5, 2);
+    let train = read_aligned_split(d.path(), "train").unwrap();
+    assert_eq!(train.len(), 5);
+    assert_eq!(train[0].id, "000");
+    assert!(
+        matches!(&train[4].files, SampleFiles::Aligned { file } if file.ends_with("train/004.png"))
+    );
+    let idx = read_dataset(&aligned_spec(d.path())).unwrap();
+    assert_eq!((idx.train.len(), idx.test.len()), (5, 2));
+    assert!(idx.classes.is_none());
+}
+
+#[test]
+fn cityscapes_reader_pairs_photos_with_all_maps_and_reads_the_class_table() {
+    let d = tempfile::tempdir().unwrap();
+    synth(d.path(), SynthTask::Labels2photo, 4, 2, 32);
+    let train = read_cityscapes_split(d.path(), "train").unwrap();
+    assert_eq!(train.len(), 4);
+    for s in &train {
+        let SampleFiles::Semantic {
+            photo,
+            label_ids,
+            instance_ids,
+            color,
+        } = &s.files
+        else {
+            panic!("semantic sample expected")
+        };
+        assert!(photo.to_string_lossy().ends_with("_leftImg8bit.png"));
+        assert!(
+            label_ids
+                .to_string_lossy()
+                .ends_with("_gtFine_labelIds.png")
+        );
+        assert!(instance_ids.as_ref().unwrap().is_file());
+        assert!(color.as_ref().unwrap().is_file());
+    }
+    let idx = read_dataset(&cityscapes_spec(d.path())).unwrap();
+    assert_eq!(idx.classes.unwrap().name, "synth-labels2photo-8");
+    // Without classes.json the official Cityscapes table applies.
+    std::fs::remove_file(d.path().join("classes.json")).unwrap();
+    let idx = read_dataset(&cityscapes_spec(d.path())).unwrap();
+    assert_eq!(idx.classes.unwrap().name, "cityscapes");
+}
+
+#[test]
+fn cityscapes_photo_without_label_map_is_named() {
+    let d = tempfile::tempdir().unwrap();
+    synth(d.path(), SynthTask::Labels2photo, 2, 1, 16);
+    let lab = d
+        .path()
+        .join("gtFine/train/synth/synth_000001_000019_gtFine_labelIds.png");
+    std::fs::remove_file(&lab).unwrap();
+    let e = read_cityscapes_split(d.path(), "train")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("synth_000001_000019_leftImg8bit.png"), "{e}");
+    assert!(e.contains("gtFine_labelIds.png"), "{e}");
+}
+
+#[test]
+fn folder_reader_takes_images_or_label_maps_by_format() {
+    let d = tempfile::tempdir().unwrap();
+    aligned_dataset(d.path(), 3, 1);
+    let extra = read_folder(&d.path().join("train"), Format::Aligned, "p").unwrap();
+    assert_eq!(extra.len(), 3);
+    assert!(matches!(&extra[0], ExtraInput::Rgb { id, .. } if id == "000"));
+
+    let c = tempfile::tempdir().unwrap();
+    synth(c.path(), SynthTask::Labels2photo, 3, 1, 16);
+    let gt = c.path().join("gtFine/train");
+    let extra = read_folder(&gt, Format::Cityscapes, "p").unwrap();
+    assert_eq!(extra.len(), 3, "only labelIds files are inputs");
+    assert!(matches!(
+        &extra[0],
+        ExtraInput::Semantic {
+            instance_ids: Some(_),
+            ..
+        }
+    ));
+    let empty = tempfile::tempdir().unwrap();
+    let e = read_folder(empty.path(), Format::Aligned, "dataset.extra_unlabeled")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("dataset.extra_unlabeled"), "{e}");
+}

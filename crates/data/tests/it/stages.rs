@@ -1,0 +1,146 @@
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::json;
+use ugc_data::{SplitManifest, SplitStage, SynthStage};
+use ugc_engine::{
+    CancelToken, DeviceKind, KindSchema, NullProgress, StageContext, StageError, StageInput,
+    StageKind,
+};
+
+fn schema(name: &str) -> KindSchema {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../stages")
+        .join(name);
+    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn run(
+    kind: &dyn StageKind,
+    params: serde_json::Value,
+    inputs: &[StageInput],
+    out: &Path,
+) -> Result<(), StageError> {
+    let scratch = tempfile::tempdir().unwrap();
+    let env = BTreeMap::new();
+    let cancel = CancelToken::new();
+    let ctx = StageContext {
+        node: "n",
+        kind: &kind.schema().kind,
+        params: &params,
+        inputs,
+        out_dir: out,
+        scratch_dir: scratch.path(),
+        device: DeviceKind::Cpu,
+        progress: &NullProgress,
+        cancel: &cancel,
+        env: &env,
+    };
+    kind.run(&ctx)
+}
+
+/// Schema defaults merged with `over` (what the engine hands a stage).
+fn with_defaults(s: &KindSchema, over: serde_json::Value) -> serde_json::Value {
+    let mut m = serde_json::Map::new();
+    for (k, p) in &s.params {
+        if let Some(d) = &p.default {
+            m.insert(k.clone(), d.clone());
+        }
+    }
+    for (k, v) in over.as_object().unwrap() {
+        m.insert(k.clone(), v.clone());
+    }
+    serde_json::Value::Object(m)
+}
+
+#[test]
+fn schemas_parse_and_document_every_parameter() {
+    for (file, kind) in [("synth.yaml", "synth"), ("split.yaml", "split")] {
+        let s = schema(file);
+        assert_eq!(s.kind, kind);
+        assert!(
+            s.params.values().all(|p| !p.doc.is_empty()),
+            "{file}: undocumented param"
+        );
+    }
+    assert!(
+        schema("split.yaml")
+            .external_inputs
+            .contains(&"dataset.root".to_string())
+    );
+}
+
+#[test]
+fn synth_then_split_through_the_stage_contract() {
+    let synth = SynthStage::new(schema("synth.yaml"));
+    let split = SplitStage::new(schema("split.yaml"));
+    let sdir = tempfile::tempdir().unwrap();
+    let p = with_defaults(
+        synth.schema(),
+        json!({"task": "labels2photo", "n": 20, "n_test": 4, "size": 16}),
+    );
+    run(&synth, p, &[], sdir.path()).unwrap();
+    let inputs = [StageInput {
+        name: "data".into(),
+        kind: "synth".into(),
+        dir: sdir.path().to_path_buf(),
+    }];
+    let out = tempfile::tempdir().unwrap();
+    let p = with_defaults(split.schema(), json!({"label_ratio": 0.5}));
+    run(&split, p, &inputs, out.path()).unwrap();
+    let m = SplitManifest::load(out.path()).unwrap();
+    assert_eq!(
+        (
+            m.counts.holdout,
+            m.counts.labeled,
+            m.counts.unlabeled,
+            m.counts.test
+        ),
+        (2, 9, 9, 4)
+    );
+    let metrics: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(metrics["labeled"], 9);
+}
+
+#[test]
+fn split_stage_config_errors_name_the_parameter() {
+    let split = SplitStage::new(schema("split.yaml"));
+    let out = tempfile::tempdir().unwrap();
+    let e = run(
+        &split,
+        with_defaults(split.schema(), json!({})),
+        &[],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Config(_)));
+    assert!(e.to_string().contains("dataset.root"), "{e}");
+
+    let d = tempfile::tempdir().unwrap();
+    let p = with_defaults(split.schema(), json!({"dataset": {"root": d.path()}}));
+    let e = run(&split, p, &[], out.path()).unwrap_err().to_string();
+    assert!(e.contains("dataset.format"), "{e}");
+
+    let p = with_defaults(
+        split.schema(),
+        json!({"dataset": {"root": d.path(), "fromat": "aligned"}}),
+    );
+    let e = run(&split, p, &[], out.path()).unwrap_err().to_string();
+    assert!(e.contains("fromat"), "{e}");
+
+    let p = with_defaults(
+        split.schema(),
+        json!({"dataset": {"root": d.path(), "format": "aligned"}, "label_ratio": 0}),
+    );
+    let e = run(&split, p, &[], out.path()).unwrap_err().to_string();
+    assert!(e.contains("label_ratio"), "{e}");
+
+    let p = with_defaults(
+        split.schema(),
+        json!({"dataset": {"root": d.path().join("gone"), "format": "aligned"}}),
+    );
+    let e = run(&split, p, &[], out.path()).unwrap_err().to_string();
+    assert!(e.contains("gone") && e.contains("dataset.root"), "{e}");
+}
