@@ -230,10 +230,18 @@ fn substitute(
                 message,
             })?;
             let lookup = |name: &str| {
-                refs::lookup(params, name).map_err(|hint| SpecError::UnknownRef {
-                    pos: pos_of(path),
-                    name: name.to_string(),
-                    hint,
+                refs::lookup(params, name).map_err(|mut hint| {
+                    // Most likely a shell variable meant for a command.
+                    if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+                        hint.push_str(&format!(
+                            "; write `$${{{name}}}` for a literal `${{{name}}}`"
+                        ));
+                    }
+                    SpecError::UnknownRef {
+                        pos: pos_of(path),
+                        name: name.to_string(),
+                        hint,
+                    }
                 })
             };
             match pieces.as_slice() {

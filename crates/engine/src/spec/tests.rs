@@ -579,3 +579,13 @@ fn a_huge_matrix_is_refused() {
         format!("{FILE}:2:3: refused: the matrix has 27000 points, more than the limit of 10000")
     );
 }
+
+#[test]
+fn unknown_env_like_ref_suggests_the_escape() {
+    let e = err("stages:\n  c: {kind: command, params: {cmd: \"ls ${UGC_OUT}\"}}\n");
+    assert!(e.contains("unknown reference `${UGC_OUT}`"), "{e}");
+    assert!(
+        e.contains("write `$${UGC_OUT}` for a literal `${UGC_OUT}`"),
+        "{e}"
+    );
+}
