@@ -9,8 +9,8 @@
 //! discriminator is not needed to run a trained generator.
 //!
 //! Layer groups (kernel 4, padding 2): `model0` conv (stride 2, bias) + LeakyReLU(0.2);
-//! `model1..n_layers-1` conv (stride 2, the last of them stride 1; width doubles up to 512)
-//! + norm + LeakyReLU, named `modelN.0.0` (conv) and `modelN.0.1` (norm) as SPADE's
+//! `model1..n_layers-1` conv (stride 2, the last of them stride 1; width doubles up to 512),
+//! norm and LeakyReLU, named `modelN.0.0` (conv) and `modelN.0.1` (norm) as SPADE's
 //! `get_nonspade_norm_layer` nests them, or `modelN.0` without a norm; the last group is a
 //! conv to one channel. With a norm the conv has no bias (SPADE deletes it).
 //!

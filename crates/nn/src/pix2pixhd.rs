@@ -360,7 +360,7 @@ impl Generator for Pix2PixHd {
             }
             let r = act(blk.conv1.forward(&reflection_pad(&h, 1), inner));
             let r = instance_norm(&blk.conv2.forward(&reflection_pad(&r, 1), trunk));
-            h = h + r;
+            h += r;
         }
         for (conv, &w) in self.ups.iter().zip(a.ups) {
             h = act(conv.forward(&h, w));
