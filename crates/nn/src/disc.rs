@@ -71,7 +71,6 @@ pub fn build_discriminator(
     vs: &nn::Path,
     cfg: &DiscConfig,
 ) -> Result<Box<dyn Discriminator>, NnError> {
-    let _ = vs;
     for (field, v) in [
         ("input_nc", cfg.input_nc),
         ("ndf", cfg.ndf),
@@ -83,9 +82,9 @@ pub fn build_discriminator(
         }
     }
     match cfg.arch {
-        DiscArch::Multiscale => Ok(Box::new(crate::multiscale::MultiscaleDiscriminator::new(vs, cfg)?)),
-        a => Err(NnError::Unsupported(format!(
-            "discriminator `{a:?}` is not implemented in this build"
-        ))),
+        DiscArch::Patchgan => Ok(Box::new(crate::patchgan::PatchGan::new(vs, cfg)?)),
+        DiscArch::Multiscale => Ok(Box::new(crate::multiscale::MultiscaleDiscriminator::new(
+            vs, cfg,
+        )?)),
     }
 }

@@ -57,6 +57,11 @@ pub fn reflection_pad(x: &Tensor, p: i64) -> Tensor {
     x.reflection_pad2d([p, p, p, p])
 }
 
+/// `nn.LeakyReLU(slope)` (tch's `leaky_relu` has PyTorch's fixed 0.01 slope).
+pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
+    x.where_self(&x.ge(0.0), &(x * slope))
+}
+
 fn normal_init(p: &nn::Path, name: &str, dims: &[i64], mean: f64) -> Tensor {
     p.var(name, dims, nn::Init::Randn { mean, stdev: 0.02 })
 }
@@ -203,6 +208,49 @@ impl ElasticConvTranspose2d {
             1,
             [1, 1],
         )
+    }
+
+    /// Input-channel rows `segments` (`(offset, len)` pairs, concatenated) and the first
+    /// `c_out` outputs of the weight. For layers whose input is a concatenation of two
+    /// elastic tensors, such as a UNet up-conv fed `cat(skip, up)`: the active channels of
+    /// each part start at that part's offset in the full weight.
+    pub fn weight_rows(&self, segments: &[(i64, i64)], c_out: i64) -> Tensor {
+        let parts: Vec<Tensor> = segments
+            .iter()
+            .map(|&(off, len)| self.weight.narrow(0, off, len))
+            .collect();
+        Tensor::cat(&parts, 0).narrow(1, 0, c_out)
+    }
+
+    /// Forward with input rows chosen by [`Self::weight_rows`].
+    pub fn forward_rows(&self, x: &Tensor, segments: &[(i64, i64)], c_out: i64) -> Tensor {
+        let o = &self.opts;
+        let w = self.weight_rows(segments, c_out);
+        let b = self.bias.as_ref().map(|b| slice_vec(b, c_out));
+        x.conv_transpose2d(
+            &w,
+            b.as_ref(),
+            [o.stride, o.stride],
+            [o.padding, o.padding],
+            [o.output_padding, o.output_padding],
+            1,
+            [1, 1],
+        )
+    }
+
+    /// Compact tensors for [`Self::forward_rows`].
+    pub fn extract_rows(&self, segments: &[(i64, i64)], c_out: i64) -> Vec<(&'static str, Tensor)> {
+        let mut v = vec![(
+            "weight",
+            self.weight_rows(segments, c_out)
+                .detach()
+                .contiguous()
+                .copy(),
+        )];
+        if let Some(b) = &self.bias {
+            v.push(("bias", slice_vec(b, c_out).detach().contiguous().copy()));
+        }
+        v
     }
 
     pub fn extract(&self, c_in: i64, c_out: i64) -> Vec<(&'static str, Tensor)> {
@@ -424,10 +472,11 @@ impl Norm2d {
     }
 }
 
-/// Whether `--norm` gives conv layers a bias in the official code (`use_bias` is true exactly
-/// when the norm is not batch norm, which has its own shift).
+/// Whether `--norm` gives conv layers a bias in the official pix2pix code: `use_bias` is
+/// true exactly for instance norm (`norm_layer.func == nn.InstanceNorm2d`); batch norm has
+/// its own shift, and `none` also builds bias-free convs there.
 pub fn conv_bias_for(kind: NormKind) -> bool {
-    !matches!(kind, NormKind::Batch | NormKind::SpectralBatch)
+    matches!(kind, NormKind::Instance | NormKind::SpectralInstance)
 }
 
 /// Prefixes `suffix` tensors with `prefix.` and appends them to `out` (export helper).

@@ -51,20 +51,16 @@ pub trait Generator: Send {
     }
 }
 
-fn missing(arch: Arch) -> NnError {
-    NnError::Unsupported(format!(
-        "architecture `{arch}` is not implemented in this build"
-    ))
-}
-
 /// Builds the supernet of `cfg` under `vs` (official parameter names relative to `vs`).
 pub fn build_generator(vs: &nn::Path, cfg: &ArchConfig) -> Result<Box<dyn Generator>, NnError> {
     cfg.validate()?;
-    let _ = vs;
     match cfg.arch {
+        Arch::Pix2PixResnet | Arch::MobileResnet => {
+            Ok(Box::new(crate::resnet::ResnetGenerator::new(vs, cfg)?))
+        }
+        Arch::Pix2PixUnet => Ok(Box::new(crate::unet::UnetGenerator::new(vs, cfg)?)),
         Arch::Pix2PixHd => Ok(Box::new(crate::pix2pixhd::Pix2PixHd::new(vs, cfg)?)),
         Arch::Gaugan => Ok(Box::new(crate::gaugan::Gaugan::new(vs, cfg)?)),
-        a => Err(missing(a)),
     }
 }
 
@@ -72,9 +68,10 @@ pub fn build_generator(vs: &nn::Path, cfg: &ArchConfig) -> Result<Box<dyn Genera
 pub fn search_space(cfg: &ArchConfig) -> Result<SearchSpace, NnError> {
     cfg.validate()?;
     match cfg.arch {
+        Arch::Pix2PixResnet | Arch::MobileResnet => crate::resnet::search_space(cfg),
+        Arch::Pix2PixUnet => crate::unet::search_space(cfg),
         Arch::Pix2PixHd => crate::pix2pixhd::search_space(cfg),
         Arch::Gaugan => crate::gaugan::search_space(cfg),
-        a => Err(missing(a)),
     }
 }
 
@@ -99,11 +96,11 @@ pub fn profile(
             reason: format!("{} expects {} input channels", cfg.arch, cfg.input_nc),
         });
     }
-    let _ = sub;
     match cfg.arch {
+        Arch::Pix2PixResnet | Arch::MobileResnet => crate::resnet::cost(cfg, &sub, input_chw),
+        Arch::Pix2PixUnet => crate::unet::cost(cfg, &sub, input_chw),
         Arch::Pix2PixHd => crate::pix2pixhd::cost(cfg, &sub, input_chw),
         Arch::Gaugan => crate::gaugan::cost(cfg, &sub, input_chw),
-        a => Err(missing(a)),
     }
 }
 
@@ -135,4 +132,54 @@ where
         n += 1;
     }
     Ok(n)
+}
+
+/// Checks that `x` is a `[N, C, H, W]` batch with the channel count of `cfg`.
+pub fn check_input(x: &Tensor, cfg: &ArchConfig) -> Result<(), NnError> {
+    let s = x.size();
+    if s.len() != 4 || s[1] != cfg.input_nc {
+        return Err(NnError::BadInput {
+            shape: s,
+            reason: format!("{} expects a [N, {}, H, W] batch", cfg.arch, cfg.input_nc),
+        });
+    }
+    Ok(())
+}
+
+/// Width choices for named positions with the given full widths, per `cfg.space`.
+pub fn width_choices(
+    cfg: &ArchConfig,
+    positions: Vec<(String, i64)>,
+) -> Vec<crate::subnet::WidthChoice> {
+    positions
+        .into_iter()
+        .map(|(name, full)| crate::subnet::WidthChoice {
+            choices: cfg.space.candidates(full),
+            name,
+            full,
+        })
+        .collect()
+}
+
+/// `n` depth-elastic blocks named `block{i}`, skippable from index `cfg.space.min_blocks`.
+pub fn block_choices(cfg: &ArchConfig, n: i64) -> Vec<crate::subnet::BlockChoice> {
+    (0..n)
+        .map(|i| crate::subnet::BlockChoice {
+            name: format!("block{i}"),
+            skippable: i >= cfg.space.min_blocks,
+        })
+        .collect()
+}
+
+/// The full widths of a family: `cfg.channels` when set (compact models), else `derived`.
+pub fn full_widths(cfg: &ArchConfig, derived: Vec<i64>) -> Result<Vec<i64>, NnError> {
+    match &cfg.channels {
+        Some(ch) if ch.len() != derived.len() => Err(NnError::config(
+            "channels",
+            format!("{ch:?}"),
+            format!("{} expects {} widths here", cfg.arch, derived.len()),
+        )),
+        Some(ch) => Ok(ch.clone()),
+        None => Ok(derived),
+    }
 }

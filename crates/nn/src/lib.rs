@@ -20,12 +20,16 @@ pub mod cost;
 pub mod disc;
 pub mod elastic;
 pub mod error;
+pub mod export;
 pub mod gaugan;
 pub mod generator;
 pub mod multiscale;
+pub mod patchgan;
 pub mod pix2pixhd;
+pub mod resnet;
 pub mod spade;
 pub mod subnet;
+pub mod unet;
 
 pub use arch::{Arch, ArchConfig, NormKind, SpaceSpec, Upsampling};
 pub use cost::Cost;

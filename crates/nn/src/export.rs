@@ -1,0 +1,239 @@
+//! Export of sub-nets as standalone compact models, loading them back, and checking a
+//! weights file (e.g. an official checkpoint converted to safetensors) against an
+//! architecture by tensor name and shape.
+//!
+//! A model directory holds `model.safetensors` (contiguous tensors, official names) and
+//! `model.json`: `{"format": "ugc-nn-model", "version": 1, "arch": <ArchConfig>,
+//! "source_subnet": "w=..;d=..", "params": N}`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+
+use crate::arch::ArchConfig;
+use crate::error::NnError;
+use crate::generator::{Generator, build_generator};
+use crate::subnet::SubnetConfig;
+
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+pub const META_FILE: &str = "model.json";
+const FORMAT: &str = "ugc-nn-model";
+const VERSION: u32 = 1;
+
+/// `model.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelMeta {
+    pub format: String,
+    pub version: u32,
+    pub arch: ArchConfig,
+    /// The sub-net of the supernet this model was exported from.
+    pub source_subnet: String,
+    /// Learnable parameters of the compact model.
+    pub params: u64,
+}
+
+/// A tensor whose shape differs between file and architecture.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MisShaped {
+    pub name: String,
+    pub expected: Vec<i64>,
+    pub found: Vec<i64>,
+}
+
+/// Result of comparing a weights file with an architecture, every problem by name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightsReport {
+    /// Tensors the architecture needs that the file lacks.
+    pub missing: Vec<String>,
+    /// Tensors in the file the architecture does not have.
+    pub unexpected: Vec<String>,
+    pub mis_shaped: Vec<MisShaped>,
+    /// Number of tensors that matched by name and shape.
+    pub matched: usize,
+}
+
+impl WeightsReport {
+    pub fn is_ok(&self) -> bool {
+        self.missing.is_empty() && self.unexpected.is_empty() && self.mis_shaped.is_empty()
+    }
+}
+
+impl fmt::Display for WeightsReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "{} tensors match", self.matched)?;
+        for n in &self.missing {
+            writeln!(f, "missing: {n}")?;
+        }
+        for n in &self.unexpected {
+            writeln!(f, "unexpected: {n}")?;
+        }
+        for m in &self.mis_shaped {
+            writeln!(
+                f,
+                "mis-shaped: {} expected {:?} found {:?}",
+                m.name, m.expected, m.found
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NnError + '_ {
+    move |source| NnError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Names and shapes a generator of `cfg` creates (built on the CPU; nothing is run).
+pub fn expected_tensors(cfg: &ArchConfig) -> Result<BTreeMap<String, Vec<i64>>, NnError> {
+    let vs = VarStore::new(Device::Cpu);
+    let _g = tch::no_grad(|| build_generator(&vs.root(), cfg))?;
+    Ok(vs
+        .variables()
+        .into_iter()
+        .map(|(k, v)| (k, v.size()))
+        .collect())
+}
+
+/// Names and shapes stored in a safetensors file (header only).
+pub fn file_tensors(file: &Path) -> Result<BTreeMap<String, Vec<i64>>, NnError> {
+    let bytes = std::fs::read(file).map_err(io_err(file))?;
+    let (_, meta) =
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NnError::Image {
+            path: file.to_path_buf(),
+            reason: format!("not a safetensors file: {e}"),
+        })?;
+    Ok(meta
+        .tensors()
+        .into_iter()
+        .map(|(k, info)| (k, info.shape.iter().map(|&d| d as i64).collect()))
+        .collect())
+}
+
+/// Compares `file` with the tensors of `cfg`, reporting every missing, unexpected or
+/// mis-shaped tensor by name.
+pub fn check_weights(cfg: &ArchConfig, file: &Path) -> Result<WeightsReport, NnError> {
+    let want = expected_tensors(cfg)?;
+    let have = file_tensors(file)?;
+    let mut r = WeightsReport::default();
+    for (name, shape) in &want {
+        match have.get(name) {
+            None => r.missing.push(name.clone()),
+            Some(s) if s != shape => r.mis_shaped.push(MisShaped {
+                name: name.clone(),
+                expected: shape.clone(),
+                found: s.clone(),
+            }),
+            Some(_) => r.matched += 1,
+        }
+    }
+    r.unexpected = have
+        .keys()
+        .filter(|k| !want.contains_key(*k))
+        .cloned()
+        .collect();
+    Ok(r)
+}
+
+/// A generator with its weights loaded.
+pub struct LoadedModel {
+    /// Owns the tensors (keep it alive while using `generator`, e.g. to move devices).
+    pub vs: VarStore,
+    pub generator: Box<dyn Generator>,
+}
+
+/// Builds `cfg` on `device` and loads `file` after checking it; a mismatch is an error that
+/// lists every bad tensor.
+pub fn load_weights(cfg: &ArchConfig, file: &Path, device: Device) -> Result<LoadedModel, NnError> {
+    let report = check_weights(cfg, file)?;
+    if !report.is_ok() {
+        return Err(NnError::WeightsMismatch {
+            path: file.to_path_buf(),
+            summary: report.to_string(),
+        });
+    }
+    let mut vs = VarStore::new(device);
+    let generator = build_generator(&vs.root(), cfg)?;
+    vs.load(file)
+        .map_err(|e| NnError::torch(format!("loading {}", file.display()), e))?;
+    Ok(LoadedModel { vs, generator })
+}
+
+/// Writes sub-net `sub` of `gen` as a compact model into `dir` (created if needed).
+pub fn export_subnet(
+    gen_: &dyn Generator,
+    sub: &SubnetConfig,
+    dir: &Path,
+) -> Result<ModelMeta, NnError> {
+    let cfg = gen_.compact_config(sub)?;
+    let tensors: Vec<(String, Tensor)> = gen_
+        .extract(sub)?
+        .into_iter()
+        .map(|(n, t)| (n, t.to_device(Device::Cpu)))
+        .collect();
+    // Guard the contract: the compact architecture must have exactly these tensors.
+    let want = expected_tensors(&cfg)?;
+    let got: BTreeMap<String, Vec<i64>> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    if want != got {
+        return Err(NnError::Unsupported(format!(
+            "internal: extracted tensors of {} do not match its compact architecture",
+            cfg.arch
+        )));
+    }
+    let params = tensors
+        .iter()
+        .filter(|(n, t)| {
+            t.kind() != Kind::Int64 && !n.ends_with("running_mean") && !n.ends_with("running_var")
+        })
+        .map(|(_, t)| t.numel() as u64)
+        .sum();
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let wpath = dir.join(WEIGHTS_FILE);
+    Tensor::write_safetensors(&tensors, &wpath)
+        .map_err(|e| NnError::torch(format!("writing {}", wpath.display()), e))?;
+    let meta = ModelMeta {
+        format: FORMAT.into(),
+        version: VERSION,
+        arch: cfg,
+        source_subnet: sub.to_string(),
+        params,
+    };
+    let mpath = dir.join(META_FILE);
+    let text = serde_json::to_string_pretty(&meta).map_err(|e| NnError::Json {
+        path: mpath.clone(),
+        source: e,
+    })?;
+    std::fs::write(&mpath, text).map_err(io_err(&mpath))?;
+    Ok(meta)
+}
+
+/// Reads `dir/model.json`.
+pub fn read_meta(dir: &Path) -> Result<ModelMeta, NnError> {
+    let mpath: PathBuf = dir.join(META_FILE);
+    let text = std::fs::read_to_string(&mpath).map_err(io_err(&mpath))?;
+    let meta: ModelMeta = serde_json::from_str(&text).map_err(|e| NnError::Json {
+        path: mpath.clone(),
+        source: e,
+    })?;
+    if meta.format != FORMAT || meta.version != VERSION {
+        return Err(NnError::config(
+            "format",
+            format!("{} v{}", meta.format, meta.version),
+            format!("{} expects {FORMAT} v{VERSION}", mpath.display()),
+        ));
+    }
+    Ok(meta)
+}
+
+/// Loads an exported model directory; run it with `generator.search_space().largest()`.
+pub fn load_model(dir: &Path, device: Device) -> Result<(ModelMeta, LoadedModel), NnError> {
+    let meta = read_meta(dir)?;
+    let model = load_weights(&meta.arch, &dir.join(WEIGHTS_FILE), device)?;
+    Ok((meta, model))
+}
