@@ -1,0 +1,165 @@
+//! Loading user-supplied safetensors weights into a [`VarStore`] by name.
+//!
+//! Pretrained evaluators cannot be downloaded here, so the file is the user's; a wrong file
+//! must be refused with the names of the missing, mis-shaped and unexpected tensors rather
+//! than producing silently wrong metrics. The file's BLAKE3 digest identifies the evaluator
+//! in `metrics.json`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use tch::Tensor;
+use tch::nn::VarStore;
+
+use crate::error::{MetricsError, Result};
+
+/// Identity of a loaded weights file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct WeightsInfo {
+    pub path: PathBuf,
+    /// Hex BLAKE3 digest of the file's bytes.
+    pub blake3: String,
+    /// Tensors copied into the model.
+    pub loaded: usize,
+    /// Tensors present in the file but not used (e.g. a classifier head).
+    pub ignored: Vec<String>,
+}
+
+/// What to do with a tensor of the file that the model does not have.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Extra {
+    /// Known and harmless (e.g. `num_batches_tracked`, an unused head of the right shape).
+    Ignore,
+    /// Not part of this architecture: the file is refused.
+    Unexpected,
+    /// Known name with a wrong shape: the file is refused with this reason.
+    Wrong(String),
+}
+
+const MAX_LISTED: usize = 12;
+
+fn list(items: &[String]) -> String {
+    let shown: Vec<&str> = items.iter().take(MAX_LISTED).map(String::as_str).collect();
+    if items.len() > MAX_LISTED {
+        format!(
+            "{} (and {} more)",
+            shown.join(", "),
+            items.len() - MAX_LISTED
+        )
+    } else {
+        shown.join(", ")
+    }
+}
+
+/// Loads `path` into every variable of `vs`. A leading `module.` (from `nn.DataParallel`)
+/// is stripped when every name in the file carries it. `extra` classifies tensors the model
+/// does not have. On any mismatch nothing is copied.
+pub fn load_safetensors(
+    vs: &mut VarStore,
+    path: &Path,
+    arch: &str,
+    extra: impl Fn(&str, &[i64]) -> Extra,
+) -> Result<WeightsInfo> {
+    let file_err = |reason: String| MetricsError::WeightsFile {
+        path: path.to_path_buf(),
+        arch: arch.to_string(),
+        reason,
+    };
+    if !path.is_file() {
+        return Err(file_err("the file does not exist".into()));
+    }
+    let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
+    let digest = blake3::hash(&bytes).to_hex().to_string();
+    drop(bytes);
+    let tensors = Tensor::read_safetensors(path).map_err(|e| {
+        file_err(format!(
+            "not a readable safetensors file ({e}); convert a PyTorch state dict with \
+             `safetensors.torch.save_file(state_dict, path)`"
+        ))
+    })?;
+    let strip = !tensors.is_empty() && tensors.iter().all(|(n, _)| n.starts_with("module."));
+    let file: BTreeMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(n, t)| {
+            let n = if strip {
+                n["module.".len()..].to_string()
+            } else {
+                n
+            };
+            (n, t)
+        })
+        .collect();
+
+    let vars = vs.variables();
+    let mut missing = Vec::new();
+    let mut misshaped = Vec::new();
+    for (name, var) in &vars {
+        match file.get(name) {
+            None => missing.push(name.clone()),
+            Some(t) if t.size() != var.size() => misshaped.push(format!(
+                "{name}: model {:?}, file {:?}",
+                var.size(),
+                t.size()
+            )),
+            Some(_) => {}
+        }
+    }
+    let mut unexpected = Vec::new();
+    let mut ignored = Vec::new();
+    let model_names: BTreeSet<String> = vars.keys().cloned().collect();
+    for (name, t) in &file {
+        if model_names.contains(name) {
+            continue;
+        }
+        match extra(name, &t.size()) {
+            Extra::Ignore => ignored.push(name.clone()),
+            Extra::Unexpected => unexpected.push(name.clone()),
+            Extra::Wrong(reason) => misshaped.push(format!("{name}: {reason}")),
+        }
+    }
+    missing.sort();
+    misshaped.sort();
+    if !(missing.is_empty() && misshaped.is_empty() && unexpected.is_empty()) {
+        let mut parts = Vec::new();
+        if !missing.is_empty() {
+            parts.push(format!(
+                "{} missing tensors: {}",
+                missing.len(),
+                list(&missing)
+            ));
+        }
+        if !misshaped.is_empty() {
+            parts.push(format!(
+                "{} mis-shaped tensors: {}",
+                misshaped.len(),
+                list(&misshaped)
+            ));
+        }
+        if !unexpected.is_empty() {
+            parts.push(format!(
+                "{} unexpected tensors: {}",
+                unexpected.len(),
+                list(&unexpected)
+            ));
+        }
+        return Err(MetricsError::WeightsMismatch {
+            path: path.to_path_buf(),
+            arch: arch.to_string(),
+            details: parts.join("; "),
+        });
+    }
+    tch::no_grad(|| -> Result<()> {
+        for (name, mut var) in vars {
+            let src = &file[&name];
+            var.f_copy_(&src.to_kind(var.kind()).to_device(var.device()))?;
+        }
+        Ok(())
+    })?;
+    Ok(WeightsInfo {
+        path: path.to_path_buf(),
+        blake3: digest,
+        loaded: model_names.len(),
+        ignored,
+    })
+}
