@@ -227,3 +227,20 @@ fn without_matrix_every_stage_is_one_node() {
     assert_eq!(ids(&d, &d.topo_order()), ["a", "b"]);
     assert!(d.node(d.find("b")[0]).matrix_point.is_empty());
 }
+
+#[test]
+fn the_example_in_the_docs_loads_and_expands_as_documented() {
+    let doc = include_str!("../../../../docs/pipeline-spec.md");
+    let start = doc.find("```yaml\n").expect("docs have a yaml example") + 8;
+    let end = start + doc[start..].find("```").unwrap();
+    let d = dag(&doc[start..end]);
+    assert_eq!(d.find("data").len(), 1);
+    assert_eq!(d.find("split").len(), 3);
+    assert_eq!(d.find("tag").len(), 3);
+    assert_eq!(d.len(), 7);
+    let tag = d.node(d.find("tag[label_ratio=0.1]")[0]);
+    assert_eq!(
+        tag.params["cmd"],
+        json!("echo labels2photo-16 > ${UGC_OUT}/tag.txt")
+    );
+}
