@@ -23,6 +23,7 @@ pub mod error;
 pub mod export;
 pub mod gaugan;
 pub mod generator;
+pub mod infer;
 pub mod multiscale;
 pub mod patchgan;
 pub mod pix2pixhd;

@@ -334,3 +334,70 @@ fn subnet_outside_the_space_is_an_error() {
         .to_string();
     assert!(e.contains("divisible by 32"), "{e}");
 }
+
+#[test]
+fn infer_image_matches_official_pre_and_post_processing() {
+    use ugc_nn::infer::{InferOptions, infer_image, load_input};
+    let dir = tempfile::tempdir().unwrap();
+    let inp = dir.path().join("in.png");
+    let img = image::RgbImage::from_fn(32, 32, |x, y| {
+        image::Rgb([(x * 8) as u8, (y * 8) as u8, 128])
+    });
+    img.save(&inp).unwrap();
+    let cfg = ArchConfig {
+        ngf: 4,
+        n_blocks: 2,
+        ..ArchConfig::new(Arch::Pix2PixResnet)
+    };
+    let x = load_input(&cfg, &inp, &InferOptions::default()).unwrap();
+    assert_eq!(x.size(), vec![1, 3, 32, 32]);
+    assert!((x.double_value(&[0, 0, 0, 1]) - (8.0 / 255.0 * 2.0 - 1.0)).abs() < 1e-6);
+    let out = dir.path().join("out.png");
+    let weights = fixture("resnet_tiny.safetensors");
+    let r = infer_image(
+        &cfg,
+        None,
+        &weights,
+        &inp,
+        &out,
+        Device::Cpu,
+        &InferOptions::default(),
+    )
+    .unwrap();
+    assert_eq!(r.size, [32, 32]);
+    // reference: the loaded model's output, mapped as tensor2im
+    let m = load_weights(&cfg, &weights, Device::Cpu).unwrap();
+    let y = tch::no_grad(|| {
+        m.generator
+            .forward(&x, &m.generator.search_space().largest(), Mode::Eval)
+    })
+    .unwrap();
+    let expect = ((y.double_value(&[0, 1, 5, 7]) + 1.0) / 2.0 * 255.0) as u8;
+    let got = image::open(&out).unwrap().to_rgb8().get_pixel(7, 5)[1];
+    assert_eq!(got, expect);
+    // resize to an official load size, and an unreadable input names its path
+    let r = infer_image(
+        &cfg,
+        None,
+        &weights,
+        &inp,
+        &out,
+        Device::Cpu,
+        &InferOptions {
+            load_size: Some(64),
+        },
+    )
+    .unwrap();
+    assert_eq!(r.size, [64, 64]);
+    let e = infer_image(
+        &cfg,
+        None,
+        &weights,
+        &weights,
+        &out,
+        Device::Cpu,
+        &InferOptions::default(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("resnet_tiny.safetensors"), "{e}");
+}
