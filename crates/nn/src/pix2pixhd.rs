@@ -14,7 +14,7 @@
 
 use tch::{Tensor, nn};
 
-use crate::arch::{Arch, ArchConfig};
+use crate::arch::{Arch, ArchConfig, NormKind};
 use crate::cost::{self, Cost};
 use crate::elastic::{
     ConvOpts, ConvTransposeOpts, ElasticConv2d, ElasticConvTranspose2d, Mode, push_named,
@@ -39,6 +39,13 @@ impl Layout {
             return Err(NnError::config("arch", cfg.arch, "expected pix2pixhd"));
         }
         cfg.validate()?;
+        if cfg.norm != NormKind::Instance {
+            return Err(NnError::config(
+                "norm",
+                format!("{:?}", cfg.norm).to_lowercase(),
+                "pix2pixhd is implemented with instance norm only (the official default)",
+            ));
+        }
         let d = cfg.n_downsample;
         if !(1..=8).contains(&d) {
             return Err(NnError::config("n_downsample", d, "must be in 1..=8"));
@@ -360,7 +367,8 @@ impl Generator for Pix2PixHd {
             }
             let r = act(blk.conv1.forward(&reflection_pad(&h, 1), inner));
             let r = instance_norm(&blk.conv2.forward(&reflection_pad(&r, 1), trunk));
-            h += r;
+            // Not `h += r`: that adds in place into a tensor autograd saved (reflection pad).
+            h = &h + &r;
         }
         for (conv, &w) in self.ups.iter().zip(a.ups) {
             h = act(conv.forward(&h, w));

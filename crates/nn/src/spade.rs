@@ -17,6 +17,8 @@
 //! (only for blocks with a learned shortcut; otherwise the output width is the input width)
 //! and its SPADE `hidden` width (`nhidden`, 128 in the original), shared by the block's norms.
 
+use std::path::Path;
+
 use tch::{Kind, Tensor, nn};
 
 use crate::cost::{self, Cost};
@@ -319,4 +321,21 @@ pub fn fold_spectral_norm(tensors: &mut Vec<(String, Tensor)>) -> Result<Vec<Str
         tensors.push((format!("{prefix}.weight"), (&w / sigma).to_kind(w.kind())));
     }
     Ok(prefixes)
+}
+
+/// Converts an official spectral-norm checkpoint (safetensors) at `src` into one with plain
+/// `weight` tensors at `dst` (see [`fold_spectral_norm`]); every other tensor is copied
+/// unchanged. Returns the folded layer prefixes (empty if `src` had no spectral norm).
+/// Errors name the file.
+pub fn fold_spectral_norm_file(src: &Path, dst: &Path) -> Result<Vec<String>, NnError> {
+    let mut tensors = Tensor::read_safetensors(src)
+        .map_err(|e| NnError::torch(format!("reading {}", src.display()), e))?;
+    let folded = fold_spectral_norm(&mut tensors).map_err(|e| match e {
+        NnError::Unsupported(msg) => NnError::Unsupported(format!("{}: {msg}", src.display())),
+        e => e,
+    })?;
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&tensors, dst)
+        .map_err(|e| NnError::torch(format!("writing {}", dst.display()), e))?;
+    Ok(folded)
 }

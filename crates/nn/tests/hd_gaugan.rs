@@ -212,6 +212,46 @@ fn gaugan_spectral_checkpoint_folds_and_matches_pytorch() {
 }
 
 #[test]
+fn spectral_checkpoint_file_converts_and_loads_through_export_api() {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/gaugan_tiny_spectral.safetensors");
+    let dir = tempfile::tempdir().unwrap();
+    let dst = dir.path().join("plain.safetensors");
+    let cfg = ArchConfig {
+        channels: Some(vec![
+            32, 32, 8, 32, 8, 32, 8, 16, 16, 8, 8, 8, 8, 4, 4, 8, 2, 2, 8,
+        ]),
+        ..gaugan_cfg(8, 2, Upsampling::Normal)
+    };
+    // The raw checkpoint is reported tensor by tensor: spectral-norm names are unexpected.
+    let raw = ugc_nn::export::check_weights(&cfg, &src).unwrap();
+    assert!(
+        raw.unexpected
+            .iter()
+            .any(|n| n == "up_0.conv_s.weight_orig"),
+        "{raw}"
+    );
+    assert!(
+        raw.missing.iter().any(|n| n == "up_0.conv_s.weight"),
+        "{raw}"
+    );
+    let folded = ugc_nn::spade::fold_spectral_norm_file(&src, &dst).unwrap();
+    assert_eq!(folded.len(), 18);
+    // After folding, only the fixture's test tensors and BN counters differ.
+    let r = ugc_nn::export::check_weights(&cfg, &dst).unwrap();
+    assert!(r.mis_shaped.is_empty(), "{r}");
+    assert!(r.unexpected.iter().all(|n| n.starts_with("__")), "{r}");
+    assert!(
+        r.missing.iter().all(|n| n.ends_with("num_batches_tracked")),
+        "{r}"
+    );
+    let e = ugc_nn::spade::fold_spectral_norm_file(&dir.path().join("nope.safetensors"), &dst)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("nope.safetensors"), "{e}");
+}
+
+#[test]
 fn multiscale_discriminator_loads_official_names_and_matches_pytorch() {
     for (file, norm, mode) in [
         (
@@ -484,6 +524,12 @@ fn bad_inputs_and_configs_are_typed_errors() {
         e.contains("channels") && e.contains("9 elastic positions"),
         "{e}"
     );
+    let cfg = ArchConfig {
+        norm: ugc_nn::NormKind::Batch,
+        ..hd_cfg(9, 8, 2, 4)
+    };
+    let e = profile(&cfg, None, [9, 32, 32]).unwrap_err().to_string();
+    assert!(e.contains("norm = batch"), "{e}");
     let e = profile(
         &ArchConfig {
             n_blocks: 0,
