@@ -6,7 +6,7 @@
 //! (1x1 classifier) and `up.weight` (depthwise 16x16 transposed conv, stride 8). A leading
 //! `module.` from `nn.DataParallel` is stripped by the loader.
 //! Input protocol (GAN-compression `cityscapes_mIoU.py`): the generated 8-bit image is
-//! resized to 2048x1024 bicubically, scaled to [0, 1] and normalised with the Cityscapes
+//! resized to 2048x1024 with Pillow's bicubic filter, scaled to [0, 1] and normalised with the Cityscapes
 //! mean/std below; the prediction is the argmax over the upsampled logits.
 
 use std::path::Path;
@@ -15,6 +15,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
+use crate::resize::pil_bicubic_resize;
 use crate::weights::{Extra, WeightsInfo, load_safetensors};
 
 /// Per-channel mean of the DRN Cityscapes models (RGB, [0, 1] scale).
@@ -324,25 +325,24 @@ pub fn bilinear_up_kernel(num_classes: i64) -> Tensor {
         .repeat([num_classes, 1, 1, 1])
 }
 
-/// Resizes 8-bit-valued images in [0, 1] to `size` bicubically and applies the Cityscapes
-/// normalisation. (torch's bicubic uses a = -0.75; PIL's, used by the reference, a = -0.5
-/// with 8-bit rounding between passes: predictions can differ on a few border pixels.)
-pub fn cityscapes_input(images: &Tensor, size: [i64; 2]) -> Tensor {
-    let x = images.to_kind(Kind::Float);
-    let s = x.size();
-    let x = if [s[2], s[3]] != size {
-        x.upsample_bicubic2d(size, false, None, None)
-            .clamp(0.0, 1.0)
+/// GAN-compression's DRN input: images holding 8-bit values in [0, 1] are resized to
+/// `size` with Pillow's bicubic filter (exactly, see [`crate::resize`]) when their size
+/// differs, then normalised with the Cityscapes mean/std. Runs the resize on the CPU.
+pub fn cityscapes_input(images: &Tensor, size: [i64; 2]) -> Result<Tensor> {
+    let s = images.size();
+    let device = images.device();
+    let x = if s.len() == 4 && [s[2], s[3]] != size {
+        pil_bicubic_resize(images, size)?.to_device(device)
     } else {
-        x
+        images.to_kind(Kind::Float)
     };
     let mean = Tensor::from_slice(&CITYSCAPES_MEAN.map(|v| v as f32))
         .view([1, 3, 1, 1])
-        .to_device(x.device());
+        .to_device(device);
     let std = Tensor::from_slice(&CITYSCAPES_STD.map(|v| v as f32))
         .view([1, 3, 1, 1])
-        .to_device(x.device());
-    (x - mean) / std
+        .to_device(device);
+    Ok((x - mean) / std)
 }
 
 fn drn_extra(name: &str, _shape: &[i64]) -> Extra {
@@ -419,7 +419,7 @@ impl DrnSeg {
                 "DRN needs N x 3 x H x W images, got {s:?}"
             )));
         }
-        let x = cityscapes_input(&images.to_device(self.vs.device()), size);
+        let x = cityscapes_input(images, size)?;
         Ok(self.logits(&x).argmax(1, false).to_device(Device::Cpu))
     }
 }

@@ -4,6 +4,7 @@
 //! * [`inception`]: pytorch-fid's FID Inception-v3 loading user weights by name;
 //! * [`miou`] + [`cityscapes`] + [`drn`]: segmentation-based evaluation (confusion-matrix
 //!   mIoU, the Cityscapes label table, DRN-D-105);
+//! * [`resize`]: Pillow-exact bicubic resize (the DRN evaluation protocol);
 //! * [`image_metrics`]: PSNR and SSIM; [`latency`]: warm-up + median timing;
 //! * [`features`]: the [`features::FeatureExtractor`] trait an `evaluate` stage drives.
 //!
@@ -21,6 +22,7 @@ pub mod kid;
 pub mod latency;
 pub mod miou;
 pub mod npy;
+pub mod resize;
 pub mod weights;
 
 pub use error::{MetricsError, Result};

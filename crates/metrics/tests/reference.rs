@@ -222,3 +222,36 @@ fn miou_from_dirs_refuses_mismatched_folders() {
     .unwrap_err();
     assert!(err.to_string().contains("single-channel"), "{err}");
 }
+
+fn u8_planes(name: &str) -> (Vec<usize>, Vec<u8>) {
+    let a = read_npy(&fixture(name)).unwrap();
+    (a.shape.clone(), a.data.iter().map(|&v| v as u8).collect())
+}
+
+#[test]
+fn resize_matches_pillow_bicubic_exactly() {
+    let (s, src) = u8_planes("pil_src.npy");
+    let (h, w) = (s[1], s[2]);
+    for (file, (oh, ow)) in [("pil_up.npy", (45, 61)), ("pil_down.npy", (9, 13))] {
+        let (_, want) = u8_planes(file);
+        let ours: Vec<u8> = src
+            .chunks_exact(h * w)
+            .flat_map(|p| ugc_metrics::resize::pil_bicubic_plane(p, h, w, oh, ow))
+            .collect();
+        let differing = ours.iter().zip(&want).filter(|(a, b)| a != b).count();
+        eprintln!(
+            "{file}: {differing} of {} bytes differ from Pillow",
+            want.len()
+        );
+        assert_eq!(differing, 0);
+    }
+    // Through the tensor helper (values k/255).
+    let t = Tensor::from_slice(&src)
+        .reshape([1, 3, h as i64, w as i64])
+        .to_kind(Kind::Float)
+        / 255.0;
+    let r = ugc_metrics::resize::pil_bicubic_resize(&t, [45, 61]).unwrap();
+    let (_, want) = u8_planes("pil_up.npy");
+    let got: Vec<f32> = Vec::try_from(&(r * 255.0).round().flatten(0, -1)).unwrap();
+    assert!(got.iter().zip(&want).all(|(a, &b)| *a == b as f32));
+}
