@@ -149,12 +149,15 @@ impl StatCache {
     /// The cached digest of `path` if its stat is unchanged.
     pub(crate) fn get(&self, path: &str, sig: &StatSig) -> Result<Option<String>, CacheError> {
         let conn = self.lock();
-        let row: Option<(i64, i64, i64, i64, String)> = conn
-            .query_row(
+        let mut stmt = conn
+            .prepare_cached(
                 "SELECT size, mtime_ns, ino, dev, digest FROM stat_cache WHERE path = ?1",
-                params![path],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
+            .map_err(|e| self.db_err(e))?;
+        let row: Option<(i64, i64, i64, i64, String)> = stmt
+            .query_row(params![path], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
             .optional()
             .map_err(|e| self.db_err(e))?;
         Ok(row.and_then(|(size, mtime_ns, ino, dev, digest)| {

@@ -615,7 +615,7 @@ impl Cache {
     /// Lists, hashes and fsyncs every file a stage produced.
     fn scan_output(&self, out: &Path) -> Result<Vec<StagedFile>, CacheError> {
         let out_real = out.canonicalize().map_err(CacheError::io(out))?;
-        let mut staged = Vec::new();
+        let mut found = Vec::new();
         for entry in walkdir::WalkDir::new(out)
             .follow_links(false)
             .sort_by_file_name()
@@ -658,15 +658,51 @@ impl Cache {
                     reason: "not a regular file, directory or symlink".into(),
                 });
             };
-            let (digest, size, file) = self.hasher.hash_file(&source)?;
-            file.sync_all().map_err(CacheError::io(&source))?;
-            staged.push(StagedFile {
-                rel,
-                source,
-                via_link,
-                digest,
-                size,
-            });
+            found.push((rel, source, via_link));
+        }
+        self.hash_and_sync(found)
+    }
+
+    /// Hashes and fsyncs files on a few threads: fsync latency, not hashing, dominates
+    /// commits of many small files, and concurrent fsyncs share journal commits.
+    fn hash_and_sync(
+        &self,
+        found: Vec<(String, PathBuf, bool)>,
+    ) -> Result<Vec<StagedFile>, CacheError> {
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+            .min(found.len().max(1));
+        let chunk = found.len().div_ceil(workers).max(1);
+        let results: Vec<Result<Vec<StagedFile>, CacheError>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = found
+                .chunks(chunk)
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|(rel, source, via_link)| {
+                                let (digest, size, file) = self.hasher.hash_file(source)?;
+                                file.sync_all().map_err(CacheError::io(source))?;
+                                Ok(StagedFile {
+                                    rel: rel.clone(),
+                                    source: source.clone(),
+                                    via_link: *via_link,
+                                    digest,
+                                    size,
+                                })
+                            })
+                            .collect()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("hashing thread does not panic"))
+                .collect()
+        });
+        let mut staged = Vec::with_capacity(found.len());
+        for part in results {
+            staged.extend(part?);
         }
         Ok(staged)
     }
