@@ -480,3 +480,16 @@ fn cache_and_registry_can_be_shared_between_threads() {
     assert_sync::<Cache>();
     assert_sync::<crate::registry::Registry>();
 }
+
+#[test]
+fn empty_output_commits_to_an_empty_view() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let m = material(0.1);
+    let rec = commit_files(&cache, &m, &[]);
+    assert!(rec.files.is_empty());
+    let got = cache.lookup(&m.key()).unwrap().unwrap();
+    let view = cache.output_dir(&got).unwrap();
+    assert!(view.is_dir() && dir_is_empty(&view));
+    assert_eq!(cache.digest_path(&view).unwrap(), rec.tree_digest);
+}
