@@ -85,3 +85,45 @@ fn patchgan_loads_official_names_and_matches_pytorch() {
     assert_eq!(pred.size(), y.size());
     assert!(max_abs_diff(pred, &y) < 1e-4);
 }
+
+/// An exported standard model has exactly the official state-dict names and shapes, so
+/// PyTorch's `load_state_dict(strict=True)` accepts it.
+#[test]
+fn exported_standard_models_have_the_official_state_dict() {
+    use ugc_nn::export::{export_subnet, file_tensors};
+    let cases = [
+        (
+            ArchConfig {
+                ngf: 4,
+                n_blocks: 2,
+                ..ArchConfig::new(Arch::Pix2PixResnet)
+            },
+            "resnet_tiny",
+        ),
+        (
+            ArchConfig {
+                ngf: 4,
+                n_blocks: 3,
+                ..ArchConfig::new(Arch::MobileResnet)
+            },
+            "mobile_tiny",
+        ),
+        (
+            ArchConfig {
+                ngf: 4,
+                num_downs: 5,
+                ..ArchConfig::new(Arch::Pix2PixUnet)
+            },
+            "unet_tiny",
+        ),
+    ];
+    for (cfg, name) in cases {
+        let vs = VarStore::new(Device::Cpu);
+        let g = build_generator(&vs.root(), &cfg).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        export_subnet(g.as_ref(), &g.search_space().largest(), dir.path()).unwrap();
+        let ours = file_tensors(&dir.path().join("model.safetensors")).unwrap();
+        let official = file_tensors(&fixture(&format!("{name}.safetensors"))).unwrap();
+        assert_eq!(ours, official, "{name}");
+    }
+}
