@@ -183,3 +183,84 @@ pub fn full_widths(cfg: &ArchConfig, derived: Vec<i64>) -> Result<Vec<i64>, NnEr
         None => Ok(derived),
     }
 }
+
+/// Parses a CLI input shape `CxHxW` (e.g. `3x256x256`); the error names the value.
+pub fn parse_input_shape(s: &str) -> Result<[i64; 3], NnError> {
+    let parts: Vec<&str> = s.trim().split(['x', 'X']).collect();
+    let bad = || {
+        NnError::config(
+            "input",
+            s,
+            "expected CxHxW with positive integers, e.g. 3x256x256",
+        )
+    };
+    if parts.len() != 3 {
+        return Err(bad());
+    }
+    let mut out = [0i64; 3];
+    for (o, p) in out.iter_mut().zip(parts) {
+        *o = p.trim().parse().map_err(|_| bad())?;
+        if *o < 1 {
+            return Err(bad());
+        }
+    }
+    Ok(out)
+}
+
+/// What `ugc-pipe profile --json` prints: at least `macs` and `params`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ProfileReport {
+    pub macs: u64,
+    pub params: u64,
+    pub arch: Arch,
+    pub input: [i64; 3],
+    /// The profiled sub-net in config-string form (the largest when none was given).
+    pub config: String,
+}
+
+/// [`profile`] plus the context a report needs.
+pub fn profile_report(
+    cfg: &ArchConfig,
+    sub: Option<&SubnetConfig>,
+    input_chw: [i64; 3],
+) -> Result<ProfileReport, NnError> {
+    let c = profile(cfg, sub, input_chw)?;
+    let config = match sub {
+        Some(s) => s.to_string(),
+        None => search_space(cfg)?.largest().to_string(),
+    };
+    Ok(ProfileReport {
+        macs: c.macs,
+        params: c.params,
+        arch: cfg.arch,
+        input: input_chw,
+        config,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn input_shape_parsing() {
+        assert_eq!(parse_input_shape("3x256x512").unwrap(), [3, 256, 512]);
+        for bad in ["3x256", "3x0x4", "axbxc", ""] {
+            let e = parse_input_shape(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("input = {bad}")), "{e}");
+        }
+    }
+
+    #[test]
+    fn profile_report_serialises_macs_and_params() {
+        let cfg = ArchConfig {
+            ngf: 16,
+            ..ArchConfig::new(Arch::MobileResnet)
+        };
+        let r = profile_report(&cfg, None, [3, 256, 256]).unwrap();
+        let j = serde_json::to_value(&r).unwrap();
+        assert_eq!(j["macs"], 1_407_713_280u64);
+        assert_eq!(j["params"], 137_347u64);
+        assert_eq!(j["arch"], "mobile-resnet");
+    }
+}

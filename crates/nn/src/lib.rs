@@ -37,5 +37,8 @@ pub use cost::Cost;
 pub use disc::{DiscArch, DiscConfig, Discriminator, build_discriminator};
 pub use elastic::Mode;
 pub use error::NnError;
-pub use generator::{Generator, build_generator, profile, recalibrate_bn, search_space};
+pub use generator::{
+    Generator, ProfileReport, build_generator, parse_input_shape, profile, profile_report,
+    recalibrate_bn, search_space,
+};
 pub use subnet::{BlockChoice, SearchSpace, SubnetConfig, WidthChoice};
