@@ -9,8 +9,13 @@
 //! - [`stage`]: the contract with the code of each stage kind.
 
 pub mod cache;
+pub mod events;
+pub mod exec;
+pub mod executor;
 pub mod graph;
+pub mod job;
 pub mod lock;
+pub mod plan;
 pub mod registry;
 pub mod spec;
 pub mod stage;

@@ -1,0 +1,471 @@
+//! The head process: walks the DAG, takes cached nodes from the cache, and starts a stage
+//! process (`<program> exec --key K`) for each node that must run, up to `jobs` at a time
+//! and never more than one per GPU. A failed node stops its dependents (and, unless
+//! `keep_going`, the scheduling of anything new). SIGINT/SIGTERM are forwarded to running
+//! stages, which checkpoint and stop; nothing they half-wrote is committed.
+//!
+//! Why not dagrs: its graph runs every task to completion and has no notion of per-resource
+//! slots (one stage per GPU), of skipping only the dependents of a failed node while
+//! independent branches finish, or of forwarding a cancellation into running tasks. The
+//! scheduler here is ~300 lines on tokio and does exactly the engine contract.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Instant;
+
+use petgraph::graph::NodeIndex;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+
+use crate::cache::{Cache, CacheKey, Record};
+use crate::events::StageEvent;
+use crate::exec::{host_name, now_ms};
+use crate::graph::Dag;
+use crate::job::{JOB_SCHEMA_VERSION, Job};
+use crate::plan::{KeyBuilder, PlanError, RunReason, why_run};
+use crate::registry::{ExecutionRow, Registry};
+use crate::stage::{DeviceKind, StageInput};
+
+/// How a node ended in this run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeOutcome {
+    Executed,
+    Cached,
+    Failed,
+    Cancelled,
+    /// Not run: an upstream node failed, or the run stopped before it.
+    Skipped,
+}
+
+/// What the user interface is told. Implemented by the CLI (progress bars, JSON lines).
+pub trait RunUi: Send {
+    fn stage_started(&mut self, node: &str, reason: &RunReason, log_file: &std::path::Path);
+    fn stage_event(&mut self, node: &str, ev: &StageEvent);
+    fn stage_finished(
+        &mut self,
+        node: &str,
+        outcome: &NodeOutcome,
+        key: Option<&CacheKey>,
+        secs: f64,
+        error: Option<&str>,
+    );
+    fn note(&mut self, msg: &str);
+}
+
+pub struct RunOptions {
+    pub jobs: usize,
+    pub keep_going: bool,
+    pub forced: BTreeSet<NodeIndex>,
+    /// One slot per GPU; empty when stages run on the CPU.
+    pub gpus: Vec<usize>,
+    /// The program and leading arguments that run one stage: `[exe, "exec"]` plus
+    /// `--key K --cache-dir D` added here.
+    pub exec_command: Vec<String>,
+    pub pipeline: String,
+    pub run_id: Option<i64>,
+    /// Environment passed to the stage processes (and on to user commands).
+    pub stage_env: BTreeMap<String, String>,
+    /// Seconds a cancelled stage gets to checkpoint before it is killed.
+    pub cancel_grace_secs: u64,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct RunSummary {
+    pub outcomes: BTreeMap<String, NodeOutcome>,
+    pub errors: BTreeMap<String, String>,
+    pub interrupted: bool,
+    pub secs: f64,
+}
+
+impl RunSummary {
+    pub fn count(&self, o: NodeOutcome) -> usize {
+        self.outcomes.values().filter(|x| **x == o).count()
+    }
+    pub fn ok(&self) -> bool {
+        !self.interrupted && self.errors.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExecutorError {
+    #[error(transparent)]
+    Plan(Box<PlanError>),
+    #[error(transparent)]
+    Cache(#[from] crate::cache::CacheError),
+    #[error(transparent)]
+    Job(#[from] crate::job::JobError),
+    #[error("cannot start stage process `{program}`: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("log file {path}: {source}")]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("signal handler: {0}")]
+    Signal(std::io::Error),
+}
+
+impl From<PlanError> for ExecutorError {
+    fn from(e: PlanError) -> Self {
+        ExecutorError::Plan(Box::new(e))
+    }
+}
+
+enum Msg {
+    Event(NodeIndex, StageEvent),
+    Exited(NodeIndex, Option<i32>, Option<i32>),
+}
+
+struct Running {
+    child_pid: Option<u32>,
+    key: CacheKey,
+    started: Instant,
+    gpu: Option<usize>,
+    error: Option<String>,
+}
+
+/// Runs `dag`. Must be called from a current-thread tokio runtime: stage processes are
+/// started with a parent-death signal, which Linux ties to the spawning *thread*.
+pub async fn run_dag(
+    dag: &Dag,
+    cache: &Cache,
+    registry: &Registry,
+    keys: &KeyBuilder<'_>,
+    opts: &RunOptions,
+    ui: &mut dyn RunUi,
+) -> Result<RunSummary, ExecutorError> {
+    let clock = Instant::now();
+    let mut summary = RunSummary::default();
+    let mut done: BTreeMap<NodeIndex, Record> = BTreeMap::new();
+    let mut finished: BTreeSet<NodeIndex> = BTreeSet::new();
+    let mut running: BTreeMap<NodeIndex, Running> = BTreeMap::new();
+    let mut free_gpus: Vec<usize> = opts.gpus.iter().rev().copied().collect();
+    let mut stop_scheduling = false;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
+
+    let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(ExecutorError::Signal)?;
+    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ExecutorError::Signal)?;
+    let order = dag.topo_order();
+
+    loop {
+        // Start everything that is ready, in topological order.
+        if !stop_scheduling {
+            for &idx in &order {
+                if finished.contains(&idx) || running.contains_key(&idx) {
+                    continue;
+                }
+                let deps = dag.deps(idx);
+                if deps.iter().any(|d| !finished.contains(d)) {
+                    continue;
+                }
+                let node = dag.node(idx);
+                if deps.iter().any(|d| !done.contains_key(d)) {
+                    // An upstream failed or was skipped.
+                    finished.insert(idx);
+                    summary
+                        .outcomes
+                        .insert(node.id.clone(), NodeOutcome::Skipped);
+                    ui.stage_finished(&node.id, &NodeOutcome::Skipped, None, 0.0, None);
+                    continue;
+                }
+                let dep_records: Vec<&Record> = deps.iter().map(|d| &done[d]).collect();
+                let material = keys.material(dag, idx, &dep_records)?;
+                let key = material.key();
+                let forced = opts.forced.contains(&idx);
+                if !forced && let Some(record) = cache.lookup(&key)? {
+                    record_cached(registry, opts, &node.id, &node.kind, &key);
+                    let _ = registry.set_node_key(&opts.pipeline, &node.id, &key, &material);
+                    ui.stage_finished(&node.id, &NodeOutcome::Cached, Some(&key), 0.0, None);
+                    summary
+                        .outcomes
+                        .insert(node.id.clone(), NodeOutcome::Cached);
+                    finished.insert(idx);
+                    done.insert(idx, record);
+                    continue;
+                }
+                if running.len() >= opts.jobs.max(1) {
+                    continue;
+                }
+                let wants_gpu = node.gpu && !opts.gpus.is_empty();
+                if wants_gpu && free_gpus.is_empty() {
+                    continue;
+                }
+                let gpu = if wants_gpu { free_gpus.pop() } else { None };
+                let reason = if forced {
+                    RunReason::Forced
+                } else {
+                    why_run(node, &key, &material, Some(registry), &opts.pipeline)?
+                };
+                let inputs: Vec<StageInput> = deps
+                    .iter()
+                    .map(|d| {
+                        let n = dag.node(*d);
+                        Ok(StageInput {
+                            name: n.stage.clone(),
+                            kind: n.kind.clone(),
+                            dir: cache.output_dir(&done[d])?,
+                        })
+                    })
+                    .collect::<Result<_, crate::cache::CacheError>>()?;
+                let job = Job {
+                    schema: JOB_SCHEMA_VERSION,
+                    key: key.to_string(),
+                    material,
+                    pipeline: opts.pipeline.clone(),
+                    node: node.id.clone(),
+                    stage: node.stage.clone(),
+                    kind: node.kind.clone(),
+                    params: node.params.clone(),
+                    inputs,
+                    device: gpu.map(DeviceKind::Cuda).unwrap_or(DeviceKind::Cpu),
+                    env: opts.stage_env.clone(),
+                    run_id: opts.run_id,
+                };
+                job.write(cache.root())?;
+                let log_file = log_path(cache, opts.run_id, &node.id);
+                ui.stage_started(&node.id, &reason, &log_file);
+                let child = spawn_stage(opts, cache, &key, forced, &log_file)?;
+                let pid = child.id();
+                watch_child(idx, child, tx.clone());
+                running.insert(
+                    idx,
+                    Running {
+                        child_pid: pid,
+                        key,
+                        started: Instant::now(),
+                        gpu,
+                        error: None,
+                    },
+                );
+            }
+        }
+        if running.is_empty() {
+            break;
+        }
+        tokio::select! {
+            msg = rx.recv() => {
+                let Some(msg) = msg else { break };
+                match msg {
+                    Msg::Event(idx, ev) => {
+                        if let StageEvent::Done { error: Some(e), .. } = &ev
+                            && let Some(r) = running.get_mut(&idx) {
+                            r.error = Some(e.clone());
+                        }
+                        ui.stage_event(&dag.node(idx).id, &ev);
+                    }
+                    Msg::Exited(idx, code, signal) => {
+                        let r = running.remove(&idx).expect("exited node was running");
+                        if let Some(g) = r.gpu { free_gpus.push(g); }
+                        let node = dag.node(idx);
+                        let secs = r.started.elapsed().as_secs_f64();
+                        finished.insert(idx);
+                        let outcome = match (code, cache.lookup(&r.key)?) {
+                            (Some(0), Some(record)) => {
+                                if let Ok(job) = Job::read(cache.root(), r.key.as_str()) {
+                                    let _ = registry.set_node_key(&opts.pipeline, &node.id, &r.key, &job.material);
+                                }
+                                done.insert(idx, record);
+                                NodeOutcome::Executed
+                            }
+                            (Some(130), _) => NodeOutcome::Cancelled,
+                            _ if summary.interrupted => NodeOutcome::Cancelled,
+                            (code, _) => {
+                                let err = r.error.clone().unwrap_or_else(|| match (code, signal) {
+                                    (_, Some(s)) => format!("stage process killed by signal {s}"),
+                                    (Some(c), _) => format!("stage process exited with code {c}"),
+                                    _ => "stage process ended without a status".into(),
+                                });
+                                summary.errors.insert(node.id.clone(), err);
+                                if !opts.keep_going { stop_scheduling = true; }
+                                NodeOutcome::Failed
+                            }
+                        };
+                        ui.stage_finished(&node.id, &outcome, Some(&r.key), secs,
+                            summary.errors.get(&node.id).map(String::as_str));
+                        summary.outcomes.insert(node.id.clone(), outcome);
+                    }
+                }
+            }
+            _ = sigint.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
+            _ = sigterm.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
+        }
+    }
+    for &idx in &order {
+        let id = &dag.node(idx).id;
+        if !summary.outcomes.contains_key(id) {
+            summary.outcomes.insert(id.clone(), NodeOutcome::Skipped);
+        }
+    }
+    summary.secs = clock.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+fn record_cached(registry: &Registry, opts: &RunOptions, node: &str, kind: &str, key: &CacheKey) {
+    let now = now_ms();
+    let row = ExecutionRow {
+        id: None,
+        run_id: opts.run_id,
+        pipeline: opts.pipeline.clone(),
+        node: node.to_string(),
+        kind: kind.to_string(),
+        key: key.to_string(),
+        status: "cached".into(),
+        started_unix_ms: now,
+        ended_unix_ms: now,
+        duration_ms: 0,
+        host: host_name(),
+        device: String::new(),
+        peak_rss_bytes: None,
+        peak_gpu_bytes: None,
+        error: None,
+    };
+    if let Err(e) = registry.record_execution(&row) {
+        tracing::warn!("run registry: {e}");
+    }
+}
+
+/// First signal: ask every running stage to checkpoint and stop; after the grace period,
+/// kill what is left. A second signal kills at once.
+fn cancel_all(
+    summary: &mut RunSummary,
+    stop_scheduling: &mut bool,
+    running: &BTreeMap<NodeIndex, Running>,
+    opts: &RunOptions,
+    ui: &mut dyn RunUi,
+) {
+    let again = summary.interrupted;
+    summary.interrupted = true;
+    *stop_scheduling = true;
+    let sig = if again { libc::SIGKILL } else { libc::SIGTERM };
+    if again {
+        ui.note("interrupted again: killing running stages");
+    } else {
+        ui.note(&format!(
+            "interrupted: asking {} running stage(s) to checkpoint and stop (Ctrl-C again to kill)",
+            running.len()
+        ));
+    }
+    let pids: Vec<u32> = running.values().filter_map(|r| r.child_pid).collect();
+    for &pid in &pids {
+        // Each stage process leads its own process group: signal the group so that user
+        // commands it started stop too.
+        // SAFETY: plain kill(2) on a pid we started.
+        unsafe {
+            libc::kill(-(pid as i32), sig);
+        }
+    }
+    if !again && !pids.is_empty() {
+        let grace = opts.cancel_grace_secs;
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(grace));
+            for pid in pids {
+                // SAFETY: as above; a pid that already exited is harmless to signal
+                // within the grace period (it is not reused that fast by our own children).
+                unsafe {
+                    libc::kill(-(pid as i32), libc::SIGKILL);
+                }
+            }
+        });
+    }
+}
+
+fn log_path(cache: &Cache, run_id: Option<i64>, node: &str) -> PathBuf {
+    let safe: String = node
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.=,".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let run = run_id
+        .map(|r| r.to_string())
+        .unwrap_or_else(|| "adhoc".into());
+    cache
+        .root()
+        .join("logs")
+        .join(run)
+        .join(format!("{safe}.log"))
+}
+
+fn spawn_stage(
+    opts: &RunOptions,
+    cache: &Cache,
+    key: &CacheKey,
+    forced: bool,
+    log_file: &std::path::Path,
+) -> Result<Child, ExecutorError> {
+    let log_err = |source| ExecutorError::Log {
+        path: log_file.to_path_buf(),
+        source,
+    };
+    if let Some(dir) = log_file.parent() {
+        std::fs::create_dir_all(dir).map_err(log_err)?;
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_file)
+        .map_err(log_err)?;
+    let (program, args) = opts
+        .exec_command
+        .split_first()
+        .expect("exec command is not empty");
+    let mut cmd = Command::new(program);
+    cmd.args(args)
+        .arg("--key")
+        .arg(key.as_str())
+        .arg("--cache-dir")
+        .arg(cache.root())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(log))
+        .kill_on_drop(false)
+        .process_group(0);
+    if forced {
+        cmd.arg("--force");
+    }
+    // SAFETY: prctl is async-signal-safe; it makes the stage die with the head (kill -9 of
+    // the head must not leave stages running unsupervised).
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    cmd.spawn().map_err(|source| ExecutorError::Spawn {
+        program: program.clone(),
+        source,
+    })
+}
+
+fn watch_child(idx: NodeIndex, mut child: Child, tx: mpsc::UnboundedSender<Msg>) {
+    let stdout = child.stdout.take();
+    tokio::spawn(async move {
+        if let Some(stdout) = stdout {
+            let mut lines = BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let ev = StageEvent::parse(&line).unwrap_or(StageEvent::Message { text: line });
+                let _ = tx.send(Msg::Event(idx, ev));
+            }
+        }
+        let status = child.wait().await.ok();
+        use std::os::unix::process::ExitStatusExt;
+        let code = status.and_then(|s| s.code());
+        let signal = status.and_then(|s| s.signal());
+        let _ = tx.send(Msg::Exited(idx, code, signal));
+    });
+}
