@@ -1,9 +1,7 @@
+//! ugc-pipe: cached, resumable pipelines that compress image-to-image GANs with UGC.
+//! The binary is thin: parse arguments, dispatch, map errors to exit codes.
+
 fn main() {
-    println!(
-        "ugc-pipe {} cuda={}",
-        env!("CARGO_PKG_VERSION"),
-        tch::Cuda::is_available()
-    );
-    let t = tch::Tensor::from_slice(&[1.0f32, 2.0]).sum(tch::Kind::Float);
-    println!("{}", f64::try_from(t).unwrap());
+    let code = ugc_pipe::cli::main();
+    std::process::exit(code);
 }

@@ -1,0 +1,256 @@
+//! Command-line surface (names fixed by DESIGN.md section 5). Each verb group lives in its
+//! own module; this one parses arguments and maps results to exit codes:
+//! 0 success, 1 a stage or command failed, 2 bad input (usage, pipeline, data), 130 interrupted.
+
+mod data;
+mod pipeline;
+mod store;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::runtime::DeviceChoice;
+
+/// Exit code for bad user input (usage, pipeline file, parameters).
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code for a failed stage or command.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code after SIGINT/SIGTERM.
+pub const EXIT_INTERRUPTED: i32 = 130;
+
+/// An error with the exit code it maps to.
+#[derive(Debug)]
+pub struct CliError {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CliError {
+    pub fn usage(msg: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_USAGE,
+            message: msg.to_string(),
+        }
+    }
+    pub fn failed(msg: impl std::fmt::Display) -> Self {
+        Self {
+            code: EXIT_FAILED,
+            message: msg.to_string(),
+        }
+    }
+}
+
+pub type CliResult = Result<i32, CliError>;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ugc-pipe",
+    version,
+    about = "Compress image-to-image GANs with UGC, as cached, resumable pipelines"
+)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace); RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Verb,
+}
+
+/// Options shared by the verbs that read a pipeline.
+#[derive(Args, Debug, Clone)]
+pub struct PipelineArgs {
+    /// The pipeline YAML file.
+    pub pipeline: PathBuf,
+    /// Override a parameter: `--set lr=0.1` (pipeline param) or `--set split.seed=3` (stage param).
+    #[arg(long = "set", value_name = "K=V")]
+    pub set: Vec<String>,
+    /// Cache root (default: `cache/` of the project holding the pipeline; env UGC_PIPE_CACHE).
+    #[arg(long, env = "UGC_PIPE_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+    /// Device for stages that use the accelerator.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub device: DeviceChoice,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Verb {
+    /// Run a pipeline: execute what is not cached.
+    Run {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Print the plan (what runs, what is cached, why) and run nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Re-run this stage (all its matrix instances) even if cached. Repeatable.
+        #[arg(long, value_name = "STAGE")]
+        force: Vec<String>,
+        /// Let independent branches finish after a stage fails.
+        #[arg(long)]
+        keep_going: bool,
+        /// Stages run at the same time (at most one per GPU). Default: number of CPUs.
+        #[arg(long, short = 'j')]
+        jobs: Option<usize>,
+        /// Machine-readable output: one JSON object per line on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cached / stale (with reason) / missing, per stage.
+    Status {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print the DAG.
+    Dag {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long, value_enum, default_value = "dot")]
+        format: DagFormat,
+    },
+    /// Which component of a stage's cache key changed since its last run.
+    Explain {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Stage name or node id (e.g. `distill[label_ratio=0.25]`).
+        stage: String,
+    },
+    /// Metrics across matrix points, one row per node.
+    Show {
+        #[command(flatten)]
+        p: PipelineArgs,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recent runs from the run registry.
+    Runs {
+        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
+        cache_dir: PathBuf,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+        /// Show the stage executions of this run id.
+        #[arg(long)]
+        run: Option<i64>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove unreferenced objects, orphan views and stale temporary directories.
+    Gc {
+        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove locks left by dead processes.
+    Unlock {
+        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
+        cache_dir: PathBuf,
+    },
+    /// Re-hash every object; corrupt ones are removed so their stages re-run.
+    Verify {
+        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write a built-in synthetic dataset (no download).
+    Synth {
+        #[arg(long, value_parser = ["labels2photo", "edges2photo"])]
+        task: String,
+        /// Number of training images.
+        #[arg(long)]
+        n: usize,
+        /// Image side in pixels.
+        #[arg(long, default_value_t = 64)]
+        size: u32,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run one stage by its cache key (what the head process starts per stage; a cluster
+    /// executor can run it on another machine against a shared cache).
+    #[command(hide = true)]
+    Exec {
+        #[arg(long)]
+        key: String,
+        #[arg(long)]
+        cache_dir: PathBuf,
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum DagFormat {
+    Dot,
+    Mermaid,
+}
+
+/// Parses the command line, runs the verb, returns the process exit code.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { EXIT_USAGE } else { 0 };
+        }
+    };
+    let json = matches!(
+        cli.command,
+        Verb::Run { json: true, .. } | Verb::Status { json: true, .. }
+    );
+    let exec = matches!(cli.command, Verb::Exec { .. });
+    let bars = if exec {
+        store::init_exec_logging(cli.verbose);
+        false
+    } else {
+        crate::ui::init_logging(cli.verbose, json)
+    };
+    let result = match cli.command {
+        Verb::Run {
+            p,
+            dry_run,
+            force,
+            keep_going,
+            jobs,
+            json,
+        } => pipeline::run(&p, dry_run, &force, keep_going, jobs, json, bars),
+        Verb::Status { p, json } => pipeline::status(&p, json),
+        Verb::Dag { p, format } => pipeline::dag(&p, format),
+        Verb::Explain { p, stage } => pipeline::explain(&p, &stage),
+        Verb::Show { p, json } => pipeline::show(&p, json),
+        Verb::Runs {
+            cache_dir,
+            limit,
+            run,
+            json,
+        } => store::runs(&cache_dir, limit, run, json),
+        Verb::Gc { cache_dir, json } => store::gc(&cache_dir, json),
+        Verb::Unlock { cache_dir } => store::unlock(&cache_dir),
+        Verb::Verify { cache_dir, json } => store::verify(&cache_dir, json),
+        Verb::Synth {
+            task,
+            n,
+            size,
+            out,
+            seed,
+            json,
+        } => data::synth(&task, n, size, &out, seed, json),
+        Verb::Exec {
+            key,
+            cache_dir,
+            force,
+        } => store::exec(&key, &cache_dir, force),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            e.code
+        }
+    }
+}

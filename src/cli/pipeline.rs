@@ -1,0 +1,417 @@
+//! Verbs that read a pipeline: run, status, dag, explain, show.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use ugc_engine::KindRegistry;
+use ugc_engine::cache::Cache;
+use ugc_engine::executor::{NodeOutcome, RunOptions, run_dag};
+use ugc_engine::graph::Dag;
+use ugc_engine::plan::{KeyBuilder, NodeState, describe_changes, plan};
+use ugc_engine::registry::Registry;
+use ugc_engine::spec::{LoadOptions, Pipeline, load_pipeline};
+
+use super::{CliError, CliResult, DagFormat, EXIT_FAILED, EXIT_INTERRUPTED, PipelineArgs};
+use crate::runtime::{fingerprint, resolve_device};
+
+/// A loaded pipeline with everything the verbs need.
+struct Session {
+    pipeline: Pipeline,
+    dag: Dag,
+    kinds: KindRegistry,
+    cache: Cache,
+    registry: Registry,
+    device_kind: String,
+    gpus: Vec<usize>,
+}
+
+impl Session {
+    fn id(&self) -> String {
+        self.pipeline.path.display().to_string()
+    }
+    fn keys(&self) -> KeyBuilder<'_> {
+        KeyBuilder {
+            cache: &self.cache,
+            kinds: &self.kinds,
+            env: fingerprint(),
+            device_kind: self.device_kind.clone(),
+        }
+    }
+}
+
+/// `cache/` next to `pipelines/` when the pipeline lives in a `pipelines/` folder,
+/// else next to the pipeline file.
+pub fn default_cache_dir(pipeline: &Path) -> PathBuf {
+    let dir = pipeline
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let root = if dir.file_name().is_some_and(|n| n == "pipelines") {
+        dir.parent().unwrap_or(dir)
+    } else {
+        dir
+    };
+    root.join("cache")
+}
+
+fn open(p: &PipelineArgs) -> Result<Session, CliError> {
+    let kinds = crate::stages::registry();
+    let opts = LoadOptions {
+        overrides: p.set.clone(),
+        ..LoadOptions::default()
+    };
+    let pipeline = load_pipeline(&p.pipeline, &kinds, &opts).map_err(CliError::usage)?;
+    let dag = Dag::build(&pipeline, &kinds).map_err(CliError::usage)?;
+    let cache_dir = p
+        .cache_dir
+        .clone()
+        .unwrap_or_else(|| default_cache_dir(&pipeline.path));
+    let cache = Cache::open(&cache_dir)
+        .map_err(|e| CliError::failed(format!("cache {}: {e}", cache_dir.display())))?;
+    let registry = Registry::open(&cache.root().join("registry.sqlite"))
+        .map_err(|e| CliError::failed(format!("run registry: {e}")))?;
+    let (device_kind, gpus) = resolve_device(p.device).map_err(CliError::usage)?;
+    Ok(Session {
+        pipeline,
+        dag,
+        kinds,
+        cache,
+        registry,
+        device_kind,
+        gpus,
+    })
+}
+
+fn forced_nodes(
+    s: &Session,
+    force: &[String],
+) -> Result<BTreeSet<petgraph::graph::NodeIndex>, CliError> {
+    let mut out = BTreeSet::new();
+    for f in force {
+        let found = s.dag.find(f);
+        if found.is_empty() {
+            return Err(CliError::usage(format!(
+                "--force {f}: no stage or node of that name in {}",
+                s.pipeline.path.display()
+            )));
+        }
+        out.extend(found);
+    }
+    Ok(out)
+}
+
+pub fn run(
+    p: &PipelineArgs,
+    dry_run: bool,
+    force: &[String],
+    keep_going: bool,
+    jobs: Option<usize>,
+    json: bool,
+    bars: bool,
+) -> CliResult {
+    let s = open(p)?;
+    let forced = forced_nodes(&s, force)?;
+    if dry_run {
+        return print_plan(&s, &forced, json);
+    }
+    let argv: Vec<String> = std::env::args().collect();
+    let run_id = s
+        .registry
+        .begin_run(&s.id(), &argv)
+        .map_err(|e| CliError::failed(format!("run registry: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::failed(format!("cannot locate the ugc-pipe executable: {e}")))?;
+    let mut stage_env = std::collections::BTreeMap::new();
+    stage_env.insert(
+        "UGC_PIPELINE_DIR".to_string(),
+        s.pipeline.dir.display().to_string(),
+    );
+    let opts = RunOptions {
+        jobs: jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        keep_going,
+        forced,
+        gpus: s.gpus.clone(),
+        exec_command: vec![exe.display().to_string(), "exec".into()],
+        pipeline: s.id(),
+        run_id: Some(run_id),
+        stage_env,
+        cancel_grace_secs: 60,
+    };
+    let keys = s.keys();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("tokio runtime: {e}")))?;
+    let result = rt.block_on(async {
+        if json {
+            run_dag(
+                &s.dag,
+                &s.cache,
+                &s.registry,
+                &keys,
+                &opts,
+                &mut crate::ui::JsonUi,
+            )
+            .await
+        } else {
+            let mut ui = crate::ui::TermUi::new(bars);
+            run_dag(&s.dag, &s.cache, &s.registry, &keys, &opts, &mut ui).await
+        }
+    });
+    let summary = match result {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = s.registry.end_run(run_id, "failed");
+            return Err(CliError::failed(e));
+        }
+    };
+    let status = if summary.interrupted {
+        "interrupted"
+    } else if summary.ok() {
+        "ok"
+    } else {
+        "failed"
+    };
+    let _ = s.registry.end_run(run_id, status);
+    let (ex, ca, fa, sk) = (
+        summary.count(NodeOutcome::Executed),
+        summary.count(NodeOutcome::Cached),
+        summary.count(NodeOutcome::Failed),
+        summary.count(NodeOutcome::Skipped),
+    );
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"event": "summary", "run_id": run_id, "status": status,
+                "executed": ex, "cached": ca, "failed": fa, "skipped": sk,
+                "cancelled": summary.count(NodeOutcome::Cancelled),
+                "secs": summary.secs, "errors": summary.errors})
+        );
+    } else {
+        tracing::info!(
+            "run {run_id} {status}: {ex} executed, {ca} cached, {fa} failed, {sk} skipped in {:.2}s",
+            summary.secs
+        );
+    }
+    Ok(if summary.interrupted {
+        EXIT_INTERRUPTED
+    } else if summary.ok() {
+        0
+    } else {
+        EXIT_FAILED
+    })
+}
+
+fn plan_of(
+    s: &Session,
+    forced: &BTreeSet<petgraph::graph::NodeIndex>,
+) -> Result<ugc_engine::plan::Plan, CliError> {
+    plan(&s.dag, &s.keys(), Some(&s.registry), &s.id(), forced).map_err(CliError::failed)
+}
+
+fn print_plan(s: &Session, forced: &BTreeSet<petgraph::graph::NodeIndex>, json: bool) -> CliResult {
+    let plan = plan_of(s, forced)?;
+    let mut rows = Vec::new();
+    for idx in &plan.order {
+        let node = s.dag.node(*idx);
+        let st = &plan.states[idx];
+        let (action, why) = match st {
+            NodeState::Cached { .. } => ("cached", String::new()),
+            NodeState::Run { reason, .. } => ("run", reason.to_string()),
+            NodeState::Blocked { reason } => ("run", reason.to_string()),
+        };
+        rows.push(
+            serde_json::json!({"node": node.id, "kind": node.kind, "action": action,
+            "why": why, "key": st.key().map(|k| k.to_string())}),
+        );
+    }
+    if json {
+        println!("{}", serde_json::json!({"plan": rows}));
+    } else {
+        let n_run = rows.iter().filter(|r| r["action"] == "run").count();
+        println!("plan: {n_run} to run, {} cached", rows.len() - n_run);
+        for r in &rows {
+            let why = r["why"].as_str().unwrap_or("");
+            println!(
+                "  {:<7} {:<40} {}",
+                r["action"].as_str().unwrap_or(""),
+                r["node"].as_str().unwrap_or(""),
+                why
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
+    let s = open(p)?;
+    let plan = plan_of(&s, &BTreeSet::new())?;
+    let mut rows = Vec::new();
+    for idx in &plan.order {
+        let node = s.dag.node(*idx);
+        let (state, why) = match &plan.states[idx] {
+            NodeState::Cached { .. } => ("cached", String::new()),
+            NodeState::Run { reason, .. } => match reason {
+                ugc_engine::plan::RunReason::New => ("missing", "never run".to_string()),
+                r => ("stale", r.to_string()),
+            },
+            NodeState::Blocked { reason } => {
+                let last = s
+                    .registry
+                    .last_node_key(&s.id(), &node.id)
+                    .map_err(CliError::failed)?;
+                if last.is_some() {
+                    ("stale", reason.to_string())
+                } else {
+                    ("missing", "never run".to_string())
+                }
+            }
+        };
+        rows.push(
+            serde_json::json!({"node": node.id, "kind": node.kind, "status": state, "why": why}),
+        );
+    }
+    if json {
+        println!("{}", serde_json::json!({"stages": rows}));
+    } else {
+        for r in &rows {
+            println!(
+                "{:<8} {:<40} {}",
+                r["status"].as_str().unwrap_or(""),
+                r["node"].as_str().unwrap_or(""),
+                r["why"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(0)
+}
+
+pub fn dag(p: &PipelineArgs, format: DagFormat) -> CliResult {
+    let kinds = crate::stages::registry();
+    let opts = LoadOptions {
+        overrides: p.set.clone(),
+        ..LoadOptions::default()
+    };
+    let pipeline = load_pipeline(&p.pipeline, &kinds, &opts).map_err(CliError::usage)?;
+    let dag = Dag::build(&pipeline, &kinds).map_err(CliError::usage)?;
+    match format {
+        DagFormat::Dot => print!("{}", dag.to_dot()),
+        DagFormat::Mermaid => print!("{}", dag.to_mermaid()),
+    }
+    Ok(0)
+}
+
+pub fn explain(p: &PipelineArgs, stage: &str) -> CliResult {
+    let s = open(p)?;
+    let targets = s.dag.find(stage);
+    if targets.is_empty() {
+        return Err(CliError::usage(format!(
+            "no stage or node `{stage}` in {}",
+            s.pipeline.path.display()
+        )));
+    }
+    let plan = plan_of(&s, &BTreeSet::new())?;
+    for idx in targets {
+        let node = s.dag.node(idx);
+        let last = s
+            .registry
+            .last_node_key(&s.id(), &node.id)
+            .map_err(CliError::failed)?;
+        println!("{}:", node.id);
+        match (&plan.states[&idx], last) {
+            (NodeState::Cached { key, .. }, _) => {
+                println!("  cached (key {key}); nothing changed")
+            }
+            (NodeState::Run { material, key, .. }, Some((old_key, old))) => {
+                if &old_key == key {
+                    println!(
+                        "  key {key} unchanged since the last run, but its output is no longer in the cache"
+                    );
+                } else {
+                    println!("  key {old_key} -> {key}; changed:");
+                    for c in describe_changes(&material.diff(&old)) {
+                        println!("    - {c}");
+                    }
+                }
+            }
+            (NodeState::Run { key, .. }, None) => {
+                println!("  never run under this pipeline (key would be {key})")
+            }
+            (NodeState::Blocked { reason }, _) => println!("  {reason}"),
+        }
+    }
+    Ok(0)
+}
+
+pub fn show(p: &PipelineArgs, json: bool) -> CliResult {
+    let s = open(p)?;
+    let plan = plan_of(&s, &BTreeSet::new())?;
+    let keys: Vec<_> = plan
+        .states
+        .values()
+        .filter_map(|st| match st {
+            NodeState::Cached { key, .. } => Some(key.clone()),
+            _ => None,
+        })
+        .collect();
+    let metrics = s
+        .registry
+        .metrics_for_keys(&keys)
+        .map_err(CliError::failed)?;
+    let mut rows = Vec::new();
+    for idx in &plan.order {
+        let node = s.dag.node(*idx);
+        let Some(key) = plan.states[idx].key() else {
+            continue;
+        };
+        let Some(m) = metrics.get(key.as_str()) else {
+            continue;
+        };
+        let out = match &plan.states[idx] {
+            NodeState::Cached { record, .. } => s.cache.output_dir(record).ok(),
+            _ => None,
+        };
+        rows.push(serde_json::json!({"node": node.id, "stage": node.stage,
+            "point": node.matrix_point, "metrics": m, "output": out}));
+    }
+    if json {
+        println!("{}", serde_json::json!({"rows": rows}));
+    } else if rows.is_empty() {
+        println!(
+            "no metrics yet: run the pipeline first (`ugc-pipe run {}`)",
+            p.pipeline.display()
+        );
+    } else {
+        let mut names = BTreeSet::new();
+        for r in &rows {
+            if let Some(m) = r["metrics"].as_object() {
+                names.extend(m.keys().cloned());
+            }
+        }
+        print!("| node |");
+        for n in &names {
+            print!(" {n} |");
+        }
+        println!();
+        print!("|---|");
+        for _ in &names {
+            print!("---|");
+        }
+        println!();
+        for r in &rows {
+            print!("| {} |", r["node"].as_str().unwrap_or(""));
+            for n in &names {
+                match r["metrics"][n].as_f64() {
+                    Some(v) => print!(" {v:.4} |"),
+                    None => print!(" |"),
+                }
+            }
+            println!();
+        }
+    }
+    Ok(0)
+}

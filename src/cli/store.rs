@@ -1,0 +1,242 @@
+//! Verbs on the cache and the run registry: runs, gc, unlock, verify, and the hidden
+//! `exec` that runs one stage by its key.
+
+use std::path::Path;
+
+use ugc_engine::CancelToken;
+use ugc_engine::cache::Cache;
+use ugc_engine::events::{EventProgress, StageEvent};
+use ugc_engine::exec::{ExecOutcome, exec_job};
+use ugc_engine::job::Job;
+use ugc_engine::lock::{list_locks, remove_stale};
+use ugc_engine::registry::Registry;
+
+use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED};
+
+fn open_cache(dir: &Path) -> Result<Cache, CliError> {
+    Cache::open(dir).map_err(|e| CliError::failed(format!("cache {}: {e}", dir.display())))
+}
+
+fn open_registry(cache: &Cache) -> Result<Registry, CliError> {
+    Registry::open(&cache.root().join("registry.sqlite"))
+        .map_err(|e| CliError::failed(format!("run registry: {e}")))
+}
+
+/// Logging of a stage process: plain lines on stderr, which the head points at the
+/// per-stage log file.
+pub fn init_exec_logging(verbose: u8) {
+    let level = if verbose > 0 { "debug" } else { "info" };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(false)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+pub fn exec(key: &str, cache_dir: &Path, force: bool) -> CliResult {
+    let cache = open_cache(cache_dir)?;
+    let registry = open_registry(&cache)?;
+    let job = Job::read(cache.root(), key).map_err(CliError::usage)?;
+    let cancel = CancelToken::new();
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        signal_hook::flag::register(sig, cancel.flag())
+            .map_err(|e| CliError::failed(format!("signal handler: {e}")))?;
+    }
+    let progress = EventProgress::new(std::io::stdout());
+    tracing::info!("stage {} (kind {}) key {}", job.node, job.kind, job.key);
+    let kinds = crate::stages::registry();
+    let result = exec_job(&cache, &registry, &kinds, &job, force, &progress, &cancel);
+    let (outcome, error, code) = match &result {
+        Ok(ExecOutcome::Executed(_)) => ("executed", None, 0),
+        Ok(ExecOutcome::Hit(_)) => ("hit", None, 0),
+        Err(e) if e.is_cancelled() => ("cancelled", Some(e.to_string()), EXIT_INTERRUPTED),
+        Err(e) => ("failed", Some(e.to_string()), EXIT_FAILED),
+    };
+    if let Some(e) = &error {
+        tracing::error!("{e}");
+    } else {
+        tracing::info!("{outcome}");
+    }
+    progress.emit(&StageEvent::Done {
+        outcome: outcome.into(),
+        error,
+    });
+    Ok(code)
+}
+
+fn fmt_ms(ms: u64) -> String {
+    let secs = (ms / 1000) as i64;
+    // Local-time-free, sortable UTC stamp.
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    let (h, m, s) = (rem / 3600, (rem % 3600) / 60, rem % 60);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{m:02}:{s:02}Z")
+}
+
+fn mib(b: Option<u64>) -> String {
+    b.map(|b| format!("{:.0} MiB", b as f64 / 1048576.0))
+        .unwrap_or_else(|| "-".into())
+}
+
+pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> CliResult {
+    let cache = open_cache(cache_dir)?;
+    let registry = open_registry(&cache)?;
+    if let Some(run_id) = run {
+        let rows = registry.executions(run_id).map_err(CliError::failed)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::to_string(&rows).map_err(CliError::failed)?
+            );
+            return Ok(0);
+        }
+        println!(
+            "{:<9} {:<36} {:>9} {:>10} {:<10} host",
+            "status", "node", "secs", "peak rss", "device"
+        );
+        for e in rows {
+            println!(
+                "{:<9} {:<36} {:>9.2} {:>10} {:<10} {}{}",
+                e.status,
+                e.node,
+                e.duration_ms as f64 / 1000.0,
+                mib(e.peak_rss_bytes),
+                e.device,
+                e.host,
+                e.error.map(|x| format!("  error: {x}")).unwrap_or_default()
+            );
+        }
+        return Ok(0);
+    }
+    let rows = registry.runs(limit).map_err(CliError::failed)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&rows).map_err(CliError::failed)?
+        );
+        return Ok(0);
+    }
+    println!(
+        "{:>5} {:<21} {:<12} {:>9} pipeline",
+        "run", "started", "status", "secs"
+    );
+    for r in rows {
+        let secs = r
+            .ended_unix_ms
+            .map(|e| format!("{:.2}", e.saturating_sub(r.started_unix_ms) as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into());
+        println!(
+            "{:>5} {:<21} {:<12} {:>9} {}",
+            r.id,
+            fmt_ms(r.started_unix_ms),
+            r.status,
+            secs,
+            r.pipeline
+        );
+    }
+    Ok(0)
+}
+
+pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
+    let cache = open_cache(cache_dir)?;
+    let report = cache.gc(None).map_err(CliError::failed)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "gc: removed {} objects ({:.1} MiB), {} views, {} records, {} temporary dirs, {} scratch dirs; {} locked keys left alone",
+            report.removed_objects,
+            report.freed_bytes as f64 / 1048576.0,
+            report.removed_views.len(),
+            report.removed_records.len(),
+            report.removed_tmp.len(),
+            report.removed_scratch.len(),
+            report.skipped_locked.len()
+        );
+    }
+    Ok(0)
+}
+
+pub fn unlock(cache_dir: &Path) -> CliResult {
+    let cache = open_cache(cache_dir)?;
+    let removed = remove_stale(cache.root()).map_err(CliError::failed)?;
+    for l in &removed {
+        println!("removed stale lock {} ({})", l.key, describe_owner(l));
+    }
+    let held = list_locks(cache.root()).map_err(CliError::failed)?;
+    for l in held.iter().filter(|l| l.alive) {
+        println!("held: {} ({})", l.key, describe_owner(l));
+    }
+    if removed.is_empty() {
+        println!("no stale locks");
+    }
+    Ok(0)
+}
+
+fn describe_owner(l: &ugc_engine::lock::LockInfo) -> String {
+    match (l.pid(), l.host()) {
+        (Some(pid), Some(host)) => format!("pid {pid} on {host}"),
+        _ => "owner unknown".into(),
+    }
+}
+
+pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
+    let cache = open_cache(cache_dir)?;
+    let report = cache.verify().map_err(CliError::failed)?;
+    let damaged = !(report.corrupt.is_empty()
+        && report.missing.is_empty()
+        && report.removed_records.is_empty()
+        && report.bad_records.is_empty());
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "verify: {} objects ({:.1} MiB) checked",
+            report.objects_checked,
+            report.bytes_checked as f64 / 1048576.0
+        );
+        for d in &report.corrupt {
+            println!("  corrupt object {d} (moved to quarantine/)");
+        }
+        for d in &report.missing {
+            println!("  missing object {d}");
+        }
+        for k in &report.removed_records {
+            println!("  record {k} removed: its stage re-runs on the next `run`");
+        }
+        for p in &report.bad_records {
+            println!("  unreadable record {} removed", p.display());
+        }
+        if !damaged {
+            println!("  all objects intact");
+        }
+    }
+    Ok(if damaged { EXIT_FAILED } else { 0 })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn utc_stamps() {
+        assert_eq!(super::fmt_ms(0), "1970-01-01 00:00:00Z");
+        assert_eq!(super::fmt_ms(1_700_000_000_000), "2023-11-14 22:13:20Z");
+    }
+}

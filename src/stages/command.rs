@@ -1,0 +1,165 @@
+//! The `command` stage kind: a user shell command as a cached stage (the DVC-style escape
+//! hatch). The command runs with the fresh output directory as its working directory;
+//! cancellation reaches it as SIGTERM, and after a grace period SIGKILL.
+
+use std::collections::BTreeMap;
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::Deserialize;
+use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+
+#[derive(Debug, Deserialize)]
+struct CommandParams {
+    cmd: String,
+    #[serde(default)]
+    inputs: Vec<PathBuf>,
+    #[serde(default)]
+    outputs: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, serde_json::Value>,
+}
+
+pub struct CommandStage {
+    schema: KindSchema,
+}
+
+impl CommandStage {
+    pub fn new(schema: KindSchema) -> Self {
+        Self { schema }
+    }
+}
+
+/// `UGC_DEP_<NAME>`: upper-cased, anything not alphanumeric becomes `_`.
+fn dep_var(name: &str) -> String {
+    let tail: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_uppercase()
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("UGC_DEP_{tail}")
+}
+
+impl StageKind for CommandStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: CommandParams = ctx.typed_params()?;
+        for input in &p.inputs {
+            if !input.exists() {
+                return Err(StageError::Config(format!(
+                    "stage `{}`: input {} does not exist",
+                    ctx.node,
+                    input.display()
+                )));
+            }
+        }
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(&p.cmd)
+            .current_dir(ctx.out_dir)
+            .stdin(Stdio::null())
+            // stdout of the stage process is the event pipe: the command's output goes to
+            // the stage log (our stderr) instead.
+            .stdout(Stdio::from(
+                std::io::stderr()
+                    .as_fd()
+                    .try_clone_to_owned()
+                    .map_err(|e| StageError::io("duplicating stderr", e))?,
+            ))
+            .stderr(Stdio::inherit())
+            .envs(ctx.env)
+            .env("UGC_OUT", ctx.out_dir)
+            .env("UGC_SCRATCH", ctx.scratch_dir)
+            .env("UGC_DEVICE", ctx.device.to_string());
+        for input in ctx.inputs {
+            cmd.env(dep_var(&input.name), &input.dir);
+        }
+        for (k, v) in &p.env {
+            let v = match v {
+                serde_json::Value::String(s) => s.clone(),
+                other => other.to_string(),
+            };
+            cmd.env(k, v);
+        }
+        // SAFETY: prctl is async-signal-safe; the command dies with its stage process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        ctx.progress.message(&format!("$ {}", p.cmd));
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| StageError::io(format!("starting `sh -c {}`", p.cmd), e))?;
+        let mut term_sent: Option<Instant> = None;
+        let status = loop {
+            if let Some(status) = child
+                .try_wait()
+                .map_err(|e| StageError::io("waiting for the command", e))?
+            {
+                break status;
+            }
+            if ctx.cancel.is_cancelled() {
+                match term_sent {
+                    None => {
+                        // SAFETY: kill(2) on our own child.
+                        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                        term_sent = Some(Instant::now());
+                    }
+                    Some(t) if t.elapsed() > Duration::from_secs(10) => {
+                        let _ = child.kill();
+                    }
+                    _ => {}
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        if ctx.cancel.is_cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        if !status.success() {
+            let how = match (status.code(), status.signal()) {
+                (Some(c), _) => format!("exit code {c}"),
+                (_, Some(s)) => format!("signal {s}"),
+                _ => "unknown status".into(),
+            };
+            return Err(StageError::Failed(format!(
+                "command `{}` failed with {how}",
+                p.cmd
+            )));
+        }
+        for out in &p.outputs {
+            if !ctx.out_dir.join(out).exists() {
+                return Err(StageError::Failed(format!(
+                    "command `{}` did not create declared output `{out}`",
+                    p.cmd
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+use std::os::fd::AsFd;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dep_vars_are_shell_safe() {
+        assert_eq!(dep_var("teacher-wide"), "UGC_DEP_TEACHER_WIDE");
+        assert_eq!(dep_var("split"), "UGC_DEP_SPLIT");
+    }
+}
