@@ -1,0 +1,352 @@
+//! The engine through the built CLI: spec errors, caching, matrix dedup, crash recovery,
+//! concurrency, corruption and interruption. All stages are `command` stages, so these
+//! tests need no model code.
+
+mod common;
+
+use common::*;
+
+/// Two stages that record each execution in counter files outside the cache.
+fn chain(p: &Project, b_param: &str) -> std::path::PathBuf {
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    p.write(
+        "pipe.yaml",
+        &format!(
+            r#"
+params:
+  counts: {counts}
+  b_param: {b_param}
+stages:
+  a:
+    kind: command
+    params:
+      cmd: "echo run >> ${{counts}}/a; echo a > a.txt"
+      outputs: [a.txt]
+  b:
+    kind: command
+    deps: [a]
+    params:
+      cmd: "echo run >> ${{counts}}/b; cat $UGC_DEP_A/a.txt > b.txt; echo ${{b_param}} >> b.txt"
+  c:
+    kind: command
+    deps: [a]
+    params:
+      cmd: "echo run >> ${{counts}}/c; echo c > c.txt"
+"#,
+            counts = counts.display()
+        ),
+    )
+}
+
+#[test]
+fn rerun_executes_nothing_and_param_change_reruns_only_dependents() {
+    let p = Project::new();
+    chain(&p, "one");
+    let o = p.run(&["run", "pipe.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 3);
+
+    let o = p.run(&["run", "pipe.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 0);
+    assert_eq!(summary(&o)["cached"], 3);
+    assert_eq!(
+        (
+            p.count("counts/a"),
+            p.count("counts/b"),
+            p.count("counts/c")
+        ),
+        (1, 1, 1)
+    );
+
+    // Only b reads b_param.
+    let o = p.run(&["run", "pipe.yaml", "--json", "--set", "b_param=two"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 1);
+    assert_eq!(
+        (
+            p.count("counts/a"),
+            p.count("counts/b"),
+            p.count("counts/c")
+        ),
+        (1, 2, 1)
+    );
+
+    // explain names what changed against the last run (b_param is substituted into cmd).
+    let o = p.run(&["explain", "pipe.yaml", "b", "--set", "b_param=three"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("changed") && text.contains("cmd"), "{text}");
+    assert!(text.contains("three"), "{text}");
+    let o = p.run(&["explain", "pipe.yaml", "a", "--set", "b_param=three"]);
+    assert!(stdout(&o).contains("cached"), "{}", stdout(&o));
+}
+
+#[test]
+fn dry_run_and_status_report_without_running() {
+    let p = Project::new();
+    chain(&p, "one");
+    let o = p.run(&["run", "pipe.yaml", "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("3 to run"), "{}", stdout(&o));
+    assert_eq!(p.count("counts/a"), 0);
+
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    let o = p.run(&["status", "pipe.yaml", "--json", "--set", "b_param=x"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let st: Vec<_> = v["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["node"].as_str().unwrap().to_string(),
+                s["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(st.contains(&("a".into(), "cached".into())), "{st:?}");
+    assert!(st.contains(&("b".into(), "stale".into())), "{st:?}");
+}
+
+#[test]
+fn spec_errors_point_at_file_line_column() {
+    let p = Project::new();
+    p.write(
+        "bad.yaml",
+        "stages:\n  a:\n    kind: command\n    params:\n      cmd: \"true\"\n      bogus: 1\n",
+    );
+    let o = p.run(&["run", "bad.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    assert!(e.contains("bad.yaml:6:"), "{e}");
+    assert!(e.contains("bogus"), "{e}");
+}
+
+#[test]
+fn cycle_error_names_every_stage() {
+    let p = Project::new();
+    p.write(
+        "cyc.yaml",
+        r#"
+stages:
+  a: {kind: command, deps: [c], params: {cmd: "true"}}
+  b: {kind: command, deps: [a], params: {cmd: "true"}}
+  c: {kind: command, deps: [b], params: {cmd: "true"}}
+"#,
+    );
+    let o = p.run(&["run", "cyc.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    let e = stderr(&o);
+    for s in ["a", "b", "c"] {
+        assert!(
+            e.contains(&format!("{s} ->")) || e.contains(&format!("-> {s}")),
+            "{e}"
+        );
+    }
+}
+
+#[test]
+fn matrix_shares_stages_that_do_not_read_the_swept_value() {
+    let p = Project::new();
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    p.write(
+        "m.yaml",
+        &format!(
+            r#"
+params: {{ratio: 0.1, adf: true}}
+matrix:
+  ratio: [0.1, 0.25, 0.5]
+  adf: [true, false]
+stages:
+  data:   {{kind: command, params: {{cmd: "echo x >> {c}/data; echo d > d"}}}}
+  split:  {{kind: command, deps: [data], params: {{cmd: "echo x >> {c}/split; echo ${{ratio}} > s"}}}}
+  distill: {{kind: command, deps: [split], params: {{cmd: "echo x >> {c}/distill; echo ${{adf}} > t"}}}}
+"#,
+            c = counts.display()
+        ),
+    );
+    let o = p.run(&["run", "m.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(p.count("counts/data"), 1);
+    assert_eq!(p.count("counts/split"), 3);
+    assert_eq!(p.count("counts/distill"), 6);
+    assert_eq!(summary(&o)["executed"], 10);
+}
+
+#[test]
+fn failing_stage_stops_dependents_and_keep_going_finishes_other_branches() {
+    let p = Project::new();
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    p.write(
+        "f.yaml",
+        &format!(
+            r#"
+stages:
+  bad:   {{kind: command, params: {{cmd: "exit 3"}}}}
+  after: {{kind: command, deps: [bad], params: {{cmd: "echo x >> {c}/after"}}}}
+  slow:  {{kind: command, params: {{cmd: "sleep 0.5; echo x >> {c}/slow"}}}}
+  other: {{kind: command, deps: [slow], params: {{cmd: "echo x >> {c}/other"}}}}
+"#,
+            c = counts.display()
+        ),
+    );
+    let o = p.run(&["run", "f.yaml", "--json", "--keep-going", "-j", "2"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["failed"], 1);
+    assert_eq!(p.count("counts/after"), 0);
+    assert_eq!(p.count("counts/other"), 1);
+    assert!(
+        s["errors"]["bad"].as_str().unwrap().contains("exit code 3"),
+        "{s}"
+    );
+}
+
+/// A stage that blocks until the test creates `release`, marking when it started.
+fn slow_pipeline(p: &Project) {
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    p.write(
+        "slow.yaml",
+        &format!(
+            r#"
+stages:
+  fast: {{kind: command, params: {{cmd: "echo x >> {c}/fast; echo f > f.txt"}}}}
+  slow:
+    kind: command
+    deps: [fast]
+    params:
+      cmd: "echo x >> {c}/slow; touch {c}/slow.started; echo partial > part.txt; while [ ! -f {c}/release ]; do sleep 0.05; done; echo done > part.txt"
+"#,
+            c = counts.display()
+        ),
+    );
+}
+
+#[test]
+fn kill_9_mid_stage_keeps_finished_stages_and_commits_nothing_partial() {
+    let p = Project::new();
+    slow_pipeline(&p);
+    let mut child = p.spawn(&["run", "slow.yaml"]);
+    assert!(
+        wait_for(&p.path("counts/slow.started"), 60),
+        "slow stage never started"
+    );
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(p.records(), 1, "only the finished stage may be committed");
+
+    std::fs::write(p.path("counts/release"), "").unwrap();
+    let o = p.run(&["run", "slow.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let s = summary(&o);
+    assert_eq!(s["cached"], 1);
+    assert_eq!(s["executed"], 1);
+    assert_eq!(p.count("counts/fast"), 1);
+    assert_eq!(p.count("counts/slow"), 2);
+}
+
+#[test]
+fn sigint_cancels_running_stage_without_committing() {
+    let p = Project::new();
+    slow_pipeline(&p);
+    let child = p.spawn(&["run", "slow.yaml"]);
+    assert!(
+        wait_for(&p.path("counts/slow.started"), 60),
+        "slow stage never started"
+    );
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert_eq!(p.records(), 1);
+    // The run is recorded as interrupted.
+    let o = p.run(&["runs", "--json"]);
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(runs[0]["status"], "interrupted", "{runs}");
+}
+
+#[test]
+fn two_concurrent_runs_execute_each_stage_once() {
+    let p = Project::new();
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    p.write(
+        "c.yaml",
+        &format!(
+            r#"
+stages:
+  one: {{kind: command, params: {{cmd: "echo x >> {c}/one; sleep 1; echo 1 > o"}}}}
+  two: {{kind: command, deps: [one], params: {{cmd: "echo x >> {c}/two; sleep 1; echo 2 > o"}}}}
+"#,
+            c = counts.display()
+        ),
+    );
+    let a = p.spawn(&["run", "c.yaml"]);
+    let b = p.spawn(&["run", "c.yaml"]);
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", stderr(&a));
+    assert!(b.status.success(), "{}", stderr(&b));
+    assert_eq!(p.count("counts/one"), 1);
+    assert_eq!(p.count("counts/two"), 1);
+}
+
+#[test]
+fn corrupted_object_is_found_by_verify_and_recomputed() {
+    let p = Project::new();
+    chain(&p, "one");
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    // Corrupt the object holding b.txt (the only file whose content includes "one").
+    let mut corrupted = false;
+    for entry in walkdir(&p.cache().join("objects")) {
+        let text = std::fs::read_to_string(&entry).unwrap_or_default();
+        if text.contains("one") {
+            let mut perm = std::fs::metadata(&entry).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&entry, perm).unwrap();
+            std::fs::write(&entry, "tampered\n").unwrap();
+            corrupted = true;
+        }
+    }
+    assert!(corrupted);
+    let o = p.run(&["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let o = p.run(&["run", "pipe.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 1);
+    assert_eq!(p.count("counts/b"), 2);
+    let o = p.run(&["verify"]);
+    assert!(o.status.success(), "{}", stdout(&o));
+}
+
+fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).into_iter().flatten().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                stack.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn dag_prints_dot_and_mermaid() {
+    let p = Project::new();
+    chain(&p, "one");
+    let o = p.run(&["dag", "pipe.yaml"]);
+    assert!(o.status.success());
+    assert!(stdout(&o).contains("digraph"));
+    let o = p.run(&["dag", "pipe.yaml", "--format", "mermaid"]);
+    assert!(stdout(&o).contains("flowchart") || stdout(&o).contains("graph"));
+}
