@@ -1,0 +1,1 @@
+//! Stage kinds that measure and ship models.

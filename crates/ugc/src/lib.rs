@@ -1,0 +1,1 @@
+//! The UGC method as stage kinds.
