@@ -213,6 +213,8 @@ pub async fn run_dag(
                         let n = dag.node(*d);
                         Ok(StageInput {
                             name: n.stage.clone(),
+                            node: n.id.clone(),
+                            point: n.matrix_point.clone(),
                             kind: n.kind.clone(),
                             dir: cache.output_dir(&done[d])?,
                         })

@@ -124,6 +124,13 @@ impl CancelToken {
 pub struct StageInput {
     /// Name of the upstream stage as written in the pipeline (`deps` entry).
     pub name: String,
+    /// Node id of the upstream instance, e.g. `evaluate[label_ratio=0.25]`.
+    #[serde(default)]
+    pub node: String,
+    /// The matrix values of that instance (empty outside a matrix). A stage with
+    /// `gather: true` receives every instance of a dep and tells them apart by this.
+    #[serde(default)]
+    pub point: BTreeMap<String, Value>,
     /// Its kind, so a stage can find e.g. "the split it depends on".
     pub kind: String,
     /// Folder holding its outputs. Never write into it.

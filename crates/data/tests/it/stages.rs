@@ -84,6 +84,8 @@ fn synth_then_split_through_the_stage_contract() {
         name: "data".into(),
         kind: "synth".into(),
         dir: sdir.path().to_path_buf(),
+        node: "data".into(),
+        point: Default::default(),
     }];
     let out = tempfile::tempdir().unwrap();
     let p = with_defaults(split.schema(), json!({"label_ratio": 0.5}));
