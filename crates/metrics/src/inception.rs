@@ -34,15 +34,8 @@ impl BasicConv2d {
         let cfg = nn::ConvConfigND::<[i64; 2]> {
             stride: [stride, stride],
             padding: pad,
-            dilation: [1, 1],
-            groups: 1,
             bias: false,
-            ws_init: nn::Init::Randn {
-                mean: 0.0,
-                stdev: 0.1,
-            },
-            bs_init: nn::Init::Const(0.0),
-            padding_mode: nn::PaddingMode::Zeros,
+            ..Default::default()
         };
         let conv = nn::conv(&p / "conv", c_in, c_out, k, cfg);
         let bn = nn::batch_norm2d(

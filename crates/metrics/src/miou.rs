@@ -11,6 +11,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
+use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
 
@@ -79,6 +80,33 @@ impl ConfusionMatrix {
             self.counts[g as usize * n + p as usize] += 1;
         }
         Ok(())
+    }
+
+    /// Adds label maps held in tensors of equal shape (any integer kind, any device), e.g.
+    /// `DrnSeg::predict` output against ground truth loaded by the data crate.
+    pub fn update_tensors(
+        &mut self,
+        pred: &Tensor,
+        gt: &Tensor,
+    ) -> std::result::Result<(), String> {
+        if pred.size() != gt.size() {
+            return Err(format!(
+                "prediction of shape {:?} vs ground truth of shape {:?}",
+                pred.size(),
+                gt.size()
+            ));
+        }
+        let to_vec = |t: &Tensor, what: &str| -> std::result::Result<Vec<u32>, String> {
+            let v: Vec<i64> =
+                Vec::try_from(&t.to_device(Device::Cpu).to_kind(Kind::Int64).flatten(0, -1))
+                    .map_err(|e: tch::TchError| e.to_string())?;
+            v.into_iter()
+                .map(|x| u32::try_from(x).map_err(|_| format!("{what} value {x} is negative")))
+                .collect()
+        };
+        let p = to_vec(pred, "predicted")?;
+        let g = to_vec(gt, "ground-truth")?;
+        self.update(&p, &g)
     }
 
     /// Count of pixels with ground truth `gt` predicted as `pred`.
@@ -279,5 +307,24 @@ mod tests {
         );
         assert!(ConfusionMatrix::new(3, Some(2)).is_err());
         assert!(ConfusionMatrix::new(0, None).is_err());
+    }
+
+    #[test]
+    fn tensor_update_equals_slice_update() {
+        let gt = Tensor::from_slice(&[0i64, 0, 1, 1, 255, 2]).view([1, 2, 3]);
+        let pred = Tensor::from_slice(&[0i64, 1, 1, 1, 0, 2]).view([1, 2, 3]);
+        let mut a = ConfusionMatrix::new(3, Some(255)).unwrap();
+        a.update_tensors(&pred, &gt).unwrap();
+        let mut b = ConfusionMatrix::new(3, Some(255)).unwrap();
+        b.update(&[0, 1, 1, 1, 0, 2], &[0, 0, 1, 1, 255, 2])
+            .unwrap();
+        assert_eq!(a, b);
+        let neg = Tensor::from_slice(&[-1i64, 0, 0, 0, 0, 0]).view([1, 2, 3]);
+        assert!(
+            a.update_tensors(&neg, &gt)
+                .unwrap_err()
+                .contains("negative")
+        );
+        assert!(a.update_tensors(&pred.view([6]), &gt).is_err());
     }
 }

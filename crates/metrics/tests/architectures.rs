@@ -215,3 +215,41 @@ fn drn_predict_returns_label_map_at_requested_size() {
         .is_err()
     );
 }
+
+#[test]
+fn feature_batching_does_not_change_features_and_random_net_is_not_fid() {
+    use ugc_metrics::features::{features_in_batches, frechet_of_images};
+    tch::manual_seed(3);
+    let net = FidInception::random(Device::Cpu);
+    let id = net.identity();
+    assert_ne!(id.metric_name, "fid");
+    assert!(id.weights.is_none());
+    let images = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let all = features_in_batches(&net, &images, 4).unwrap();
+    let split = features_in_batches(&net, &images, 3).unwrap();
+    assert_eq!(all.size(), vec![4, 2048]);
+    let scale = f64::try_from(all.abs().max()).unwrap();
+    assert!(max_abs_diff(&all, &split) < 1e-4 * scale.max(1e-6));
+    assert!(features_in_batches(&net, &images, 0).is_err());
+    let same = frechet_of_images(&net, &images, &images, 2).unwrap();
+    let stats = ugc_metrics::GaussianStats::from_features(&all).unwrap();
+    let trace = f64::try_from(stats.sigma.trace()).unwrap();
+    // N = 4 samples in 2048 dimensions: rank-deficient, so only rounding-level agreement.
+    assert!(same.abs() < 1e-4 * trace, "{same} vs trace {trace}");
+    let other = Tensor::rand([4, 3, 32, 32], (Kind::Float, Device::Cpu));
+    let via_images = frechet_of_images(&net, &images, &other, 3).unwrap();
+    let fo = features_in_batches(&net, &other, 4).unwrap();
+    let so = ugc_metrics::GaussianStats::from_features(&fo).unwrap();
+    let direct = ugc_metrics::frechet_distance(&stats, &so, 1e-6)
+        .unwrap()
+        .value;
+    assert!(
+        (via_images - direct).abs() < 1e-6 * direct.abs(),
+        "{via_images} vs {direct}"
+    );
+    assert!(direct > 100.0 * same.abs());
+    assert!(
+        net.features(&Tensor::rand([1, 1, 32, 32], (Kind::Float, Device::Cpu)))
+            .is_err()
+    );
+}
