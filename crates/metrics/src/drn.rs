@@ -15,6 +15,7 @@ use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
+use crate::miou::ConfusionMatrix;
 use crate::resize::pil_bicubic_resize;
 use crate::weights::{Extra, WeightsInfo, load_safetensors};
 
@@ -421,5 +422,25 @@ impl DrnSeg {
         }
         let x = cityscapes_input(images, size)?;
         Ok(self.logits(&x).argmax(1, false).to_device(Device::Cpu))
+    }
+
+    /// Predicts at the ground truth's resolution (as GAN-compression resizes every generated
+    /// image to the 2048x1024 label size) and adds the pixels to `cm`.
+    /// `gt`: `N x H x W` train ids (ignore value allowed).
+    pub fn update_confusion(
+        &self,
+        cm: &mut ConfusionMatrix,
+        images: &Tensor,
+        gt: &Tensor,
+    ) -> Result<()> {
+        let g = gt.size();
+        if g.len() != 3 || images.size().first() != g.first() {
+            return Err(MetricsError::Mismatch(format!(
+                "ground truth must be N x H x W for {:?} images, got {g:?}",
+                images.size()
+            )));
+        }
+        let pred = self.predict(images, [g[1], g[2]])?;
+        cm.update_tensors(&pred, gt).map_err(MetricsError::Mismatch)
     }
 }
