@@ -3,6 +3,7 @@
 //! 0 success, 1 a stage or command failed, 2 bad input (usage, pipeline, data), 130 interrupted.
 
 mod data;
+mod model;
 mod pipeline;
 mod store;
 
@@ -154,6 +155,58 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// MACs and parameters of a model or sub-net, counted analytically (torchprofile conventions).
+    Profile {
+        #[command(flatten)]
+        arch: model::ArchArgs,
+        /// Input shape CxHxW, e.g. 3x256x256 (C sets the input channels).
+        #[arg(long)]
+        input: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run a generator on one image (official pix2pix pre/post-processing).
+    Infer {
+        #[command(flatten)]
+        arch: model::ArchArgs,
+        /// Weights: a safetensors file with the architecture's names, or an exported model folder.
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        input: PathBuf,
+        #[arg(long)]
+        output: PathBuf,
+        /// Resize the input to this square size first (official test: 256).
+        #[arg(long)]
+        load_size: Option<u32>,
+        #[arg(long, value_enum, default_value = "auto")]
+        device: DeviceChoice,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an official checkpoint (converted to safetensors) against an architecture;
+    /// reports every missing, unexpected or mis-shaped tensor. With --out, writes a model folder.
+    Import {
+        #[command(flatten)]
+        arch: model::ArchArgs,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Export a sub-net (--config) of supernet weights as a compact standalone model folder.
+    Export {
+        #[command(flatten)]
+        arch: model::ArchArgs,
+        #[arg(long)]
+        weights: PathBuf,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
     /// Write a built-in synthetic dataset (no download).
     Synth {
         #[arg(long, value_parser = ["labels2photo", "edges2photo"])]
@@ -232,6 +285,36 @@ pub fn main() -> i32 {
         Verb::Gc { cache_dir, json } => store::gc(&cache_dir, json),
         Verb::Unlock { cache_dir } => store::unlock(&cache_dir),
         Verb::Verify { cache_dir, json } => store::verify(&cache_dir, json),
+        Verb::Profile { arch, input, json } => model::profile(&arch, &input, json),
+        Verb::Infer {
+            arch,
+            weights,
+            input,
+            output,
+            load_size,
+            device,
+            json,
+        } => model::infer(model::InferArgs {
+            arch: &arch,
+            weights: &weights,
+            input: &input,
+            output: &output,
+            load_size,
+            device,
+            json,
+        }),
+        Verb::Import {
+            arch,
+            weights,
+            out,
+            json,
+        } => model::import(&arch, &weights, out.as_ref(), json),
+        Verb::Export {
+            arch,
+            weights,
+            out,
+            json,
+        } => model::export(&arch, &weights, &out, json),
         Verb::Synth {
             task,
             n,

@@ -84,6 +84,10 @@ impl StageKind for CommandStage {
         for input in ctx.inputs {
             cmd.env(dep_var(&input.name), &input.dir);
         }
+        // All inputs with their node ids and matrix points: what a gathering stage needs.
+        let inputs = serde_json::to_string(ctx.inputs)
+            .map_err(|e| StageError::Failed(format!("encoding UGC_INPUTS: {e}")))?;
+        cmd.env("UGC_INPUTS", inputs);
         for (k, v) in &p.env {
             let v = match v {
                 serde_json::Value::String(s) => s.clone(),

@@ -115,8 +115,12 @@ impl Dag {
                 .filter(|(var, _)| names.iter().any(|r| paths_overlap(r, var)))
                 .map(|(var, _)| var.clone())
                 .collect();
-            for d in &s.deps {
-                own.extend(vars[index[d.as_str()]].iter().cloned());
+            // A gathering stage is one node over all instances of its deps: it does not
+            // inherit their matrix variables.
+            if !s.gather {
+                for d in &s.deps {
+                    own.extend(vars[index[d.as_str()]].iter().cloned());
+                }
             }
             vars[i] = own;
         }

@@ -117,7 +117,8 @@ impl KeyBuilder<'_> {
             })?;
         let mut upstream = BTreeMap::new();
         for (dep, rec) in dag.deps(idx).into_iter().zip(dep_records) {
-            upstream.insert(dag.node(dep).stage.clone(), rec.tree_digest.clone());
+            // Node ids, not stage names: a gathering stage has several instances of one dep.
+            upstream.insert(dag.node(dep).id.clone(), rec.tree_digest.clone());
         }
         let mut external = BTreeMap::new();
         for (param, path) in &node.external_inputs {

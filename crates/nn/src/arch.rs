@@ -196,9 +196,15 @@ impl ArchConfig {
                 input_nc: 36,
                 ..base
             },
+            // SPADEGenerator has two `G_middle` blocks; `G_middle_1` is the skippable one.
             Arch::Gaugan => ArchConfig {
                 input_nc: 36,
                 norm: NormKind::SpectralInstance,
+                n_blocks: 2,
+                space: SpaceSpec {
+                    min_blocks: 1,
+                    ..SpaceSpec::default()
+                },
                 ..base
             },
         }

@@ -244,3 +244,28 @@ fn the_example_in_the_docs_loads_and_expands_as_documented() {
         json!("echo labels2photo-16 > ${UGC_OUT}/tag.txt")
     );
 }
+
+#[test]
+fn gather_stage_is_one_node_over_every_instance_of_its_deps() {
+    let text = format!(
+        "{ABLATION}  report:\n    kind: train\n    gather: true\n    deps: [distill, data]\n  after:\n    kind: train\n    deps: [report]\n"
+    );
+    let d = dag(&text);
+    let report = d.find("report");
+    assert_eq!(ids(&d, &report), ["report"]);
+    let deps = ids(&d, &d.deps(report[0]));
+    assert_eq!(deps.len(), 7, "6 distill instances + data: {deps:?}");
+    assert!(deps.contains(&"distill[adf=false,label_ratio=0.5]".to_string()));
+    assert!(d.node(report[0]).matrix_point.is_empty());
+    // Its dependents do not fan out over the matrix either.
+    assert_eq!(ids(&d, &d.find("after")), ["after"]);
+}
+
+#[test]
+fn gather_must_be_a_bool() {
+    let text = format!(
+        "{ABLATION}  report:\n    kind: train\n    gather: yes please\n    deps: [distill]\n"
+    );
+    let err = load(&text).unwrap_err().to_string();
+    assert!(err.contains("gather"), "{err}");
+}

@@ -139,6 +139,9 @@ pub struct StageSpec {
     pub param_pos: PosMap,
     /// Position of each `deps` entry.
     pub dep_pos: Vec<SourcePos>,
+    /// `gather: true`: one node that depends on every matrix instance of its deps (a report
+    /// over the whole matrix), instead of one node per instance.
+    pub gather: bool,
 }
 
 impl Pipeline {
@@ -484,6 +487,7 @@ fn parse_stage(
     let mut params = Value::Object(Map::new());
     let mut param_pos = PosMap::new(pos.clone());
     let mut doc = String::new();
+    let mut gather = false;
     let mut params_node = None;
     let mut seen = HashMap::new();
     for (k, v) in entries(node, file, &section)? {
@@ -497,6 +501,17 @@ fn parse_stage(
         match key.as_str() {
             "kind" => kind_node = Some(v),
             "doc" => doc = string_of(v, file, &format!("`doc` of {section}"))?,
+            "gather" => {
+                let YValue::Bool(b) = &v.value else {
+                    return Err(SpecError::WrongType {
+                        pos: v.pos(file),
+                        what: format!("`gather` of {section}"),
+                        expected: "true or false".into(),
+                        got: v.type_name().into(),
+                    });
+                };
+                gather = *b;
+            }
             "deps" => {
                 let YValue::Seq(items) = &v.value else {
                     return Err(SpecError::WrongType {
@@ -532,7 +547,7 @@ fn parse_stage(
                     pos: k.pos(file),
                     key,
                     section,
-                    valid: strings(&["kind", "deps", "params", "doc"]),
+                    valid: strings(&["kind", "deps", "params", "doc", "gather"]),
                 });
             }
         }
@@ -570,6 +585,7 @@ fn parse_stage(
         doc,
         param_pos,
         dep_pos,
+        gather,
     })
 }
 

@@ -1,0 +1,238 @@
+//! Model verbs: `profile`, `infer`, `import`, `export` (thin layers over `ugc_nn`).
+
+use std::path::{Path, PathBuf};
+
+use clap::Args;
+use tch::nn::VarStore;
+use ugc_nn::{Arch, ArchConfig, SubnetConfig, Upsampling};
+
+use super::{CliError, CliResult, EXIT_FAILED};
+use crate::runtime::{DeviceChoice, resolve_device};
+
+/// The architecture options shared by the model verbs. Unset fields take the family's
+/// official defaults (DESIGN.md section 3).
+#[derive(Args, Debug, Clone)]
+pub struct ArchArgs {
+    /// pix2pix-resnet | mobile-resnet | pix2pix-unet | pix2pixhd | gaugan
+    #[arg(long)]
+    pub arch: String,
+    /// Base width of the generator.
+    #[arg(long)]
+    pub ngf: Option<i64>,
+    /// Residual blocks (resnet families, pix2pixhd) or G_middle blocks (gaugan).
+    #[arg(long)]
+    pub n_blocks: Option<i64>,
+    /// UNet levels (8 for 256x256).
+    #[arg(long)]
+    pub num_downs: Option<i64>,
+    /// Downsamplings of the pix2pixhd global generator.
+    #[arg(long)]
+    pub n_downsample: Option<i64>,
+    /// GauGAN upsampling schedule: more | normal.
+    #[arg(long)]
+    pub upsampling: Option<String>,
+    /// Output channels.
+    #[arg(long)]
+    pub output_nc: Option<i64>,
+    /// A sub-net in config-string form (docs/config-strings.md); default: the full model.
+    #[arg(long)]
+    pub config: Option<String>,
+}
+
+impl ArchArgs {
+    /// The configured architecture; `input_nc` comes from the input shape when known.
+    pub fn arch_config(&self, input_nc: Option<i64>) -> Result<ArchConfig, CliError> {
+        let arch: Arch = self.arch.parse().map_err(CliError::usage)?;
+        let mut cfg = ArchConfig::new(arch);
+        if let Some(v) = self.ngf {
+            cfg.ngf = v;
+        }
+        if let Some(v) = self.n_blocks {
+            cfg.n_blocks = v;
+        }
+        if let Some(v) = self.num_downs {
+            cfg.num_downs = v;
+        }
+        if let Some(v) = self.n_downsample {
+            cfg.n_downsample = v;
+        }
+        if let Some(v) = self.output_nc {
+            cfg.output_nc = v;
+        }
+        if let Some(v) = input_nc {
+            cfg.input_nc = v;
+        }
+        if let Some(u) = &self.upsampling {
+            cfg.upsampling = match u.as_str() {
+                "more" => Upsampling::More,
+                "normal" => Upsampling::Normal,
+                other => {
+                    return Err(CliError::usage(format!(
+                        "--upsampling {other}: expected `more` or `normal`"
+                    )));
+                }
+            };
+        }
+        cfg.validate().map_err(CliError::usage)?;
+        Ok(cfg)
+    }
+
+    pub fn subnet(&self) -> Result<Option<SubnetConfig>, CliError> {
+        self.config
+            .as_deref()
+            .map(|s| {
+                s.parse::<SubnetConfig>()
+                    .map_err(|e| CliError::usage(format!("--config: {e}")))
+            })
+            .transpose()
+    }
+}
+
+fn device(choice: DeviceChoice) -> Result<tch::Device, CliError> {
+    let (kind, gpus) = resolve_device(choice).map_err(CliError::usage)?;
+    Ok(match (kind.as_str(), gpus.first()) {
+        ("cuda", Some(&i)) => tch::Device::Cuda(i),
+        _ => tch::Device::Cpu,
+    })
+}
+
+pub fn profile(a: &ArchArgs, input: &str, json: bool) -> CliResult {
+    let shape = ugc_nn::parse_input_shape(input).map_err(CliError::usage)?;
+    let cfg = a.arch_config(Some(shape[0]))?;
+    let sub = a.subnet()?;
+    let report = ugc_nn::profile_report(&cfg, sub.as_ref(), shape).map_err(CliError::usage)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "{} {}x{}x{}: {:.3}G MACs, {:.3}M params\nconfig: {}",
+            report.arch,
+            shape[0],
+            shape[1],
+            shape[2],
+            report.macs as f64 / 1e9,
+            report.params as f64 / 1e6,
+            report.config
+        );
+    }
+    Ok(0)
+}
+
+pub struct InferArgs<'a> {
+    pub arch: &'a ArchArgs,
+    pub weights: &'a Path,
+    pub input: &'a Path,
+    pub output: &'a Path,
+    pub load_size: Option<u32>,
+    pub device: DeviceChoice,
+    pub json: bool,
+}
+
+pub fn infer(a: InferArgs<'_>) -> CliResult {
+    let cfg = a.arch.arch_config(None)?;
+    let sub = a.arch.subnet()?;
+    let dev = device(a.device)?;
+    let opts = ugc_nn::infer::InferOptions {
+        load_size: a.load_size,
+    };
+    let report =
+        ugc_nn::infer::infer_image(&cfg, sub.as_ref(), a.weights, a.input, a.output, dev, &opts)
+            .map_err(CliError::usage)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "{} -> {} ({} {}x{}, {})",
+            report.input.display(),
+            report.output.display(),
+            report.arch,
+            report.size[1],
+            report.size[0],
+            report.device
+        );
+    }
+    Ok(0)
+}
+
+/// Checks an official (converted) checkpoint against an architecture and, with `out`,
+/// writes it as a model directory. GauGAN checkpoints with spectral norm are folded first.
+pub fn import(a: &ArchArgs, weights: &Path, out: Option<&PathBuf>, json: bool) -> CliResult {
+    let cfg = a.arch_config(None)?;
+    if !weights.exists() {
+        return Err(CliError::usage(format!(
+            "--weights {}: no such file",
+            weights.display()
+        )));
+    }
+    let tmp = tempfile::tempdir().map_err(CliError::failed)?;
+    let mut file = weights.to_path_buf();
+    let mut folded = Vec::new();
+    if cfg.arch == Arch::Gaugan {
+        let dst = tmp.path().join("folded.safetensors");
+        folded = ugc_nn::spade::fold_spectral_norm_file(weights, &dst).map_err(CliError::usage)?;
+        if !folded.is_empty() {
+            file = dst;
+        }
+    }
+    let report = ugc_nn::export::check_weights(&cfg, &file).map_err(CliError::usage)?;
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"ok": report.is_ok(), "report": report, "spectral_norm_folded": folded})
+        );
+    } else {
+        if !folded.is_empty() {
+            println!("folded spectral norm of {} layers", folded.len());
+        }
+        println!("{report}");
+    }
+    if !report.is_ok() {
+        return Ok(EXIT_FAILED);
+    }
+    if let Some(out) = out {
+        let loaded =
+            ugc_nn::export::load_weights(&cfg, &file, tch::Device::Cpu).map_err(CliError::usage)?;
+        let full = loaded.generator.search_space().largest();
+        let meta = ugc_nn::export::export_subnet(loaded.generator.as_ref(), &full, out)
+            .map_err(CliError::failed)?;
+        if !json {
+            println!("wrote {} ({} params)", out.display(), meta.params);
+        }
+    }
+    Ok(0)
+}
+
+/// Exports sub-net `--config` of a supernet weights file as a compact model directory.
+pub fn export(a: &ArchArgs, weights: &Path, out: &Path, json: bool) -> CliResult {
+    let cfg = a.arch_config(None)?;
+    let loaded =
+        ugc_nn::export::load_weights(&cfg, weights, tch::Device::Cpu).map_err(CliError::usage)?;
+    let sub = match a.subnet()? {
+        Some(s) => s,
+        None => loaded.generator.search_space().largest(),
+    };
+    let meta = ugc_nn::export::export_subnet(loaded.generator.as_ref(), &sub, out)
+        .map_err(CliError::usage)?;
+    let _keep: &VarStore = &loaded.vs;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(&meta).map_err(CliError::failed)?
+        );
+    } else {
+        println!(
+            "exported {} sub-net {} to {} ({} params)",
+            meta.arch.arch,
+            meta.source_subnet,
+            out.display(),
+            meta.params
+        );
+    }
+    Ok(0)
+}
