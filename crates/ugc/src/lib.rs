@@ -1,1 +1,25 @@
 //! The UGC method as stage kinds.
+//!
+//! Training core shared by every training stage of the method (`supernet`, `train`, and the
+//! distillation stages):
+//! - [`device`]: engine device -> `tch::Device`, accelerator-only settings.
+//! - [`losses`]: hinge GAN, L1, SSIM, Gram, feature L1, TV and the OMGD student loss.
+//! - [`perceptual`]: [`perceptual::FeatureNet`] (VGG16 from a user file, or the
+//!   discriminator's features).
+//! - [`optim`]: Adam over plain tensors, so its state checkpoints exactly.
+//! - [`checkpoint`]: atomic checkpoints of named tensors in the stage's scratch directory.
+//! - [`trainer`]: the step loop (progress, cancel, checkpoint, CSV log, samples, resume).
+//!
+//! Stage kinds: [`supernet::SupernetStage`], [`train::TrainStage`].
+
+pub mod checkpoint;
+pub mod device;
+pub mod error;
+pub mod losses;
+pub mod optim;
+pub mod perceptual;
+pub mod search;
+pub mod teachers;
+pub mod trainer;
+
+pub use error::MethodError;

@@ -1,0 +1,211 @@
+//! Adam written over plain tensors, so that its whole state (moments and step count) is a
+//! list of named tensors the checkpoint saves and restores exactly. tch's optimizers keep
+//! their state inside libtorch where it cannot be serialised.
+//!
+//! The update is `torch.optim.Adam`'s (no weight decay, no amsgrad):
+//! `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
+//! `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
+
+use serde::{Deserialize, Serialize};
+use tch::{Kind, Tensor};
+
+use crate::error::MethodError;
+
+/// Adam hyper-parameters; defaults are pix2pix's (`beta1 0.5`, `beta2 0.999`, lr 2e-4).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AdamConfig {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+impl Default for AdamConfig {
+    fn default() -> Self {
+        AdamConfig {
+            lr: 2e-4,
+            beta1: 0.5,
+            beta2: 0.999,
+            eps: 1e-8,
+        }
+    }
+}
+
+impl AdamConfig {
+    /// Checks ranges; the error names the field.
+    pub fn validate(&self) -> Result<(), MethodError> {
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(MethodError::param(
+                "lr",
+                self.lr,
+                "must be a positive number",
+            ));
+        }
+        for (n, b) in [("beta1", self.beta1), ("beta2", self.beta2)] {
+            if !(0.0..1.0).contains(&b) {
+                return Err(MethodError::param(n, b, "must be in [0, 1)"));
+            }
+        }
+        if !(self.eps.is_finite() && self.eps > 0.0) {
+            return Err(MethodError::param("eps", self.eps, "must be positive"));
+        }
+        Ok(())
+    }
+}
+
+/// Learning-rate schedule: constant, then (optionally) linear decay to zero over the last
+/// `decay_steps` steps (pix2pix's `linear` policy expressed in steps instead of epochs).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LrSchedule {
+    pub base: f64,
+    pub steps: u64,
+    pub decay_steps: u64,
+}
+
+impl LrSchedule {
+    /// The learning rate used for step `step` (0-based).
+    pub fn at(&self, step: u64) -> f64 {
+        let decay = self.decay_steps.min(self.steps);
+        let start = self.steps - decay;
+        if decay == 0 || step < start {
+            return self.base;
+        }
+        // pix2pix: lr * (1 - (k + 1) / (n_decay + 1)) at decay step k.
+        let k = (step - start) as f64;
+        self.base * (1.0 - (k + 1.0) / (decay as f64 + 1.0))
+    }
+}
+
+/// One Adam optimiser over a list of named parameters.
+pub struct Adam {
+    cfg: AdamConfig,
+    params: Vec<(String, Tensor)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    /// Steps taken (int64 scalar on the CPU), a tensor so it checkpoints with the moments.
+    t: Tensor,
+}
+
+impl Adam {
+    /// An optimiser over `params` (e.g. a VarStore's trainable variables, by name).
+    pub fn new(mut params: Vec<(String, Tensor)>, cfg: AdamConfig) -> Result<Self, MethodError> {
+        cfg.validate()?;
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let zeros = |p: &Tensor| Tensor::zeros_like(p).set_requires_grad(false);
+        let m = params.iter().map(|(_, p)| zeros(p)).collect();
+        let v = params.iter().map(|(_, p)| zeros(p)).collect();
+        Ok(Adam {
+            cfg,
+            params,
+            m,
+            v,
+            t: Tensor::from(0i64),
+        })
+    }
+
+    pub fn config(&self) -> &AdamConfig {
+        &self.cfg
+    }
+
+    /// Steps taken so far.
+    pub fn steps_taken(&self) -> i64 {
+        self.t.int64_value(&[])
+    }
+
+    /// Clears the gradients of every parameter.
+    pub fn zero_grad(&mut self) {
+        for (_, p) in &mut self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.detach_();
+                let _ = g.zero_();
+            }
+        }
+    }
+
+    /// One update with learning rate `lr`. Parameters without a gradient are left alone
+    /// (as torch does). Fails on a non-finite gradient so a diverged run stops loudly.
+    pub fn step(&mut self, lr: f64) -> Result<(), MethodError> {
+        let t = self.steps_taken() + 1;
+        let _ = self.t.fill_(t);
+        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
+        let bc1 = 1.0 - b1.powi(t as i32);
+        let bc2 = 1.0 - b2.powi(t as i32);
+        tch::no_grad(|| -> Result<(), MethodError> {
+            for (i, (name, p)) in self.params.iter_mut().enumerate() {
+                let g = p.grad();
+                if !g.defined() {
+                    continue;
+                }
+                let m = &mut self.m[i];
+                let v = &mut self.v[i];
+                let _ = m.g_mul_scalar_(b1);
+                let _ = m.g_add_(&(&g * (1.0 - b1)));
+                let _ = v.g_mul_scalar_(b2);
+                let _ = v.g_add_(&(&g * &g * (1.0 - b2)));
+                let denom = v.sqrt() / bc2.sqrt() + self.cfg.eps;
+                let upd = &*m / denom * (lr / bc1);
+                let _ = p.g_sub_(&upd);
+                if i == 0 {
+                    // One cheap finiteness probe per step on the first parameter.
+                    let s = p.sum(Kind::Double).double_value(&[]);
+                    if !s.is_finite() {
+                        return Err(MethodError::Numeric(format!(
+                            "parameter `{name}` became non-finite at optimiser step {t}"
+                        )));
+                    }
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// The optimiser state as named tensors (`{prefix}.m.<param>`, `{prefix}.v.<param>`,
+    /// `{prefix}.t`): live tensors, so a checkpoint restore copies into them in place.
+    pub fn state(&self, prefix: &str) -> Vec<(String, Tensor)> {
+        let mut out = Vec::with_capacity(2 * self.params.len() + 1);
+        for (i, (n, _)) in self.params.iter().enumerate() {
+            out.push((format!("{prefix}.m.{n}"), self.m[i].shallow_clone()));
+            out.push((format!("{prefix}.v.{n}"), self.v[i].shallow_clone()));
+        }
+        out.push((format!("{prefix}.t"), self.t.shallow_clone()));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_is_constant_then_linear_to_zero() {
+        let s = LrSchedule {
+            base: 1.0,
+            steps: 10,
+            decay_steps: 4,
+        };
+        assert_eq!(s.at(0), 1.0);
+        assert_eq!(s.at(5), 1.0);
+        assert!((s.at(6) - 0.8).abs() < 1e-12);
+        assert!((s.at(9) - 0.2).abs() < 1e-12);
+        let c = LrSchedule {
+            base: 0.5,
+            steps: 10,
+            decay_steps: 0,
+        };
+        assert_eq!(c.at(9), 0.5);
+    }
+
+    #[test]
+    fn bad_config_names_the_field() {
+        let e = AdamConfig {
+            beta1: 1.5,
+            ..Default::default()
+        }
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("beta1 = 1.5"), "{e}");
+    }
+}

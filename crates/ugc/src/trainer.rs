@@ -1,0 +1,357 @@
+//! The step loop every training stage of the method shares.
+//!
+//! A *step* is one optimiser update of each network (one batch from each data stream).
+//! The loop: resume from the scratch checkpoint if any; per step, poll the cancel token
+//! (on cancel: checkpoint, then [`MethodError::Cancelled`]), reseed libtorch from
+//! `(seed, step)`, run the task's step, append a CSV log row, checkpoint every
+//! `checkpoint_every` steps, write samples every `sample_every` steps. The log and samples
+//! live in `scratch/run/` while training (so a resumed run keeps the rows and images from
+//! before the crash) and are copied into the stage output at the end.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use tch::Tensor;
+use ugc_data::{Batch, Loader};
+use ugc_engine::StageContext;
+
+use crate::checkpoint;
+use crate::device::step_seed;
+use crate::error::MethodError;
+
+/// What the loop needs from a concrete training task.
+pub trait TrainTask {
+    /// Every tensor whose value must survive a crash (weights, buffers, optimiser state),
+    /// by unique name. Live tensors: a restore copies into them in place.
+    fn state(&self) -> Vec<(String, Tensor)>;
+
+    /// Moves data streams (and anything else positional) to just after `step` completed
+    /// steps; called once before the first step (with 0 on a fresh start).
+    fn seek(&mut self, step: u64) -> Result<(), MethodError>;
+
+    /// Runs step `step` (0-based); returns named scalar losses for the log.
+    fn step(&mut self, step: u64) -> Result<Vec<(String, f64)>, MethodError>;
+
+    /// Writes sample images for after `step` completed steps into `dir`.
+    fn sample(&mut self, step: u64, dir: &Path) -> Result<(), MethodError>;
+}
+
+/// Loop settings (from the stage parameters).
+#[derive(Debug, Clone)]
+pub struct LoopConfig {
+    pub steps: u64,
+    /// Checkpoint every this many steps (0 = only on cancel).
+    pub checkpoint_every: u64,
+    /// Samples every this many steps (0 = only at the end).
+    pub sample_every: u64,
+    pub seed: u64,
+    /// Settings the checkpoint must match (e.g. the JSON of the resolved parameters).
+    pub fingerprint: String,
+    /// Progress phase name, e.g. `train`.
+    pub phase: String,
+}
+
+/// What the loop did.
+#[derive(Debug, Clone)]
+pub struct LoopOutcome {
+    /// Steps already done by an earlier, interrupted run (0 when starting fresh).
+    pub resumed_from: u64,
+    /// Losses of the last step.
+    pub last: Vec<(String, f64)>,
+    /// Per-loss mean over the last `min(steps, 10)` logged steps (more stable than `last`).
+    pub tail_mean: Vec<(String, f64)>,
+}
+
+/// Scratch sub-directories used by the loop.
+fn ckpt_dir(scratch: &Path) -> PathBuf {
+    scratch.join("ckpt")
+}
+fn run_dir(scratch: &Path) -> PathBuf {
+    scratch.join("run")
+}
+
+/// Runs `task` for `cfg.steps` steps under `ctx` and copies `log.csv` and `samples/` into
+/// `ctx.out_dir`.
+pub fn run_loop(
+    ctx: &StageContext<'_>,
+    cfg: &LoopConfig,
+    task: &mut dyn TrainTask,
+) -> Result<LoopOutcome, MethodError> {
+    if cfg.steps == 0 {
+        return Err(MethodError::param("steps", 0, "must be at least 1"));
+    }
+    let ckpt = ckpt_dir(ctx.scratch_dir);
+    let run = run_dir(ctx.scratch_dir);
+    let samples = run.join("samples");
+    std::fs::create_dir_all(&samples).map_err(|e| MethodError::io(&samples, e))?;
+    let start = checkpoint::resume_or_start(&ckpt, cfg.seed, &cfg.fingerprint, &task.state())?;
+    if start > cfg.steps {
+        return Err(MethodError::Checkpoint {
+            path: ckpt,
+            reason: format!("is at step {start}, past `steps` = {}", cfg.steps),
+        });
+    }
+    if start > 0 {
+        ctx.progress
+            .message(&format!("resuming from step {start} of {}", cfg.steps));
+    }
+    let log_path = run.join("log.csv");
+    let mut log = CsvLog::open(&log_path, start)?;
+    task.seek(start)?;
+    ctx.progress.start(&cfg.phase, cfg.steps);
+    ctx.progress.set(start);
+    let mut last = Vec::new();
+    for step in start..cfg.steps {
+        if ctx.cancel.is_cancelled() {
+            log.flush()?;
+            checkpoint::save(&ckpt, step, cfg.seed, &cfg.fingerprint, &task.state())?;
+            return Err(MethodError::Cancelled);
+        }
+        tch::manual_seed(step_seed(cfg.seed, step, 0) as i64);
+        let losses = task.step(step)?;
+        if let Some((n, v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(MethodError::Numeric(format!(
+                "loss `{n}` is {v} at step {step}; lower `lr` or check the data"
+            )));
+        }
+        log.row(step + 1, &losses)?;
+        last = losses;
+        let done = step + 1;
+        ctx.progress.set(done);
+        if cfg.sample_every > 0 && done % cfg.sample_every == 0 && done < cfg.steps {
+            task.sample(done, &samples)?;
+        }
+        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps {
+            log.flush()?;
+            checkpoint::save(&ckpt, done, cfg.seed, &cfg.fingerprint, &task.state())?;
+        }
+    }
+    task.sample(cfg.steps, &samples)?;
+    log.flush()?;
+    let tail_mean = log.tail_mean(10);
+    // Publish the log and samples.
+    let out_log = ctx.out_dir.join("log.csv");
+    std::fs::copy(&log_path, &out_log).map_err(|e| MethodError::io(&out_log, e))?;
+    copy_dir(&samples, &ctx.out_dir.join("samples"))?;
+    Ok(LoopOutcome {
+        resumed_from: start,
+        last,
+        tail_mean,
+    })
+}
+
+/// Checkpoints the task now (used by stages that finish with extra work they may want to
+/// protect); the loop itself checkpoints on schedule and on cancel.
+pub fn save_now(
+    ctx: &StageContext<'_>,
+    cfg: &LoopConfig,
+    step: u64,
+    task: &dyn TrainTask,
+) -> Result<(), MethodError> {
+    checkpoint::save(
+        &ckpt_dir(ctx.scratch_dir),
+        step,
+        cfg.seed,
+        &cfg.fingerprint,
+        &task.state(),
+    )
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<(), MethodError> {
+    std::fs::create_dir_all(to).map_err(|e| MethodError::io(to, e))?;
+    let rd = std::fs::read_dir(from).map_err(|e| MethodError::io(from, e))?;
+    let mut entries: Vec<_> = rd.flatten().collect();
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let dst = to.join(e.file_name());
+        if e.path().is_file() {
+            std::fs::copy(e.path(), &dst).map_err(|err| MethodError::io(&dst, err))?;
+        }
+    }
+    Ok(())
+}
+
+/// `log.csv`: `step,<loss names...>`. On resume, rows past the checkpoint are dropped so
+/// the log matches the restored state exactly.
+struct CsvLog {
+    path: PathBuf,
+    header: Option<Vec<String>>,
+    rows: Vec<(u64, Vec<f64>)>,
+    file: Option<std::io::BufWriter<std::fs::File>>,
+}
+
+impl CsvLog {
+    fn open(path: &Path, keep_up_to: u64) -> Result<Self, MethodError> {
+        let mut header = None;
+        let mut rows = Vec::new();
+        if keep_up_to > 0 && path.is_file() {
+            let text = std::fs::read_to_string(path).map_err(|e| MethodError::io(path, e))?;
+            let mut lines = text.lines();
+            if let Some(h) = lines.next() {
+                header = Some(h.split(',').skip(1).map(str::to_string).collect());
+            }
+            for l in lines {
+                let mut it = l.split(',');
+                let Some(Ok(step)) = it.next().map(str::parse::<u64>) else {
+                    continue;
+                };
+                if step > keep_up_to {
+                    break;
+                }
+                let vals: Vec<f64> = it.filter_map(|v| v.parse().ok()).collect();
+                rows.push((step, vals));
+            }
+        }
+        let mut log = CsvLog {
+            path: path.to_path_buf(),
+            header,
+            rows,
+            file: None,
+        };
+        log.rewrite()?;
+        Ok(log)
+    }
+
+    fn rewrite(&mut self) -> Result<(), MethodError> {
+        let f = std::fs::File::create(&self.path).map_err(|e| MethodError::io(&self.path, e))?;
+        let mut w = std::io::BufWriter::new(f);
+        if let Some(h) = &self.header {
+            writeln!(w, "step,{}", h.join(",")).map_err(|e| MethodError::io(&self.path, e))?;
+            for (s, v) in &self.rows {
+                writeln!(w, "{s},{}", join(v)).map_err(|e| MethodError::io(&self.path, e))?;
+            }
+        }
+        self.file = Some(w);
+        Ok(())
+    }
+
+    fn row(&mut self, step: u64, losses: &[(String, f64)]) -> Result<(), MethodError> {
+        let names: Vec<String> = losses.iter().map(|(n, _)| n.clone()).collect();
+        let vals: Vec<f64> = losses.iter().map(|(_, v)| *v).collect();
+        match &self.header {
+            None => {
+                self.header = Some(names);
+                self.rewrite()?;
+            }
+            Some(h) if *h != names => {
+                return Err(MethodError::Numeric(format!(
+                    "{}: loss columns changed from {h:?} to {names:?}",
+                    self.path.display()
+                )));
+            }
+            Some(_) => {}
+        }
+        if let Some(w) = &mut self.file {
+            writeln!(w, "{step},{}", join(&vals)).map_err(|e| MethodError::io(&self.path, e))?;
+        }
+        self.rows.push((step, vals));
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), MethodError> {
+        if let Some(w) = &mut self.file {
+            w.flush().map_err(|e| MethodError::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    fn tail_mean(&self, n: usize) -> Vec<(String, f64)> {
+        let Some(h) = &self.header else {
+            return Vec::new();
+        };
+        let tail = &self.rows[self.rows.len().saturating_sub(n)..];
+        h.iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let vals: Vec<f64> = tail.iter().filter_map(|(_, v)| v.get(i).copied()).collect();
+                let m = vals.iter().sum::<f64>() / vals.len().max(1) as f64;
+                (name.clone(), m)
+            })
+            .collect()
+    }
+}
+
+fn join(v: &[f64]) -> String {
+    v.iter()
+        .map(|x| format!("{x:.6e}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// An endless, positionable stream of training batches: epoch `e` of the loader, batch
+/// `i` within it. Batch number `k` is always the same data (the loader's order and
+/// augmentation are seeded by `(seed, epoch)`), so a resumed run sees what an
+/// uninterrupted one would.
+pub struct BatchStream {
+    loader: Loader,
+    per_epoch: u64,
+    epoch: u64,
+    iter: Option<ugc_data::loader::Epoch>,
+    /// What the stream feeds (for error messages), e.g. `labeled`.
+    name: String,
+}
+
+impl BatchStream {
+    /// Fails when the loader cannot fill one batch (fewer examples than `batch_size`).
+    pub fn new(loader: Loader, name: &str) -> Result<Self, MethodError> {
+        let per_epoch = loader.batches_per_epoch() as u64;
+        if per_epoch == 0 {
+            return Err(MethodError::param(
+                "batch_size",
+                "(see stage params)",
+                format!(
+                    "the {name} set has {} examples, fewer than one batch",
+                    loader.len()
+                ),
+            ));
+        }
+        Ok(BatchStream {
+            loader,
+            per_epoch,
+            epoch: 0,
+            iter: None,
+            name: name.to_string(),
+        })
+    }
+
+    /// Positions the stream so the next batch is batch number `k` (0-based). Batches before
+    /// it in the same epoch are decoded and dropped (the loader has no random access).
+    pub fn seek(&mut self, k: u64) -> Result<(), MethodError> {
+        self.epoch = k / self.per_epoch;
+        let mut it = self.loader.epoch(self.epoch);
+        for _ in 0..(k % self.per_epoch) {
+            match it.next() {
+                Some(r) => {
+                    r?;
+                }
+                None => break,
+            }
+        }
+        self.iter = Some(it);
+        Ok(())
+    }
+
+    /// The next batch, starting a new epoch when one is exhausted.
+    pub fn next_batch(&mut self) -> Result<Batch, MethodError> {
+        if self.iter.is_none() {
+            self.iter = Some(self.loader.epoch(self.epoch));
+        }
+        loop {
+            let it = self.iter.as_mut().ok_or_else(|| {
+                MethodError::Numeric(format!("{} stream has no epoch", self.name))
+            })?;
+            match it.next() {
+                Some(b) => return Ok(b?),
+                None => {
+                    self.epoch += 1;
+                    self.iter = Some(self.loader.epoch(self.epoch));
+                }
+            }
+        }
+    }
+
+    /// Batches in one epoch.
+    pub fn per_epoch(&self) -> u64 {
+        self.per_epoch
+    }
+}
