@@ -12,6 +12,7 @@
 //!
 //! Stage kinds: [`supernet::SupernetStage`], [`train::TrainStage`].
 
+pub mod adf;
 pub mod checkpoint;
 pub mod device;
 pub mod error;

@@ -1,0 +1,306 @@
+//! Training-core tests: losses and Adam against PyTorch references
+//! (`fixtures/make_refs.py`), checkpoints, perceptual networks.
+
+use std::path::Path;
+
+use serde_json::Value;
+use tch::{Kind, Tensor};
+use ugc_method::checkpoint;
+use ugc_method::losses::{self, DistillWeights};
+use ugc_method::optim::{Adam, AdamConfig};
+use ugc_method::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
+
+fn refs() -> Value {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/refs.json");
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn tensor(data: &Value, shape: &Value) -> Tensor {
+    let v: Vec<f32> = data
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect();
+    let s: Vec<i64> = shape
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_i64().unwrap())
+        .collect();
+    Tensor::from_slice(&v).view(s.as_slice())
+}
+
+fn close(got: f64, want: f64, rel: f64) {
+    assert!(
+        (got - want).abs() <= rel * want.abs().max(1e-6),
+        "got {got}, want {want}"
+    );
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+#[test]
+fn losses_match_pytorch_references() {
+    let r = refs();
+    let a = tensor(&r["a"], &r["shape"]);
+    let b = tensor(&r["b"], &r["shape"]);
+    close(
+        scalar(&losses::ssim(&a, &b).unwrap()),
+        r["ssim_ab"].as_f64().unwrap(),
+        1e-5,
+    );
+    close(scalar(&losses::ssim(&a, &a).unwrap()), 1.0, 1e-6);
+    close(
+        scalar(&losses::l1(&a, &b)),
+        r["l1_ab"].as_f64().unwrap(),
+        1e-6,
+    );
+    close(
+        scalar(&losses::total_variation(&a)),
+        r["tv_a"].as_f64().unwrap(),
+        1e-5,
+    );
+    let fa: Vec<Tensor> = r["fa"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| tensor(&f["data"], &f["shape"]))
+        .collect();
+    let fb: Vec<Tensor> = r["fb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| tensor(&f["data"], &f["shape"]))
+        .collect();
+    close(
+        scalar(&losses::gram_l1(&fa, &fb)),
+        r["gram_l1"].as_f64().unwrap(),
+        1e-5,
+    );
+    close(
+        scalar(&losses::feature_l1(&fa, &fb)),
+        r["feature_l1"].as_f64().unwrap(),
+        1e-6,
+    );
+
+    // The combination uses the documented weights.
+    let w = DistillWeights::default();
+    let t = losses::distill_loss(&a, &b, &fa, &fb, &w).unwrap();
+    let want = 10.0 * (1.0 - r["ssim_ab"].as_f64().unwrap())
+        + 1e4 * r["gram_l1"].as_f64().unwrap()
+        + 10.0 * r["feature_l1"].as_f64().unwrap()
+        + 1e-5 * r["tv_a"].as_f64().unwrap();
+    close(scalar(&t.total), want, 1e-5);
+    assert!(losses::ssim(&a, &a.narrow(2, 0, 8)).is_err());
+    assert!(losses::distill_loss(&a, &b, &fa, &fb[..1], &w).is_err());
+}
+
+#[test]
+fn ssim_loss_has_gradients() {
+    let a = Tensor::rand([1, 3, 16, 16], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let b = Tensor::rand([1, 3, 16, 16], (Kind::Float, tch::Device::Cpu));
+    let l = losses::ssim(&a, &b).unwrap().neg() + 1.0;
+    l.backward();
+    assert!(a.grad().abs().sum(Kind::Float).double_value(&[]) > 0.0);
+}
+
+#[test]
+fn hinge_losses_by_hand() {
+    let p = Tensor::from_slice(&[-2.0f32, 0.5, 1.5, 0.0]);
+    // relu(1 - p) = [3, 0.5, 0, 1] -> 1.125 ; relu(1 + p) = [0, 1.5, 2.5, 1] -> 1.25
+    close(scalar(&losses::hinge_d_real(&p)), 1.125, 1e-7);
+    close(scalar(&losses::hinge_d_fake(&p)), 1.25, 1e-7);
+    close(scalar(&losses::hinge_g(&p)), -0.0, 1e-7);
+    let scales = vec![
+        vec![p.shallow_clone()],
+        vec![Tensor::from_slice(&[1.0f32, 3.0])],
+    ];
+    // mean over scales of -mean: (0 + -2) / 2
+    close(
+        scalar(&losses::over_scales(&scales, losses::hinge_g)),
+        -1.0,
+        1e-7,
+    );
+}
+
+#[test]
+fn adam_matches_torch_optim_adam() {
+    let r = refs();
+    let a = &r["adam"];
+    let f = |k: &str| -> Vec<f32> {
+        a[k].as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap() as f32)
+            .collect()
+    };
+    let p = Tensor::from_slice(&f("p0")).set_requires_grad(true);
+    let target = Tensor::from_slice(&f("target"));
+    let scale = Tensor::from_slice(&f("scale"));
+    let lr = a["lr"].as_f64().unwrap();
+    let mut opt = Adam::new(
+        vec![("p".into(), p.shallow_clone())],
+        AdamConfig {
+            lr,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    for want in a["trajectory"].as_array().unwrap() {
+        opt.zero_grad();
+        let loss = ((&p - &target).square() * &scale).sum(Kind::Float);
+        loss.backward();
+        opt.step(lr).unwrap();
+        let got: Vec<f32> = Vec::try_from(&p.detach()).unwrap();
+        for (g, w) in got.iter().zip(want.as_array().unwrap()) {
+            close(*g as f64, w.as_f64().unwrap(), 1e-5);
+        }
+    }
+    assert_eq!(opt.steps_taken(), 5);
+}
+
+#[test]
+fn checkpoint_round_trip_and_mismatch() {
+    let dir = tempfile::tempdir().unwrap();
+    let w = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
+    let mut opt = Adam::new(vec![("w".into(), w.shallow_clone())], AdamConfig::default()).unwrap();
+    w.sum(Kind::Float).backward();
+    opt.step(0.1).unwrap();
+    let mut live = vec![("g.w".to_string(), w.shallow_clone())];
+    live.extend(opt.state("opt_g"));
+    assert_eq!(
+        checkpoint::resume_or_start(dir.path(), 1, "fp", &live).unwrap(),
+        0
+    );
+    checkpoint::save(dir.path(), 7, 1, "fp", &live).unwrap();
+    let saved_w = w.detach().copy();
+    let saved_m = live[1].1.copy();
+    // Scramble the live state, then restore.
+    tch::no_grad(|| {
+        let _ = w.shallow_clone().fill_(0.0);
+        let _ = live[1].1.shallow_clone().fill_(5.0);
+    });
+    let mut opt2 = Adam::new(vec![("w".into(), w.shallow_clone())], AdamConfig::default()).unwrap();
+    let mut live2 = vec![("g.w".to_string(), w.shallow_clone())];
+    live2.extend(opt2.state("opt_g"));
+    assert_eq!(
+        checkpoint::resume_or_start(dir.path(), 1, "fp", &live2).unwrap(),
+        7
+    );
+    assert!(w.detach().equal(&saved_w));
+    assert!(live2[1].1.equal(&saved_m));
+    assert_eq!(opt2.steps_taken(), 1);
+    opt2.zero_grad();
+    // Another seed or fingerprint is refused, naming latest.json.
+    let e = checkpoint::resume_or_start(dir.path(), 2, "fp", &live2)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("latest.json"), "{e}");
+    // A mis-shaped live tensor is named.
+    let other = vec![(
+        "g.w".to_string(),
+        Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)),
+    )];
+    let e = checkpoint::resume_or_start(dir.path(), 1, "fp", &other)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("mis-shaped: g.w") && e.contains("unexpected: opt_g.t"),
+        "{e}"
+    );
+    // Only the current tensor file is kept.
+    checkpoint::save(dir.path(), 8, 1, "fp", &live2).unwrap();
+    let files: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".safetensors"))
+        .collect();
+    assert_eq!(files, vec!["ckpt-8.safetensors".to_string()]);
+}
+
+#[test]
+fn vgg16_errors_name_file_and_tensors() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("vgg16.safetensors");
+    let e = Vgg16::load(&missing, tch::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("vgg16.safetensors") && e.contains("does not exist"),
+        "{e}"
+    );
+    let bad = dir.path().join("bad.safetensors");
+    let t = Tensor::zeros([64, 3, 5, 5], (Kind::Float, tch::Device::Cpu));
+    Tensor::write_safetensors(&[("features.0.weight", &t)], &bad).unwrap();
+    let e = Vgg16::load(&bad, tch::Device::Cpu)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("mis-shaped: features.0.weight"), "{e}");
+    assert!(e.contains("missing: features.21.bias"), "{e}");
+}
+
+#[test]
+fn vgg16_loads_torchvision_names_and_taps_four_layers() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vgg16.safetensors");
+    let convs = [
+        (0, 3, 64),
+        (2, 64, 64),
+        (5, 64, 128),
+        (7, 128, 128),
+        (10, 128, 256),
+        (12, 256, 256),
+        (14, 256, 256),
+        (17, 256, 512),
+        (19, 512, 512),
+        (21, 512, 512),
+    ];
+    let mut ts = Vec::new();
+    for (i, ci, co) in convs {
+        ts.push((
+            format!("features.{i}.weight"),
+            Tensor::randn([co, ci, 3, 3], (Kind::Float, tch::Device::Cpu)) * 0.05,
+        ));
+        ts.push((
+            format!("features.{i}.bias"),
+            Tensor::zeros([co], (Kind::Float, tch::Device::Cpu)),
+        ));
+    }
+    // The classifier is ignored.
+    ts.push((
+        "classifier.0.bias".into(),
+        Tensor::zeros([7], (Kind::Float, tch::Device::Cpu)),
+    ));
+    Tensor::write_safetensors(&ts, &file).unwrap();
+    let vgg = Vgg16::load(&file, tch::Device::Cpu).unwrap();
+    let x = Tensor::rand([1, 3, 16, 16], (Kind::Float, tch::Device::Cpu));
+    let f = vgg.features(&x);
+    let shapes: Vec<Vec<i64>> = f.iter().map(|t| t.size()).collect();
+    assert_eq!(
+        shapes,
+        vec![
+            vec![1, 64, 16, 16],
+            vec![1, 128, 8, 8],
+            vec![1, 256, 4, 4],
+            vec![1, 512, 2, 2]
+        ]
+    );
+}
+
+#[test]
+fn discriminator_features_exclude_predictions() {
+    let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+    let d = ugc_nn::build_discriminator(&vs.root(), &ugc_nn::DiscConfig::patchgan(6, 4)).unwrap();
+    let cond = Tensor::rand([2, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
+    let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, tch::Device::Cpu));
+    let f = DiscriminatorFeatures::new(d.as_ref(), &cond).features(&x);
+    // PatchGAN with 3 layers: 4 LeakyReLU outputs; the 1-channel prediction is dropped.
+    assert_eq!(f.len(), 4);
+    assert!(f.iter().all(|t| t.size()[1] > 1));
+}
