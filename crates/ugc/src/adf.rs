@@ -1,0 +1,536 @@
+//! Adaptive Data Filter (ADF): scores each teacher pseudo-label of an unlabeled input and
+//! keeps those above a threshold that adapts to the score distribution.
+//!
+//! Criterion (see `docs/method.md`):
+//! - `agreement` (default with two or more teachers): score = minus the mean absolute
+//!   difference between the teachers' outputs, averaged over teacher pairs. Structurally
+//!   different teachers (wide vs deep) that disagree on an input signal that at least one of
+//!   them is wrong there, and the student would learn contradicting targets.
+//! - `discriminator` (default with one teacher): score = mean of the supernet
+//!   discriminator's prediction maps on `concat(input, pseudo-label)`; the hinge-trained
+//!   discriminator rates how realistic the pair looks.
+//!
+//! Threshold (`rule`): `mad` keeps scores `>= median - k * 1.4826 * MAD` (a robust
+//! "mean - k std": the median and MAD are not pulled by the bad group they must detect);
+//! `otsu` splits the score histogram into two classes maximising between-class variance.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+use ugc_data::{SplitManifest, Subset};
+use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_nn::{DiscConfig, Discriminator, Mode, build_discriminator};
+
+use crate::search::{data_err, input_encoding, io_err, nn_err, read_json, write_json};
+use crate::teachers::{TeacherEntry, load_teachers_json};
+
+/// How pseudo-labels are scored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Criterion {
+    /// `agreement` with two or more teachers, `discriminator` otherwise.
+    Auto,
+    Agreement,
+    Discriminator,
+}
+
+/// How the threshold adapts to the scores.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "rule", rename_all = "lowercase")]
+pub enum ThresholdRule {
+    /// `median - k * 1.4826 * MAD`.
+    Mad { k: f64 },
+    /// Otsu's threshold on a `bins`-bin histogram.
+    Otsu { bins: usize },
+}
+
+fn median(sorted: &[f64]) -> f64 {
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+/// The adaptive threshold of `scores` (higher = more reliable); `None` for no scores or a
+/// non-finite score.
+pub fn adaptive_threshold(scores: &[f64], rule: ThresholdRule) -> Option<f64> {
+    if scores.is_empty() || scores.iter().any(|s| !s.is_finite()) {
+        return None;
+    }
+    let mut s = scores.to_vec();
+    s.sort_by(f64::total_cmp);
+    match rule {
+        ThresholdRule::Mad { k } => {
+            let med = median(&s);
+            let mut dev: Vec<f64> = s.iter().map(|v| (v - med).abs()).collect();
+            dev.sort_by(f64::total_cmp);
+            let mad = median(&dev);
+            Some(med - k * 1.4826 * mad)
+        }
+        ThresholdRule::Otsu { bins } => {
+            let (lo, hi) = (s[0], s[s.len() - 1]);
+            if hi <= lo || bins < 2 {
+                return Some(lo);
+            }
+            let width = (hi - lo) / bins as f64;
+            let mut hist = vec![0f64; bins];
+            for v in &s {
+                let b = (((v - lo) / width) as usize).min(bins - 1);
+                hist[b] += 1.0;
+            }
+            let total = s.len() as f64;
+            let center = |b: usize| lo + (b as f64 + 0.5) * width;
+            let sum_all: f64 = (0..bins).map(|b| hist[b] * center(b)).sum();
+            let (mut w0, mut sum0) = (0.0, 0.0);
+            let (mut best, mut best_b) = (-1.0, 0usize);
+            for b in 0..bins - 1 {
+                w0 += hist[b];
+                sum0 += hist[b] * center(b);
+                let w1 = total - w0;
+                if w0 == 0.0 || w1 == 0.0 {
+                    continue;
+                }
+                let m0 = sum0 / w0;
+                let m1 = (sum_all - sum0) / w1;
+                let between = w0 * w1 * (m0 - m1).powi(2);
+                if between > best {
+                    best = between;
+                    best_b = b;
+                }
+            }
+            // Scores above the upper edge of the lower class's last bin are kept.
+            Some(lo + (best_b as f64 + 1.0) * width)
+        }
+    }
+}
+
+/// Agreement score per image: minus the mean absolute difference between every pair of
+/// teacher outputs (`[N, C, H, W]` each); needs at least two outputs.
+pub fn agreement_scores(outputs: &[Tensor]) -> Result<Vec<f64>, String> {
+    if outputs.len() < 2 {
+        return Err("the agreement criterion needs at least two teachers".into());
+    }
+    let mut acc: Option<Tensor> = None;
+    let mut pairs = 0.0;
+    for i in 0..outputs.len() {
+        for j in i + 1..outputs.len() {
+            let d = (&outputs[i] - &outputs[j])
+                .abs()
+                .to_kind(Kind::Double)
+                .mean_dim([1i64, 2, 3].as_slice(), false, Kind::Double);
+            acc = Some(match acc {
+                None => d,
+                Some(a) => a + d,
+            });
+            pairs += 1.0;
+        }
+    }
+    let mean = acc.expect("two or more outputs") / pairs;
+    Vec::<f64>::try_from(&(-mean).to_device(Device::Cpu)).map_err(|e| e.to_string())
+}
+
+/// Discriminator realism score per image: the mean of every scale's prediction map on
+/// `concat(input, pseudo)`, averaged over scales. Running statistics are not touched.
+pub fn discriminator_scores(
+    disc: &dyn Discriminator,
+    input: &Tensor,
+    pseudo: &Tensor,
+) -> Result<Vec<f64>, String> {
+    let x = Tensor::cat(&[input, pseudo], 1);
+    let scales = tch::no_grad(|| disc.forward(&x, Mode::Eval));
+    let mut acc: Option<Tensor> = None;
+    for s in &scales {
+        let pred = s.last().ok_or("discriminator returned an empty scale")?;
+        let m = pred.to_kind(Kind::Double).flatten(1, -1).mean_dim(
+            [1i64].as_slice(),
+            false,
+            Kind::Double,
+        );
+        acc = Some(match acc {
+            None => m,
+            Some(a) => a + m,
+        });
+    }
+    let acc = acc.ok_or("discriminator returned no scales")? / scales.len() as f64;
+    Vec::<f64>::try_from(&acc.to_device(Device::Cpu)).map_err(|e| e.to_string())
+}
+
+/// Resolves `auto` for a number of teachers; errors name the parameter.
+pub fn resolve_criterion(c: Criterion, n_teachers: usize) -> Result<Criterion, StageError> {
+    match (c, n_teachers) {
+        (Criterion::Auto, n) if n >= 2 => Ok(Criterion::Agreement),
+        (Criterion::Auto, _) => Ok(Criterion::Discriminator),
+        (Criterion::Agreement, n) if n < 2 => Err(StageError::Config(format!(
+            "parameter `criterion` = agreement needs two or more teachers, the teachers \
+             stage has {n} (use strategy multi, or criterion discriminator)"
+        ))),
+        (c, _) => Ok(c),
+    }
+}
+
+/// Per-image scores and the pseudo-label (mean of the teachers' outputs) of one batch.
+pub fn score_batch(
+    criterion: Criterion,
+    input: &Tensor,
+    teacher_outputs: &[Tensor],
+    disc: Option<&dyn Discriminator>,
+) -> Result<(Vec<f64>, Tensor), String> {
+    let pseudo = Tensor::stack(teacher_outputs, 0).mean_dim(0, false, Kind::Float);
+    let scores = match criterion {
+        Criterion::Agreement => agreement_scores(teacher_outputs)?,
+        Criterion::Discriminator => discriminator_scores(
+            disc.ok_or("the discriminator criterion needs the supernet's discriminator")?,
+            input,
+            &pseudo,
+        )?,
+        Criterion::Auto => return Err("criterion `auto` must be resolved first".into()),
+    };
+    Ok((scores, pseudo))
+}
+
+/// Which ids to keep: every id when disabled, else those with `score >= threshold`.
+pub fn keep_decisions(scores: &[f64], threshold: Option<f64>, enabled: bool) -> Vec<bool> {
+    scores
+        .iter()
+        .map(|s| !enabled || threshold.is_none_or(|t| *s >= t))
+        .collect()
+}
+
+/// `adf.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdfDecision {
+    pub enabled: bool,
+    pub criterion: Criterion,
+    pub threshold_rule: ThresholdRule,
+    /// The adaptive threshold computed on the scores (also when disabled, for comparison).
+    pub threshold: Option<f64>,
+    pub kept: Vec<String>,
+    pub dropped: Vec<String>,
+}
+
+impl AdfDecision {
+    /// Reads `<dir>/adf.json` of an adf stage output.
+    pub fn load(dir: &Path) -> Result<Self, StageError> {
+        read_json(&dir.join("adf.json"))
+    }
+
+    pub fn kept_set(&self) -> BTreeSet<String> {
+        self.kept.iter().cloned().collect()
+    }
+}
+
+/// Loads the supernet's discriminator (`supernet/disc.json` + `discriminator.safetensors`).
+pub fn load_discriminator(
+    sup_dir: &Path,
+    device: Device,
+) -> Result<(VarStore, Box<dyn Discriminator>), StageError> {
+    let cfg: DiscConfig = read_json(&sup_dir.join("supernet/disc.json"))?;
+    let mut vs = VarStore::new(device);
+    let d = build_discriminator(&vs.root(), &cfg)
+        .map_err(nn_err(sup_dir.join("supernet/disc.json").display()))?;
+    let w = sup_dir.join("supernet/discriminator.safetensors");
+    vs.load(&w)
+        .map_err(|e| StageError::Data(format!("{}: {e}", w.display())))?;
+    Ok((vs, d))
+}
+
+/// Exported teachers, loaded (each keeps its `VarStore` alive).
+pub struct Teachers {
+    pub entries: Vec<TeacherEntry>,
+    pub models: Vec<ugc_nn::export::LoadedModel>,
+}
+
+impl Teachers {
+    /// Loads every teacher listed in `<dir>/teachers.json` from `<dir>/teachers/<role>/`.
+    pub fn load(dir: &Path, device: Device) -> Result<Self, StageError> {
+        let entries = load_teachers_json(dir)?;
+        let mut models = Vec::new();
+        for e in &entries {
+            let mdir = dir.join("teachers").join(e.role.name());
+            let (_, m) = ugc_nn::export::load_model(&mdir, device)
+                .map_err(|err| StageError::Data(format!("{}: {err}", mdir.display())))?;
+            models.push(m);
+        }
+        Ok(Teachers { entries, models })
+    }
+
+    /// Every teacher's output on `x` in eval mode, without gradients.
+    pub fn outputs(&self, x: &Tensor) -> Result<Vec<Tensor>, StageError> {
+        self.models
+            .iter()
+            .zip(&self.entries)
+            .map(|(m, e)| {
+                let g = &m.generator;
+                tch::no_grad(|| g.forward(x, &g.search_space().largest(), Mode::Eval))
+                    .map_err(nn_err(format!("the {} teacher", e.role.name())))
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct AdfParams {
+    enabled: bool,
+    criterion: Criterion,
+    threshold: String,
+    k: f64,
+    bins: usize,
+    batch_size: usize,
+    write_pseudo: bool,
+}
+
+/// Parses `threshold` + `k` / `bins`; errors name the parameter.
+pub fn threshold_rule(name: &str, k: f64, bins: usize) -> Result<ThresholdRule, StageError> {
+    match name {
+        "mad" if k.is_finite() && k >= 0.0 => Ok(ThresholdRule::Mad { k }),
+        "mad" => Err(StageError::Config(format!(
+            "parameter `k` = {k}: must be a finite number >= 0"
+        ))),
+        "otsu" if bins >= 2 => Ok(ThresholdRule::Otsu { bins }),
+        "otsu" => Err(StageError::Config(format!(
+            "parameter `bins` = {bins}: must be at least 2"
+        ))),
+        other => Err(StageError::Config(format!(
+            "parameter `threshold` = {other}: expected mad or otsu"
+        ))),
+    }
+}
+
+/// The `adf` stage kind (`stages/adf.yaml`).
+pub struct AdfStage {
+    schema: KindSchema,
+}
+
+impl AdfStage {
+    pub fn new(schema: KindSchema) -> Self {
+        AdfStage { schema }
+    }
+}
+
+impl StageKind for AdfStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: AdfParams = ctx.typed_params()?;
+        let rule = threshold_rule(&p.threshold, p.k, p.bins)?;
+        if p.batch_size == 0 {
+            return Err(StageError::Config(
+                "parameter `batch_size` = 0: must be at least 1".into(),
+            ));
+        }
+        let device = crate::device::tch_device(ctx.device)?;
+        let teachers_dir = ctx.require_input("teachers")?.dir.clone();
+        let split_dir = ctx.require_input("split")?.dir.clone();
+        let teachers = Teachers::load(&teachers_dir, device)?;
+        let criterion = resolve_criterion(p.criterion, teachers.entries.len())?;
+        let disc = if criterion == Criterion::Discriminator {
+            let sup = ctx.input_of_kind("supernet").ok_or_else(|| {
+                StageError::Config(format!(
+                    "stage `{}`: criterion discriminator needs the `supernet` stage among its \
+                     deps (its discriminator scores the pseudo-labels)",
+                    ctx.node
+                ))
+            })?;
+            Some(load_discriminator(&sup.dir, device)?)
+        } else {
+            None
+        };
+        let manifest = SplitManifest::load(&split_dir)
+            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
+        let enc = input_encoding(&teachers.models[0].generator.arch().clone(), &manifest)?;
+        let loader = ugc_data::Loader::new(
+            &manifest,
+            &split_dir,
+            Subset::Unlabeled,
+            ugc_data::LoaderConfig {
+                encoding: enc,
+                device,
+                threads: 1,
+                ..ugc_data::LoaderConfig::eval(p.batch_size)
+            },
+        )
+        .map_err(data_err("unlabeled loader"))?;
+        let pseudo_dir = ctx.out_dir.join("pseudo");
+        std::fs::create_dir_all(&pseudo_dir).map_err(io_err(&pseudo_dir))?;
+        ctx.progress.start("score", loader.len() as u64);
+        let mut ids = Vec::new();
+        let mut scores = Vec::new();
+        for b in loader.epoch(0) {
+            if ctx.cancel.is_cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let b = b.map_err(data_err("unlabeled batch"))?;
+            let outs = teachers.outputs(&b.input)?;
+            let (s, pseudo) = score_batch(
+                criterion,
+                &b.input,
+                &outs,
+                disc.as_ref().map(|(_, d)| d.as_ref()),
+            )
+            .map_err(StageError::Failed)?;
+            if p.write_pseudo {
+                for (i, id) in b.ids.iter().enumerate() {
+                    let path = pseudo_dir.join(format!("{id}.png"));
+                    ugc_nn::infer::save_output(&pseudo.narrow(0, i as i64, 1), &path)
+                        .map_err(nn_err(path.display()))?;
+                }
+            }
+            ids.extend(b.ids.iter().cloned());
+            scores.extend(s);
+            ctx.progress.set(ids.len() as u64);
+        }
+        let threshold = adaptive_threshold(&scores, rule);
+        let keep = keep_decisions(&scores, threshold, p.enabled);
+        write_decision(
+            ctx.out_dir,
+            &ids,
+            &scores,
+            &keep,
+            p.enabled,
+            criterion,
+            rule,
+            threshold,
+        )
+    }
+}
+
+/// Writes `scores.csv`, `adf.json` and `metrics.json` (shared with distill's online re-scoring).
+#[allow(clippy::too_many_arguments)]
+pub fn write_decision(
+    out: &Path,
+    ids: &[String],
+    scores: &[f64],
+    keep: &[bool],
+    enabled: bool,
+    criterion: Criterion,
+    rule: ThresholdRule,
+    threshold: Option<f64>,
+) -> Result<(), StageError> {
+    let mut csv = String::from("id,score,kept\n");
+    for ((id, s), k) in ids.iter().zip(scores).zip(keep) {
+        csv.push_str(&format!("{id},{s},{k}\n"));
+    }
+    let p = out.join("scores.csv");
+    std::fs::write(&p, csv).map_err(io_err(&p))?;
+    let kept: Vec<String> = ids
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| **k)
+        .map(|(i, _)| i.clone())
+        .collect();
+    let dropped: Vec<String> = ids
+        .iter()
+        .zip(keep)
+        .filter(|(_, k)| !**k)
+        .map(|(i, _)| i.clone())
+        .collect();
+    let n = scores.len().max(1) as f64;
+    let mean = scores.iter().sum::<f64>() / n;
+    let std = (scores.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / n).sqrt();
+    let mut m = serde_json::Map::new();
+    m.insert("adf.enabled".into(), u8::from(enabled).into());
+    m.insert("adf.kept".into(), kept.len().into());
+    m.insert("adf.dropped".into(), dropped.len().into());
+    m.insert("adf.score_mean".into(), mean.into());
+    m.insert("adf.score_std".into(), std.into());
+    if let Some(t) = threshold {
+        m.insert("adf.threshold".into(), t.into());
+    }
+    write_json(
+        &out.join("adf.json"),
+        &AdfDecision {
+            enabled,
+            criterion,
+            threshold_rule: rule,
+            threshold,
+            kept,
+            dropped,
+        },
+    )?;
+    write_json(&out.join("metrics.json"), &serde_json::Value::Object(m))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Deterministic pseudo-normal values (Box-Muller on a fixed LCG).
+    fn normal(n: usize, mean: f64, std: f64, seed: u64) -> Vec<f64> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let mut u = || {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 11) as f64 + 0.5) / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|_| {
+                let (a, b) = (u(), u());
+                mean + std * (-2.0 * a.ln()).sqrt() * (2.0 * std::f64::consts::PI * b).cos()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn threshold_adapts_to_the_score_distribution() {
+        let a = normal(200, -0.10, 0.01, 1);
+        let b = normal(200, -0.30, 0.05, 2);
+        for rule in [
+            ThresholdRule::Mad { k: 2.0 },
+            ThresholdRule::Otsu { bins: 32 },
+        ] {
+            let ta = adaptive_threshold(&a, rule).unwrap();
+            let tb = adaptive_threshold(&b, rule).unwrap();
+            // Each threshold lies inside (or at the edge of) its own distribution.
+            assert!(ta > -0.2 && tb < -0.15, "{rule:?}: {ta} {tb}");
+        }
+        assert!(adaptive_threshold(&[], ThresholdRule::Mad { k: 2.0 }).is_none());
+        assert!(adaptive_threshold(&[1.0, f64::NAN], ThresholdRule::Mad { k: 2.0 }).is_none());
+    }
+
+    #[test]
+    fn a_clear_outlier_group_is_dropped() {
+        // 90 good pseudo-labels (teachers agree) and 10 where they disagree badly.
+        let mut scores = normal(90, -0.05, 0.01, 3);
+        scores.extend(normal(10, -0.60, 0.05, 4));
+        for rule in [
+            ThresholdRule::Mad { k: 3.0 },
+            ThresholdRule::Otsu { bins: 64 },
+        ] {
+            let t = adaptive_threshold(&scores, rule);
+            let keep = keep_decisions(&scores, t, true);
+            assert!(keep[..90].iter().all(|k| *k), "{rule:?}: good one dropped");
+            assert!(keep[90..].iter().all(|k| !*k), "{rule:?}: outlier kept");
+            // Disabled ADF keeps everything (the "w/o ADF" ablation).
+            assert!(keep_decisions(&scores, t, false).iter().all(|k| *k));
+        }
+    }
+
+    #[test]
+    fn agreement_orders_by_teacher_disagreement() {
+        let base = Tensor::rand([3, 3, 8, 8], (Kind::Float, Device::Cpu));
+        let noise = Tensor::from_slice(&[0.0f32, 0.1, 0.5]).view([3, 1, 1, 1]);
+        let other = &base + &noise;
+        let s = agreement_scores(&[base.shallow_clone(), other]).unwrap();
+        assert!(s[0].abs() < 1e-9 && s[0] > s[1] && s[1] > s[2], "{s:?}");
+        assert!((s[2] + 0.5).abs() < 1e-6);
+        assert!(agreement_scores(&[base]).is_err());
+        assert!(resolve_criterion(Criterion::Agreement, 1).is_err());
+        assert_eq!(
+            resolve_criterion(Criterion::Auto, 1).unwrap(),
+            Criterion::Discriminator
+        );
+        assert!(
+            threshold_rule("median", 1.0, 8)
+                .unwrap_err()
+                .to_string()
+                .contains("threshold")
+        );
+    }
+}
