@@ -3,6 +3,7 @@
 //! 0 success, 1 a stage or command failed, 2 bad input (usage, pipeline, data), 130 interrupted.
 
 mod data;
+mod metrics;
 mod model;
 mod pipeline;
 mod store;
@@ -207,6 +208,11 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Metrics on results made elsewhere.
+    Metrics {
+        #[command(subcommand)]
+        which: MetricsVerb,
+    },
     /// Write a built-in synthetic dataset (no download).
     Synth {
         #[arg(long, value_parser = ["labels2photo", "edges2photo"])]
@@ -234,6 +240,31 @@ pub enum Verb {
         cache_dir: PathBuf,
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum MetricsVerb {
+    /// Fréchet distance between two N x D feature arrays (.npy); prints {"value": ...} with --json.
+    Frechet {
+        a: PathBuf,
+        b: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Mean IoU of label PNGs in --pred against --gt (matching file names), as a fraction.
+    Miou {
+        #[arg(long)]
+        pred: PathBuf,
+        #[arg(long)]
+        gt: PathBuf,
+        #[arg(long)]
+        num_classes: usize,
+        /// Label id excluded from the confusion matrix (e.g. 255).
+        #[arg(long)]
+        ignore: Option<u32>,
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -315,6 +346,16 @@ pub fn main() -> i32 {
             out,
             json,
         } => model::export(&arch, &weights, &out, json),
+        Verb::Metrics { which } => match which {
+            MetricsVerb::Frechet { a, b, json } => metrics::frechet(&a, &b, json),
+            MetricsVerb::Miou {
+                pred,
+                gt,
+                num_classes,
+                ignore,
+                json,
+            } => metrics::miou(&pred, &gt, num_classes, ignore, json),
+        },
         Verb::Synth {
             task,
             n,
