@@ -1,0 +1,255 @@
+//! One `evaluate` output as the report sees it: its matrix point, its numbers and the
+//! identity of the model it measured.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use ugc_engine::StageInput;
+
+use crate::error::ReportError;
+
+/// What the report reads from one evaluate instance.
+#[derive(Debug, Clone)]
+pub struct EvalRecord {
+    /// Name of the evaluate stage in the pipeline (`StageInput::name`).
+    pub input: String,
+    /// Node id, e.g. `evaluate[adf=true,label_ratio=0.25]`.
+    pub node: String,
+    pub point: BTreeMap<String, Value>,
+    pub dir: PathBuf,
+    /// `metrics.json`: numbers only (`null`, e.g. an infinite PSNR, is left out).
+    pub metrics: BTreeMap<String, f64>,
+    /// Fraction of training pairs that kept their targets (eval.json `label_fraction`).
+    pub label_fraction: Option<f64>,
+    /// The stage that produced the evaluated model, and its kind (eval.json `model`).
+    pub model_stage: Option<String>,
+    pub model_kind: Option<String>,
+    pub arch: Option<String>,
+    pub config: Option<String>,
+    /// Teacher role when the model is a teacher (eval.json `model.role`).
+    pub role: Option<String>,
+    /// An evaluation of the real targets (eval.json `model.reference`): no model, no MACs.
+    pub reference: bool,
+    /// eval.json `not_computed`: metric -> why the evaluate stage left it out.
+    pub not_computed: BTreeMap<String, String>,
+    /// `samples/*.png`, sorted by file name.
+    pub samples: Vec<PathBuf>,
+}
+
+impl EvalRecord {
+    /// Reads `metrics.json` (required), `eval.json` and `samples/` (optional) of `input`.
+    /// `label_var` is the matrix variable used for the label fraction when eval.json lacks it.
+    pub fn load(input: &StageInput, label_var: &str) -> Result<Self, ReportError> {
+        let node = if input.node.is_empty() {
+            input.name.clone()
+        } else {
+            input.node.clone()
+        };
+        let metrics_file = input.dir.join("metrics.json");
+        let metrics_json =
+            read_json(&node, &metrics_file)?.ok_or_else(|| ReportError::BadInput {
+                node: node.clone(),
+                file: metrics_file.clone(),
+                msg: "missing: an evaluate stage writes metrics.json".into(),
+            })?;
+        let metrics = flat_numbers(&node, &metrics_file, &metrics_json)?;
+        let eval_file = input.dir.join("eval.json");
+        let eval = read_json(&node, &eval_file)?.unwrap_or(Value::Null);
+
+        let text = |paths: &[&str]| lookup(&eval, paths).and_then(value_text);
+        let label_fraction = lookup(&eval, &["label_fraction", "split.label_fraction"])
+            .and_then(Value::as_f64)
+            .or_else(|| metrics.get("label_fraction").copied())
+            .or_else(|| input.point.get(label_var).and_then(Value::as_f64));
+        if let Some(f) = label_fraction
+            && !(f > 0.0 && f <= 1.0)
+        {
+            return Err(ReportError::BadInput {
+                node,
+                file: eval_file,
+                msg: format!("label_fraction {f} is not in (0, 1]"),
+            });
+        }
+        Ok(EvalRecord {
+            input: input.name.clone(),
+            node: node.clone(),
+            point: input.point.clone(),
+            dir: input.dir.clone(),
+            label_fraction,
+            model_stage: text(&["model.stage", "model.name", "model_stage"]),
+            model_kind: text(&["model.kind", "model_kind"]),
+            arch: text(&["model.arch", "arch", "model.family"]),
+            config: text(&["model.config", "config"]),
+            role: text(&["model.role"]),
+            reference: lookup(&eval, &["model.reference", "reference"])
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            not_computed: lookup(&eval, &["not_computed"])
+                .and_then(Value::as_object)
+                .map(|o| {
+                    o.iter()
+                        .map(|(k, v)| (k.clone(), value_text(v).unwrap_or_default()))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            samples: list_samples(&node, &input.dir.join("samples"))?,
+            metrics,
+        })
+    }
+
+    /// A number of metrics.json, or an error naming the node, the key and the file.
+    pub fn metric(&self, key: &str) -> Result<f64, ReportError> {
+        self.metrics
+            .get(key)
+            .copied()
+            .ok_or_else(|| ReportError::MissingMetric {
+                node: self.node.clone(),
+                key: key.into(),
+                file: self.dir.join("metrics.json"),
+                have: format!(
+                    "{}{}",
+                    if self.metrics.is_empty() {
+                        "nothing".into()
+                    } else {
+                        self.metrics.keys().cloned().collect::<Vec<_>>().join(", ")
+                    },
+                    self.not_computed
+                        .get(key)
+                        .map(|why| format!("; eval.json says it was not computed: {why}"))
+                        .unwrap_or_default()
+                ),
+            })
+    }
+
+    /// The matrix value of `var` as display text, if this instance has it.
+    pub fn var(&self, var: &str) -> Option<String> {
+        self.point.get(var).and_then(value_text)
+    }
+
+    /// The model's name in tables: `models[input]`, else the model stage, else the input.
+    pub fn model_label(&self, models: &BTreeMap<String, String>) -> String {
+        models
+            .get(&self.input)
+            .cloned()
+            .or_else(|| {
+                let stage = self.model_stage.clone()?;
+                Some(match &self.role {
+                    Some(role) => format!("{stage}/{role}"),
+                    None => stage,
+                })
+            })
+            .unwrap_or_else(|| self.input.clone())
+    }
+}
+
+/// Loads every `evaluate` input, in input order. Other kinds are ignored.
+pub fn load_records(
+    inputs: &[StageInput],
+    label_var: &str,
+) -> Result<Vec<EvalRecord>, ReportError> {
+    let evals: Vec<&StageInput> = inputs.iter().filter(|i| i.kind == "evaluate").collect();
+    if evals.is_empty() {
+        let kinds: Vec<String> = inputs
+            .iter()
+            .map(|i| format!("{} ({})", i.name, i.kind))
+            .collect();
+        return Err(ReportError::Inputs(format!(
+            "the report needs at least one `evaluate` stage among its deps (got: {})",
+            if kinds.is_empty() {
+                "no deps".into()
+            } else {
+                kinds.join(", ")
+            }
+        )));
+    }
+    evals
+        .into_iter()
+        .map(|i| EvalRecord::load(i, label_var))
+        .collect()
+}
+
+/// Display text of a scalar JSON value (strings bare, numbers and booleans as JSON).
+pub fn value_text(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    }
+}
+
+/// The first dotted path of `paths` present in `v`.
+fn lookup<'v>(v: &'v Value, paths: &[&str]) -> Option<&'v Value> {
+    paths.iter().find_map(|p| {
+        p.split('.')
+            .try_fold(v, |cur, seg| cur.get(seg))
+            .filter(|x| !x.is_null())
+    })
+}
+
+fn read_json(node: &str, file: &Path) -> Result<Option<Value>, ReportError> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(ReportError::io(format!("reading {}", file.display()), e)),
+    };
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|e| ReportError::BadInput {
+            node: node.into(),
+            file: file.into(),
+            msg: format!("not valid JSON: {e}"),
+        })
+}
+
+fn flat_numbers(node: &str, file: &Path, v: &Value) -> Result<BTreeMap<String, f64>, ReportError> {
+    let bad = |msg: String| ReportError::BadInput {
+        node: node.into(),
+        file: file.into(),
+        msg,
+    };
+    let obj = v
+        .as_object()
+        .ok_or_else(|| bad("must be a flat JSON object of numbers".into()))?;
+    let mut out = BTreeMap::new();
+    for (k, val) in obj {
+        match val {
+            Value::Number(n) => {
+                let x = n
+                    .as_f64()
+                    .ok_or_else(|| bad(format!("`{k}` is not a finite number")))?;
+                out.insert(k.clone(), x);
+            }
+            Value::Null => {}
+            other => return Err(bad(format!("`{k}` must be a number, got {other}"))),
+        }
+    }
+    Ok(out)
+}
+
+fn list_samples(node: &str, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => {
+            return Err(ReportError::io(
+                format!("listing samples of `{node}` in {}", dir.display()),
+                e,
+            ));
+        }
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| ReportError::io(format!("listing {}", dir.display()), e))?;
+        let path = entry.path();
+        if path
+            .extension()
+            .is_some_and(|x| x.eq_ignore_ascii_case("png"))
+        {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
