@@ -47,3 +47,26 @@ pub fn ratio(r: f64) -> String {
 pub fn csv_number(x: f64) -> String {
     format!("{x}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paper_number_formats() {
+        assert_eq!(macs_g(866_000_000.0), "0.866G");
+        assert_eq!(macs_g(56_799_000_000.0), "56.799G");
+        assert_eq!(params_m(106_000.0), "0.106M");
+        assert_eq!(percent(0.1), "10%");
+        assert_eq!(percent(1.0), "100%");
+        assert_eq!(percent(0.125), "12.5%");
+        assert_eq!(ratio(2.0), "2×");
+        assert_eq!(ratio(21.23), "21.2×");
+        assert_eq!(ratio(1.5), "1.5×");
+        let s = Summary::of(&[1.0, 2.0, 3.0]).unwrap();
+        assert_eq!(metric(&s, 2), "2.00 ± 1.00");
+        let one = Summary::of(&[44.456]).unwrap();
+        assert_eq!(metric(&one, 2), "44.46");
+        assert!(Summary::of(&[]).is_none());
+    }
+}

@@ -66,7 +66,8 @@ pub struct ReportParams {
     /// uses `teachers: multi`); also filters the trade-off plot and the grid.
     #[serde(default)]
     pub defaults: Map<String, Value>,
-    /// Per variable: value -> row label, in display order (e.g. adf false -> "Ours w/o ADF").
+    /// Per variable: a list of `value: label` one-entry maps, in display order (a list
+    /// because the cache key sorts map keys, so map order would not be part of the key).
     #[serde(default)]
     pub row_labels: Map<String, Value>,
     /// Evaluate stage the ablation tables read (needed when several carry the variable).
@@ -102,16 +103,19 @@ impl ReportParams {
             ));
         }
         for (var, labels) in &self.row_labels {
-            let Some(obj) = labels.as_object() else {
+            let ok = labels.as_array().is_some_and(|items| {
+                items.iter().all(|it| {
+                    it.as_object()
+                        .is_some_and(|o| o.len() == 1 && o.values().all(Value::is_string))
+                })
+            });
+            if !ok {
                 return Err(bad(
                     "row_labels",
-                    &format!("`{var}` must map values to labels, got {labels}"),
-                ));
-            };
-            if let Some((k, v)) = obj.iter().find(|(_, v)| !v.is_string()) {
-                return Err(bad(
-                    "row_labels",
-                    &format!("`{var}.{k}` must be a string label, got {v}"),
+                    &format!(
+                        "`{var}` must be a list of one-entry maps `value: label` (a list, so \
+                         the row order is kept), got {labels}"
+                    ),
                 ));
             }
         }
@@ -122,9 +126,12 @@ impl ReportParams {
     pub fn labels_of(&self, var: &str) -> Vec<(String, String)> {
         self.row_labels
             .get(var)
-            .and_then(Value::as_object)
-            .map(|o| {
-                o.iter()
+            .and_then(Value::as_array)
+            .map(|items| {
+                items
+                    .iter()
+                    .filter_map(Value::as_object)
+                    .flat_map(|o| o.iter())
                     .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
                     .collect()
             })

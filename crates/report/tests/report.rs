@@ -605,3 +605,10 @@ fn schema_documents_every_parameter() {
     assert_eq!(p.tables, [TableKind::Models, TableKind::Tradeoff]);
     assert!(p.validate().is_ok());
 }
+
+#[test]
+fn row_labels_must_be_an_ordered_list() {
+    let p = params(json!({"row_labels": {"adf": {"true": "Ours"}}}));
+    let err = p.validate().unwrap_err().to_string();
+    assert!(err.contains("row_labels") && err.contains("`adf`"), "{err}");
+}
