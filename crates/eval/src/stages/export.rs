@@ -1,0 +1,116 @@
+//! The `export` stage kind: writes a dep's model as a standalone compact model dir
+//! (`<out>/model/`: `model.safetensors` + `model.json`, DESIGN §2) and proves it: the
+//! exported model is loaded back and must reproduce the source model's output on a fixed
+//! random input (seeded), within `tolerance`.
+
+use serde::Deserialize;
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_nn::export::{WEIGHTS_FILE, export_subnet, load_model};
+use ugc_nn::{Mode, profile};
+
+use crate::error::{EvalError, Result};
+use crate::model_source::find_model;
+use crate::util::{file_digest, write_json};
+
+/// Re-exports a model as a standalone compact model (`stages/export.yaml`).
+pub struct ExportStage {
+    schema: KindSchema,
+}
+
+impl ExportStage {
+    pub fn new(schema: KindSchema) -> Self {
+        ExportStage { schema }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+struct Params {
+    #[serde(default)]
+    model: Option<String>,
+    #[serde(default)]
+    role: Option<String>,
+    size: i64,
+    seed: u64,
+    tolerance: f64,
+}
+
+impl StageKind for ExportStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
+        let p: Params = ctx.typed_params()?;
+        export(ctx, &p).map_err(StageError::from)
+    }
+}
+
+fn export(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
+    if p.size < 1 {
+        return Err(EvalError::param("size", p.size, "must be >= 1"));
+    }
+    if !(p.tolerance.is_finite() && p.tolerance >= 0.0) {
+        return Err(EvalError::param("tolerance", p.tolerance, "must be >= 0"));
+    }
+    let source = find_model(ctx, p.model.as_deref(), p.role.as_deref())?;
+    // The check runs on the CPU: it is about the weights and the architecture, and CPU
+    // results are deterministic.
+    let (meta, src) = load_model(&source.dir, Device::Cpu)?;
+    let sub = src.generator.search_space().largest();
+    let out_dir = ctx.out_dir.join("model");
+    let new_meta = export_subnet(src.generator.as_ref(), &sub, &out_dir)?;
+    let (_, exported) = load_model(&out_dir, Device::Cpu)?;
+
+    tch::manual_seed(p.seed as i64);
+    let x = Tensor::randn(
+        [1, meta.arch.input_nc, p.size, p.size],
+        (Kind::Float, Device::Cpu),
+    );
+    let a = tch::no_grad(|| src.generator.forward(&x, &sub, Mode::Eval))?;
+    let b = tch::no_grad(|| {
+        exported
+            .generator
+            .forward(&x, &exported.generator.search_space().largest(), Mode::Eval)
+    })?;
+    if a.size() != b.size() {
+        return Err(EvalError::Check(format!(
+            "exported model's output {:?} differs in shape from the source's {:?}",
+            b.size(),
+            a.size()
+        )));
+    }
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    // NaN differences fail too.
+    if diff.is_nan() || diff > p.tolerance {
+        return Err(EvalError::Check(format!(
+            "exported model differs from {} by up to {diff:e} on the check input (tolerance {:e})",
+            source.dir.display(),
+            p.tolerance
+        )));
+    }
+    let cost = profile(
+        &new_meta.arch,
+        None,
+        [new_meta.arch.input_nc, p.size, p.size],
+    )?;
+    write_json(
+        &ctx.out_dir.join("export.json"),
+        &json!({
+            "source": {"stage": source.stage, "kind": source.kind, "role": source.role,
+                       "weights_blake3": file_digest(&source.dir.join(WEIGHTS_FILE))?,
+                       "config": meta.source_subnet},
+            "model": {"arch": new_meta.arch.arch.name(), "config": new_meta.source_subnet,
+                      "weights_blake3": file_digest(&out_dir.join(WEIGHTS_FILE))?},
+            "check": {"input": [1, meta.arch.input_nc, p.size, p.size], "seed": p.seed,
+                      "max_abs_diff": diff, "tolerance": p.tolerance},
+            "macs": cost.macs,
+            "params": cost.params,
+        }),
+    )?;
+    write_json(
+        &ctx.out_dir.join("metrics.json"),
+        &json!({"macs": cost.macs, "params": cost.params, "max_abs_diff": diff}),
+    )
+}

@@ -1,0 +1,192 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde_json::{Value, json};
+use tch::{Device, nn::VarStore};
+use ugc_data::{SplitStage, SynthStage};
+use ugc_engine::{
+    CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
+    StageInput, StageKind,
+};
+use ugc_eval::{EvaluateStage, EvaluatorStage, ExportStage};
+use ugc_nn::{Arch, ArchConfig, build_generator};
+
+pub fn schema(name: &str) -> KindSchema {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../stages")
+        .join(format!("{name}.yaml"));
+    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Schema defaults merged with `over` (what the engine hands a stage).
+pub fn with_defaults(s: &KindSchema, over: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, p) in &s.params {
+        if let Some(d) = &p.default {
+            m.insert(k.clone(), d.clone());
+        }
+    }
+    for (k, v) in over.as_object().unwrap() {
+        m.insert(k.clone(), v.clone());
+    }
+    Value::Object(m)
+}
+
+pub fn input(name: &str, kind: &str, dir: &Path) -> StageInput {
+    StageInput {
+        name: name.into(),
+        node: name.into(),
+        point: Default::default(),
+        kind: kind.into(),
+        dir: dir.to_path_buf(),
+    }
+}
+
+pub fn run_with(
+    kind: &dyn StageKind,
+    over: Value,
+    inputs: &[StageInput],
+    out: &Path,
+    scratch: &Path,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(), StageError> {
+    let params = with_defaults(kind.schema(), over);
+    let env = BTreeMap::new();
+    let ctx = StageContext {
+        node: "n",
+        kind: &kind.schema().kind,
+        params: &params,
+        inputs,
+        out_dir: out,
+        scratch_dir: scratch,
+        device: DeviceKind::Cpu,
+        progress,
+        cancel,
+        env: &env,
+    };
+    kind.run(&ctx)
+}
+
+pub fn run(
+    kind: &dyn StageKind,
+    over: Value,
+    inputs: &[StageInput],
+    out: &Path,
+) -> Result<(), StageError> {
+    let scratch = tempfile::tempdir().unwrap();
+    run_with(
+        kind,
+        over,
+        inputs,
+        out,
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
+}
+
+pub fn evaluator_stage() -> EvaluatorStage {
+    EvaluatorStage::new(schema("evaluator"))
+}
+pub fn evaluate_stage() -> EvaluateStage {
+    EvaluateStage::new(schema("evaluate"))
+}
+pub fn export_stage() -> ExportStage {
+    ExportStage::new(schema("export"))
+}
+
+pub fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A synthetic dataset split into a folder kept for the test's duration.
+pub struct Data {
+    pub _dirs: Vec<tempfile::TempDir>,
+    pub split: PathBuf,
+}
+
+impl Data {
+    pub fn split_input(&self) -> StageInput {
+        input("split", "split", &self.split)
+    }
+}
+
+pub fn make_split(task: &str, n: usize, n_test: usize, size: u32, label_ratio: f64) -> Data {
+    let synth = SynthStage::new(schema("synth"));
+    let split = SplitStage::new(schema("split"));
+    let sdir = tempfile::tempdir().unwrap();
+    run(
+        &synth,
+        json!({"task": task, "n": n, "n_test": n_test, "size": size, "seed": 3}),
+        &[],
+        sdir.path(),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &split,
+        json!({"label_ratio": label_ratio, "holdout": 0.0}),
+        &[input("data", "synth", sdir.path())],
+        out.path(),
+    )
+    .unwrap();
+    Data {
+        split: out.path().to_path_buf(),
+        _dirs: vec![sdir, out],
+    }
+}
+
+/// The tiny labels2photo split most tests share (built once; read-only afterwards).
+pub fn labels_split() -> &'static Data {
+    static DATA: std::sync::OnceLock<Data> = std::sync::OnceLock::new();
+    DATA.get_or_init(|| make_split("labels2photo", 32, 8, 32, 1.0))
+}
+
+/// A trained evaluator on [`labels_split`] (built once).
+pub fn labels_evaluator() -> &'static Path {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = tempfile::tempdir().unwrap();
+        run(
+            &evaluator_stage(),
+            json!({"width": 8, "steps": 120, "batch_size": 8, "lr": 0.005}),
+            &[labels_split().split_input()],
+            out.path(),
+        )
+        .unwrap();
+        out
+    })
+    .path()
+}
+
+/// Writes a tiny random mobile-resnet (ngf 4, 3 blocks) as a model dir `<dir>/model/`.
+pub fn fake_model_stage(dir: &Path, seed: i64) -> ArchConfig {
+    tch::manual_seed(seed);
+    let cfg = ArchConfig {
+        ngf: 4,
+        n_blocks: 3,
+        ..ArchConfig::new(Arch::MobileResnet)
+    };
+    let vs = VarStore::new(Device::Cpu);
+    let g = build_generator(&vs.root(), &cfg).unwrap();
+    let sub = g.search_space().largest();
+    ugc_nn::export::export_subnet(g.as_ref(), &sub, &dir.join("model")).unwrap();
+    cfg
+}
+
+/// Progress sink that cancels the token when a step is reached (a simulated Ctrl-C).
+pub struct CancelAt {
+    pub at: u64,
+    pub token: CancelToken,
+}
+
+impl Progress for CancelAt {
+    fn start(&self, _phase: &str, _total: u64) {}
+    fn set(&self, step: u64) {
+        if step >= self.at {
+            self.token.cancel();
+        }
+    }
+    fn message(&self, _msg: &str) {}
+}

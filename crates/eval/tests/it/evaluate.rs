@@ -1,0 +1,189 @@
+use serde_json::json;
+use ugc_engine::StageError;
+
+use crate::common::*;
+
+#[test]
+fn reference_mode_reaches_every_ceiling() {
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &evaluate_stage(),
+        json!({"reference": true, "n_samples": 3}),
+        &[
+            labels_split().split_input(),
+            input("ev", "evaluator", labels_evaluator()),
+        ],
+        out.path(),
+    )
+    .unwrap();
+    let m = read_json(&out.path().join("metrics.json"));
+    let own = read_json(&labels_evaluator().join("metrics.json"))["evaluator_test_miou"]
+        .as_f64()
+        .unwrap();
+    assert_eq!(m["psnr"].as_f64().unwrap(), 100.0, "{m}");
+    assert!((m["ssim"].as_f64().unwrap() - 1.0).abs() < 1e-12, "{m}");
+    assert_eq!(m["miou"].as_f64().unwrap(), own, "{m}");
+    assert_eq!(m["evaluator_test_miou"].as_f64().unwrap(), own);
+    assert!(m["seg_fd"].as_f64().unwrap().abs() < 1e-6, "{m}");
+    assert!(m.get("fid").is_none() && m.get("macs").is_none(), "{m}");
+    assert_eq!(m["n_images"], 8);
+    assert_eq!(m["label_fraction"], 1.0);
+    let e = read_json(&out.path().join("eval.json"));
+    assert_eq!(e["split"]["subset"], "test");
+    assert_eq!(e["device"], "cpu");
+    assert_eq!(e["metrics"][0]["metric"], "psnr");
+    assert_eq!(e["metrics"][0]["evaluator"]["images_at_cap"], 8);
+    let seg = e["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "seg_fd")
+        .unwrap();
+    assert_eq!(seg["evaluator"]["metric_name"], "seg_fd");
+    assert_eq!(
+        seg["evaluator"]["weights"]["blake3"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(e["not_computed"]["fid"].is_string());
+    assert_eq!(
+        std::fs::read_dir(out.path().join("samples"))
+            .unwrap()
+            .count(),
+        3
+    );
+    let strip = image::open(
+        out.path()
+            .join("samples")
+            .join(e["samples"][0].as_str().unwrap()),
+    )
+    .unwrap();
+    assert_eq!((strip.width(), strip.height()), (96, 32));
+}
+
+#[test]
+fn evaluates_a_model_with_cost_latency_and_samples() {
+    let model = tempfile::tempdir().unwrap();
+    let cfg = fake_model_stage(model.path(), 1);
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &evaluate_stage(),
+        json!({"latency_warmup": 1, "latency_runs": 3, "n_samples": 2}),
+        &[
+            labels_split().split_input(),
+            input("ev", "evaluator", labels_evaluator()),
+            input("student", "distill", model.path()),
+        ],
+        out.path(),
+    )
+    .unwrap();
+    let m = read_json(&out.path().join("metrics.json"));
+    let cost = ugc_nn::profile(&cfg, None, [3, 32, 32]).unwrap();
+    assert_eq!(m["macs"].as_u64().unwrap(), cost.macs);
+    assert_eq!(m["params"].as_u64().unwrap(), cost.params);
+    let psnr = m["psnr"].as_f64().unwrap();
+    assert!(
+        psnr > 0.0 && psnr < 40.0,
+        "an untrained model is far from the target: {psnr}"
+    );
+    assert!(m["ssim"].as_f64().unwrap() < 0.9);
+    let own = m["evaluator_test_miou"].as_f64().unwrap();
+    assert!(m["miou"].as_f64().unwrap() < own, "{m}");
+    assert!(m["seg_fd"].as_f64().unwrap() > 1e-3, "{m}");
+    assert!(m["latency_ms"].as_f64().unwrap() > 0.0);
+    let e = read_json(&out.path().join("eval.json"));
+    assert_eq!(e["model"]["arch"], "mobile-resnet");
+    assert_eq!(e["model"]["stage"], "student");
+    assert_eq!(e["model"]["input"], json!([3, 32, 32]));
+    assert_eq!(e["model"]["latency"]["batch"], 1);
+    assert_eq!(e["model"]["latency"]["runs"], 3);
+    assert!(e["model"]["config"].is_string());
+    assert_eq!(e["samples"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn evaluate_refuses_missing_models_and_missing_inception_weights() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = run(
+        &evaluate_stage(),
+        json!({}),
+        &[
+            labels_split().split_input(),
+            input("student", "distill", empty.path()),
+        ],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Config(_)), "{e}");
+    assert!(e.to_string().contains("model.json"), "{e}");
+
+    let e = run(
+        &evaluate_stage(),
+        json!({}),
+        &[labels_split().split_input()],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("model-producing dep"), "{e}");
+
+    let teachers = tempfile::tempdir().unwrap();
+    let e = run(
+        &evaluate_stage(),
+        json!({}),
+        &[
+            labels_split().split_input(),
+            input("t", "teachers", teachers.path()),
+        ],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("role"), "{e}");
+
+    let missing = empty.path().join("pt_inception-2015-12-05.safetensors");
+    let e = run(
+        &evaluate_stage(),
+        json!({"reference": true, "fid_inception_weights": missing}),
+        &[labels_split().split_input()],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Config(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("fid_inception_weights") && msg.contains("pt_inception"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn evaluates_a_teacher_role() {
+    let teachers = tempfile::tempdir().unwrap();
+    // `fake_model_stage` writes `<dir>/model`; a teachers stage has `<dir>/teachers/<role>`.
+    let tmp = tempfile::tempdir().unwrap();
+    fake_model_stage(tmp.path(), 2);
+    std::fs::create_dir_all(teachers.path().join("teachers")).unwrap();
+    std::fs::rename(
+        tmp.path().join("model"),
+        teachers.path().join("teachers/wide"),
+    )
+    .unwrap();
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &evaluate_stage(),
+        json!({"role": "wide", "latency": false}),
+        &[
+            labels_split().split_input(),
+            input("t", "teachers", teachers.path()),
+        ],
+        out.path(),
+    )
+    .unwrap();
+    let e = read_json(&out.path().join("eval.json"));
+    assert_eq!(e["model"]["role"], "wide");
+    assert!(e["not_computed"]["miou"].is_string());
+    let m = read_json(&out.path().join("metrics.json"));
+    assert!(m.get("latency_ms").is_none() && m.get("miou").is_none());
+}

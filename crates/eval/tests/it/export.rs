@@ -1,0 +1,58 @@
+use serde_json::json;
+use tch::{Device, Kind, Tensor};
+use ugc_engine::StageError;
+use ugc_nn::Mode;
+use ugc_nn::export::load_model;
+
+use crate::common::*;
+
+#[test]
+fn export_writes_an_equivalent_standalone_model() {
+    let src = tempfile::tempdir().unwrap();
+    let cfg = fake_model_stage(src.path(), 5);
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &export_stage(),
+        json!({"size": 32}),
+        &[input("train", "train", src.path())],
+        out.path(),
+    )
+    .unwrap();
+    let m = read_json(&out.path().join("metrics.json"));
+    let cost = ugc_nn::profile(&cfg, None, [3, 32, 32]).unwrap();
+    assert_eq!(m["macs"].as_u64().unwrap(), cost.macs);
+    assert_eq!(m["params"].as_u64().unwrap(), cost.params);
+    assert!(m["max_abs_diff"].as_f64().unwrap() <= 1e-5);
+    // Independently of the stage's own check: same output on another input.
+    let (_, a) = load_model(&src.path().join("model"), Device::Cpu).unwrap();
+    let (_, b) = load_model(&out.path().join("model"), Device::Cpu).unwrap();
+    tch::manual_seed(11);
+    let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu));
+    let ya = a
+        .generator
+        .forward(&x, &a.generator.search_space().largest(), Mode::Eval)
+        .unwrap();
+    let yb = b
+        .generator
+        .forward(&x, &b.generator.search_space().largest(), Mode::Eval)
+        .unwrap();
+    assert!((ya - yb).abs().max().double_value(&[]) <= 1e-6);
+    assert!(read_json(&out.path().join("export.json"))["check"]["seed"] == 0);
+}
+
+#[test]
+fn export_refuses_a_dep_without_a_model() {
+    let empty = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let e = run(
+        &export_stage(),
+        json!({}),
+        &[input("train", "train", empty.path())],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Config(_)), "{e}");
+    assert!(e.to_string().contains("model"), "{e}");
+    let e = run(&export_stage(), json!({"size": 0}), &[], out.path()).unwrap_err();
+    assert!(e.to_string().contains("size"), "{e}");
+}
