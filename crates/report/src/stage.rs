@@ -2,6 +2,7 @@
 //! tables (markdown + CSV), the trade-off plot (PNG + SVG), a qualitative grid and
 //! `report.md` that links them.
 
+use std::collections::BTreeSet;
 use std::path::Path;
 
 use serde_json::{Map, Value};
@@ -81,13 +82,11 @@ pub fn build_report(
     md.push_str(&format!(
         "{} evaluate result(s) from {} stage(s). Primary metric: {}.\n\n",
         records.len(),
-        {
-            let mut names: Vec<&str> = records.iter().map(|r| r.input.as_str()).collect();
-            names.dedup();
-            names.sort();
-            names.dedup();
-            names.len()
-        },
+        records
+            .iter()
+            .map(|r| r.input.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
         params.metric_header()
     ));
     let tables_dir = out.join("tables");

@@ -246,7 +246,12 @@ pub fn ablation_table(
             &params.teachers_var,
             "Ablation of the teachers in distillation (shape of Table 4)",
         ),
-        _ => unreachable!("ablation_table is called for adf and teachers only"),
+        other => {
+            return Err(ReportError::Inputs(format!(
+                "table `{}` is not an ablation table (adf or teachers)",
+                other.name()
+            )));
+        }
     };
     let with_var: Vec<&EvalRecord> = records
         .iter()

@@ -612,3 +612,42 @@ fn row_labels_must_be_an_ordered_list() {
     let err = p.validate().unwrap_err().to_string();
     assert!(err.contains("row_labels") && err.contains("`adf`"), "{err}");
 }
+
+#[test]
+fn models_table_is_not_an_ablation_table() {
+    let tmp = tempfile::tempdir().unwrap();
+    let records = load_records(&quickstart(tmp.path()), "label_ratio").unwrap();
+    let err = tables::ablation_table(&records, &params(json!({})), TableKind::Models)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`models`"), "{err}");
+}
+
+#[test]
+fn reference_evaluation_is_listed_without_cost_and_not_plotted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut inputs = quickstart(tmp.path());
+    let dir = tmp.path().join("eval_real");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("metrics.json"),
+        r#"{"miou": 60.0, "label_fraction": 1.0}"#,
+    )
+    .unwrap();
+    std::fs::write(dir.join("eval.json"), r#"{"model": {"reference": true}}"#).unwrap();
+    inputs.push(StageInput {
+        name: "eval_real".into(),
+        node: "eval_real".into(),
+        point: BTreeMap::new(),
+        kind: "evaluate".into(),
+        dir,
+    });
+    let records = load_records(&inputs, "label_ratio").unwrap();
+    let p = params(json!({}));
+    let t = tables::models_table(&records, &p).unwrap();
+    let real = t.md_rows.iter().find(|r| r[1] == "eval_real").unwrap();
+    assert_eq!(real[3..], ["–", "–", "60.00"]);
+    let (trade, series) = tables::tradeoff(&records, &p).unwrap();
+    assert_eq!(trade.md_rows.len(), 3);
+    assert!(series.iter().all(|s| s.name != "eval_real"));
+}
