@@ -16,11 +16,15 @@ pub mod adf;
 pub mod checkpoint;
 pub mod device;
 pub mod error;
+pub mod gan;
 pub mod losses;
 pub mod optim;
 pub mod perceptual;
 pub mod search;
+pub mod setup;
+pub mod supernet;
 pub mod teachers;
+pub mod train;
 pub mod trainer;
 
 pub use error::MethodError;

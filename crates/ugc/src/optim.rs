@@ -124,8 +124,12 @@ impl Adam {
         }
     }
 
-    /// One update with learning rate `lr`. Parameters without a gradient are left alone
-    /// (as torch does). Fails on a non-finite gradient so a diverged run stops loudly.
+    /// One update with learning rate `lr`. A parameter without a gradient (e.g. in a block
+    /// the step's sub-nets skipped) counts as gradient zero: its moments decay and it keeps
+    /// moving with its momentum, exactly as `torch.optim.Adam` after
+    /// `zero_grad(set_to_none=False)`. This makes the update independent of whether libtorch
+    /// has allocated a gradient yet, which a resumed run (fresh gradients) relies on to
+    /// match an uninterrupted one. Fails when the first parameter turns non-finite.
     pub fn step(&mut self, lr: f64) -> Result<(), MethodError> {
         let t = self.steps_taken() + 1;
         let _ = self.t.fill_(t);
@@ -135,15 +139,14 @@ impl Adam {
         tch::no_grad(|| -> Result<(), MethodError> {
             for (i, (name, p)) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
-                if !g.defined() {
-                    continue;
-                }
                 let m = &mut self.m[i];
                 let v = &mut self.v[i];
                 let _ = m.g_mul_scalar_(b1);
-                let _ = m.g_add_(&(&g * (1.0 - b1)));
                 let _ = v.g_mul_scalar_(b2);
-                let _ = v.g_add_(&(&g * &g * (1.0 - b2)));
+                if g.defined() {
+                    let _ = m.g_add_(&(&g * (1.0 - b1)));
+                    let _ = v.g_add_(&(&g * &g * (1.0 - b2)));
+                }
                 let denom = v.sqrt() / bc2.sqrt() + self.cfg.eps;
                 let upd = &*m / denom * (lr / bc1);
                 let _ = p.g_sub_(&upd);

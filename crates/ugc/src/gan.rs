@@ -1,0 +1,267 @@
+//! The GAN training task shared by `supernet` (several sub-nets per step) and `train`
+//! (one fixed architecture): one discriminator update and one generator update per step.
+
+use std::path::Path;
+
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use tch::nn::VarStore;
+use tch::{Kind, Tensor};
+use ugc_nn::{Discriminator, Generator, Mode, SearchSpace, SubnetConfig};
+
+use crate::device::{maybe_autocast, step_seed};
+use crate::error::MethodError;
+use crate::losses::{self, DistillWeights};
+use crate::optim::{Adam, LrSchedule};
+use crate::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
+use crate::trainer::{BatchStream, TrainTask};
+
+/// Which sub-nets a step trains.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SubnetSchedule {
+    /// UGC's sandwich rule: largest, one uniformly random and the smallest sub-net.
+    Sandwich,
+    /// GAN Compression: one uniformly random sub-net.
+    Random,
+    /// A fixed architecture (conventional training): always this sub-net.
+    Fixed(SubnetConfig),
+}
+
+/// Loss weights of a step.
+#[derive(Debug, Clone, Copy)]
+pub struct GanLossWeights {
+    /// L1 to ground truth (pix2pix: 100).
+    pub l1: f64,
+    /// Multiplier of the OMGD distillation loss on unlabeled inputs.
+    pub distill: f64,
+    pub distill_terms: DistillWeights,
+}
+
+/// Generator + discriminator with their optimisers and data streams.
+pub struct GanTask {
+    pub vs_g: VarStore,
+    pub gen_: Box<dyn Generator>,
+    pub vs_d: VarStore,
+    pub disc: Box<dyn Discriminator>,
+    pub opt_g: Adam,
+    pub opt_d: Adam,
+    pub lr: LrSchedule,
+    pub labeled: BatchStream,
+    /// Unlabeled inputs, distilled from the largest sub-net's output (`None` = off).
+    pub unlabeled: Option<BatchStream>,
+    pub schedule: SubnetSchedule,
+    pub weights: GanLossWeights,
+    /// VGG16 perceptual features when configured; the discriminator's otherwise.
+    pub vgg: Option<Vgg16>,
+    pub seed: u64,
+    pub amp: bool,
+    /// Fixed example (input, target) for sample images.
+    pub sample: Option<(Tensor, Option<Tensor>)>,
+    space: SearchSpace,
+}
+
+impl GanTask {
+    /// Assembles a task; the search space comes from the generator.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vs_g: VarStore,
+        gen_: Box<dyn Generator>,
+        vs_d: VarStore,
+        disc: Box<dyn Discriminator>,
+        opt_g: Adam,
+        opt_d: Adam,
+        lr: LrSchedule,
+        labeled: BatchStream,
+        unlabeled: Option<BatchStream>,
+        schedule: SubnetSchedule,
+        weights: GanLossWeights,
+        vgg: Option<Vgg16>,
+        seed: u64,
+        amp: bool,
+        sample: Option<(Tensor, Option<Tensor>)>,
+    ) -> Result<Self, MethodError> {
+        let space = gen_.search_space();
+        if let SubnetSchedule::Fixed(s) = &schedule {
+            space.check(s)?;
+        }
+        Ok(GanTask {
+            vs_g,
+            gen_,
+            vs_d,
+            disc,
+            opt_g,
+            opt_d,
+            lr,
+            labeled,
+            unlabeled,
+            schedule,
+            weights,
+            vgg,
+            seed,
+            amp,
+            sample,
+            space,
+        })
+    }
+
+    /// The sub-nets trained at `step`, with their log names; the first one's output also
+    /// feeds the discriminator update.
+    fn subnets(&self, step: u64) -> Vec<(&'static str, SubnetConfig)> {
+        let mut rng = ChaCha8Rng::seed_from_u64(step_seed(self.seed, step, 1));
+        match &self.schedule {
+            SubnetSchedule::Sandwich => vec![
+                ("largest", self.space.largest()),
+                ("random", self.space.sample(&mut rng)),
+                ("smallest", self.space.smallest()),
+            ],
+            SubnetSchedule::Random => vec![("random", self.space.sample(&mut rng))],
+            SubnetSchedule::Fixed(s) => vec![("model", s.clone())],
+        }
+    }
+
+    fn features(&self, cond: &Tensor, x: &Tensor) -> Vec<Tensor> {
+        match &self.vgg {
+            Some(v) => v.features(x),
+            None => DiscriminatorFeatures::new(self.disc.as_ref(), cond).features(x),
+        }
+    }
+}
+
+fn value(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+impl TrainTask for GanTask {
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut out: Vec<(String, Tensor)> = Vec::new();
+        let mut g: Vec<_> = self.vs_g.variables().into_iter().collect();
+        g.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(g.into_iter().map(|(n, t)| (format!("g.{n}"), t)));
+        let mut d: Vec<_> = self.vs_d.variables().into_iter().collect();
+        d.sort_by(|a, b| a.0.cmp(&b.0));
+        out.extend(d.into_iter().map(|(n, t)| (format!("d.{n}"), t)));
+        out.extend(self.opt_g.state("opt_g"));
+        out.extend(self.opt_d.state("opt_d"));
+        out
+    }
+
+    fn seek(&mut self, step: u64) -> Result<(), MethodError> {
+        self.labeled.seek(step)?;
+        if let Some(u) = &mut self.unlabeled {
+            u.seek(step)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: u64) -> Result<Vec<(String, f64)>, MethodError> {
+        let lr = self.lr.at(step);
+        let batch = self.labeled.next_batch()?;
+        let x = batch.input;
+        let y = batch
+            .target
+            .ok_or_else(|| MethodError::Numeric("a labeled batch came without targets".into()))?;
+        let subs = self.subnets(step);
+        let amp = self.amp;
+        let mut log = Vec::new();
+
+        // Discriminator: real pairs vs the first sub-net's output (the largest under the
+        // sandwich rule: the strongest fake keeps D honest for every sub-net).
+        let fake0 = maybe_autocast(amp, || self.gen_.forward(&x, &subs[0].1, Mode::Train))?;
+        self.opt_d.zero_grad();
+        let loss_d = maybe_autocast(amp, || {
+            let real = self.disc.forward(&Tensor::cat(&[&x, &y], 1), Mode::Train);
+            let fake = self
+                .disc
+                .forward(&Tensor::cat(&[&x, &fake0.detach()], 1), Mode::Train);
+            let lr_ = losses::over_scales(&real, losses::hinge_d_real);
+            let lf = losses::over_scales(&fake, losses::hinge_d_fake);
+            (lr_, lf)
+        });
+        let d_total = (&loss_d.0 + &loss_d.1) * 0.5;
+        d_total.backward();
+        self.opt_d.step(lr)?;
+        log.push(("d_real".to_string(), value(&loss_d.0)));
+        log.push(("d_fake".to_string(), value(&loss_d.1)));
+
+        // Teacher outputs on unlabeled inputs: the largest sub-net, no gradient.
+        let distill_on = !matches!(self.schedule, SubnetSchedule::Fixed(_));
+        let teacher = match (&mut self.unlabeled, distill_on) {
+            (Some(stream), true) => {
+                let u = stream.next_batch()?.input;
+                let largest = self.space.largest();
+                let t = tch::no_grad(|| {
+                    maybe_autocast(amp, || self.gen_.forward(&u, &largest, Mode::Train))
+                })?;
+                let t = t.to_kind(Kind::Float);
+                let ft: Vec<Tensor> = tch::no_grad(|| self.features(&u, &t))
+                    .into_iter()
+                    .map(|f| f.detach())
+                    .collect();
+                Some((u, t, ft))
+            }
+            _ => None,
+        };
+
+        // Generator: each sub-net's loss is back-propagated on its own (gradients
+        // accumulate in the shared weights; peak memory stays at one sub-net's graph).
+        self.opt_g.zero_grad();
+        for (i, (name, sub)) in subs.iter().enumerate() {
+            let fake = if i == 0 {
+                fake0.shallow_clone()
+            } else {
+                maybe_autocast(amp, || self.gen_.forward(&x, sub, Mode::Train))?
+            };
+            let gan = maybe_autocast(amp, || {
+                let p = self
+                    .disc
+                    .forward(&Tensor::cat(&[&x, &fake], 1), Mode::Train);
+                losses::over_scales(&p, losses::hinge_g)
+            });
+            let l1 = losses::l1(&fake.to_kind(Kind::Float), &y) * self.weights.l1;
+            let mut total = &gan + &l1;
+            log.push((format!("{name}_gan"), value(&gan)));
+            log.push((format!("{name}_l1"), value(&l1)));
+            if let Some((u, t, ft)) = &teacher
+                && *name != "largest"
+            {
+                let s = maybe_autocast(amp, || self.gen_.forward(u, sub, Mode::Train))?
+                    .to_kind(Kind::Float);
+                let fs = self.features(u, &s);
+                let terms = losses::distill_loss(&s, t, &fs, ft, &self.weights.distill_terms)?;
+                let d = terms.total * self.weights.distill;
+                log.push((format!("{name}_distill"), value(&d)));
+                total = total + d;
+            }
+            total.backward();
+        }
+        self.opt_g.step(lr)?;
+        log.push(("lr".to_string(), lr));
+        Ok(log)
+    }
+
+    fn sample(&mut self, step: u64, dir: &Path) -> Result<(), MethodError> {
+        let Some((x, y)) = &self.sample else {
+            return Ok(());
+        };
+        let subs: Vec<SubnetConfig> = match &self.schedule {
+            SubnetSchedule::Fixed(s) => vec![s.clone()],
+            _ => vec![self.space.largest(), self.space.smallest()],
+        };
+        // Batch statistics without touching running statistics or dropout.
+        let mode = Mode::Calibrate { momentum: 0.0 };
+        let mut row: Vec<Tensor> = Vec::new();
+        if x.size()[1] == 3 {
+            row.push(x.shallow_clone());
+        }
+        for s in &subs {
+            row.push(tch::no_grad(|| self.gen_.forward(x, s, mode))?.to_kind(Kind::Float));
+        }
+        if let Some(y) = y {
+            row.push(y.shallow_clone());
+        }
+        let grid = Tensor::cat(&row, 3);
+        let path = dir.join(format!("step_{step:06}.png"));
+        ugc_nn::infer::save_output(&grid, &path)?;
+        Ok(())
+    }
+}

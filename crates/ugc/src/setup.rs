@@ -1,0 +1,255 @@
+//! Shared set-up of the training stages: the split a stage trains on, the architecture from
+//! a parameter map, the input encoding the family needs, loaders and the discriminator.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tch::Device;
+use ugc_data::augment::AugmentConfig;
+use ugc_data::{InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
+use ugc_engine::StageContext;
+use ugc_nn::{Arch, ArchConfig, DiscConfig};
+
+use crate::error::MethodError;
+
+/// The split a stage depends on: its manifest and folder.
+pub struct SplitData {
+    pub manifest: SplitManifest,
+    pub dir: PathBuf,
+}
+
+/// Loads the manifest of the `split` dependency of `ctx`.
+pub fn open_split(ctx: &StageContext<'_>) -> Result<SplitData, MethodError> {
+    let input = ctx.input_of_kind("split").ok_or_else(|| {
+        MethodError::param(
+            "deps",
+            ctx.node,
+            format!(
+                "stage kind {} needs a `split` stage among its deps",
+                ctx.kind
+            ),
+        )
+    })?;
+    Ok(SplitData {
+        manifest: SplitManifest::load(&input.dir)?,
+        dir: input.dir.clone(),
+    })
+}
+
+/// Reads an [`ArchConfig`] from a parameter map: `arch` (family name) is required, every
+/// other field defaults to the family's official value (`ArchConfig::new`). When the split
+/// feeds one-hot inputs and `input_nc` is not given, it is set from the class table (plus
+/// one instance-edge channel), so users need not count channels.
+pub fn arch_from_param(
+    param: &str,
+    v: &Value,
+    manifest: &SplitManifest,
+) -> Result<ArchConfig, MethodError> {
+    let map = v
+        .as_object()
+        .ok_or_else(|| MethodError::param(param, v, "must be a map with at least `arch`"))?;
+    let name = map
+        .get("arch")
+        .and_then(Value::as_str)
+        .ok_or_else(|| MethodError::param(&format!("{param}.arch"), v, "is required"))?;
+    let family: Arch = name.parse().map_err(|e: ugc_nn::NnError| {
+        MethodError::param(&format!("{param}.arch"), name, e.to_string())
+    })?;
+    let mut base = serde_json::to_value(ArchConfig::new(family))
+        .map_err(|e| MethodError::param(param, v, e.to_string()))?;
+    if let (Some(obj), Some(enc)) = (base.as_object_mut(), default_encoding(family)) {
+        if let (InputEncoding::OneHot { instance_edges }, Some(ct)) = (enc, &manifest.classes) {
+            obj.insert(
+                "input_nc".into(),
+                Value::from(ct.onehot_channels as i64 + i64::from(instance_edges)),
+            );
+        }
+    }
+    if let Some(obj) = base.as_object_mut() {
+        for (k, val) in map {
+            if k == "space" {
+                // Merge the search-space spec field by field too.
+                let mut sp = obj.get("space").cloned().unwrap_or(Value::Null);
+                if let (Some(spo), Some(valo)) = (sp.as_object_mut(), val.as_object()) {
+                    for (sk, sv) in valo {
+                        spo.insert(sk.clone(), sv.clone());
+                    }
+                    obj.insert("space".into(), sp);
+                    continue;
+                }
+            }
+            obj.insert(k.clone(), val.clone());
+        }
+    }
+    let cfg: ArchConfig =
+        serde_json::from_value(base).map_err(|e| MethodError::param(param, v, e.to_string()))?;
+    cfg.validate()
+        .map_err(|e| MethodError::param(param, v, e.to_string()))?;
+    Ok(cfg)
+}
+
+/// The input encoding a family was designed for: colour images for the pix2pix families,
+/// one-hot label maps with an instance-edge channel for pix2pixHD and GauGAN (their
+/// official Cityscapes set-up). `None` for pix2pix families = `Rgb`.
+pub fn default_encoding(arch: Arch) -> Option<InputEncoding> {
+    match arch {
+        Arch::Pix2PixHd | Arch::Gaugan => Some(InputEncoding::OneHot {
+            instance_edges: true,
+        }),
+        _ => None,
+    }
+}
+
+/// The encoding used for `cfg` on `manifest`: one-hot needs a class table.
+pub fn encoding_for(
+    cfg: &ArchConfig,
+    manifest: &SplitManifest,
+) -> Result<InputEncoding, MethodError> {
+    match default_encoding(cfg.arch) {
+        Some(enc) if manifest.classes.is_none() => Err(MethodError::param(
+            "arch.arch",
+            cfg.arch,
+            format!(
+                "{} takes one-hot label maps ({enc:?}), but the split is in aligned format with no class table",
+                cfg.arch
+            ),
+        )),
+        Some(enc) => Ok(enc),
+        None => Ok(InputEncoding::Rgb),
+    }
+}
+
+/// Image geometry and batch settings of a training stage.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct DataParams {
+    pub batch_size: usize,
+    /// Resize to this square size first (`None` = native size).
+    pub image_size: Option<u32>,
+    /// Random square crop after resizing (`None` = no crop).
+    pub crop: Option<u32>,
+    pub flip: bool,
+    /// Loader worker threads.
+    pub threads: usize,
+}
+
+/// A shuffled, augmented training loader over `subset`.
+pub fn train_loader(
+    split: &SplitData,
+    subset: Subset,
+    data: &DataParams,
+    encoding: InputEncoding,
+    seed: u64,
+    device: Device,
+) -> Result<Loader, MethodError> {
+    let mut cfg = LoaderConfig::train(data.batch_size, seed);
+    cfg.threads = data.threads.max(1);
+    cfg.augment = AugmentConfig {
+        load_size: data.image_size.map(|s| (s, s)),
+        crop_size: data.crop.map(|s| (s, s)),
+        random: true,
+        flip: data.flip,
+    };
+    cfg.encoding = encoding;
+    cfg.device = device;
+    Ok(Loader::new(&split.manifest, &split.dir, subset, cfg)?)
+}
+
+/// A fixed-order loader without random augmentation (samples, evaluation), resized and
+/// centre-cropped like training.
+pub fn eval_loader(
+    split: &SplitData,
+    subset: Subset,
+    data: &DataParams,
+    encoding: InputEncoding,
+    batch_size: usize,
+    device: Device,
+) -> Result<Loader, MethodError> {
+    let mut cfg = LoaderConfig::eval(batch_size);
+    cfg.threads = 1;
+    cfg.augment.load_size = data.image_size.map(|s| (s, s));
+    cfg.augment.crop_size = data.crop.map(|s| (s, s));
+    cfg.encoding = encoding;
+    cfg.device = device;
+    Ok(Loader::new(&split.manifest, &split.dir, subset, cfg)?)
+}
+
+/// The discriminator DESIGN §2 pairs with a family: PatchGAN (3 layers) for the pix2pix
+/// families, multi-scale (2 x 4 layers) for pix2pixHD / GauGAN; input concat(input, output).
+pub fn default_disc(cfg: &ArchConfig, ndf: i64) -> DiscConfig {
+    let nc = cfg.input_nc + cfg.output_nc;
+    match cfg.arch {
+        Arch::Pix2PixHd | Arch::Gaugan => DiscConfig::multiscale(nc, ndf),
+        _ => DiscConfig::patchgan(nc, ndf),
+    }
+}
+
+/// Checks that `h x w` inputs survive the discriminator's convolutions (a 3-layer PatchGAN
+/// needs at least 32 px: 16 px shrink to nothing before its last 4x4 conv), so a too-small
+/// `crop`/`image_size` is refused by name instead of failing inside libtorch.
+pub fn check_disc_input(d: &DiscConfig, h: i64, w: i64) -> Result<(), MethodError> {
+    if d.arch != ugc_nn::DiscArch::Patchgan {
+        // Multi-scale convs pad by 2: every size >= 1 passes.
+        return Ok(());
+    }
+    let fits = |mut s: i64| -> bool {
+        for _ in 0..d.n_layers {
+            if s + 2 < 4 {
+                return false;
+            }
+            s = (s + 2 - 4) / 2 + 1;
+        }
+        for _ in 0..2 {
+            if s + 2 < 4 {
+                return false;
+            }
+            s = s + 2 - 4 + 1;
+        }
+        s >= 1
+    };
+    if fits(h) && fits(w) {
+        Ok(())
+    } else {
+        Err(MethodError::param(
+            "crop",
+            format!("{h}x{w}"),
+            format!(
+                "training images of {h}x{w} are too small for a {}-layer PatchGAN; use crop/image_size >= {}",
+                d.n_layers,
+                1i64 << (d.n_layers + 2)
+            ),
+        ))
+    }
+}
+
+/// Runs `f`, turning a panic raised inside libtorch (tch's infallible ops panic on shape
+/// errors) into an error, so a bad input never brings the whole pipeline down.
+pub fn guard_panics<T>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, MethodError>,
+) -> Result<T, MethodError> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "unknown panic".into());
+            // Keep the first line: libtorch appends a long C++ backtrace.
+            let first = msg.lines().next().unwrap_or("").to_string();
+            Err(MethodError::Numeric(format!(
+                "{what} failed inside libtorch: {first}"
+            )))
+        }
+    }
+}
+
+/// Writes `value` as pretty JSON to `path`.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), MethodError> {
+    let text = serde_json::to_string_pretty(value).map_err(|e| MethodError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })?;
+    std::fs::write(path, text).map_err(|e| MethodError::io(path, e))
+}

@@ -1,0 +1,364 @@
+//! The `supernet` stage: semi-supervised training of a weight-sharing generator (UGC stage
+//! one). Each step trains the largest, one random and the smallest sub-net (sandwich rule;
+//! `sandwich: false` trains one random sub-net as GAN Compression does): labeled pairs give
+//! hinge GAN + L1 to ground truth, unlabeled inputs give OMGD's distillation loss from the
+//! largest sub-net's (detached) output. See `docs/method.md`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tch::nn::VarStore;
+use ugc_data::Subset;
+use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_nn::{ArchConfig, DiscArch, DiscConfig, build_discriminator, build_generator};
+
+use crate::device::{step_seed, tch_device, use_autocast};
+use crate::error::MethodError;
+use crate::gan::{GanLossWeights, GanTask, SubnetSchedule};
+use crate::losses::DistillWeights;
+use crate::optim::{Adam, AdamConfig, LrSchedule};
+use crate::perceptual::Vgg16;
+use crate::setup::{self, DataParams, SplitData};
+use crate::trainer::{BatchStream, LoopConfig, LoopOutcome, run_loop};
+
+/// Parameters shared by `supernet` and `train` (see `stages/supernet.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct CommonParams {
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub lr_decay_steps: u64,
+    pub image_size: Option<u32>,
+    pub crop: Option<u32>,
+    pub flip: bool,
+    pub lambda_l1: f64,
+    pub disc: String,
+    pub ndf: i64,
+    pub checkpoint_every: u64,
+    pub sample_every: u64,
+    pub seed: u64,
+    pub amp: bool,
+    pub threads: usize,
+}
+
+/// `supernet` parameters.
+/// (Unknown keys are refused by the engine against `stages/supernet.yaml`; serde cannot
+/// deny them together with `flatten`.)
+#[derive(Debug, Clone, Deserialize)]
+pub struct SupernetParams {
+    pub arch: Value,
+    #[serde(flatten)]
+    pub common: CommonParams,
+    pub lambda_distill: f64,
+    pub distill_weights: DistillWeights,
+    pub unlabeled: bool,
+    pub sandwich: bool,
+    pub vgg_weights: Option<PathBuf>,
+}
+
+impl CommonParams {
+    pub(crate) fn data(&self) -> DataParams {
+        DataParams {
+            batch_size: self.batch_size,
+            image_size: self.image_size,
+            crop: self.crop,
+            flip: self.flip,
+            threads: self.threads,
+        }
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), MethodError> {
+        if self.steps == 0 {
+            return Err(MethodError::param("steps", 0, "must be at least 1"));
+        }
+        if self.batch_size == 0 {
+            return Err(MethodError::param("batch_size", 0, "must be at least 1"));
+        }
+        if self.ndf < 1 {
+            return Err(MethodError::param("ndf", self.ndf, "must be at least 1"));
+        }
+        if !(self.lambda_l1.is_finite() && self.lambda_l1 >= 0.0) {
+            return Err(MethodError::param(
+                "lambda_l1",
+                self.lambda_l1,
+                "must be >= 0",
+            ));
+        }
+        if self.lr_decay_steps > self.steps {
+            return Err(MethodError::param(
+                "lr_decay_steps",
+                self.lr_decay_steps,
+                format!("must not exceed steps ({})", self.steps),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The discriminator config: `auto` follows the family (DESIGN §2).
+    pub(crate) fn disc_config(&self, arch: &ArchConfig) -> Result<DiscConfig, MethodError> {
+        let auto = setup::default_disc(arch, self.ndf);
+        let nc = arch.input_nc + arch.output_nc;
+        match self.disc.as_str() {
+            "auto" => Ok(auto),
+            "patchgan" if auto.arch == DiscArch::Patchgan => Ok(auto),
+            "patchgan" => Ok(DiscConfig::patchgan(nc, self.ndf)),
+            "multiscale" => Ok(DiscConfig::multiscale(nc, self.ndf)),
+            other => Err(MethodError::param(
+                "disc",
+                other,
+                "expected auto, patchgan or multiscale",
+            )),
+        }
+    }
+}
+
+/// Everything built for a GAN training run before the loop starts.
+pub(crate) struct Built {
+    pub task: GanTask,
+    pub arch: ArchConfig,
+    pub disc: DiscConfig,
+    pub loop_cfg: LoopConfig,
+}
+
+/// Builds generator (of `arch`), discriminator, optimisers and data streams.
+pub(crate) fn build_task(
+    ctx: &StageContext<'_>,
+    split: &SplitData,
+    arch: &ArchConfig,
+    common: &CommonParams,
+    schedule: SubnetSchedule,
+    unlabeled: bool,
+    weights: GanLossWeights,
+    vgg: Option<&PathBuf>,
+    init: Option<&std::path::Path>,
+) -> Result<Built, MethodError> {
+    common.validate()?;
+    let device = tch_device(ctx.device)?;
+    let encoding = setup::encoding_for(arch, &split.manifest)?;
+    let data = common.data();
+    // Weights are initialised from the stage seed (not the per-step stream).
+    tch::manual_seed(step_seed(common.seed, u64::MAX, 7) as i64);
+    let mut vs_g = VarStore::new(device);
+    let gen_ = build_generator(&vs_g.root(), arch)?;
+    if let Some(file) = init {
+        vs_g.load(file).map_err(|e| MethodError::Weights {
+            path: file.to_path_buf(),
+            reason: format!("cannot initialise the generator: {e}"),
+        })?;
+    }
+    let disc_cfg = common.disc_config(arch)?;
+    let vs_d = VarStore::new(device);
+    let disc = build_discriminator(&vs_d.root(), &disc_cfg)?;
+    let adam = AdamConfig {
+        lr: common.lr,
+        beta1: common.beta1,
+        beta2: common.beta2,
+        ..AdamConfig::default()
+    };
+    let trainable = |vs: &VarStore| -> Vec<(String, tch::Tensor)> {
+        vs.variables()
+            .into_iter()
+            .filter(|(_, t)| t.requires_grad())
+            .collect()
+    };
+    let opt_g = Adam::new(trainable(&vs_g), adam)?;
+    let opt_d = Adam::new(trainable(&vs_d), adam)?;
+    let labeled = BatchStream::new(
+        setup::train_loader(split, Subset::Labeled, &data, encoding, common.seed, device)?,
+        "labeled",
+    )?;
+    let unlabeled = if unlabeled && !split.manifest.unlabeled().is_empty() {
+        Some(BatchStream::new(
+            setup::train_loader(
+                split,
+                Subset::Unlabeled,
+                &data,
+                encoding,
+                common.seed ^ 0x5555,
+                device,
+            )?,
+            "unlabeled",
+        )?)
+    } else {
+        None
+    };
+    let vgg = vgg.map(|p| Vgg16::load(p, device)).transpose()?;
+    let sample = {
+        let l = setup::eval_loader(split, Subset::Labeled, &data, encoding, 1, device)?;
+        let mut ep = l.epoch(0);
+        match ep.next() {
+            Some(b) => {
+                let b = b?;
+                Some((b.input, b.target))
+            }
+            None => None,
+        }
+    };
+    if let Some((x, _)) = &sample {
+        let s = x.size();
+        setup::check_disc_input(&disc_cfg, s[2], s[3])?;
+    }
+    let task = GanTask::new(
+        vs_g,
+        gen_,
+        vs_d,
+        disc,
+        opt_g,
+        opt_d,
+        LrSchedule {
+            base: common.lr,
+            steps: common.steps,
+            decay_steps: common.lr_decay_steps,
+        },
+        labeled,
+        unlabeled,
+        schedule,
+        weights,
+        vgg,
+        common.seed,
+        use_autocast(device, common.amp),
+        sample,
+    )?;
+    let loop_cfg = LoopConfig {
+        steps: common.steps,
+        checkpoint_every: common.checkpoint_every,
+        sample_every: common.sample_every,
+        seed: common.seed,
+        fingerprint: settings_digest(&ctx.params.to_string()),
+        phase: "train".into(),
+    };
+    Ok(Built {
+        task,
+        arch: arch.clone(),
+        disc: disc_cfg,
+        loop_cfg,
+    })
+}
+
+/// A short, stable digest of the run's settings for the checkpoint fingerprint.
+fn settings_digest(s: &str) -> String {
+    // FNV-1a 64: enough to tell settings apart; no cryptographic need here.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in s.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Flat `metrics.json`: mean of each logged loss over the last steps, plus run figures.
+pub(crate) fn metrics(outcome: &LoopOutcome, extra: &[(&str, f64)]) -> Value {
+    let mut m = Map::new();
+    for (k, v) in &outcome.tail_mean {
+        m.insert(format!("loss.{k}"), Value::from(*v));
+    }
+    m.insert("resumed_from".into(), Value::from(outcome.resumed_from));
+    for (k, v) in extra {
+        m.insert((*k).to_string(), Value::from(*v));
+    }
+    Value::Object(m)
+}
+
+/// The `supernet` stage kind.
+pub struct SupernetStage {
+    schema: KindSchema,
+}
+
+impl SupernetStage {
+    pub fn new(schema: KindSchema) -> Self {
+        SupernetStage { schema }
+    }
+
+    fn run_inner(&self, ctx: &StageContext<'_>) -> Result<(), MethodError> {
+        let p: SupernetParams = serde_json::from_value(ctx.params.clone())
+            .map_err(|e| MethodError::param("params", ctx.node, e.to_string()))?;
+        if !(p.lambda_distill.is_finite() && p.lambda_distill >= 0.0) {
+            return Err(MethodError::param(
+                "lambda_distill",
+                p.lambda_distill,
+                "must be >= 0",
+            ));
+        }
+        let split = setup::open_split(ctx)?;
+        let arch = setup::arch_from_param("arch", &p.arch, &split.manifest)?;
+        let schedule = if p.sandwich {
+            SubnetSchedule::Sandwich
+        } else {
+            SubnetSchedule::Random
+        };
+        let weights = GanLossWeights {
+            l1: p.common.lambda_l1,
+            distill: p.lambda_distill,
+            distill_terms: p.distill_weights,
+        };
+        let mut built = build_task(
+            ctx,
+            &split,
+            &arch,
+            &p.common,
+            schedule,
+            p.unlabeled,
+            weights,
+            p.vgg_weights.as_ref(),
+            None,
+        )?;
+        let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
+        let dir = ctx.out_dir.join("supernet");
+        std::fs::create_dir_all(&dir).map_err(|e| MethodError::io(&dir, e))?;
+        let gpath = dir.join("generator.safetensors");
+        built
+            .task
+            .vs_g
+            .save(&gpath)
+            .map_err(|e| MethodError::torch(format!("writing {}", gpath.display()), e))?;
+        setup::write_json(&dir.join("arch.json"), &built.arch)?;
+        let dpath = dir.join("discriminator.safetensors");
+        built
+            .task
+            .vs_d
+            .save(&dpath)
+            .map_err(|e| MethodError::torch(format!("writing {}", dpath.display()), e))?;
+        setup::write_json(&dir.join("disc.json"), &built.disc)?;
+        let chw = sample_chw(&built.task);
+        let space = built.task.gen_.search_space();
+        let mut extra = vec![("steps", p.common.steps as f64)];
+        if let Some(chw) = chw {
+            let big = built.task.gen_.cost(&space.largest(), chw)?;
+            let small = built.task.gen_.cost(&space.smallest(), chw)?;
+            extra.push(("macs_largest", big.macs as f64));
+            extra.push(("params_largest", big.params as f64));
+            extra.push(("macs_smallest", small.macs as f64));
+            extra.push(("params_smallest", small.params as f64));
+        }
+        extra.push((
+            "unlabeled_used",
+            f64::from(u8::from(built.task.unlabeled.is_some())),
+        ));
+        setup::write_json(
+            &ctx.out_dir.join("metrics.json"),
+            &metrics(&outcome, &extra),
+        )?;
+        Ok(())
+    }
+}
+
+/// `[C, H, W]` of the training inputs (from the sample batch), for MACs figures.
+pub(crate) fn sample_chw(task: &GanTask) -> Option<[i64; 3]> {
+    task.sample.as_ref().map(|(x, _)| {
+        let s = x.size();
+        [s[1], s[2], s[3]]
+    })
+}
+
+impl StageKind for SupernetStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        setup::guard_panics("supernet training", || self.run_inner(ctx)).map_err(StageError::from)
+    }
+}

@@ -1,0 +1,153 @@
+//! The `train` stage: conventional supervised training of one fixed architecture on the
+//! split's labeled pairs (baselines: the original model on 100% labels, or the student
+//! architecture alone on X% labels). Unlabeled inputs are never used: their targets are
+//! withheld by design, and the "100% labels" baseline is a split with `label_ratio: 1.0`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde_json::Value;
+use tch::Device;
+use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_nn::export::{WEIGHTS_FILE, export_subnet, read_meta};
+use ugc_nn::{ArchConfig, SubnetConfig, build_generator};
+
+use crate::error::MethodError;
+use crate::gan::{GanLossWeights, SubnetSchedule};
+use crate::losses::DistillWeights;
+use crate::setup;
+use crate::supernet::{CommonParams, build_task, metrics, sample_chw};
+use crate::trainer::run_loop;
+
+/// `train` parameters (see `stages/train.yaml`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct TrainParams {
+    /// Architecture map (as `supernet.arch`); optional when `from_dep` is given.
+    #[serde(default)]
+    pub arch: Option<Value>,
+    /// A sub-net config string of `arch`: the model trained is that sub-net as a standalone
+    /// compact network.
+    #[serde(default)]
+    pub config: Option<String>,
+    /// Name of a dep whose `model/` directory supplies the architecture.
+    #[serde(default)]
+    pub from_dep: Option<String>,
+    /// Start from `from_dep`'s weights instead of a fresh initialisation.
+    pub init_weights: bool,
+    #[serde(flatten)]
+    pub common: CommonParams,
+}
+
+/// The `train` stage kind.
+pub struct TrainStage {
+    schema: KindSchema,
+}
+
+impl TrainStage {
+    pub fn new(schema: KindSchema) -> Self {
+        TrainStage { schema }
+    }
+
+    /// The architecture to train and, with `init_weights`, the weights to start from.
+    fn resolve_arch(
+        ctx: &StageContext<'_>,
+        p: &TrainParams,
+        manifest: &ugc_data::SplitManifest,
+    ) -> Result<(ArchConfig, Option<PathBuf>), MethodError> {
+        if let Some(dep) = &p.from_dep {
+            if p.arch.is_some() || p.config.is_some() {
+                return Err(MethodError::param(
+                    "from_dep",
+                    dep,
+                    "give either `from_dep` or `arch` (+ `config`), not both",
+                ));
+            }
+            let input = ctx.inputs.iter().find(|i| &i.name == dep).ok_or_else(|| {
+                MethodError::param("from_dep", dep, "is not among this stage's deps")
+            })?;
+            let dir = input.dir.join("model");
+            let meta = read_meta(&dir)?;
+            let init = p.init_weights.then(|| dir.join(WEIGHTS_FILE));
+            return Ok((meta.arch, init));
+        }
+        if p.init_weights {
+            return Err(MethodError::param(
+                "init_weights",
+                true,
+                "needs `from_dep` (a dep with a model/ directory)",
+            ));
+        }
+        let v = p.arch.as_ref().ok_or_else(|| {
+            MethodError::param("arch", "null", "give `arch` (a map) or `from_dep`")
+        })?;
+        let full = setup::arch_from_param("arch", v, manifest)?;
+        let Some(cs) = &p.config else {
+            return Ok((full, None));
+        };
+        let sub: SubnetConfig = cs
+            .parse()
+            .map_err(|e: ugc_nn::NnError| MethodError::param("config", cs, e.to_string()))?;
+        // The compact config needs the supernet's structure only: build it on the CPU
+        // without recording anything and keep the config.
+        let vs = tch::nn::VarStore::new(Device::Cpu);
+        let g = tch::no_grad(|| build_generator(&vs.root(), &full))?;
+        g.search_space()
+            .check(&sub)
+            .map_err(|e| MethodError::param("config", cs, e.to_string()))?;
+        Ok((g.compact_config(&sub)?, None))
+    }
+
+    fn run_inner(&self, ctx: &StageContext<'_>) -> Result<(), MethodError> {
+        let p: TrainParams = serde_json::from_value(ctx.params.clone())
+            .map_err(|e| MethodError::param("params", ctx.node, e.to_string()))?;
+        let split = setup::open_split(ctx)?;
+        let (arch, init) = Self::resolve_arch(ctx, &p, &split.manifest)?;
+        let largest = ugc_nn::search_space(&arch)?.largest();
+        let weights = GanLossWeights {
+            l1: p.common.lambda_l1,
+            distill: 0.0,
+            distill_terms: DistillWeights::default(),
+        };
+        let mut built = build_task(
+            ctx,
+            &split,
+            &arch,
+            &p.common,
+            SubnetSchedule::Fixed(largest.clone()),
+            false,
+            weights,
+            None,
+            init.as_deref(),
+        )?;
+        let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
+        let meta = export_subnet(
+            built.task.gen_.as_ref(),
+            &largest,
+            &ctx.out_dir.join("model"),
+        )?;
+        let mut extra = vec![
+            ("steps", p.common.steps as f64),
+            ("params", meta.params as f64),
+        ];
+        if let Some(chw) = sample_chw(&built.task) {
+            let c = built.task.gen_.cost(&largest, chw)?;
+            extra.push(("macs", c.macs as f64));
+        }
+        extra.push(("labeled", split.manifest.labeled().len() as f64));
+        setup::write_json(
+            &ctx.out_dir.join("metrics.json"),
+            &metrics(&outcome, &extra),
+        )?;
+        Ok(())
+    }
+}
+
+impl StageKind for TrainStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        setup::guard_panics("training", || self.run_inner(ctx)).map_err(StageError::from)
+    }
+}

@@ -1,0 +1,393 @@
+//! Stage tests: `supernet` and `train` through the stage contract on a tiny synthetic split.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Mutex;
+
+use serde_json::{Value, json};
+use ugc_data::{SplitStage, SynthStage};
+use ugc_engine::{
+    CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
+    StageInput, StageKind,
+};
+use ugc_method::supernet::SupernetStage;
+
+fn schema(name: &str) -> KindSchema {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../stages")
+        .join(name);
+    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn with_defaults(s: &KindSchema, over: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, p) in &s.params {
+        if let Some(d) = &p.default {
+            m.insert(k.clone(), d.clone());
+        }
+    }
+    for (k, v) in over.as_object().unwrap() {
+        m.insert(k.clone(), v.clone());
+    }
+    Value::Object(m)
+}
+
+fn input(kind: &str, dir: &Path) -> StageInput {
+    StageInput {
+        name: kind.into(),
+        node: kind.into(),
+        point: Default::default(),
+        kind: kind.into(),
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn run_with(
+    kind: &dyn StageKind,
+    params: &Value,
+    inputs: &[StageInput],
+    out: &Path,
+    scratch: &Path,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(), StageError> {
+    let env = BTreeMap::new();
+    let ctx = StageContext {
+        node: "n",
+        kind: &kind.schema().kind,
+        params,
+        inputs,
+        out_dir: out,
+        scratch_dir: scratch,
+        device: DeviceKind::Cpu,
+        progress,
+        cancel,
+        env: &env,
+    };
+    kind.run(&ctx)
+}
+
+fn run(
+    kind: &dyn StageKind,
+    params: &Value,
+    inputs: &[StageInput],
+    out: &Path,
+) -> Result<(), StageError> {
+    let scratch = tempfile::tempdir().unwrap();
+    run_with(
+        kind,
+        params,
+        inputs,
+        out,
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
+}
+
+/// A tiny edges2photo split (16 train + 4 test at 32 px, half labeled).
+fn tiny_split() -> (tempfile::TempDir, tempfile::TempDir) {
+    let synth = SynthStage::new(schema("synth.yaml"));
+    let split = SplitStage::new(schema("split.yaml"));
+    let sdir = tempfile::tempdir().unwrap();
+    let p = with_defaults(
+        synth.schema(),
+        json!({"task": "edges2photo", "n": 16, "n_test": 4, "size": 32}),
+    );
+    run(&synth, &p, &[], sdir.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let p = with_defaults(split.schema(), json!({"label_ratio": 0.5, "holdout": 0.0}));
+    run(&split, &p, &[input("synth", sdir.path())], out.path()).unwrap();
+    (sdir, out)
+}
+
+fn supernet_params(steps: u64, extra: Value) -> Value {
+    let s = schema("supernet.yaml");
+    let mut p = with_defaults(
+        &s,
+        json!({
+            "arch": {"arch": "mobile-resnet", "ngf": 4, "n_blocks": 4},
+            "steps": steps, "batch_size": 2, "ndf": 4, "threads": 1,
+            "checkpoint_every": 5, "sample_every": 0, "lr": 0.001
+        }),
+    );
+    for (k, v) in extra.as_object().unwrap() {
+        p[k] = v.clone();
+    }
+    p
+}
+
+fn read_log(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut lines = text.lines();
+    let header = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .map(str::to_string)
+        .collect();
+    let rows = lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect();
+    (header, rows)
+}
+
+#[test]
+fn schemas_parse_and_document_every_parameter() {
+    for (file, kind) in [("supernet.yaml", "supernet"), ("train.yaml", "train")] {
+        let s = schema(file);
+        assert_eq!(s.kind, kind);
+        assert!(s.gpu);
+        for (n, p) in &s.params {
+            assert!(!p.doc.is_empty(), "{file}: {n} undocumented");
+        }
+    }
+}
+
+#[test]
+fn supernet_trains_and_its_l1_decreases() {
+    let (_s, split) = tiny_split();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let out = tempfile::tempdir().unwrap();
+    let p = supernet_params(50, json!({}));
+    run(&kind, &p, &[input("split", split.path())], out.path()).unwrap();
+    for f in [
+        "supernet/generator.safetensors",
+        "supernet/arch.json",
+        "supernet/discriminator.safetensors",
+        "supernet/disc.json",
+        "log.csv",
+        "metrics.json",
+        "samples/step_000050.png",
+    ] {
+        assert!(out.path().join(f).is_file(), "missing {f}");
+    }
+    let (h, rows) = read_log(&out.path().join("log.csv"));
+    assert_eq!(rows.len(), 50);
+    for col in [
+        "largest_l1",
+        "random_l1",
+        "smallest_l1",
+        "random_distill",
+        "smallest_distill",
+        "d_real",
+    ] {
+        assert!(h.iter().any(|c| c == col), "no column {col} in {h:?}");
+    }
+    let i = h.iter().position(|c| c == "largest_l1").unwrap();
+    let mean = |r: &[Vec<f64>]| r.iter().map(|x| x[i]).sum::<f64>() / r.len() as f64;
+    let (first, last) = (mean(&rows[..5]), mean(&rows[45..]));
+    assert!(last < 0.8 * first, "L1 did not decrease: {first} -> {last}");
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert!(m["macs_largest"].as_f64().unwrap() > m["macs_smallest"].as_f64().unwrap());
+    assert_eq!(m["unlabeled_used"], 1.0);
+    assert!(m.as_object().unwrap().values().all(Value::is_number));
+    // The generator file loads into the architecture it names.
+    let arch: ugc_nn::ArchConfig = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("supernet/arch.json")).unwrap(),
+    )
+    .unwrap();
+    let r =
+        ugc_nn::export::check_weights(&arch, &out.path().join("supernet/generator.safetensors"))
+            .unwrap();
+    assert!(r.is_ok(), "{r}");
+}
+
+/// Cancels the token when the progress reaches `at`.
+struct CancelAt {
+    at: u64,
+    token: CancelToken,
+    seen: Mutex<Vec<u64>>,
+}
+
+impl Progress for CancelAt {
+    fn start(&self, _phase: &str, _total: u64) {}
+    fn set(&self, step: u64) {
+        self.seen.lock().unwrap().push(step);
+        if step == self.at {
+            self.token.cancel();
+        }
+    }
+    fn message(&self, _msg: &str) {}
+}
+
+#[test]
+fn crash_resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    let (_s, split) = tiny_split();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let inputs = [input("split", split.path())];
+    let p = supernet_params(12, json!({}));
+
+    let full = tempfile::tempdir().unwrap();
+    run(&kind, &p, &inputs, full.path()).unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let token = CancelToken::new();
+    let prog = CancelAt {
+        at: 7,
+        token: token.clone(),
+        seen: Mutex::new(Vec::new()),
+    };
+    let out1 = tempfile::tempdir().unwrap();
+    let e = run_with(
+        &kind,
+        &p,
+        &inputs,
+        out1.path(),
+        scratch.path(),
+        &prog,
+        &token,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Cancelled), "{e}");
+    assert!(!out1.path().join("supernet").exists());
+
+    let prog2 = CancelAt {
+        at: u64::MAX,
+        token: CancelToken::new(),
+        seen: Mutex::new(Vec::new()),
+    };
+    let out2 = tempfile::tempdir().unwrap();
+    run_with(
+        &kind,
+        &p,
+        &inputs,
+        out2.path(),
+        scratch.path(),
+        &prog2,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    // Resumed at 7, not from the start.
+    assert_eq!(prog2.seen.lock().unwrap().first(), Some(&7));
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out2.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["resumed_from"], 7);
+
+    for f in [
+        "supernet/generator.safetensors",
+        "supernet/discriminator.safetensors",
+    ] {
+        let a = tch::Tensor::read_safetensors(full.path().join(f)).unwrap();
+        let b: BTreeMap<String, tch::Tensor> = tch::Tensor::read_safetensors(out2.path().join(f))
+            .unwrap()
+            .into_iter()
+            .collect();
+        assert!(!a.is_empty());
+        for (n, t) in a {
+            assert!(t.equal(&b[&n]), "{f}: tensor {n} differs after resume");
+        }
+    }
+    // The log is continuous: 12 rows, identical to the uninterrupted run's.
+    assert_eq!(
+        std::fs::read_to_string(full.path().join("log.csv")).unwrap(),
+        std::fs::read_to_string(out2.path().join("log.csv")).unwrap()
+    );
+}
+
+#[test]
+fn supernet_errors_name_the_parameter() {
+    let (_s, split) = tiny_split();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let inputs = [input("split", split.path())];
+    let out = tempfile::tempdir().unwrap();
+    let p = supernet_params(2, json!({"arch": {"arch": "resnet9"}}));
+    let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
+    assert!(e.contains("arch.arch") && e.contains("resnet9"), "{e}");
+    let p = supernet_params(2, json!({"arch": {"arch": "mobile-resnet", "ngff": 3}}));
+    let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
+    assert!(e.contains("ngff"), "{e}");
+    let p = supernet_params(2, json!({"vgg_weights": "/nonexistent/vgg16.safetensors"}));
+    let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
+    assert!(e.contains("/nonexistent/vgg16.safetensors"), "{e}");
+    let p = supernet_params(2, json!({"batch_size": 100}));
+    let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
+    assert!(e.contains("batch_size"), "{e}");
+    let e = run(&kind, &supernet_params(2, json!({})), &[], out.path()).unwrap_err();
+    assert!(e.to_string().contains("split"), "{e}");
+}
+
+#[test]
+fn train_writes_a_loadable_model_of_the_chosen_subnet() {
+    let (_s, split) = tiny_split();
+    let kind = ugc_method::train::TrainStage::new(schema("train.yaml"));
+    let inputs = [input("split", split.path())];
+    let out = tempfile::tempdir().unwrap();
+    let arch = json!({"arch": "mobile-resnet", "ngf": 8, "n_blocks": 4});
+    let cfg = ugc_nn::search_space(
+        &serde_json::from_value::<ugc_nn::ArchConfig>(json!({
+            "arch": "mobile-resnet", "input_nc": 3, "output_nc": 3, "ngf": 8, "n_blocks": 4,
+            "num_downs": 8, "n_downsample": 4, "upsampling": "more", "norm": "instance"
+        }))
+        .unwrap(),
+    )
+    .unwrap()
+    .smallest()
+    .to_string();
+    let p = with_defaults(
+        kind.schema(),
+        json!({"arch": arch, "config": cfg, "steps": 6, "batch_size": 2, "ndf": 4,
+               "threads": 1, "sample_every": 3}),
+    );
+    run(&kind, &p, &inputs, out.path()).unwrap();
+    let (meta, model) =
+        ugc_nn::export::load_model(&out.path().join("model"), tch::Device::Cpu).unwrap();
+    assert_eq!(meta.arch.arch, ugc_nn::Arch::MobileResnet);
+    let x = tch::Tensor::zeros([1, 3, 32, 32], (tch::Kind::Float, tch::Device::Cpu));
+    let sub = model.generator.search_space().largest();
+    let y = model
+        .generator
+        .forward(&x, &sub, ugc_nn::Mode::Eval)
+        .unwrap();
+    assert_eq!(y.size(), vec![1, 3, 32, 32]);
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["params"].as_f64().unwrap(), meta.params as f64);
+    assert!(m["macs"].as_f64().unwrap() > 0.0);
+    assert!(out.path().join("samples/step_000003.png").is_file());
+    let (h, rows) = read_log(&out.path().join("log.csv"));
+    assert_eq!(rows.len(), 6);
+    assert!(h.iter().any(|c| c == "model_l1"), "{h:?}");
+    assert!(!h.iter().any(|c| c.contains("distill")), "{h:?}");
+
+    // Errors name the parameter.
+    let p = with_defaults(kind.schema(), json!({"steps": 2}));
+    let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
+    assert!(e.contains("arch"), "{e}");
+    let p = with_defaults(
+        kind.schema(),
+        json!({"arch": arch, "config": "w=3_3", "steps": 2}),
+    );
+    let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
+    assert!(e.contains("config = w=3_3"), "{e}");
+}
+
+#[test]
+fn too_small_images_for_the_patchgan_are_refused_by_name() {
+    let synth = SynthStage::new(schema("synth.yaml"));
+    let split = SplitStage::new(schema("split.yaml"));
+    let sdir = tempfile::tempdir().unwrap();
+    let p = with_defaults(
+        synth.schema(),
+        json!({"task": "edges2photo", "n": 8, "n_test": 2, "size": 16}),
+    );
+    run(&synth, &p, &[], sdir.path()).unwrap();
+    let sp = tempfile::tempdir().unwrap();
+    let p = with_defaults(split.schema(), json!({"holdout": 0.0}));
+    run(&split, &p, &[input("synth", sdir.path())], sp.path()).unwrap();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let out = tempfile::tempdir().unwrap();
+    let e = run(
+        &kind,
+        &supernet_params(2, json!({})),
+        &[input("split", sp.path())],
+        out.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("crop") && e.contains("16x16"), "{e}");
+}
