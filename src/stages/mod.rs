@@ -12,6 +12,7 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("command", include_str!("../../stages/command.yaml")),
     ("synth", include_str!("../../stages/synth.yaml")),
     ("split", include_str!("../../stages/split.yaml")),
+    ("report", include_str!("../../stages/report.yaml")),
 ];
 
 fn schema(kind: &str) -> KindSchema {
@@ -30,6 +31,7 @@ pub fn registry() -> KindRegistry {
     reg.register(Arc::new(command::CommandStage::new(schema("command"))));
     reg.register(Arc::new(ugc_data::SynthStage::new(schema("synth"))));
     reg.register(Arc::new(ugc_data::SplitStage::new(schema("split"))));
+    reg.register(Arc::new(ugc_report::ReportStage::new(schema("report"))));
     reg
 }
 
