@@ -87,9 +87,9 @@ pub fn adaptive_threshold(scores: &[f64], rule: ThresholdRule) -> Option<f64> {
             let sum_all: f64 = (0..bins).map(|b| hist[b] * center(b)).sum();
             let (mut w0, mut sum0) = (0.0, 0.0);
             let (mut best, mut best_b) = (-1.0, 0usize);
-            for b in 0..bins - 1 {
-                w0 += hist[b];
-                sum0 += hist[b] * center(b);
+            for (b, &h) in hist.iter().enumerate().take(bins - 1) {
+                w0 += h;
+                sum0 += h * center(b);
                 let w1 = total - w0;
                 if w0 == 0.0 || w1 == 0.0 {
                     continue;
@@ -281,6 +281,8 @@ struct AdfParams {
     bins: usize,
     batch_size: usize,
     write_pseudo: bool,
+    #[serde(default)]
+    image_size: Option<u32>,
 }
 
 /// Parses `threshold` + `k` / `bins`; errors name the parameter.
@@ -352,6 +354,12 @@ impl StageKind for AdfStage {
                 encoding: enc,
                 device,
                 threads: 1,
+                augment: ugc_data::augment::AugmentConfig {
+                    load_size: p.image_size.map(|s| (s, s)),
+                    crop_size: None,
+                    random: false,
+                    flip: false,
+                },
                 ..ugc_data::LoaderConfig::eval(p.batch_size)
             },
         )

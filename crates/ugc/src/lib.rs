@@ -15,6 +15,7 @@
 pub mod adf;
 pub mod checkpoint;
 pub mod device;
+pub mod distill;
 pub mod error;
 pub mod gan;
 pub mod losses;

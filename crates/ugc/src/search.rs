@@ -522,34 +522,19 @@ pub fn load_supernet(dir: &Path, device: Device) -> Result<LoadedSupernet, Stage
     })
 }
 
-/// How a split's inputs are encoded for a generator of `arch`: RGB images (aligned data, or
-/// the colour map of a label map when the generator takes 3 channels), else one-hot label
-/// maps, with the instance-edge channel when the generator takes one more channel than the
-/// class table has.
+/// How a split's inputs are encoded for a generator of `arch`.
 pub fn input_encoding(arch: &ArchConfig, m: &SplitManifest) -> Result<InputEncoding, StageError> {
-    match &m.classes {
-        None => Ok(InputEncoding::Rgb),
-        Some(_) if arch.input_nc == 3 => Ok(InputEncoding::Rgb),
-        Some(c) => {
-            let n = c.onehot_channels as i64;
-            if arch.input_nc == n {
-                Ok(InputEncoding::OneHot {
-                    instance_edges: false,
-                })
-            } else if arch.input_nc == n + 1 {
-                Ok(InputEncoding::OneHot {
-                    instance_edges: true,
-                })
-            } else {
-                Err(StageError::Config(format!(
-                    "generator input_nc {} fits neither RGB (3) nor the split's one-hot \
-                     encoding ({n}, or {} with instance edges)",
-                    arch.input_nc,
-                    n + 1
-                )))
-            }
-        }
-    }
+    // The same rule the supernet stage trained with (`setup::encoding_for`).
+    Ok(crate::setup::encoding_for(arch, m)?)
+}
+
+/// How evaluation batches are prepared: the generator's input encoding, an optional square
+/// resize (as the supernet trained), and the device.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSpec {
+    pub encoding: InputEncoding,
+    pub image_size: Option<u32>,
+    pub device: Device,
 }
 
 /// Reads up to `max_batches` batches of a subset (fixed order, no augmentation) into memory.
@@ -559,15 +544,15 @@ pub fn read_batches(
     subset: Subset,
     batch_size: usize,
     max_batches: usize,
-    encoding: InputEncoding,
-    device: Device,
+    spec: &EvalSpec,
 ) -> Result<Vec<ugc_data::Batch>, StageError> {
-    let cfg = LoaderConfig {
-        encoding,
-        device,
+    let mut cfg = LoaderConfig {
+        encoding: spec.encoding,
+        device: spec.device,
         threads: 1,
         ..LoaderConfig::eval(batch_size)
     };
+    cfg.augment.load_size = spec.image_size.map(|s| (s, s));
     let loader = Loader::new(manifest, split_dir, subset, cfg).map_err(data_err(format!(
         "{subset:?} loader of {}",
         split_dir.display()
@@ -627,6 +612,8 @@ struct SearchParams {
     batch_size: usize,
     eval_batches: usize,
     calib_batches: usize,
+    #[serde(default)]
+    image_size: Option<u32>,
     seed: u64,
 }
 
@@ -760,8 +747,11 @@ impl StageKind for SearchStage {
             Subset::Holdout,
             p.batch_size,
             p.eval_batches,
-            enc,
-            device,
+            &EvalSpec {
+                encoding: enc,
+                image_size: p.image_size,
+                device,
+            },
         )?;
         let has_bn = !sup.generator.batch_norms().is_empty();
         let mut calib: Vec<Tensor> = Vec::new();
@@ -773,8 +763,11 @@ impl StageKind for SearchStage {
                     subset,
                     p.batch_size,
                     p.calib_batches,
-                    enc,
-                    device,
+                    &EvalSpec {
+                        encoding: enc,
+                        image_size: p.image_size,
+                        device,
+                    },
                 )? {
                     calib.push(b.input);
                 }
@@ -1136,6 +1129,45 @@ mod tests {
             vec![true, true, false, false, true, false, true]
         );
         assert!(pareto_front(&[]).is_empty());
+    }
+
+    #[test]
+    fn bn_statistics_are_restored_after_a_candidate_recalibration() {
+        let arch = ArchConfig {
+            ngf: 4,
+            num_downs: 5,
+            ..ArchConfig::new(Arch::Pix2PixUnet)
+        };
+        let vs = VarStore::new(Device::Cpu);
+        let g = build_generator(&vs.root(), &arch).unwrap();
+        let x = Tensor::randn([2, 3, 32, 32], (Kind::Float, Device::Cpu));
+        let stats = |vs: &VarStore| -> Vec<(String, Tensor)> {
+            let mut v: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(n, _)| n.ends_with("running_mean") || n.ends_with("running_var"))
+                .map(|(n, t)| (n, t.copy()))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        let before = stats(&vs);
+        assert!(!before.is_empty());
+        let saved = snapshot_running_stats(&vs);
+        let sub = g.search_space().smallest();
+        ugc_nn::recalibrate_bn(g.as_ref(), &sub, [&x]).unwrap();
+        let changed = stats(&vs)
+            .iter()
+            .zip(&before)
+            .any(|((_, a), (_, b))| !a.equal(b));
+        assert!(
+            changed,
+            "recalibration changed nothing: the test would prove nothing"
+        );
+        restore_running_stats(&saved);
+        for ((n, a), (_, b)) in stats(&vs).iter().zip(&before) {
+            assert!(a.equal(b), "{n} not restored");
+        }
     }
 
     #[test]

@@ -15,8 +15,8 @@ use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::SubnetConfig;
 
 use crate::search::{
-    ChosenConfig, SearchConfigs, data_err, input_encoding, load_supernet, nn_err, read_batches,
-    read_json, write_json,
+    ChosenConfig, EvalSpec, SearchConfigs, data_err, input_encoding, load_supernet, nn_err,
+    read_batches, read_json, write_json,
 };
 
 /// Which teachers to use.
@@ -95,6 +95,8 @@ struct TeachersParams {
     strategy: Strategy,
     batch_size: usize,
     calib_batches: usize,
+    #[serde(default)]
+    image_size: Option<u32>,
 }
 
 /// The `teachers` stage kind (`stages/teachers.yaml`).
@@ -144,8 +146,11 @@ impl StageKind for TeachersStage {
                     subset,
                     p.batch_size.max(1),
                     p.calib_batches,
-                    enc,
-                    device,
+                    &EvalSpec {
+                        encoding: enc,
+                        image_size: p.image_size,
+                        device,
+                    },
                 )? {
                     v.push(b.input);
                 }

@@ -1,0 +1,694 @@
+//! Stage two, part two: adaptive online semi-supervised distillation (`distill`).
+//!
+//! Every step (one batch of labeled pairs, one batch of unlabeled inputs):
+//! 1. the teachers and the student run on the labeled inputs;
+//! 2. the discriminator (initialised from the supernet's) takes a hinge step: real pairs
+//!    against the fakes of every generator (teachers and student, averaged);
+//! 3. each teacher takes a supervised step (hinge GAN + `lambda_l1` x L1 to the target):
+//!    the teachers keep improving online, as in OMGD;
+//! 4. the student takes a step on hinge GAN + `lambda_l1` x L1 on the labeled pairs plus
+//!    OMGD's losses (SSIM, Gram and feature L1 on perceptual features, TV) against every
+//!    teacher, on the labeled inputs and on the unlabeled inputs the ADF keeps.
+//!
+//! Every `adf_every` steps the ADF re-scores all unlabeled inputs with the current teachers
+//! (and discriminator) using the `adf` stage's criterion and threshold rule. The kept set is
+//! a tensor in the checkpoint, so a resumed run filters exactly as an uninterrupted one.
+//!
+//! One discriminator serves all generators (a design choice: three discriminators would
+//! triple the cost of the most expensive network on the CPU budget, and the teachers and
+//! the student solve the same task). Perceptual features: VGG16 from `vgg_weights` when
+//! given, the discriminator's intermediate features otherwise.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::{Device, Kind, Tensor, nn::VarStore};
+use ugc_data::augment::AugmentConfig;
+use ugc_data::{Batch, InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
+use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_nn::{Discriminator, Generator, Mode, SubnetConfig, build_generator};
+
+use crate::adf::{
+    AdfDecision, Criterion, Teachers, ThresholdRule, adaptive_threshold, keep_decisions,
+    load_discriminator, score_batch, write_decision,
+};
+use crate::error::MethodError;
+use crate::losses::{self, DistillWeights};
+use crate::optim::{Adam, AdamConfig, LrSchedule};
+use crate::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
+use crate::search::{
+    EvalSpec, SearchConfigs, data_err, input_encoding, load_supernet, nn_err, read_batches,
+    write_json,
+};
+use crate::trainer::{BatchStream, LoopConfig, TrainTask, run_loop};
+
+#[derive(Debug, Deserialize)]
+struct DistillParams {
+    steps: u64,
+    batch_size: usize,
+    unlabeled_batch_size: usize,
+    lr: f64,
+    beta1: f64,
+    decay_steps: u64,
+    lambda_gan: f64,
+    lambda_l1: f64,
+    lambda_ssim: f64,
+    lambda_style: f64,
+    lambda_feature: f64,
+    lambda_tv: f64,
+    #[serde(default)]
+    vgg_weights: Option<PathBuf>,
+    adf_every: u64,
+    #[serde(default)]
+    image_size: Option<u32>,
+    #[serde(default)]
+    crop: Option<u32>,
+    flip: bool,
+    checkpoint_every: u64,
+    sample_every: u64,
+    threads: usize,
+    seed: u64,
+}
+
+/// The `distill` stage kind (`stages/distill.yaml`).
+pub struct DistillStage {
+    schema: KindSchema,
+}
+
+impl DistillStage {
+    pub fn new(schema: KindSchema) -> Self {
+        DistillStage { schema }
+    }
+}
+
+/// All trainable parameters of a var store, by name (running statistics excluded).
+fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// Every variable of a var store (weights and buffers), prefixed, for checkpoints.
+fn prefixed(vs: &VarStore, prefix: &str) -> Vec<(String, Tensor)> {
+    let mut v: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(n, t)| (format!("{prefix}.{n}"), t))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
+/// A compact generator whose weights are the slices of sub-net `sub` of `sup` ("NAS" init).
+pub fn student_from_supernet(
+    sup: &dyn Generator,
+    sub: &SubnetConfig,
+    device: Device,
+) -> Result<(VarStore, Box<dyn Generator>), MethodError> {
+    let cfg = sup.compact_config(sub)?;
+    let vs = VarStore::new(device);
+    let g = build_generator(&vs.root(), &cfg)?;
+    let vars = vs.variables();
+    let tensors = sup.extract(sub)?;
+    if tensors.len() != vars.len() {
+        return Err(MethodError::Numeric(format!(
+            "student init: {} extracted tensors for {} compact variables",
+            tensors.len(),
+            vars.len()
+        )));
+    }
+    tch::no_grad(|| -> Result<(), MethodError> {
+        for (name, t) in tensors {
+            let live = vars.get(&name).ok_or_else(|| {
+                MethodError::Numeric(format!("student init: compact model lacks `{name}`"))
+            })?;
+            let mut live = live.shallow_clone();
+            live.f_copy_(&t.to_device(device))
+                .map_err(|e| MethodError::torch(format!("copying `{name}`"), e))?;
+        }
+        Ok(())
+    })?;
+    Ok((vs, g))
+}
+
+/// The online ADF: which unlabeled inputs are kept, and how to re-score them.
+struct OnlineAdf {
+    /// `None`: every input is kept and never re-scored (no adf dep, or ADF disabled).
+    rule: Option<(Criterion, ThresholdRule)>,
+    /// Unlabeled ids in manifest order and their index.
+    ids: Vec<String>,
+    index: HashMap<String, usize>,
+    /// 1.0 = kept, per unlabeled id (a checkpointed tensor).
+    mask: Tensor,
+    last_scores: Vec<f64>,
+    last_threshold: Option<f64>,
+}
+
+struct DistillTask<'a> {
+    device: Device,
+    student: Box<dyn Generator>,
+    student_vs: VarStore,
+    teachers: Teachers,
+    disc: Box<dyn Discriminator>,
+    disc_vs: VarStore,
+    vgg: Option<Vgg16>,
+    opt_s: Adam,
+    opt_t: Vec<Adam>,
+    opt_d: Adam,
+    sched: LrSchedule,
+    labeled: BatchStream,
+    unlabeled: Option<BatchStream>,
+    adf: OnlineAdf,
+    /// Unlabeled inputs for re-scoring (fixed order, no augmentation).
+    adf_loader: Option<Loader>,
+    adf_every: u64,
+    weights: DistillWeights,
+    lambda_gan: f64,
+    lambda_l1: f64,
+    sample_input: Tensor,
+    ctx_msg: &'a dyn ugc_engine::Progress,
+}
+
+fn scalar(t: &Tensor) -> f64 {
+    t.double_value(&[])
+}
+
+impl DistillTask<'_> {
+    fn perceptual(&self, cond: &Tensor, x: &Tensor) -> Vec<Tensor> {
+        match &self.vgg {
+            Some(v) => v.features(x),
+            None => DiscriminatorFeatures::new(self.disc.as_ref(), cond).features(x),
+        }
+    }
+
+    fn d_out(&self, cond: &Tensor, img: &Tensor) -> Vec<Vec<Tensor>> {
+        self.disc
+            .forward(&Tensor::cat(&[cond, img], 1), Mode::Train)
+    }
+
+    /// Student loss against every teacher output (teacher outputs are detached here).
+    fn distill_terms(
+        &self,
+        cond: &Tensor,
+        s: &Tensor,
+        teachers: &[Tensor],
+    ) -> Result<Tensor, MethodError> {
+        let fs = self.perceptual(cond, s);
+        let mut total = Tensor::zeros([], (Kind::Float, self.device));
+        for t in teachers {
+            let t = t.detach();
+            let ft: Vec<Tensor> = tch::no_grad(|| self.perceptual(cond, &t))
+                .into_iter()
+                .map(|f| f.detach())
+                .collect();
+            total += losses::distill_loss(s, &t, &fs, &ft, &self.weights)?.total;
+        }
+        Ok(total)
+    }
+
+    /// Re-scores every unlabeled input with the current teachers and updates the mask.
+    fn rescore(&mut self) -> Result<(), MethodError> {
+        let (Some((criterion, rule)), Some(loader)) = (self.adf.rule, &self.adf_loader) else {
+            return Ok(());
+        };
+        let mut ids = Vec::new();
+        let mut scores = Vec::new();
+        for b in loader.epoch(0) {
+            let b = b?;
+            let outs = self.teachers.outputs(&b.input).map_err(stage_to_method)?;
+            let (s, _) = score_batch(criterion, &b.input, &outs, Some(self.disc.as_ref()))
+                .map_err(MethodError::Numeric)?;
+            ids.extend(b.ids);
+            scores.extend(s);
+        }
+        let threshold = adaptive_threshold(&scores, rule);
+        let keep = keep_decisions(&scores, threshold, true);
+        let mut mask = vec![0f32; self.adf.ids.len()];
+        for (id, k) in ids.iter().zip(&keep) {
+            if let Some(&i) = self.adf.index.get(id) {
+                mask[i] = if *k { 1.0 } else { 0.0 };
+            }
+        }
+        tch::no_grad(|| {
+            self.adf.mask.copy_(&Tensor::from_slice(&mask));
+        });
+        let kept = keep.iter().filter(|k| **k).count();
+        self.ctx_msg.message(&format!(
+            "ADF re-scored {} unlabeled inputs: kept {kept}",
+            scores.len()
+        ));
+        // Scores are reported in manifest order.
+        let mut ordered = vec![f64::NAN; self.adf.ids.len()];
+        for (id, s) in ids.iter().zip(&scores) {
+            if let Some(&i) = self.adf.index.get(id) {
+                ordered[i] = *s;
+            }
+        }
+        self.adf.last_scores = ordered;
+        self.adf.last_threshold = threshold;
+        Ok(())
+    }
+
+    /// The kept rows of an unlabeled batch, or `None` when none is kept.
+    fn kept_rows(&self, b: &Batch) -> Option<Tensor> {
+        let mask: Vec<f32> = Vec::<f32>::try_from(&self.adf.mask).unwrap_or_default();
+        let rows: Vec<i64> = b
+            .ids
+            .iter()
+            .enumerate()
+            .filter(|(_, id)| {
+                self.adf
+                    .index
+                    .get(*id)
+                    .is_some_and(|&i| mask.get(i).copied().unwrap_or(0.0) > 0.5)
+            })
+            .map(|(r, _)| r as i64)
+            .collect();
+        if rows.is_empty() {
+            return None;
+        }
+        let idx = Tensor::from_slice(&rows).to_device(b.input.device());
+        Some(b.input.index_select(0, &idx))
+    }
+}
+
+fn stage_to_method(e: StageError) -> MethodError {
+    MethodError::Numeric(e.to_string())
+}
+
+impl TrainTask for DistillTask<'_> {
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut v = prefixed(&self.student_vs, "student");
+        for (m, e) in self.teachers.models.iter().zip(&self.teachers.entries) {
+            v.extend(prefixed(&m.vs, &format!("teacher.{}", e.role.name())));
+        }
+        v.extend(prefixed(&self.disc_vs, "disc"));
+        v.extend(self.opt_s.state("opt.student"));
+        for (o, e) in self.opt_t.iter().zip(&self.teachers.entries) {
+            v.extend(o.state(&format!("opt.teacher.{}", e.role.name())));
+        }
+        v.extend(self.opt_d.state("opt.disc"));
+        v.push(("adf.mask".into(), self.adf.mask.shallow_clone()));
+        v
+    }
+
+    fn seek(&mut self, step: u64) -> Result<(), MethodError> {
+        self.labeled.seek(step)?;
+        if let Some(u) = &mut self.unlabeled {
+            u.seek(step)?;
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, step: u64) -> Result<Vec<(String, f64)>, MethodError> {
+        if self.adf_every > 0 && step > 0 && step.is_multiple_of(self.adf_every) {
+            self.rescore()?;
+        }
+        let lr = self.sched.at(step);
+        let lb = self.labeled.next_batch()?;
+        let x = lb.input;
+        let y = lb
+            .target
+            .ok_or_else(|| MethodError::Numeric("labeled batch without targets".into()))?;
+        let t_out: Vec<Tensor> = self
+            .teachers
+            .models
+            .iter()
+            .map(|m| {
+                let g = &m.generator;
+                g.forward(&x, &g.search_space().largest(), Mode::Train)
+            })
+            .collect::<Result<_, _>>()?;
+        let s_full = self.student.search_space().largest();
+        let s_out = self.student.forward(&x, &s_full, Mode::Train)?;
+        let mut log = Vec::new();
+
+        // Discriminator: real pairs vs the (detached) fakes of every generator.
+        self.opt_d.zero_grad();
+        let real = losses::over_scales(&self.d_out(&x, &y), losses::hinge_d_real);
+        let mut fake = Tensor::zeros([], (Kind::Float, self.device));
+        for o in t_out.iter().chain(std::iter::once(&s_out)) {
+            fake += losses::over_scales(&self.d_out(&x, &o.detach()), losses::hinge_d_fake);
+        }
+        let fake = fake / (t_out.len() + 1) as f64;
+        let loss_d = (&real + &fake) * 0.5;
+        loss_d.backward();
+        self.opt_d.step(lr)?;
+        log.push(("d".to_string(), scalar(&loss_d)));
+
+        // Teachers: supervised GAN + L1 on the labeled pairs.
+        for (i, o) in t_out.iter().enumerate() {
+            self.opt_t[i].zero_grad();
+            let gan = losses::over_scales(&self.d_out(&x, o), losses::hinge_g);
+            let l1 = losses::l1(o, &y);
+            let loss = &gan * self.lambda_gan + &l1 * self.lambda_l1;
+            loss.backward();
+            self.opt_t[i].step(lr)?;
+            let role = self.teachers.entries[i].role.name();
+            log.push((format!("t_{role}_l1"), scalar(&l1)));
+        }
+
+        // Student: GAN + L1 on labeled, OMGD losses against every teacher on labeled and
+        // ADF-kept unlabeled inputs.
+        self.opt_s.zero_grad();
+        let gan = losses::over_scales(&self.d_out(&x, &s_out), losses::hinge_g);
+        let l1 = losses::l1(&s_out, &y);
+        let kd = self.distill_terms(&x, &s_out, &t_out)?;
+        let mut loss = &gan * self.lambda_gan + &l1 * self.lambda_l1 + &kd;
+        let mut kd_u_val = 0.0;
+        let mut n_u = 0i64;
+        if let Some(u) = &mut self.unlabeled {
+            let ub = u.next_batch()?;
+            if let Some(xu) = self.kept_rows(&ub) {
+                n_u = xu.size()[0];
+                let tu = self.teachers.outputs(&xu).map_err(stage_to_method)?;
+                let su = self.student.forward(&xu, &s_full, Mode::Train)?;
+                let kd_u = self.distill_terms(&xu, &su, &tu)?;
+                kd_u_val = scalar(&kd_u);
+                loss += kd_u;
+            }
+        }
+        loss.backward();
+        self.opt_s.step(lr)?;
+        let kept = scalar(&self.adf.mask.sum(Kind::Float));
+        log.extend([
+            ("s_gan".to_string(), scalar(&gan)),
+            ("s_l1".to_string(), scalar(&l1)),
+            ("s_kd".to_string(), scalar(&kd)),
+            ("s_kd_unlabeled".to_string(), kd_u_val),
+            ("unlabeled_used".to_string(), n_u as f64),
+            ("adf_kept".to_string(), kept),
+        ]);
+        Ok(log)
+    }
+
+    fn sample(&mut self, step: u64, dir: &Path) -> Result<(), MethodError> {
+        let s_full = self.student.search_space().largest();
+        let y = tch::no_grad(|| {
+            self.student
+                .forward(&self.sample_input, &s_full, Mode::Eval)
+        })?;
+        let path = dir.join(format!("student_{step:06}.png"));
+        ugc_nn::infer::save_output(&y.narrow(0, 0, 1), &path)?;
+        Ok(())
+    }
+}
+
+fn adam(params: Vec<(String, Tensor)>, lr: f64, beta1: f64) -> Result<Adam, MethodError> {
+    Adam::new(
+        params,
+        AdamConfig {
+            lr,
+            beta1,
+            ..AdamConfig::default()
+        },
+    )
+}
+
+impl StageKind for DistillStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: DistillParams = ctx.typed_params()?;
+        if p.batch_size == 0 || p.unlabeled_batch_size == 0 {
+            return Err(StageError::Config(
+                "parameters `batch_size` and `unlabeled_batch_size` must be at least 1".into(),
+            ));
+        }
+        let device = crate::device::tch_device(ctx.device)?;
+        tch::manual_seed(p.seed as i64);
+        let split_dir = ctx.require_input("split")?.dir.clone();
+        let teachers_dir = ctx.require_input("teachers")?.dir.clone();
+        let search_dir = ctx.require_input("search")?.dir.clone();
+        let sup_dir = ctx.require_input("supernet")?.dir.clone();
+        let adf_dir = ctx.input_of_kind("adf").map(|i| i.dir.clone());
+
+        let manifest = SplitManifest::load(&split_dir)
+            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
+        let configs = SearchConfigs::load(&search_dir)?;
+        let sup = load_supernet(&sup_dir, device)?;
+        let sub: SubnetConfig = configs.student.config.parse().map_err(|e| {
+            StageError::Data(format!(
+                "{}: student config: {e}",
+                search_dir.join("configs.json").display()
+            ))
+        })?;
+        let (student_vs, student) = student_from_supernet(sup.generator.as_ref(), &sub, device)?;
+        let arch = sup.arch.clone();
+        drop(sup);
+        let teachers = Teachers::load(&teachers_dir, device)?;
+        let (disc_vs, disc) = load_discriminator(&sup_dir, device)?;
+        let vgg = match &p.vgg_weights {
+            Some(path) => Some(Vgg16::load(path, device)?),
+            None => None,
+        };
+        let enc: InputEncoding = input_encoding(&arch, &manifest)?;
+        let augment = AugmentConfig {
+            load_size: p.image_size.map(|s| (s, s)),
+            crop_size: p.crop.map(|s| (s, s)),
+            random: true,
+            flip: p.flip,
+        };
+        let train_cfg = |bs: usize, seed: u64| LoaderConfig {
+            encoding: enc,
+            device,
+            threads: p.threads.max(1),
+            augment,
+            ..LoaderConfig::train(bs, seed)
+        };
+        let labeled = Loader::new(
+            &manifest,
+            &split_dir,
+            Subset::Labeled,
+            train_cfg(p.batch_size, p.seed),
+        )
+        .map_err(data_err("labeled loader"))?;
+        let labeled = BatchStream::new(labeled, "labeled")?;
+        let n_unl = manifest.unlabeled().len();
+        let unlabeled = if n_unl >= p.unlabeled_batch_size {
+            let l = Loader::new(
+                &manifest,
+                &split_dir,
+                Subset::Unlabeled,
+                train_cfg(p.unlabeled_batch_size, p.seed.wrapping_add(1)),
+            )
+            .map_err(data_err("unlabeled loader"))?;
+            Some(BatchStream::new(l, "unlabeled")?)
+        } else {
+            if n_unl > 0 {
+                ctx.progress.message(&format!(
+                    "{n_unl} unlabeled inputs, fewer than unlabeled_batch_size {}: unused",
+                    p.unlabeled_batch_size
+                ));
+            }
+            None
+        };
+
+        // Initial ADF decision: the adf stage's kept set (everything without an adf dep).
+        let ids: Vec<String> = manifest.unlabeled().iter().map(|u| u.id.clone()).collect();
+        let index: HashMap<String, usize> = ids
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.clone(), i))
+            .collect();
+        let (mask, rule) = match &adf_dir {
+            None => (vec![1f32; ids.len()], None),
+            Some(dir) => {
+                let d = AdfDecision::load(dir)?;
+                let kept = d.kept_set();
+                let mask = ids
+                    .iter()
+                    .map(|i| {
+                        if !d.enabled || kept.contains(i) {
+                            1.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect();
+                (mask, d.enabled.then_some((d.criterion, d.threshold_rule)))
+            }
+        };
+        let adf_loader = if rule.is_some() && p.adf_every > 0 && n_unl > 0 {
+            Some(
+                Loader::new(
+                    &manifest,
+                    &split_dir,
+                    Subset::Unlabeled,
+                    LoaderConfig {
+                        encoding: enc,
+                        device,
+                        threads: 1,
+                        augment: AugmentConfig {
+                            load_size: p.image_size.map(|s| (s, s)),
+                            crop_size: None,
+                            random: false,
+                            flip: false,
+                        },
+                        ..LoaderConfig::eval(p.unlabeled_batch_size)
+                    },
+                )
+                .map_err(data_err("unlabeled loader"))?,
+            )
+        } else {
+            None
+        };
+        let sample_input = read_batches(
+            &manifest,
+            &split_dir,
+            Subset::Labeled,
+            1,
+            1,
+            &EvalSpec {
+                encoding: enc,
+                image_size: p.image_size,
+                device,
+            },
+        )?
+        .into_iter()
+        .next()
+        .map(|b| b.input)
+        .ok_or_else(|| StageError::Config("the split has no labeled pairs".into()))?;
+
+        let opt_s = adam(trainable(&student_vs), p.lr, p.beta1)?;
+        let opt_t = teachers
+            .models
+            .iter()
+            .map(|m| adam(trainable(&m.vs), p.lr, p.beta1))
+            .collect::<Result<Vec<_>, _>>()?;
+        let opt_d = adam(trainable(&disc_vs), p.lr, p.beta1)?;
+        let mut task = DistillTask {
+            device,
+            student,
+            student_vs,
+            teachers,
+            disc,
+            disc_vs,
+            vgg,
+            opt_s,
+            opt_t,
+            opt_d,
+            sched: LrSchedule {
+                base: p.lr,
+                steps: p.steps,
+                decay_steps: p.decay_steps,
+            },
+            labeled,
+            unlabeled,
+            adf: OnlineAdf {
+                rule,
+                ids,
+                index,
+                mask: Tensor::from_slice(&mask),
+                last_scores: Vec::new(),
+                last_threshold: None,
+            },
+            adf_loader,
+            adf_every: p.adf_every,
+            weights: DistillWeights {
+                ssim: p.lambda_ssim,
+                style: p.lambda_style,
+                feature: p.lambda_feature,
+                tv: p.lambda_tv,
+            },
+            lambda_gan: p.lambda_gan,
+            lambda_l1: p.lambda_l1,
+            sample_input,
+            ctx_msg: ctx.progress,
+        };
+        let loop_cfg = LoopConfig {
+            steps: p.steps,
+            checkpoint_every: p.checkpoint_every,
+            sample_every: p.sample_every,
+            seed: p.seed,
+            fingerprint: serde_json::to_string(ctx.params).unwrap_or_default(),
+            phase: "distill".into(),
+        };
+        let outcome = run_loop(ctx, &loop_cfg, &mut task)?;
+
+        // Outputs: the compact student, the final teachers, the last online ADF decision.
+        let s_full = task.student.search_space().largest();
+        let meta = ugc_nn::export::export_subnet(
+            task.student.as_ref(),
+            &s_full,
+            &ctx.out_dir.join("model"),
+        )
+        .map_err(nn_err("exporting the student"))?;
+        for (m, e) in task.teachers.models.iter().zip(&task.teachers.entries) {
+            let g = &m.generator;
+            ugc_nn::export::export_subnet(
+                g.as_ref(),
+                &g.search_space().largest(),
+                &ctx.out_dir.join("teachers_final").join(e.role.name()),
+            )
+            .map_err(nn_err(format!("exporting the {} teacher", e.role.name())))?;
+        }
+        if let (Some((criterion, rule)), false) = (task.adf.rule, task.adf.last_scores.is_empty()) {
+            let dir = ctx.out_dir.join("adf_online");
+            std::fs::create_dir_all(&dir).map_err(crate::search::io_err(&dir))?;
+            let keep: Vec<bool> = task
+                .adf
+                .last_scores
+                .iter()
+                .map(|s| task.adf.last_threshold.is_none_or(|t| *s >= t))
+                .collect();
+            write_decision(
+                &dir,
+                &task.adf.ids,
+                &task.adf.last_scores,
+                &keep,
+                true,
+                criterion,
+                rule,
+                task.adf.last_threshold,
+            )?;
+        }
+        // Hold-out L1 of the student (the search's scoring set; never the test split).
+        let mut metrics = serde_json::Map::new();
+        let holdout = read_batches(
+            &manifest,
+            &split_dir,
+            Subset::Holdout,
+            p.batch_size,
+            usize::MAX,
+            &EvalSpec {
+                encoding: enc,
+                image_size: p.image_size,
+                device,
+            },
+        )?;
+        if !holdout.is_empty() {
+            let (mut sum, mut n) = (0.0, 0usize);
+            for b in &holdout {
+                if let Some(t) = &b.target {
+                    let y = tch::no_grad(|| task.student.forward(&b.input, &s_full, Mode::Eval))
+                        .map_err(nn_err("student on the hold-out"))?;
+                    sum += scalar(&(y - t).abs().mean(Kind::Double)) * b.ids.len() as f64;
+                    n += b.ids.len();
+                }
+            }
+            metrics.insert("distill.holdout_l1".into(), (sum / n.max(1) as f64).into());
+        }
+        for (k, v) in &outcome.tail_mean {
+            metrics.insert(format!("distill.{k}"), (*v).into());
+        }
+        metrics.insert("distill.resumed_from".into(), outcome.resumed_from.into());
+        metrics.insert("student.macs".into(), configs.student.macs.into());
+        metrics.insert("student.params".into(), meta.params.into());
+        metrics.insert(
+            "distill.adf_kept_final".into(),
+            scalar(&task.adf.mask.sum(Kind::Float)).into(),
+        );
+        write_json(
+            &ctx.out_dir.join("metrics.json"),
+            &serde_json::Value::Object(metrics),
+        )
+    }
+}

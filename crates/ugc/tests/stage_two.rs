@@ -1,0 +1,480 @@
+//! Stage-two kinds through the stage contract on tiny data: search -> teachers -> adf ->
+//! distill, with a hand-made supernet (random weights saved in the supernet output format).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use serde_json::{Value, json};
+use tch::{Device, Kind, Tensor, nn::VarStore};
+use ugc_data::{SplitManifest, SplitStage, SynthStage};
+use ugc_engine::{
+    CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
+    StageInput, StageKind,
+};
+use ugc_method::adf::AdfStage;
+use ugc_method::distill::DistillStage;
+use ugc_method::search::{SearchConfigs, SearchStage};
+use ugc_method::teachers::TeachersStage;
+use ugc_nn::{Arch, ArchConfig, DiscConfig, Mode, SpaceSpec, SubnetConfig};
+
+fn schema(name: &str) -> KindSchema {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../stages")
+        .join(format!("{name}.yaml"));
+    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn with_defaults(s: &KindSchema, over: Value) -> Value {
+    let mut m = serde_json::Map::new();
+    for (k, p) in &s.params {
+        if let Some(d) = &p.default {
+            m.insert(k.clone(), d.clone());
+        }
+    }
+    for (k, v) in over.as_object().unwrap() {
+        m.insert(k.clone(), v.clone());
+    }
+    Value::Object(m)
+}
+
+fn run_with(
+    kind: &dyn StageKind,
+    over: Value,
+    inputs: &[StageInput],
+    out: &Path,
+    scratch: &Path,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(), StageError> {
+    let params = with_defaults(kind.schema(), over);
+    let env = BTreeMap::new();
+    let ctx = StageContext {
+        node: "n",
+        kind: &kind.schema().kind,
+        params: &params,
+        inputs,
+        out_dir: out,
+        scratch_dir: scratch,
+        device: DeviceKind::Cpu,
+        progress,
+        cancel,
+        env: &env,
+    };
+    kind.run(&ctx)
+}
+
+fn run(
+    kind: &dyn StageKind,
+    over: Value,
+    inputs: &[StageInput],
+    out: &Path,
+) -> Result<(), StageError> {
+    let scratch = tempfile::tempdir().unwrap();
+    run_with(
+        kind,
+        over,
+        inputs,
+        out,
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
+}
+
+fn input(kind: &str, dir: &Path) -> StageInput {
+    StageInput {
+        name: kind.into(),
+        node: kind.into(),
+        point: Default::default(),
+        kind: kind.into(),
+        dir: dir.to_path_buf(),
+    }
+}
+
+fn json_of(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+fn arch() -> ArchConfig {
+    ArchConfig {
+        ngf: 8,
+        n_blocks: 4,
+        space: SpaceSpec {
+            min_blocks: 2,
+            ..SpaceSpec::default()
+        },
+        ..ArchConfig::new(Arch::MobileResnet)
+    }
+}
+
+const INPUT: [i64; 3] = [3, 32, 32];
+
+/// synth -> split on 32x32 edges2photo, and a random supernet in the supernet stage's format.
+struct Fixture {
+    _dirs: Vec<tempfile::TempDir>,
+    split: PathBuf,
+    supernet: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    tch::manual_seed(0);
+    let synth_dir = tempfile::tempdir().unwrap();
+    run(
+        &SynthStage::new(schema("synth")),
+        json!({"task": "edges2photo", "n": 24, "n_test": 4, "size": 32}),
+        &[],
+        synth_dir.path(),
+    )
+    .unwrap();
+    let split_dir = tempfile::tempdir().unwrap();
+    run(
+        &SplitStage::new(schema("split")),
+        json!({"label_ratio": 0.5, "holdout": 0.2}),
+        &[input("synth", synth_dir.path())],
+        split_dir.path(),
+    )
+    .unwrap();
+    let sup_dir = tempfile::tempdir().unwrap();
+    let sd = sup_dir.path().join("supernet");
+    std::fs::create_dir_all(&sd).unwrap();
+    let a = arch();
+    let vs = VarStore::new(Device::Cpu);
+    let _g = ugc_nn::build_generator(&vs.root(), &a).unwrap();
+    vs.save(sd.join("generator.safetensors")).unwrap();
+    std::fs::write(sd.join("arch.json"), serde_json::to_string(&a).unwrap()).unwrap();
+    let dc = DiscConfig::patchgan(6, 8);
+    let dvs = VarStore::new(Device::Cpu);
+    let _d = ugc_nn::build_discriminator(&dvs.root(), &dc).unwrap();
+    dvs.save(sd.join("discriminator.safetensors")).unwrap();
+    std::fs::write(sd.join("disc.json"), serde_json::to_string(&dc).unwrap()).unwrap();
+    Fixture {
+        split: split_dir.path().to_path_buf(),
+        supernet: sup_dir.path().to_path_buf(),
+        _dirs: vec![synth_dir, split_dir, sup_dir],
+    }
+}
+
+fn search(f: &Fixture, out: &Path, seed: u64) {
+    run(
+        &SearchStage::new(schema("search")),
+        json!({"budget_ratio": 0.5, "wide_budget_ratio": 0.7, "deep_budget_ratio": 0.7,
+               "input_size": INPUT, "population": 8, "generations": 2, "batch_size": 4,
+               "eval_batches": 2, "seed": seed}),
+        &[input("supernet", &f.supernet), input("split", &f.split)],
+        out,
+    )
+    .unwrap();
+}
+
+#[test]
+fn search_then_teachers_then_adf() {
+    let f = fixture();
+    let s_out = tempfile::tempdir().unwrap();
+    search(&f, s_out.path(), 0);
+    let a = arch();
+    let space = ugc_nn::search_space(&a).unwrap();
+    let largest = ugc_nn::profile(&a, None, INPUT).unwrap().macs;
+    let c = SearchConfigs::load(s_out.path()).unwrap();
+    // Budgets hold, measured again with the profiler; MACs in configs.json are exact.
+    for (cc, ratio) in [
+        (&c.student, 0.5),
+        (&c.wide_teacher, 0.7),
+        (&c.deep_teacher, 0.7),
+    ] {
+        let sub: SubnetConfig = cc.config.parse().unwrap();
+        let m = ugc_nn::profile(&a, Some(&sub), INPUT).unwrap();
+        assert_eq!((m.macs, m.params), (cc.macs, cc.params));
+        assert!(m.macs as f64 <= ratio * largest as f64, "{}", cc.config);
+    }
+    let wide: SubnetConfig = c.wide_teacher.config.parse().unwrap();
+    let deep: SubnetConfig = c.deep_teacher.config.parse().unwrap();
+    assert_eq!(wide.depth, space.smallest().depth);
+    assert!(deep.depth.iter().all(|d| *d));
+    assert_eq!(c.largest.macs, largest);
+    // Every evaluated candidate is listed with its Pareto flag; the front is non-empty.
+    let pareto = json_of(&s_out.path().join("pareto.json"));
+    let cands = pareto["candidates"].as_array().unwrap();
+    let csv = std::fs::read_to_string(s_out.path().join("pareto.csv")).unwrap();
+    assert_eq!(csv.lines().count(), cands.len() + 1);
+    assert!(cands.iter().any(|c| c["pareto"] == true));
+    let metrics = json_of(&s_out.path().join("metrics.json"));
+    assert_eq!(
+        metrics["search.evaluated"].as_u64().unwrap() as usize,
+        cands.len()
+    );
+    // Deterministic for a seed.
+    let again = tempfile::tempdir().unwrap();
+    search(&f, again.path(), 0);
+    assert_eq!(SearchConfigs::load(again.path()).unwrap(), c);
+
+    // Impossible budgets and bad profiling shapes are refused naming the parameter.
+    let bad = tempfile::tempdir().unwrap();
+    let deps = [input("supernet", &f.supernet), input("split", &f.split)];
+    let search_kind = SearchStage::new(schema("search"));
+    let e = run(
+        &search_kind,
+        json!({"budget_macs": 1000.0, "input_size": INPUT}),
+        &deps,
+        bad.path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Config(_)), "{e}");
+    assert!(e.to_string().contains("budget_macs"), "{e}");
+    let e = run(
+        &search_kind,
+        json!({"input_size": [3, 32]}),
+        &deps,
+        bad.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("input_size"), "{e}");
+
+    // Teachers: exported compact models compute the supernet sub-net's output.
+    let t_out = tempfile::tempdir().unwrap();
+    run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "multi"}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", &f.supernet),
+        ],
+        t_out.path(),
+    )
+    .unwrap();
+    let listed = json_of(&t_out.path().join("teachers.json"));
+    assert_eq!(listed.as_array().unwrap().len(), 2);
+    let mut svs = VarStore::new(Device::Cpu);
+    let sup = ugc_nn::build_generator(&svs.root(), &a).unwrap();
+    svs.load(f.supernet.join("supernet/generator.safetensors"))
+        .unwrap();
+    let x = Tensor::rand([2, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
+    for (role, sub) in [("wide", &wide), ("deep", &deep)] {
+        let (meta, m) =
+            ugc_nn::export::load_model(&t_out.path().join("teachers").join(role), Device::Cpu)
+                .unwrap();
+        assert_eq!(meta.source_subnet, sub.to_string());
+        let g = &m.generator;
+        let y = g
+            .forward(&x, &g.search_space().largest(), Mode::Eval)
+            .unwrap();
+        let want = sup.forward(&x, sub, Mode::Eval).unwrap();
+        let diff = (y - want).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{role}: {diff}");
+        assert_eq!(
+            ugc_nn::profile(&meta.arch, None, INPUT).unwrap().macs,
+            role_macs(&c, role)
+        );
+    }
+
+    // ADF: every unlabeled input scored, the decision and pseudo-labels written.
+    let n_unl = SplitManifest::load(&f.split).unwrap().unlabeled().len();
+    for enabled in [true, false] {
+        let a_out = tempfile::tempdir().unwrap();
+        run(
+            &AdfStage::new(schema("adf")),
+            json!({"enabled": enabled, "batch_size": 4}),
+            &[input("teachers", t_out.path()), input("split", &f.split)],
+            a_out.path(),
+        )
+        .unwrap();
+        let d = json_of(&a_out.path().join("adf.json"));
+        let kept = d["kept"].as_array().unwrap().len();
+        let dropped = d["dropped"].as_array().unwrap().len();
+        assert_eq!(kept + dropped, n_unl);
+        assert_eq!(d["criterion"], "agreement");
+        if !enabled {
+            assert_eq!(dropped, 0);
+        }
+        let csv = std::fs::read_to_string(a_out.path().join("scores.csv")).unwrap();
+        assert_eq!(csv.lines().count(), n_unl + 1);
+        assert_eq!(
+            std::fs::read_dir(a_out.path().join("pseudo"))
+                .unwrap()
+                .count(),
+            n_unl
+        );
+        let m = json_of(&a_out.path().join("metrics.json"));
+        assert_eq!(m["adf.kept"].as_u64().unwrap() as usize, kept);
+    }
+    // One teacher and no supernet: the discriminator criterion is refused with the reason.
+    let t1 = tempfile::tempdir().unwrap();
+    run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "deep"}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", &f.supernet),
+        ],
+        t1.path(),
+    )
+    .unwrap();
+    let a_out = tempfile::tempdir().unwrap();
+    let e = run(
+        &AdfStage::new(schema("adf")),
+        json!({}),
+        &[input("teachers", t1.path()), input("split", &f.split)],
+        a_out.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("supernet"), "{e}");
+}
+
+fn role_macs(c: &SearchConfigs, role: &str) -> u64 {
+    match role {
+        "wide" => c.wide_teacher.macs,
+        "deep" => c.deep_teacher.macs,
+        _ => c.largest.macs,
+    }
+}
+
+/// Cancels the token once the loop reports step `at`.
+struct CancelAt {
+    token: CancelToken,
+    at: u64,
+    last: AtomicU64,
+}
+
+impl Progress for CancelAt {
+    fn start(&self, _phase: &str, _total: u64) {}
+    fn set(&self, step: u64) {
+        self.last.store(step, Ordering::SeqCst);
+        if step >= self.at {
+            self.token.cancel();
+        }
+    }
+    fn message(&self, _msg: &str) {}
+}
+
+#[test]
+fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
+    let f = fixture();
+    let s_out = tempfile::tempdir().unwrap();
+    search(&f, s_out.path(), 1);
+    let t_out = tempfile::tempdir().unwrap();
+    run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "multi"}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", &f.supernet),
+        ],
+        t_out.path(),
+    )
+    .unwrap();
+    let a_out = tempfile::tempdir().unwrap();
+    run(
+        &AdfStage::new(schema("adf")),
+        json!({"batch_size": 4}),
+        &[input("teachers", t_out.path()), input("split", &f.split)],
+        a_out.path(),
+    )
+    .unwrap();
+    let inputs = [
+        input("split", &f.split),
+        input("teachers", t_out.path()),
+        input("search", s_out.path()),
+        input("supernet", &f.supernet),
+        input("adf", a_out.path()),
+    ];
+    let params = json!({"steps": 4, "batch_size": 2, "unlabeled_batch_size": 2,
+                        "adf_every": 2, "checkpoint_every": 0, "threads": 1, "seed": 3});
+    let kind = DistillStage::new(schema("distill"));
+
+    // Uninterrupted reference run.
+    let full = tempfile::tempdir().unwrap();
+    run(&kind, params.clone(), &inputs, full.path()).unwrap();
+
+    // Cancelled after 2 steps, then resumed from the scratch checkpoint.
+    let scratch = tempfile::tempdir().unwrap();
+    let first = tempfile::tempdir().unwrap();
+    let token = CancelToken::new();
+    let cancel_at = CancelAt {
+        token: token.clone(),
+        at: 2,
+        last: AtomicU64::new(0),
+    };
+    let e = run_with(
+        &kind,
+        params.clone(),
+        &inputs,
+        first.path(),
+        scratch.path(),
+        &cancel_at,
+        &token,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Cancelled), "{e}");
+    assert!(!first.path().join("model").exists());
+    let resumed = tempfile::tempdir().unwrap();
+    run_with(
+        &kind,
+        params,
+        &inputs,
+        resumed.path(),
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    let m = json_of(&resumed.path().join("metrics.json"));
+    assert_eq!(m["distill.resumed_from"], 2);
+    assert_eq!(
+        json_of(&full.path().join("metrics.json"))["distill.resumed_from"],
+        0
+    );
+
+    // The resumed student equals the uninterrupted one.
+    let load = |d: &Path| {
+        let mut t = Tensor::read_safetensors(d.join("model/model.safetensors")).unwrap();
+        t.sort_by(|a, b| a.0.cmp(&b.0));
+        t
+    };
+    let (a, b) = (load(full.path()), load(resumed.path()));
+    assert_eq!(a.len(), b.len());
+    for ((na, ta), (nb, tb)) in a.iter().zip(&b) {
+        assert_eq!(na, nb);
+        let d = (ta - tb).abs().max().double_value(&[]);
+        assert!(d < 1e-5, "{na} differs by {d}");
+    }
+
+    // The compact student loads and costs exactly the searched config's MACs.
+    let c = SearchConfigs::load(s_out.path()).unwrap();
+    let (meta, model) =
+        ugc_nn::export::load_model(&resumed.path().join("model"), Device::Cpu).unwrap();
+    assert_eq!(
+        meta.source_subnet,
+        model.generator.search_space().largest().to_string()
+    );
+    let cost = ugc_nn::profile(&meta.arch, None, INPUT).unwrap();
+    assert_eq!(cost.macs, c.student.macs);
+    assert_eq!(cost.params, c.student.params);
+    for role in ["wide", "deep"] {
+        assert!(
+            resumed
+                .path()
+                .join("teachers_final")
+                .join(role)
+                .join("model.json")
+                .is_file()
+        );
+    }
+    let log = std::fs::read_to_string(resumed.path().join("log.csv")).unwrap();
+    assert_eq!(log.lines().count(), 5, "{log}");
+    let header: Vec<&str> = log.lines().next().unwrap().split(',').collect();
+    assert!(header.contains(&"adf_kept"), "{log}");
+    let col = header.iter().position(|h| *h == "unlabeled_used").unwrap();
+    let used: f64 = log
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(col).unwrap().parse::<f64>().unwrap())
+        .sum();
+    assert!(
+        used > 0.0,
+        "no ADF-kept unlabeled input reached the student: {log}"
+    );
+    assert!(resumed.path().join("adf_online/scores.csv").is_file());
+    assert!(m["distill.holdout_l1"].as_f64().unwrap().is_finite());
+}
