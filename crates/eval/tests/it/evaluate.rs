@@ -187,3 +187,42 @@ fn evaluates_a_teacher_role() {
     let m = read_json(&out.path().join("metrics.json"));
     assert!(m.get("latency_ms").is_none() && m.get("miou").is_none());
 }
+
+#[test]
+#[ignore = "slow on a shared CPU (~40 s: 23M-parameter Inception-v3 written, hashed, loaded and run at 299x299); run with `cargo test -p ugc-eval -- --ignored`"]
+fn fid_is_computed_when_inception_weights_are_configured() {
+    // Weights of the right architecture (random values, written by the metrics crate's own
+    // network) stand in for the user's pytorch-fid file: this tests the wiring, not FID values.
+    let data = make_split("edges2photo", 4, 2, 16, 1.0);
+    let dir = tempfile::tempdir().unwrap();
+    let weights = dir.path().join("inception.safetensors");
+    tch::manual_seed(0);
+    let net = ugc_metrics::inception::FidInception::random(tch::Device::Cpu);
+    net.var_store().save(&weights).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &evaluate_stage(),
+        json!({"reference": true, "fid_inception_weights": weights}),
+        &[data.split_input()],
+        out.path(),
+    )
+    .unwrap();
+    let m = read_json(&out.path().join("metrics.json"));
+    assert!(m["fid"].as_f64().unwrap().abs() < 1e-6, "real vs real: {m}");
+    let e = read_json(&out.path().join("eval.json"));
+    let fid = e["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "fid")
+        .unwrap();
+    assert_eq!(fid["evaluator"]["metric_name"], "fid");
+    assert_eq!(
+        fid["evaluator"]["weights"]["blake3"]
+            .as_str()
+            .unwrap()
+            .len(),
+        64
+    );
+    assert!(e["not_computed"]["miou"].is_string());
+}
