@@ -230,7 +230,7 @@ impl TrainTask for GanTask {
                 let terms = losses::distill_loss(&s, t, &fs, ft, &self.weights.distill_terms)?;
                 let d = terms.total * self.weights.distill;
                 log.push((format!("{name}_distill"), value(&d)));
-                total = total + d;
+                total += d;
             }
             total.backward();
         }

@@ -58,13 +58,15 @@ pub fn arch_from_param(
     })?;
     let mut base = serde_json::to_value(ArchConfig::new(family))
         .map_err(|e| MethodError::param(param, v, e.to_string()))?;
-    if let (Some(obj), Some(enc)) = (base.as_object_mut(), default_encoding(family)) {
-        if let (InputEncoding::OneHot { instance_edges }, Some(ct)) = (enc, &manifest.classes) {
-            obj.insert(
-                "input_nc".into(),
-                Value::from(ct.onehot_channels as i64 + i64::from(instance_edges)),
-            );
-        }
+    if let (Some(obj), Some(InputEncoding::OneHot { instance_edges }), Some(ct)) = (
+        base.as_object_mut(),
+        default_encoding(family),
+        &manifest.classes,
+    ) {
+        obj.insert(
+            "input_nc".into(),
+            Value::from(ct.onehot_channels as i64 + i64::from(instance_edges)),
+        );
     }
     if let Some(obj) = base.as_object_mut() {
         for (k, val) in map {

@@ -107,7 +107,7 @@ fn supernet_params(steps: u64, extra: Value) -> Value {
         &s,
         json!({
             "arch": {"arch": "mobile-resnet", "ngf": 4, "n_blocks": 4},
-            "steps": steps, "batch_size": 2, "ndf": 4, "threads": 1,
+            "steps": steps, "batch_size": 2, "ndf": 4, "threads": 1, "torch_threads": 1,
             "checkpoint_every": 5, "sample_every": 0, "lr": 0.001
         }),
     );
@@ -330,7 +330,7 @@ fn train_writes_a_loadable_model_of_the_chosen_subnet() {
     let p = with_defaults(
         kind.schema(),
         json!({"arch": arch, "config": cfg, "steps": 6, "batch_size": 2, "ndf": 4,
-               "threads": 1, "sample_every": 3}),
+               "threads": 1, "torch_threads": 1, "sample_every": 3}),
     );
     run(&kind, &p, &inputs, out.path()).unwrap();
     let (meta, model) =
