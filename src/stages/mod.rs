@@ -12,6 +12,9 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("command", include_str!("../../stages/command.yaml")),
     ("synth", include_str!("../../stages/synth.yaml")),
     ("split", include_str!("../../stages/split.yaml")),
+    ("evaluator", include_str!("../../stages/evaluator.yaml")),
+    ("evaluate", include_str!("../../stages/evaluate.yaml")),
+    ("export", include_str!("../../stages/export.yaml")),
     ("report", include_str!("../../stages/report.yaml")),
 ];
 
@@ -31,6 +34,9 @@ pub fn registry() -> KindRegistry {
     reg.register(Arc::new(command::CommandStage::new(schema("command"))));
     reg.register(Arc::new(ugc_data::SynthStage::new(schema("synth"))));
     reg.register(Arc::new(ugc_data::SplitStage::new(schema("split"))));
+    reg.register(Arc::new(ugc_eval::EvaluatorStage::new(schema("evaluator"))));
+    reg.register(Arc::new(ugc_eval::EvaluateStage::new(schema("evaluate"))));
+    reg.register(Arc::new(ugc_eval::ExportStage::new(schema("export"))));
     reg.register(Arc::new(ugc_report::ReportStage::new(schema("report"))));
     reg
 }
