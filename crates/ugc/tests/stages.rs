@@ -391,3 +391,91 @@ fn too_small_images_for_the_patchgan_are_refused_by_name() {
     .to_string();
     assert!(e.contains("crop") && e.contains("16x16"), "{e}");
 }
+
+/// A tiny labels2photo split (Cityscapes layout, class table) at 32 px.
+fn tiny_label_split() -> (tempfile::TempDir, tempfile::TempDir) {
+    let synth = SynthStage::new(schema("synth.yaml"));
+    let split = SplitStage::new(schema("split.yaml"));
+    let sdir = tempfile::tempdir().unwrap();
+    let p = with_defaults(
+        synth.schema(),
+        json!({"task": "labels2photo", "n": 8, "n_test": 2, "size": 32}),
+    );
+    run(&synth, &p, &[], sdir.path()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let p = with_defaults(split.schema(), json!({"label_ratio": 0.5, "holdout": 0.0}));
+    run(&split, &p, &[input("synth", sdir.path())], out.path()).unwrap();
+    (sdir, out)
+}
+
+#[test]
+fn supernet_runs_bn_unet_and_one_hot_families() {
+    let (_s, split) = tiny_label_split();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let inputs = [input("split", split.path())];
+    for (arch, disc) in [
+        (
+            json!({"arch": "pix2pix-unet", "ngf": 4, "num_downs": 5}),
+            "patchgan",
+        ),
+        (
+            json!({"arch": "pix2pixhd", "ngf": 4, "n_downsample": 2, "n_blocks": 4}),
+            "multiscale",
+        ),
+    ] {
+        let out = tempfile::tempdir().unwrap();
+        let p = supernet_params(3, json!({"arch": arch}));
+        run(&kind, &p, &inputs, out.path()).unwrap_or_else(|e| panic!("{arch}: {e}"));
+        let d: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("supernet/disc.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(d["arch"], disc, "{arch}");
+        let (_, rows) = read_log(&out.path().join("log.csv"));
+        assert_eq!(rows.len(), 3);
+        assert!(rows.iter().flatten().all(|v| v.is_finite()));
+    }
+}
+
+#[test]
+fn one_random_subnet_per_step_without_sandwich_and_labels_only_without_unlabeled() {
+    let (_s, split) = tiny_split();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let inputs = [input("split", split.path())];
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &kind,
+        &supernet_params(2, json!({"sandwich": false})),
+        &inputs,
+        out.path(),
+    )
+    .unwrap();
+    let (h, _) = read_log(&out.path().join("log.csv"));
+    let cols: Vec<&str> = h.iter().map(String::as_str).collect();
+    assert_eq!(
+        cols,
+        [
+            "step",
+            "d_real",
+            "d_fake",
+            "random_gan",
+            "random_l1",
+            "random_distill",
+            "lr"
+        ]
+    );
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &kind,
+        &supernet_params(2, json!({"unlabeled": false})),
+        &inputs,
+        out.path(),
+    )
+    .unwrap();
+    let (h, _) = read_log(&out.path().join("log.csv"));
+    assert!(!h.iter().any(|c| c.contains("distill")), "{h:?}");
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["unlabeled_used"], 0.0);
+}
