@@ -236,7 +236,7 @@ pub(crate) fn build_task(
         checkpoint_every: common.checkpoint_every,
         sample_every: common.sample_every,
         seed: common.seed,
-        fingerprint: settings_digest(&ctx.params.to_string()),
+        fingerprint: settings_digest(&canonical(ctx.params, true).to_string()),
         phase: "train".into(),
     };
     Ok(Built {
@@ -245,6 +245,36 @@ pub(crate) fn build_task(
         disc: disc_cfg,
         loop_cfg,
     })
+}
+
+/// Parameters that do not change what a run computes (the schemas' `not_in_key`): a
+/// resumed run may change them freely.
+const NOT_IN_FINGERPRINT: [&str; 4] = [
+    "checkpoint_every",
+    "sample_every",
+    "threads",
+    "torch_threads",
+];
+
+/// `v` with object keys sorted (and, at the top level, the non-result parameters removed),
+/// so the fingerprint does not depend on key order.
+fn canonical(v: &Value, top: bool) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m
+                .keys()
+                .filter(|k| !(top && NOT_IN_FINGERPRINT.contains(&k.as_str())))
+                .collect();
+            keys.sort();
+            let mut out = Map::new();
+            for k in keys {
+                out.insert(k.clone(), canonical(&m[k], false));
+            }
+            Value::Object(out)
+        }
+        Value::Array(a) => Value::Array(a.iter().map(|x| canonical(x, false)).collect()),
+        other => other.clone(),
+    }
 }
 
 /// A short, stable digest of the run's settings for the checkpoint fingerprint.

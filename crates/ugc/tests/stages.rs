@@ -354,6 +354,27 @@ fn train_writes_a_loadable_model_of_the_chosen_subnet() {
     assert!(h.iter().any(|c| c == "model_l1"), "{h:?}");
     assert!(!h.iter().any(|c| c.contains("distill")), "{h:?}");
 
+    // A second run takes the architecture and weights of the first from a dep.
+    let out2 = tempfile::tempdir().unwrap();
+    let dep = StageInput {
+        name: "baseline".into(),
+        ..input("train", out.path())
+    };
+    let p2 = with_defaults(
+        kind.schema(),
+        json!({"from_dep": "baseline", "init_weights": true, "steps": 1, "batch_size": 2,
+               "ndf": 4, "threads": 1, "torch_threads": 1}),
+    );
+    run(&kind, &p2, &[inputs[0].clone(), dep.clone()], out2.path()).unwrap();
+    let (meta2, _) =
+        ugc_nn::export::load_model(&out2.path().join("model"), tch::Device::Cpu).unwrap();
+    assert_eq!(meta2.arch, meta.arch);
+    let p3 = with_defaults(kind.schema(), json!({"from_dep": "nope", "steps": 1}));
+    let e = run(&kind, &p3, &[inputs[0].clone(), dep], out2.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("from_dep = nope"), "{e}");
+
     // Errors name the parameter.
     let p = with_defaults(kind.schema(), json!({"steps": 2}));
     let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
