@@ -274,6 +274,8 @@ impl Teachers {
 
 #[derive(Debug, Deserialize)]
 struct AdfParams {
+    #[serde(default)]
+    torch_threads: i32,
     enabled: bool,
     criterion: Criterion,
     threshold: String,
@@ -320,6 +322,9 @@ impl StageKind for AdfStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let p: AdfParams = ctx.typed_params()?;
+        if p.torch_threads > 0 {
+            tch::set_num_threads(p.torch_threads);
+        }
         let rule = threshold_rule(&p.threshold, p.k, p.bins)?;
         if p.batch_size == 0 {
             return Err(StageError::Config(

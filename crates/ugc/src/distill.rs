@@ -50,13 +50,13 @@ struct DistillParams {
     unlabeled_batch_size: usize,
     lr: f64,
     beta1: f64,
-    decay_steps: u64,
+    lr_decay_steps: u64,
     lambda_gan: f64,
     lambda_l1: f64,
-    lambda_ssim: f64,
-    lambda_style: f64,
-    lambda_feature: f64,
-    lambda_tv: f64,
+    #[serde(default)]
+    distill_weights: DistillWeights,
+    #[serde(default)]
+    torch_threads: i32,
     #[serde(default)]
     vgg_weights: Option<PathBuf>,
     adf_every: u64,
@@ -399,6 +399,24 @@ impl TrainTask for DistillTask<'_> {
     }
 }
 
+/// The resolved parameters that change results, as the checkpoint fingerprint: settings
+/// outside the cache key (checkpoint/sample cadence, thread counts) may change between a
+/// crash and the resume without invalidating the checkpoint.
+fn fingerprint(params: &serde_json::Value) -> String {
+    let mut p = params.clone();
+    if let Some(o) = p.as_object_mut() {
+        for k in [
+            "checkpoint_every",
+            "sample_every",
+            "threads",
+            "torch_threads",
+        ] {
+            o.remove(k);
+        }
+    }
+    serde_json::to_string(&p).unwrap_or_default()
+}
+
 fn adam(params: Vec<(String, Tensor)>, lr: f64, beta1: f64) -> Result<Adam, MethodError> {
     Adam::new(
         params,
@@ -423,6 +441,9 @@ impl StageKind for DistillStage {
             ));
         }
         let device = crate::device::tch_device(ctx.device)?;
+        if p.torch_threads > 0 {
+            tch::set_num_threads(p.torch_threads);
+        }
         tch::manual_seed(p.seed as i64);
         let split_dir = ctx.require_input("split")?.dir.clone();
         let teachers_dir = ctx.require_input("teachers")?.dir.clone();
@@ -578,7 +599,7 @@ impl StageKind for DistillStage {
             sched: LrSchedule {
                 base: p.lr,
                 steps: p.steps,
-                decay_steps: p.decay_steps,
+                decay_steps: p.lr_decay_steps,
             },
             labeled,
             unlabeled,
@@ -592,12 +613,7 @@ impl StageKind for DistillStage {
             },
             adf_loader,
             adf_every: p.adf_every,
-            weights: DistillWeights {
-                ssim: p.lambda_ssim,
-                style: p.lambda_style,
-                feature: p.lambda_feature,
-                tv: p.lambda_tv,
-            },
+            weights: p.distill_weights,
             lambda_gan: p.lambda_gan,
             lambda_l1: p.lambda_l1,
             sample_input,
@@ -608,7 +624,7 @@ impl StageKind for DistillStage {
             checkpoint_every: p.checkpoint_every,
             sample_every: p.sample_every,
             seed: p.seed,
-            fingerprint: serde_json::to_string(ctx.params).unwrap_or_default(),
+            fingerprint: fingerprint(ctx.params),
             phase: "distill".into(),
         };
         let outcome = run_loop(ctx, &loop_cfg, &mut task)?;

@@ -597,6 +597,8 @@ pub fn restore_running_stats(saved: &[(Tensor, Tensor)]) {
 #[derive(Debug, Deserialize)]
 struct SearchParams {
     #[serde(default)]
+    torch_threads: i32,
+    #[serde(default)]
     budget_macs: Option<f64>,
     budget_ratio: f64,
     wide_budget_ratio: f64,
@@ -680,6 +682,9 @@ impl StageKind for SearchStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let p: SearchParams = ctx.typed_params()?;
+        if p.torch_threads > 0 {
+            tch::set_num_threads(p.torch_threads);
+        }
         let device = crate::device::tch_device(ctx.device)?;
         tch::manual_seed(p.seed as i64);
         let sup_dir = ctx.require_input("supernet")?.dir.clone();
