@@ -259,14 +259,12 @@ impl Teachers {
     }
 
     /// Every teacher's output on `x` in eval mode, without gradients.
-    pub fn outputs(&self, x: &Tensor) -> Result<Vec<Tensor>, StageError> {
+    pub fn outputs(&self, x: &Tensor) -> Result<Vec<Tensor>, ugc_nn::NnError> {
         self.models
             .iter()
-            .zip(&self.entries)
-            .map(|(m, e)| {
+            .map(|m| {
                 let g = &m.generator;
                 tch::no_grad(|| g.forward(x, &g.search_space().largest(), Mode::Eval))
-                    .map_err(nn_err(format!("the {} teacher", e.role.name())))
             })
             .collect()
     }
@@ -379,7 +377,9 @@ impl StageKind for AdfStage {
                 return Err(StageError::Cancelled);
             }
             let b = b.map_err(data_err("unlabeled batch"))?;
-            let outs = teachers.outputs(&b.input)?;
+            let outs = teachers
+                .outputs(&b.input)
+                .map_err(nn_err("running the teachers"))?;
             let (s, pseudo) = score_batch(
                 criterion,
                 &b.input,

@@ -220,7 +220,7 @@ impl DistillTask<'_> {
         let mut scores = Vec::new();
         for b in loader.epoch(0) {
             let b = b?;
-            let outs = self.teachers.outputs(&b.input).map_err(stage_to_method)?;
+            let outs = self.teachers.outputs(&b.input)?;
             let (s, _) = score_batch(criterion, &b.input, &outs, Some(self.disc.as_ref()))
                 .map_err(MethodError::Numeric)?;
             ids.extend(b.ids);
@@ -255,8 +255,9 @@ impl DistillTask<'_> {
     }
 
     /// The kept rows of an unlabeled batch, or `None` when none is kept.
-    fn kept_rows(&self, b: &Batch) -> Option<Tensor> {
-        let mask: Vec<f32> = Vec::<f32>::try_from(&self.adf.mask).unwrap_or_default();
+    fn kept_rows(&self, b: &Batch) -> Result<Option<Tensor>, MethodError> {
+        let mask: Vec<f32> = Vec::<f32>::try_from(&self.adf.mask)
+            .map_err(|e| MethodError::torch("reading the ADF mask", e))?;
         let rows: Vec<i64> = b
             .ids
             .iter()
@@ -270,15 +271,11 @@ impl DistillTask<'_> {
             .map(|(r, _)| r as i64)
             .collect();
         if rows.is_empty() {
-            return None;
+            return Ok(None);
         }
         let idx = Tensor::from_slice(&rows).to_device(b.input.device());
-        Some(b.input.index_select(0, &idx))
+        Ok(Some(b.input.index_select(0, &idx)))
     }
-}
-
-fn stage_to_method(e: StageError) -> MethodError {
-    MethodError::Numeric(e.to_string())
 }
 
 impl TrainTask for DistillTask<'_> {
@@ -364,9 +361,9 @@ impl TrainTask for DistillTask<'_> {
         let mut n_u = 0i64;
         if let Some(u) = &mut self.unlabeled {
             let ub = u.next_batch()?;
-            if let Some(xu) = self.kept_rows(&ub) {
+            if let Some(xu) = self.kept_rows(&ub)? {
                 n_u = xu.size()[0];
-                let tu = self.teachers.outputs(&xu).map_err(stage_to_method)?;
+                let tu = self.teachers.outputs(&xu)?;
                 let su = self.student.forward(&xu, &s_full, Mode::Train)?;
                 let kd_u = self.distill_terms(&xu, &su, &tu)?;
                 kd_u_val = scalar(&kd_u);
