@@ -581,3 +581,86 @@ fn quickstart_scale_timings() {
         t.elapsed().as_secs_f64()
     );
 }
+
+/// The real `supernet` stage's output feeds the stage-two chain, on a batch-norm family
+/// (UNet: per-candidate and per-teacher BN recalibration paths).
+#[test]
+fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
+    use ugc_method::supernet::SupernetStage;
+    let f = fixture();
+    let sup_out = tempfile::tempdir().unwrap();
+    run(
+        &SupernetStage::new(schema("supernet")),
+        json!({"arch": {"arch": "pix2pix-unet", "ngf": 4, "num_downs": 5},
+               "steps": 2, "batch_size": 2, "ndf": 4, "threads": 1, "torch_threads": 1,
+               "checkpoint_every": 0, "sample_every": 0}),
+        &[input("split", &f.split)],
+        sup_out.path(),
+    )
+    .unwrap();
+    let s_out = tempfile::tempdir().unwrap();
+    let deps = [input("supernet", sup_out.path()), input("split", &f.split)];
+    run(
+        &SearchStage::new(schema("search")),
+        json!({"input_size": INPUT, "population": 6, "generations": 1, "batch_size": 4,
+               "eval_batches": 1, "calib_batches": 1, "metric": "ssim", "torch_threads": 1}),
+        &deps,
+        s_out.path(),
+    )
+    .unwrap();
+    let c = SearchConfigs::load(s_out.path()).unwrap();
+    assert!(c.student.score <= 1.0 && c.student.score > -1.0, "{c:?}");
+    // A BN teacher is recalibrated before export, so the teachers stage needs the split.
+    let t_out = tempfile::tempdir().unwrap();
+    let e = run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "multi"}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", sup_out.path()),
+        ],
+        t_out.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("split"), "{e}");
+    run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "multi", "calib_batches": 1}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", sup_out.path()),
+            input("split", &f.split),
+        ],
+        t_out.path(),
+    )
+    .unwrap();
+    let a_out = tempfile::tempdir().unwrap();
+    run(
+        &AdfStage::new(schema("adf")),
+        json!({"threshold": "otsu", "write_pseudo": false}),
+        &[input("teachers", t_out.path()), input("split", &f.split)],
+        a_out.path(),
+    )
+    .unwrap();
+    let d_out = tempfile::tempdir().unwrap();
+    run(
+        &DistillStage::new(schema("distill")),
+        json!({"steps": 2, "batch_size": 2, "unlabeled_batch_size": 2, "adf_every": 1,
+               "threads": 1, "torch_threads": 1}),
+        &[
+            input("split", &f.split),
+            input("teachers", t_out.path()),
+            input("search", s_out.path()),
+            input("supernet", sup_out.path()),
+            input("adf", a_out.path()),
+        ],
+        d_out.path(),
+    )
+    .unwrap();
+    let (meta, _) = ugc_nn::export::load_model(&d_out.path().join("model"), Device::Cpu).unwrap();
+    assert_eq!(
+        ugc_nn::profile(&meta.arch, None, INPUT).unwrap().macs,
+        c.student.macs
+    );
+}
