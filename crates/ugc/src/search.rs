@@ -50,11 +50,15 @@ pub enum SearchError {
     Cost { config: String, reason: String },
     #[error("scoring {config}: {reason}")]
     Score { config: String, reason: String },
+    /// The stage's cancel token was seen between two candidates.
+    #[error("cancelled")]
+    Cancelled,
 }
 
 impl From<SearchError> for StageError {
     fn from(e: SearchError) -> Self {
         match e {
+            SearchError::Cancelled => StageError::Cancelled,
             SearchError::Score { .. } => StageError::Failed(e.to_string()),
             _ => StageError::Config(e.to_string()),
         }
@@ -781,7 +785,11 @@ impl StageKind for SearchStage {
         let saved_stats = snapshot_running_stats(&sup.vs);
         let gen_ = &sup.generator;
         let metric = p.metric;
+        let cancel = ctx.cancel;
         let score = |cfg: &SubnetConfig| -> Result<f64, SearchError> {
+            if cancel.is_cancelled() {
+                return Err(SearchError::Cancelled);
+            }
             let fail = |reason: String| SearchError::Score {
                 config: cfg.to_string(),
                 reason,

@@ -658,6 +658,42 @@ fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
         d_out.path(),
     )
     .unwrap();
+    // Without an adf dep every unlabeled input is used and nothing is re-scored.
+    let d2 = tempfile::tempdir().unwrap();
+    run(
+        &DistillStage::new(schema("distill")),
+        json!({"steps": 1, "batch_size": 2, "unlabeled_batch_size": 2, "adf_every": 1,
+               "threads": 1, "torch_threads": 1}),
+        &[
+            input("split", &f.split),
+            input("teachers", t_out.path()),
+            input("search", s_out.path()),
+            input("supernet", sup_out.path()),
+        ],
+        d2.path(),
+    )
+    .unwrap();
+    let n_unl = SplitManifest::load(&f.split).unwrap().unlabeled().len() as f64;
+    let m = json_of(&d2.path().join("metrics.json"));
+    assert_eq!(m["distill.adf_kept_final"].as_f64().unwrap(), n_unl);
+    assert!(!d2.path().join("adf_online").exists());
+    // A cancelled search stops between candidates and commits nothing.
+    let token = CancelToken::new();
+    token.cancel();
+    let s2 = tempfile::tempdir().unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let e = run_with(
+        &SearchStage::new(schema("search")),
+        json!({"input_size": INPUT, "population": 6, "generations": 1}),
+        &deps,
+        s2.path(),
+        scratch.path(),
+        &NullProgress,
+        &token,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Cancelled), "{e}");
+    assert!(!s2.path().join("configs.json").exists());
     let (meta, _) = ugc_nn::export::load_model(&d_out.path().join("model"), Device::Cpu).unwrap();
     assert_eq!(
         ugc_nn::profile(&meta.arch, None, INPUT).unwrap().macs,
