@@ -700,3 +700,111 @@ fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
         c.student.macs
     );
 }
+
+/// Does distillation improve the searched student? Hold-out L1 of the student at its
+/// supernet initialisation (the search score) vs after `distill`, on a briefly trained
+/// supernet. Prints figures; run with `-- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn distill_lowers_the_student_holdout_l1() {
+    use std::time::Instant;
+    use ugc_method::supernet::SupernetStage;
+    let synth_dir = tempfile::tempdir().unwrap();
+    run(
+        &SynthStage::new(schema("synth")),
+        json!({"task": "edges2photo", "n": 120, "n_test": 20, "size": 32}),
+        &[],
+        synth_dir.path(),
+    )
+    .unwrap();
+    let split_dir = tempfile::tempdir().unwrap();
+    run(
+        &SplitStage::new(schema("split")),
+        json!({"label_ratio": 0.25, "holdout": 0.15}),
+        &[input("synth", synth_dir.path())],
+        split_dir.path(),
+    )
+    .unwrap();
+    let split = split_dir.path();
+    let t = Instant::now();
+    let sup_out = tempfile::tempdir().unwrap();
+    run(
+        &SupernetStage::new(schema("supernet")),
+        json!({"arch": {"arch": "mobile-resnet", "ngf": 16, "n_blocks": 6},
+               "steps": 150, "batch_size": 4, "ndf": 16, "threads": 1, "torch_threads": 1,
+               "checkpoint_every": 0, "sample_every": 0}),
+        &[input("split", split)],
+        sup_out.path(),
+    )
+    .unwrap();
+    println!("supernet 150 steps: {:.1}s", t.elapsed().as_secs_f64());
+    let s_out = tempfile::tempdir().unwrap();
+    run(
+        &SearchStage::new(schema("search")),
+        json!({"population": 20, "generations": 3, "eval_batches": 8, "torch_threads": 1}),
+        &[input("supernet", sup_out.path()), input("split", split)],
+        s_out.path(),
+    )
+    .unwrap();
+    let c = SearchConfigs::load(s_out.path()).unwrap();
+    println!(
+        "search: student {} ({} MACs, hold-out L1 {:.4}), wide {:.4}, deep {:.4}, largest {:.4}",
+        c.student.config,
+        c.student.macs,
+        -c.student.score,
+        -c.wide_teacher.score,
+        -c.deep_teacher.score,
+        -c.largest.score
+    );
+    let t_out = tempfile::tempdir().unwrap();
+    run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "multi"}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", sup_out.path()),
+        ],
+        t_out.path(),
+    )
+    .unwrap();
+    let a_out = tempfile::tempdir().unwrap();
+    run(
+        &AdfStage::new(schema("adf")),
+        json!({"torch_threads": 1}),
+        &[input("teachers", t_out.path()), input("split", split)],
+        a_out.path(),
+    )
+    .unwrap();
+    let am = json_of(&a_out.path().join("metrics.json"));
+    println!(
+        "adf: kept {} dropped {} threshold {}",
+        am["adf.kept"], am["adf.dropped"], am["adf.threshold"]
+    );
+    let t = Instant::now();
+    let d_out = tempfile::tempdir().unwrap();
+    run(
+        &DistillStage::new(schema("distill")),
+        json!({"steps": 150, "adf_every": 50, "threads": 1, "torch_threads": 1}),
+        &[
+            input("split", split),
+            input("teachers", t_out.path()),
+            input("search", s_out.path()),
+            input("supernet", sup_out.path()),
+            input("adf", a_out.path()),
+        ],
+        d_out.path(),
+    )
+    .unwrap();
+    let m = json_of(&d_out.path().join("metrics.json"));
+    let after = m["distill.holdout_l1"].as_f64().unwrap();
+    println!(
+        "distill 150 steps: {:.1}s; student hold-out L1 {:.4} -> {after:.4}; ADF kept at the end {}",
+        t.elapsed().as_secs_f64(),
+        -c.student.score,
+        m["distill.adf_kept_final"]
+    );
+    assert!(
+        after < -c.student.score,
+        "distillation did not lower the hold-out L1"
+    );
+}
