@@ -808,3 +808,122 @@ fn distill_lowers_the_student_holdout_l1() {
         "distillation did not lower the hold-out L1"
     );
 }
+
+/// The stage-two schemas work with the engine: a pipeline YAML using them loads, the DAG
+/// builds, and the parameters the engine resolves (defaults merged, optional ones absent)
+/// run every stage in topological order.
+#[test]
+fn pipeline_yaml_with_stage_two_kinds_resolves_and_runs() {
+    use std::sync::Arc;
+    use ugc_engine::graph::Dag;
+    use ugc_engine::spec::{LoadOptions, load_pipeline_str};
+    use ugc_method::supernet::SupernetStage;
+    let mut reg = ugc_engine::KindRegistry::new();
+    reg.register(Arc::new(SynthStage::new(schema("synth"))));
+    reg.register(Arc::new(SplitStage::new(schema("split"))));
+    reg.register(Arc::new(SupernetStage::new(schema("supernet"))));
+    reg.register(Arc::new(SearchStage::new(schema("search"))));
+    reg.register(Arc::new(TeachersStage::new(schema("teachers"))));
+    reg.register(Arc::new(AdfStage::new(schema("adf"))));
+    reg.register(Arc::new(DistillStage::new(schema("distill"))));
+    let text = r#"
+params: {seed: 0}
+stages:
+  data:
+    kind: synth
+    params: {task: edges2photo, n: 24, n_test: 4, size: 32, seed: "${seed}"}
+  split:
+    kind: split
+    deps: [data]
+    params: {label_ratio: 0.5, holdout: 0.2}
+  supernet:
+    kind: supernet
+    deps: [split]
+    params: {arch: {arch: mobile-resnet, ngf: 4, n_blocks: 4}, steps: 2, batch_size: 2,
+             ndf: 4, threads: 1, torch_threads: 1, checkpoint_every: 0, sample_every: 0}
+  search:
+    kind: search
+    deps: [supernet, split]
+    params: {input_size: [3, 32, 32], population: 6, generations: 1, eval_batches: 1,
+             torch_threads: 1}
+  teachers:
+    kind: teachers
+    deps: [search, supernet]
+    params: {strategy: multi}
+  adf:
+    kind: adf
+    deps: [teachers, split]
+  distill:
+    kind: distill
+    deps: [split, teachers, search, supernet, adf]
+    params: {steps: 2, batch_size: 2, unlabeled_batch_size: 2, adf_every: 1, threads: 1,
+             torch_threads: 1}
+"#;
+    let root = tempfile::tempdir().unwrap();
+    let p = load_pipeline_str(
+        text,
+        &root.path().join("p.yaml"),
+        &reg,
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let dag = Dag::build(&p, &reg).unwrap();
+    let mut outs: BTreeMap<String, (String, PathBuf)> = BTreeMap::new();
+    for i in dag.topo_order() {
+        let node = dag.node(i);
+        let inputs: Vec<StageInput> = dag
+            .deps(i)
+            .into_iter()
+            .map(|d| {
+                let dn = dag.node(d);
+                let (kind, dir) = &outs[&dn.id];
+                StageInput {
+                    name: dn.stage.clone(),
+                    node: dn.id.clone(),
+                    point: Default::default(),
+                    kind: kind.clone(),
+                    dir: dir.clone(),
+                }
+            })
+            .collect();
+        let out = root.path().join(&node.id);
+        std::fs::create_dir_all(&out).unwrap();
+        let scratch = root.path().join(format!("{}.scratch", node.id));
+        std::fs::create_dir_all(&scratch).unwrap();
+        let kind = reg.get(&node.kind).unwrap();
+        let env = BTreeMap::new();
+        let cancel = CancelToken::new();
+        let ctx = StageContext {
+            node: &node.id,
+            kind: &node.kind,
+            params: &node.params,
+            inputs: &inputs,
+            out_dir: &out,
+            scratch_dir: &scratch,
+            device: DeviceKind::Cpu,
+            progress: &NullProgress,
+            cancel: &cancel,
+            env: &env,
+        };
+        kind.run(&ctx)
+            .unwrap_or_else(|e| panic!("stage {}: {e}", node.id));
+        // Every metrics.json is a flat object of numbers (the engine records it).
+        let mp = out.join("metrics.json");
+        if mp.is_file() {
+            for (k, v) in json_of(&mp).as_object().unwrap() {
+                assert!(v.is_number(), "{}: {k} = {v}", node.id);
+            }
+        }
+        outs.insert(node.id.clone(), (node.kind.clone(), out));
+    }
+    assert!(outs["distill"].1.join("model/model.safetensors").is_file());
+    // The schemas document every parameter.
+    for k in ["search", "teachers", "adf", "distill"] {
+        let s = schema(k);
+        assert_eq!(s.kind, k);
+        assert!(s.gpu, "{k} runs networks");
+        for (name, p) in &s.params {
+            assert!(!p.doc.is_empty(), "{k}.{name} undocumented");
+        }
+    }
+}
