@@ -500,3 +500,50 @@ fn one_random_subnet_per_step_without_sandwich_and_labels_only_without_unlabeled
             .unwrap();
     assert_eq!(m["unlabeled_used"], 0.0);
 }
+
+#[test]
+fn supernet_distills_through_a_configured_vgg16() {
+    let (_s, split) = tiny_split();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vgg16.safetensors");
+    let convs = [
+        (0, 3, 64),
+        (2, 64, 64),
+        (5, 64, 128),
+        (7, 128, 128),
+        (10, 128, 256),
+        (12, 256, 256),
+        (14, 256, 256),
+        (17, 256, 512),
+        (19, 512, 512),
+        (21, 512, 512),
+    ];
+    let cpu = (tch::Kind::Float, tch::Device::Cpu);
+    let mut ts = Vec::new();
+    for (i, ci, co) in convs {
+        ts.push((
+            format!("features.{i}.weight"),
+            tch::Tensor::randn([co, ci, 3, 3], cpu) * 0.02,
+        ));
+        ts.push((format!("features.{i}.bias"), tch::Tensor::zeros([co], cpu)));
+    }
+    tch::Tensor::write_safetensors(&ts, &file).unwrap();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let out = tempfile::tempdir().unwrap();
+    let p = supernet_params(1, json!({"vgg_weights": file}));
+    run(&kind, &p, &[input("split", split.path())], out.path()).unwrap();
+    let (h, rows) = read_log(&out.path().join("log.csv"));
+    let i = h.iter().position(|c| c == "smallest_distill").unwrap();
+    assert!(rows[0][i].is_finite() && rows[0][i] > 0.0, "{:?}", rows[0]);
+    // The VGG path gives other distillation values than the discriminator's features.
+    let out2 = tempfile::tempdir().unwrap();
+    run(
+        &kind,
+        &supernet_params(1, json!({})),
+        &[input("split", split.path())],
+        out2.path(),
+    )
+    .unwrap();
+    let (_, rows2) = read_log(&out2.path().join("log.csv"));
+    assert_ne!(rows[0][i], rows2[0][i]);
+}
