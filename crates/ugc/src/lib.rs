@@ -8,9 +8,16 @@
 //!   discriminator's features).
 //! - [`optim`]: Adam over plain tensors, so its state checkpoints exactly.
 //! - [`checkpoint`]: atomic checkpoints of named tensors in the stage's scratch directory.
-//! - [`trainer`]: the step loop (progress, cancel, checkpoint, CSV log, samples, resume).
+//! - [`trainer`]: the step loop (progress, cancel, checkpoint, CSV log, samples, resume)
+//!   and [`trainer::BatchStream`] (positionable batches for exact resume).
+//! - [`setup`]: the `split` dep, architecture maps, input encodings, loaders, default
+//!   discriminators, input-size checks, libtorch panic guard.
+//! - [`gan`]: the GAN training task (D + G step over a sub-net schedule) shared by
+//!   `supernet` and `train`.
+//! - [`error`]: [`MethodError`] and its mapping to the engine's `StageError`.
 //!
-//! Stage kinds: [`supernet::SupernetStage`], [`train::TrainStage`].
+//! Stage kinds: [`supernet::SupernetStage`], [`train::TrainStage`] (stage one and baselines);
+//! `search`, `teachers`, `adf`, `distill` (stage two).
 
 pub mod adf;
 pub mod checkpoint;
