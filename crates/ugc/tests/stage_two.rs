@@ -320,6 +320,31 @@ fn search_then_teachers_then_adf() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("supernet"), "{e}");
+    // With the supernet among the deps its discriminator scores the single teacher.
+    run(
+        &AdfStage::new(schema("adf")),
+        json!({"threshold": "otsu"}),
+        &[
+            input("teachers", t1.path()),
+            input("split", &f.split),
+            input("supernet", &f.supernet),
+        ],
+        a_out.path(),
+    )
+    .unwrap();
+    let d = json_of(&a_out.path().join("adf.json"));
+    assert_eq!(d["criterion"], "discriminator");
+    assert_eq!(d["threshold_rule"]["rule"], "otsu");
+    let scores: Vec<f64> = std::fs::read_to_string(a_out.path().join("scores.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(1).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(scores.len(), n_unl);
+    assert!(scores.iter().all(|s| s.is_finite()));
+    // Scores differ per input (a constant would make the filter meaningless).
+    assert!(scores.iter().any(|s| *s != scores[0]), "{scores:?}");
 }
 
 fn role_macs(c: &SearchConfigs, role: &str) -> u64 {
