@@ -118,6 +118,10 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(0.5)
+}
+
+fn fixture_with(label_ratio: f64) -> Fixture {
     tch::manual_seed(0);
     let synth_dir = tempfile::tempdir().unwrap();
     run(
@@ -130,7 +134,7 @@ fn fixture() -> Fixture {
     let split_dir = tempfile::tempdir().unwrap();
     run(
         &SplitStage::new(schema("split")),
-        json!({"label_ratio": 0.5, "holdout": 0.2}),
+        json!({"label_ratio": label_ratio, "holdout": 0.2}),
         &[input("synth", synth_dir.path())],
         split_dir.path(),
     )
@@ -951,4 +955,61 @@ stages:
             assert!(!p.doc.is_empty(), "{k}.{name} undocumented");
         }
     }
+}
+
+/// Fully labeled split (the 100%-labels baseline): ADF has nothing to score, distill runs on
+/// labeled pairs only and still checkpoints (an empty ADF mask included).
+#[test]
+fn all_labeled_split_runs_adf_and_distill() {
+    let f = fixture_with(1.0);
+    assert!(
+        SplitManifest::load(&f.split)
+            .unwrap()
+            .unlabeled()
+            .is_empty()
+    );
+    let s_out = tempfile::tempdir().unwrap();
+    search(&f, s_out.path(), 0);
+    let t_out = tempfile::tempdir().unwrap();
+    run(
+        &TeachersStage::new(schema("teachers")),
+        json!({"strategy": "multi"}),
+        &[
+            input("search", s_out.path()),
+            input("supernet", &f.supernet),
+        ],
+        t_out.path(),
+    )
+    .unwrap();
+    let a_out = tempfile::tempdir().unwrap();
+    run(
+        &AdfStage::new(schema("adf")),
+        json!({}),
+        &[input("teachers", t_out.path()), input("split", &f.split)],
+        a_out.path(),
+    )
+    .unwrap();
+    let m = json_of(&a_out.path().join("metrics.json"));
+    assert_eq!(
+        (m["adf.kept"].as_u64(), m["adf.dropped"].as_u64()),
+        (Some(0), Some(0))
+    );
+    let d_out = tempfile::tempdir().unwrap();
+    run(
+        &DistillStage::new(schema("distill")),
+        json!({"steps": 2, "batch_size": 2, "adf_every": 1, "checkpoint_every": 1,
+               "threads": 1, "torch_threads": 1}),
+        &[
+            input("split", &f.split),
+            input("teachers", t_out.path()),
+            input("search", s_out.path()),
+            input("supernet", &f.supernet),
+            input("adf", a_out.path()),
+        ],
+        d_out.path(),
+    )
+    .unwrap();
+    let m = json_of(&d_out.path().join("metrics.json"));
+    assert_eq!(m["distill.unlabeled_used"].as_f64(), Some(0.0));
+    assert!(d_out.path().join("model/model.json").is_file());
 }
