@@ -144,6 +144,17 @@ pub fn train_loader(
     seed: u64,
     device: Device,
 ) -> Result<Loader, MethodError> {
+    let cfg = train_loader_config(data, encoding, seed, device);
+    Ok(Loader::new(&split.manifest, &split.dir, subset, cfg)?)
+}
+
+/// The loader settings [`train_loader`] uses (pix2pix augmentation, full batches only).
+pub fn train_loader_config(
+    data: &DataParams,
+    encoding: InputEncoding,
+    seed: u64,
+    device: Device,
+) -> LoaderConfig {
     let mut cfg = LoaderConfig::train(data.batch_size, seed);
     cfg.threads = data.threads.max(1);
     cfg.augment = AugmentConfig {
@@ -154,7 +165,7 @@ pub fn train_loader(
     };
     cfg.encoding = encoding;
     cfg.device = device;
-    Ok(Loader::new(&split.manifest, &split.dir, subset, cfg)?)
+    cfg
 }
 
 /// A fixed-order loader without random augmentation (samples, evaluation), resized and

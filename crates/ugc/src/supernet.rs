@@ -180,17 +180,12 @@ pub(crate) fn build_task(
         "labeled",
     )?;
     let unlabeled = if unlabeled && !split.manifest.unlabeled().is_empty() {
-        Some(BatchStream::new(
-            setup::train_loader(
-                split,
-                Subset::Unlabeled,
-                &data,
-                encoding,
-                common.seed ^ 0x5555,
-                device,
-            )?,
-            "unlabeled",
-        )?)
+        // Keep a short last batch: a handful of unlabeled inputs (fewer than `batch_size`)
+        // must still be used rather than refused.
+        let mut cfg = setup::train_loader_config(&data, encoding, common.seed ^ 0x5555, device);
+        cfg.drop_last = false;
+        let loader = ugc_data::Loader::new(&split.manifest, &split.dir, Subset::Unlabeled, cfg)?;
+        Some(BatchStream::new(loader, "unlabeled")?)
     } else {
         None
     };

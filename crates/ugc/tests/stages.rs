@@ -547,3 +547,27 @@ fn supernet_distills_through_a_configured_vgg16() {
     let (_, rows2) = read_log(&out2.path().join("log.csv"));
     assert_ne!(rows[0][i], rows2[0][i]);
 }
+
+#[test]
+fn fewer_unlabeled_inputs_than_a_batch_are_still_used() {
+    let synth = SynthStage::new(schema("synth.yaml"));
+    let split = SplitStage::new(schema("split.yaml"));
+    let sdir = tempfile::tempdir().unwrap();
+    let p = with_defaults(
+        synth.schema(),
+        json!({"task": "edges2photo", "n": 16, "n_test": 2, "size": 32}),
+    );
+    run(&synth, &p, &[], sdir.path()).unwrap();
+    let sp = tempfile::tempdir().unwrap();
+    let p = with_defaults(split.schema(), json!({"label_ratio": 0.75, "holdout": 0.0}));
+    run(&split, &p, &[input("synth", sdir.path())], sp.path()).unwrap();
+    let kind = SupernetStage::new(schema("supernet.yaml"));
+    let out = tempfile::tempdir().unwrap();
+    // 12 labeled, 4 unlabeled, batch 6.
+    let p = supernet_params(3, json!({"batch_size": 6}));
+    run(&kind, &p, &[input("split", sp.path())], out.path()).unwrap();
+    let m: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.path().join("metrics.json")).unwrap())
+            .unwrap();
+    assert_eq!(m["unlabeled_used"], 1.0);
+}
