@@ -490,22 +490,21 @@ impl StageKind for DistillStage {
         .map_err(data_err("labeled loader"))?;
         let labeled = BatchStream::new(labeled, "labeled")?;
         let n_unl = manifest.unlabeled().len();
-        let unlabeled = if n_unl >= p.unlabeled_batch_size {
+        // The unlabeled stream keeps a short last batch, so a few unlabeled inputs (fewer
+        // than `unlabeled_batch_size`) are still used.
+        let unlabeled = if n_unl > 0 {
             let l = Loader::new(
                 &manifest,
                 &split_dir,
                 Subset::Unlabeled,
-                train_cfg(p.unlabeled_batch_size, p.seed.wrapping_add(1)),
+                LoaderConfig {
+                    drop_last: false,
+                    ..train_cfg(p.unlabeled_batch_size, p.seed.wrapping_add(1))
+                },
             )
             .map_err(data_err("unlabeled loader"))?;
             Some(BatchStream::new(l, "unlabeled")?)
         } else {
-            if n_unl > 0 {
-                ctx.progress.message(&format!(
-                    "{n_unl} unlabeled inputs, fewer than unlabeled_batch_size {}: unused",
-                    p.unlabeled_batch_size
-                ));
-            }
             None
         };
 
