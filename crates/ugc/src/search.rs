@@ -623,6 +623,56 @@ struct SearchParams {
     seed: u64,
 }
 
+/// Candidate scores already computed for this cache key, kept in the scratch directory so
+/// that a search interrupted by a crash or cancel replays them instead of scoring again.
+/// The scratch directory belongs to one cache key (same supernet, split and settings), and
+/// the evolution is deterministic given the scores, so the replay takes the same path.
+/// One line per score: `<config>\t<f64 bits as hex>` (exact); a torn last line is ignored.
+struct ScoreLog {
+    path: PathBuf,
+    known: HashMap<String, f64>,
+    file: std::fs::File,
+}
+
+impl ScoreLog {
+    const FILE: &'static str = "search_scores.tsv";
+
+    fn open(scratch: &Path) -> Result<Self, StageError> {
+        std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+        let path = scratch.join(Self::FILE);
+        let mut known = HashMap::new();
+        if path.is_file() {
+            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            for line in text.lines() {
+                let Some((cfg, bits)) = line.split_once('\t') else {
+                    continue;
+                };
+                if let Ok(b) = u64::from_str_radix(bits, 16)
+                    && bits.len() == 16
+                {
+                    known.insert(cfg.to_string(), f64::from_bits(b));
+                }
+            }
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(io_err(&path))?;
+        Ok(ScoreLog { path, known, file })
+    }
+
+    fn record(&mut self, config: &str, score: f64) -> Result<(), String> {
+        use std::io::Write;
+        // A torn line from a crash mid-write must not glue onto this one.
+        writeln!(self.file, "\n{config}\t{:016x}", score.to_bits())
+            .and_then(|_| self.file.flush())
+            .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
+        self.known.insert(config.to_string(), score);
+        Ok(())
+    }
+}
+
 /// `configs.json` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChosenConfig {
@@ -786,7 +836,18 @@ impl StageKind for SearchStage {
         let gen_ = &sup.generator;
         let metric = p.metric;
         let cancel = ctx.cancel;
+        let mut log = ScoreLog::open(ctx.scratch_dir)?;
+        if !log.known.is_empty() {
+            ctx.progress.message(&format!(
+                "resuming: {} candidate scores from an interrupted run",
+                log.known.len()
+            ));
+        }
         let score = |cfg: &SubnetConfig| -> Result<f64, SearchError> {
+            let key = cfg.to_string();
+            if let Some(s) = log.known.get(&key) {
+                return Ok(*s);
+            }
             if cancel.is_cancelled() {
                 return Err(SearchError::Cancelled);
             }
@@ -814,7 +875,9 @@ impl StageKind for SearchStage {
             if has_bn {
                 restore_running_stats(&saved_stats);
             }
-            Ok(total / n.max(1) as f64)
+            let score = total / n.max(1) as f64;
+            log.record(&key, score).map_err(fail)?;
+            Ok(score)
         };
         let cost = |cfg: &SubnetConfig| {
             ugc_nn::profile(&arch, Some(cfg), input_chw).map_err(|e| SearchError::Cost {

@@ -1013,3 +1013,74 @@ fn all_labeled_split_runs_adf_and_distill() {
     assert_eq!(m["distill.unlabeled_used"].as_f64(), Some(0.0));
     assert!(d_out.path().join("model/model.json").is_file());
 }
+
+/// A search cancelled mid-way replays its scores from scratch on the re-run: same result
+/// as an uninterrupted search, and no candidate is scored twice.
+#[test]
+fn cancelled_search_resumes_from_its_scored_candidates() {
+    let f = fixture();
+    let params = json!({"budget_ratio": 0.5, "wide_budget_ratio": 0.7, "deep_budget_ratio": 0.7,
+                        "input_size": INPUT, "population": 8, "generations": 2, "batch_size": 4,
+                        "eval_batches": 2, "seed": 0});
+    let deps = [input("supernet", &f.supernet), input("split", &f.split)];
+    let kind = SearchStage::new(schema("search"));
+    let full = tempfile::tempdir().unwrap();
+    run(&kind, params.clone(), &deps, full.path()).unwrap();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let token = CancelToken::new();
+    let cancel_at = CancelAt {
+        token: token.clone(),
+        at: 2,
+        last: AtomicU64::new(0),
+    };
+    let first = tempfile::tempdir().unwrap();
+    let e = run_with(
+        &kind,
+        params.clone(),
+        &deps,
+        first.path(),
+        scratch.path(),
+        &cancel_at,
+        &token,
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Cancelled), "{e}");
+    let lines = |p: &Path| {
+        std::fs::read_to_string(p.join("search_scores.tsv"))
+            .unwrap()
+            .lines()
+            .filter(|l| !l.is_empty())
+            .count()
+    };
+    let scored_before = lines(scratch.path());
+    assert!(scored_before > 0);
+    let resumed = tempfile::tempdir().unwrap();
+    run_with(
+        &kind,
+        params,
+        &deps,
+        resumed.path(),
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
+    .unwrap();
+    assert_eq!(
+        SearchConfigs::load(resumed.path()).unwrap(),
+        SearchConfigs::load(full.path()).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(resumed.path().join("pareto.csv")).unwrap(),
+        std::fs::read_to_string(full.path().join("pareto.csv")).unwrap()
+    );
+    let evaluated = json_of(&full.path().join("metrics.json"))["search.evaluated"]
+        .as_u64()
+        .unwrap() as usize;
+    assert!(scored_before < evaluated);
+    assert_eq!(
+        lines(scratch.path()),
+        evaluated,
+        "a candidate was scored twice"
+    );
+}
