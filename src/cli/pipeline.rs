@@ -386,32 +386,64 @@ pub fn show(p: &PipelineArgs, json: bool) -> CliResult {
             p.pipeline.display()
         );
     } else {
+        print_metric_tables(&rows, &s);
+    }
+    Ok(0)
+}
+
+/// One markdown table per stage kind (kinds report different metrics), nodes in plan order.
+fn print_metric_tables(rows: &[serde_json::Value], s: &Session) {
+    let mut kinds: Vec<String> = Vec::new();
+    for r in rows {
+        let kind = node_kind(s, r["node"].as_str().unwrap_or(""));
+        if !kinds.contains(&kind) {
+            kinds.push(kind);
+        }
+    }
+    for kind in kinds {
+        let group: Vec<&serde_json::Value> = rows
+            .iter()
+            .filter(|r| node_kind(s, r["node"].as_str().unwrap_or("")) == kind)
+            .collect();
         let mut names = BTreeSet::new();
-        for r in &rows {
+        for r in &group {
             if let Some(m) = r["metrics"].as_object() {
                 names.extend(m.keys().cloned());
             }
         }
-        print!("| node |");
-        for n in &names {
-            print!(" {n} |");
-        }
-        println!();
-        print!("|---|");
-        for _ in &names {
-            print!("---|");
-        }
-        println!();
-        for r in &rows {
-            print!("| {} |", r["node"].as_str().unwrap_or(""));
-            for n in &names {
-                match r["metrics"][n].as_f64() {
-                    Some(v) => print!(" {v:.4} |"),
-                    None => print!(" |"),
-                }
-            }
-            println!();
+        println!("\n{kind}\n");
+        let header: Vec<&str> = names.iter().map(String::as_str).collect();
+        println!("| node | {} |", header.join(" | "));
+        println!("|---|{}", "---|".repeat(names.len()));
+        for r in &group {
+            let cells: Vec<String> = names
+                .iter()
+                .map(|n| r["metrics"][n].as_f64().map(fmt_metric).unwrap_or_default())
+                .collect();
+            println!(
+                "| {} | {} |",
+                r["node"].as_str().unwrap_or(""),
+                cells.join(" | ")
+            );
         }
     }
-    Ok(0)
+}
+
+fn node_kind(s: &Session, id: &str) -> String {
+    s.dag
+        .find(id)
+        .first()
+        .map(|&i| s.dag.node(i).kind.clone())
+        .unwrap_or_default()
+}
+
+/// Integers as integers, large and small numbers readable.
+fn fmt_metric(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v.abs() >= 1e4 || v.abs() < 1e-3 {
+        format!("{v:.4e}")
+    } else {
+        format!("{v:.4}")
+    }
 }

@@ -12,6 +12,12 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("command", include_str!("../../stages/command.yaml")),
     ("synth", include_str!("../../stages/synth.yaml")),
     ("split", include_str!("../../stages/split.yaml")),
+    ("supernet", include_str!("../../stages/supernet.yaml")),
+    ("search", include_str!("../../stages/search.yaml")),
+    ("teachers", include_str!("../../stages/teachers.yaml")),
+    ("adf", include_str!("../../stages/adf.yaml")),
+    ("distill", include_str!("../../stages/distill.yaml")),
+    ("train", include_str!("../../stages/train.yaml")),
     ("evaluator", include_str!("../../stages/evaluator.yaml")),
     ("evaluate", include_str!("../../stages/evaluate.yaml")),
     ("export", include_str!("../../stages/export.yaml")),
@@ -34,6 +40,22 @@ pub fn registry() -> KindRegistry {
     reg.register(Arc::new(command::CommandStage::new(schema("command"))));
     reg.register(Arc::new(ugc_data::SynthStage::new(schema("synth"))));
     reg.register(Arc::new(ugc_data::SplitStage::new(schema("split"))));
+    reg.register(Arc::new(ugc_method::supernet::SupernetStage::new(schema(
+        "supernet",
+    ))));
+    reg.register(Arc::new(ugc_method::search::SearchStage::new(schema(
+        "search",
+    ))));
+    reg.register(Arc::new(ugc_method::teachers::TeachersStage::new(schema(
+        "teachers",
+    ))));
+    reg.register(Arc::new(ugc_method::adf::AdfStage::new(schema("adf"))));
+    reg.register(Arc::new(ugc_method::distill::DistillStage::new(schema(
+        "distill",
+    ))));
+    reg.register(Arc::new(ugc_method::train::TrainStage::new(schema(
+        "train",
+    ))));
     reg.register(Arc::new(ugc_eval::EvaluatorStage::new(schema("evaluator"))));
     reg.register(Arc::new(ugc_eval::EvaluateStage::new(schema("evaluate"))));
     reg.register(Arc::new(ugc_eval::ExportStage::new(schema("export"))));
