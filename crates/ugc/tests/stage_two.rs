@@ -38,6 +38,11 @@ fn with_defaults(s: &KindSchema, over: Value) -> Value {
     Value::Object(m)
 }
 
+/// libtorch's RNG (`tch::manual_seed`) and thread count are process-wide; stage runs in
+/// parallel tests would interleave draws and break the bit-exact resume checks. In the
+/// product every stage is its own process, so this lock is only for the tests.
+static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_with(
     kind: &dyn StageKind,
     over: Value,
@@ -47,6 +52,7 @@ fn run_with(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
+    let _serial = TORCH_GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
     let params = with_defaults(kind.schema(), over);
     let env = BTreeMap::new();
     let ctx = StageContext {

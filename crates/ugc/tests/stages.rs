@@ -42,6 +42,11 @@ fn input(kind: &str, dir: &Path) -> StageInput {
     }
 }
 
+/// libtorch's RNG (`tch::manual_seed`) and thread count are process-wide; stage runs in
+/// parallel tests would interleave draws and break the bit-exact resume checks. In the
+/// product every stage is its own process, so this lock is only for the tests.
+static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 fn run_with(
     kind: &dyn StageKind,
     params: &Value,
@@ -51,6 +56,7 @@ fn run_with(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
+    let _serial = TORCH_GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
     let env = BTreeMap::new();
     let ctx = StageContext {
         node: "n",
