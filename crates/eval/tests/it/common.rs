@@ -42,6 +42,11 @@ pub fn input(name: &str, kind: &str, dir: &Path) -> StageInput {
     }
 }
 
+/// libtorch's RNG (`tch::manual_seed`) and thread count are process-wide; parallel tests
+/// would interleave draws and break the byte-exact resume check. (In the product each
+/// stage is its own process.)
+static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 pub fn run_with(
     kind: &dyn StageKind,
     over: Value,
@@ -51,6 +56,7 @@ pub fn run_with(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
+    let _serial = TORCH_GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
     let params = with_defaults(kind.schema(), over);
     let env = BTreeMap::new();
     let ctx = StageContext {
