@@ -1,0 +1,478 @@
+//! Issue #7 item 1: training-step throughput (images/s) of the supernet step and the online
+//! distillation step, built from the project's networks (`ugc-nn`) and training core
+//! (`ugc-method`: losses, Adam, discriminator features).
+//!
+//!     cargo bench --bench train_step -- [--step supernet|distill] [--threads N] [--batch B]
+//!         [--size S] [--ngf G] [--ndf D] [--warmup W] [--repeats R] [--steps-per-repeat K]
+//!         [--device cpu|cuda] [--autocast true|false] [--out DIR]
+//!
+//! *gantask*: the project's real supernet step, `ugc_method::gan::GanTask::step` under the
+//! sandwich rule (largest + random + smallest sub-net), fed by the pix2pix data loader
+//! (1 decode thread) from a synthetic edges2photo split at `S x S`.
+//! *supernet*: the same computation as *gantask* written out with the same library calls
+//! but on fixed in-memory tensors (no loader): D update on (real, largest fake) with
+//! `(real + fake) / 2`, then `hinge_g + 100 * L1` of each sub-net back-propagated on its own,
+//! losses read to the host as the log does. This is the step the PyTorch twin mirrors.
+//! *distill* step (OMGD online distillation): a wide and a deep teacher each take a GAN +
+//! L1 update against one shared PatchGAN; the student takes one update of
+//! `ugc_method::losses::distill_loss` against both (detached) teacher outputs, with the
+//! discriminator's features (`DiscriminatorFeatures`) as the perceptual network.
+//!
+//! The random sub-nets are drawn from a seeded RNG and written to `--out/subnets.json` so
+//! `scripts/bench/train_step.py` replays exactly the same sequence. Prints one JSON line
+//! with the median (and min/max) images/s over R repeats of K steps after W warm-up steps.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use rand_chacha::ChaCha8Rng;
+use rand_chacha::rand_core::SeedableRng;
+use serde_json::json;
+use tch::{Device, Kind, Tensor, nn::VarStore};
+use ugc_data::{
+    DatasetSpec, Direction, Format, Loader, LoaderConfig, SplitParams, Subset, SynthConfig,
+    SynthTask, read_dataset, split_dataset, synth_with,
+};
+use ugc_engine::NullProgress;
+use ugc_method::device::{maybe_autocast, use_autocast};
+use ugc_method::gan::{GanLossWeights, GanTask, SubnetSchedule};
+use ugc_method::losses::{
+    DistillWeights, distill_loss, hinge_d_fake, hinge_d_real, hinge_g, l1, over_scales,
+};
+use ugc_method::optim::{Adam, AdamConfig, LrSchedule};
+use ugc_method::perceptual::{DiscriminatorFeatures, FeatureNet};
+use ugc_method::trainer::{BatchStream, TrainTask};
+use ugc_nn::{
+    Arch, ArchConfig, DiscConfig, Discriminator, Generator, Mode, SubnetConfig,
+    build_discriminator, build_generator,
+};
+
+type Res<T> = Result<T, Box<dyn std::error::Error>>;
+
+#[derive(Clone)]
+struct Args {
+    step: String,
+    threads: i32,
+    batch: i64,
+    size: i64,
+    ngf: i64,
+    ndf: i64,
+    warmup: usize,
+    repeats: usize,
+    per_repeat: usize,
+    device: Device,
+    /// CUDA autocast (libtorch's default dtype, float16: tch 0.24 cannot select bfloat16).
+    autocast: bool,
+    out: PathBuf,
+}
+
+fn parse_args() -> Result<Args, String> {
+    let mut a = Args {
+        step: "supernet".into(),
+        threads: 2,
+        batch: 4,
+        size: 64,
+        ngf: 16,
+        ndf: 16,
+        warmup: 2,
+        repeats: 5,
+        per_repeat: 3,
+        device: Device::Cpu,
+        autocast: false,
+        out: PathBuf::from("target/bench/train_step"),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        if flag == "--bench" {
+            continue;
+        }
+        let v = it
+            .next()
+            .ok_or_else(|| format!("flag `{flag}` needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("bad value `{v}` for `{flag}`: {e}");
+        match flag.as_str() {
+            "--step" => {
+                if !["supernet", "gantask", "distill"].contains(&v.as_str()) {
+                    return Err(bad(&"expected supernet, gantask or distill"));
+                }
+                a.step = v.clone();
+            }
+            "--threads" => a.threads = v.parse().map_err(|e| bad(&e))?,
+            "--batch" => a.batch = v.parse().map_err(|e| bad(&e))?,
+            "--size" => a.size = v.parse().map_err(|e| bad(&e))?,
+            "--ngf" => a.ngf = v.parse().map_err(|e| bad(&e))?,
+            "--ndf" => a.ndf = v.parse().map_err(|e| bad(&e))?,
+            "--warmup" => a.warmup = v.parse().map_err(|e| bad(&e))?,
+            "--repeats" => a.repeats = v.parse().map_err(|e| bad(&e))?,
+            "--steps-per-repeat" => a.per_repeat = v.parse().map_err(|e| bad(&e))?,
+            "--out" => a.out = PathBuf::from(&v),
+            "--autocast" => a.autocast = v.parse().map_err(|e| bad(&e))?,
+            "--device" => {
+                a.device = match v.as_str() {
+                    "cpu" => Device::Cpu,
+                    "cuda" => Device::Cuda(0),
+                    _ => return Err(bad(&"expected cpu or cuda")),
+                }
+            }
+            _ => return Err(format!("unknown flag `{flag}`")),
+        }
+    }
+    if a.repeats == 0 || a.per_repeat == 0 {
+        return Err("--repeats and --steps-per-repeat must be >= 1".into());
+    }
+    Ok(a)
+}
+
+/// Trainable variables of a store by name (buffers such as BN running statistics excluded).
+fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
+    vs.variables()
+        .into_iter()
+        .filter(|(_, t)| t.requires_grad())
+        .collect()
+}
+
+fn resnet(ngf: i64, n_blocks: i64) -> ArchConfig {
+    ArchConfig {
+        ngf,
+        n_blocks,
+        ..ArchConfig::new(Arch::Pix2PixResnet)
+    }
+}
+
+/// One network with its store and optimiser.
+struct Net<T: ?Sized> {
+    vs: VarStore,
+    net: Box<T>,
+    opt: Adam,
+}
+
+fn generator(cfg: &ArchConfig, device: Device) -> Res<Net<dyn Generator>> {
+    let vs = VarStore::new(device);
+    let net = build_generator(&vs.root(), cfg)?;
+    let opt = Adam::new(trainable(&vs), AdamConfig::default())?;
+    Ok(Net { vs, net, opt })
+}
+
+fn discriminator(cfg: &DiscConfig, device: Device) -> Res<Net<dyn Discriminator>> {
+    let vs = VarStore::new(device);
+    let net = build_discriminator(&vs.root(), cfg)?;
+    let opt = Adam::new(trainable(&vs), AdamConfig::default())?;
+    Ok(Net { vs, net, opt })
+}
+
+/// D update on real pairs and detached fakes (hinge loss, mean over fakes).
+fn d_update(d: &mut Net<dyn Discriminator>, x: &Tensor, y: &Tensor, fakes: &[&Tensor]) -> Res<()> {
+    d.opt.zero_grad();
+    let real = over_scales(
+        &d.net.forward(&Tensor::cat(&[x, y], 1), Mode::Train),
+        hinge_d_real,
+    );
+    let mut loss = real;
+    for f in fakes {
+        let out = d
+            .net
+            .forward(&Tensor::cat(&[x, &f.detach()], 1), Mode::Train);
+        loss += over_scales(&out, hinge_d_fake) / fakes.len() as f64;
+    }
+    loss.backward();
+    d.opt.step(2e-4)?;
+    Ok(())
+}
+
+/// `hinge_g + 100 * L1` of one generator output against the (frozen) discriminator.
+fn g_loss(d: &Net<dyn Discriminator>, x: &Tensor, y: &Tensor, fake: &Tensor) -> Tensor {
+    let out = d.net.forward(&Tensor::cat(&[x, fake], 1), Mode::Train);
+    over_scales(&out, hinge_g) + l1(fake, y) * 100.0
+}
+
+struct Supernet {
+    g: Net<dyn Generator>,
+    d: Net<dyn Discriminator>,
+    largest: SubnetConfig,
+    smallest: SubnetConfig,
+    random: Vec<SubnetConfig>,
+}
+
+impl Supernet {
+    /// Mirrors `ugc_method::gan::GanTask::step` under the sandwich rule without a data
+    /// loader: D on (real, largest fake) with `(real + fake) / 2`, then each sub-net's
+    /// `hinge_g + 100 * L1` back-propagated on its own, losses read to the host for the log.
+    fn step(&mut self, i: usize, x: &Tensor, y: &Tensor) -> Res<()> {
+        let fake_l = self.g.net.forward(x, &self.largest, Mode::Train)?;
+        self.d.opt.zero_grad();
+        let real = over_scales(
+            &self.d.net.forward(&Tensor::cat(&[x, y], 1), Mode::Train),
+            hinge_d_real,
+        );
+        let fake = over_scales(
+            &self
+                .d
+                .net
+                .forward(&Tensor::cat(&[x, &fake_l.detach()], 1), Mode::Train),
+            hinge_d_fake,
+        );
+        ((&real + &fake) * 0.5).backward();
+        self.d.opt.step(2e-4)?;
+        let mut log = vec![real.double_value(&[]), fake.double_value(&[])];
+        self.g.opt.zero_grad();
+        let random = &self.random[i % self.random.len()];
+        for (k, sub) in [&self.largest, random, &self.smallest]
+            .into_iter()
+            .enumerate()
+        {
+            let out = if k == 0 {
+                fake_l.shallow_clone()
+            } else {
+                self.g.net.forward(x, sub, Mode::Train)?
+            };
+            let p = self.d.net.forward(&Tensor::cat(&[x, &out], 1), Mode::Train);
+            let gan = over_scales(&p, hinge_g);
+            let rec = l1(&out, y) * 100.0;
+            log.push(gan.double_value(&[]));
+            log.push(rec.double_value(&[]));
+            (gan + rec).backward();
+        }
+        self.g.opt.step(2e-4)?;
+        if log.iter().any(|v| !v.is_finite()) {
+            return Err("non-finite loss".into());
+        }
+        Ok(())
+    }
+}
+
+struct Distill {
+    teachers: Vec<Net<dyn Generator>>,
+    student: Net<dyn Generator>,
+    d: Net<dyn Discriminator>,
+    weights: DistillWeights,
+}
+
+impl Distill {
+    fn step(&mut self, x: &Tensor, y: &Tensor) -> Res<()> {
+        let mut outs = Vec::new();
+        for t in &self.teachers {
+            let full = t.net.search_space().largest();
+            outs.push(t.net.forward(x, &full, Mode::Train)?);
+        }
+        d_update(&mut self.d, x, y, &outs.iter().collect::<Vec<_>>())?;
+        self.d.vs.freeze();
+        for (t, out) in self.teachers.iter_mut().zip(&outs) {
+            t.opt.zero_grad();
+            g_loss(&self.d, x, y, out).backward();
+            t.opt.step(2e-4)?;
+        }
+        let full = self.student.net.search_space().largest();
+        let s = self.student.net.forward(x, &full, Mode::Train)?;
+        let feats = DiscriminatorFeatures::new(self.d.net.as_ref(), x);
+        let fs = feats.features(&s);
+        self.student.opt.zero_grad();
+        let mut total: Option<Tensor> = None;
+        for out in &outs {
+            let t = out.detach();
+            let ft: Vec<Tensor> = tch::no_grad(|| feats.features(&t));
+            let terms = distill_loss(&s, &t, &fs, &ft, &self.weights)?;
+            total = Some(match total {
+                None => terms.total,
+                Some(acc) => acc + terms.total,
+            });
+        }
+        if let Some(t) = total {
+            t.backward();
+        }
+        self.student.opt.step(2e-4)?;
+        self.d.vs.unfreeze();
+        Ok(())
+    }
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+fn sync(device: Device) {
+    if let Device::Cuda(i) = device {
+        tch::Cuda::synchronize(i as i64);
+    }
+}
+
+fn main() -> Res<()> {
+    let a = parse_args()?;
+    tch::set_num_threads(a.threads);
+    tch::manual_seed(0);
+    let dev = a.device;
+    if let Device::Cuda(_) = dev {
+        tch::Cuda::cudnn_set_benchmark(true);
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let total_steps = a.warmup + a.repeats * a.per_repeat;
+    let x = Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
+    let y = Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
+    let disc_cfg = DiscConfig::patchgan(6, a.ndf);
+
+    let mut run_step: Box<dyn FnMut(usize) -> Res<()>>;
+    let setup;
+    match a.step.as_str() {
+        "supernet" => {
+            let cfg = resnet(a.ngf, 9);
+            let g = generator(&cfg, dev)?;
+            let space = g.net.search_space();
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let random: Vec<SubnetConfig> =
+                (0..total_steps).map(|_| space.sample(&mut rng)).collect();
+            let sub_json: Vec<_> = random
+                .iter()
+                .map(|s| json!({"widths": s.widths, "depth": s.depth}))
+                .collect();
+            std::fs::write(
+                a.out.join("subnets.json"),
+                serde_json::to_string(&json!({
+                    "largest": {"widths": space.largest().widths, "depth": space.largest().depth},
+                    "smallest": {"widths": space.smallest().widths, "depth": space.smallest().depth},
+                    "random": sub_json,
+                }))?,
+            )?;
+            setup = json!({"generator": "pix2pix-resnet supernet", "ngf": a.ngf, "n_blocks": 9,
+                "disc": "patchgan", "ndf": a.ndf, "subnets_per_step": 3});
+            let mut st = Supernet {
+                largest: space.largest(),
+                smallest: space.smallest(),
+                random,
+                g,
+                d: discriminator(&disc_cfg, dev)?,
+            };
+            let (x, y) = (x.shallow_clone(), y.shallow_clone());
+            run_step = Box::new(move |i| st.step(i, &x, &y));
+        }
+        "gantask" => {
+            // The real supernet step, data loader included: synthetic edges2photo pairs at
+            // `size`, split with every target kept, streamed by the pix2pix loader.
+            let data = tempfile::tempdir()?;
+            let (src, split) = (data.path().join("src"), data.path().join("split"));
+            let synth = SynthConfig {
+                n_test: 1,
+                ..SynthConfig::new(SynthTask::Edges2photo, 64, a.size as u32, 0)
+            };
+            synth_with(&synth, &src, 1)?;
+            let spec = DatasetSpec {
+                format: Format::Aligned,
+                root: src.clone(),
+                direction: Direction::AtoB,
+                train_split: "train".into(),
+                test_split: "val".into(),
+                extra_unlabeled: None,
+            };
+            let params = SplitParams {
+                label_ratio: 1.0,
+                holdout: 0.0,
+                seed: 0,
+                skip_bad: false,
+                threads: 1,
+            };
+            let m = split_dataset(&read_dataset(&spec)?, &params, &split, &NullProgress)?;
+            let mut lcfg = LoaderConfig::train(a.batch as usize, 0);
+            lcfg.threads = 1;
+            lcfg.device = dev;
+            let labeled =
+                BatchStream::new(Loader::new(&m, &split, Subset::Labeled, lcfg)?, "labeled")?;
+            let g = generator(&resnet(a.ngf, 9), dev)?;
+            let d = discriminator(&disc_cfg, dev)?;
+            let mut task = GanTask::new(
+                g.vs,
+                g.net,
+                d.vs,
+                d.net,
+                g.opt,
+                d.opt,
+                LrSchedule {
+                    base: 2e-4,
+                    steps: total_steps as u64,
+                    decay_steps: 0,
+                },
+                labeled,
+                None,
+                SubnetSchedule::Sandwich,
+                GanLossWeights {
+                    l1: 100.0,
+                    distill: 1.0,
+                    distill_terms: DistillWeights::default(),
+                },
+                None,
+                0,
+                false,
+                None,
+            )?;
+            task.seek(0)?;
+            setup = json!({"generator": "pix2pix-resnet supernet", "ngf": a.ngf, "n_blocks": 9,
+                "disc": "patchgan", "ndf": a.ndf, "subnets_per_step": 3,
+                "step": "ugc_method::gan::GanTask::step (sandwich), loader: 1 thread"});
+            run_step = Box::new(move |i| {
+                let _keep = &data;
+                task.step(i as u64)?;
+                Ok(())
+            });
+        }
+        _ => {
+            // Wide teacher: the full width, fewer blocks; deep teacher: more blocks; the
+            // student: half the width (OMGD's wide/deep pair around a narrow student).
+            let wide = resnet(a.ngf, 6);
+            let deep = resnet(a.ngf / 2, 12);
+            let student = resnet(a.ngf / 2, 6);
+            setup = json!({"teachers": [{"ngf": wide.ngf, "n_blocks": wide.n_blocks},
+                {"ngf": deep.ngf, "n_blocks": deep.n_blocks}],
+                "student": {"ngf": student.ngf, "n_blocks": student.n_blocks},
+                "disc": "patchgan", "ndf": a.ndf, "perceptual": "discriminator features"});
+            let mut st = Distill {
+                teachers: vec![generator(&wide, dev)?, generator(&deep, dev)?],
+                student: generator(&student, dev)?,
+                d: discriminator(&disc_cfg, dev)?,
+                weights: DistillWeights::default(),
+            };
+            let (x, y) = (x.shallow_clone(), y.shallow_clone());
+            run_step = Box::new(move |_| st.step(&x, &y));
+        }
+    }
+
+    let autocast = use_autocast(dev, a.autocast);
+    let mut run_step = move |i: usize| maybe_autocast(autocast, || run_step(i));
+    for i in 0..a.warmup {
+        run_step(i)?;
+    }
+    sync(dev);
+    let mut ips = Vec::with_capacity(a.repeats);
+    for r in 0..a.repeats {
+        let t = Instant::now();
+        for k in 0..a.per_repeat {
+            run_step(a.warmup + r * a.per_repeat + k)?;
+        }
+        sync(dev);
+        ips.push((a.per_repeat as i64 * a.batch) as f64 / t.elapsed().as_secs_f64());
+    }
+    let med = median(&mut ips);
+    println!(
+        "{}",
+        json!({
+            "bench": "train_step",
+            "impl": "ugc-pipe",
+            "step": a.step,
+            "images_per_s": med,
+            "min": ips[0],
+            "max": ips[ips.len() - 1],
+            "repeats": a.repeats,
+            "steps_per_repeat": a.per_repeat,
+            "warmup": a.warmup,
+            "batch": a.batch,
+            "size": a.size,
+            "threads": tch::get_num_threads(),
+            "device": format!("{dev:?}"),
+            "autocast_fp16": autocast,
+            "setup": setup,
+        })
+    );
+    Ok(())
+}
