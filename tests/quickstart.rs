@@ -33,7 +33,7 @@ fn quickstart_runs_every_stage_and_reruns_nothing() {
     let s = summary(&o);
     assert_eq!(s["failed"], 0, "{s}");
     let executed = s["executed"].as_u64().unwrap();
-    assert!(executed >= 18, "{s}");
+    assert!(executed >= 19, "{s}");
 
     let o = p.run(&args);
     assert!(o.status.success(), "{}", stderr(&o));

@@ -941,7 +941,22 @@ impl StageKind for SearchStage {
             metric,
             [budget, wide_budget, deep_budget],
             largest_cost.macs,
-        )
+        )?;
+        drop(ev);
+        // The searched student as a sub-net of the supernet, before any distillation: the
+        // "NAS" point of the seed's Figure 1, and the architecture a `train` stage can
+        // re-train on the labels alone (`from_dep: search`).
+        let student: SubnetConfig = configs.student.config.parse().map_err(|e| {
+            StageError::Failed(format!("searched student config does not parse: {e}"))
+        })?;
+        if has_bn {
+            ugc_nn::recalibrate_bn(gen_.as_ref(), &student, calib.iter()).map_err(|e| {
+                StageError::Failed(format!("recalibrating the searched student: {e}"))
+            })?;
+        }
+        ugc_nn::export::export_subnet(gen_.as_ref(), &student, &ctx.out_dir.join("model"))
+            .map_err(|e| StageError::Failed(format!("exporting the searched student: {e}")))?;
+        Ok(())
     }
 }
 

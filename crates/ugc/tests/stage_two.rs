@@ -202,6 +202,11 @@ fn search_then_teachers_then_adf() {
     assert_eq!(wide.depth, space.smallest().depth);
     assert!(deep.depth.iter().all(|d| *d));
     assert_eq!(c.largest.macs, largest);
+    // The searched student is exported as a compact model of exactly that sub-net.
+    let (meta, _) =
+        ugc_nn::export::load_model(&s_out.path().join("model"), tch::Device::Cpu).unwrap();
+    assert_eq!(meta.source_subnet, c.student.config);
+    assert_eq!(meta.params, c.student.params);
     // Every evaluated candidate is listed with its Pareto flag; the front is non-empty.
     let pareto = json_of(&s_out.path().join("pareto.json"));
     let cands = pareto["candidates"].as_array().unwrap();
