@@ -350,3 +350,35 @@ fn dag_prints_dot_and_mermaid() {
     let o = p.run(&["dag", "pipe.yaml", "--format", "mermaid"]);
     assert!(stdout(&o).contains("flowchart") || stdout(&o).contains("graph"));
 }
+
+#[test]
+fn missing_external_input_is_planned_and_refused_by_name() {
+    let p = Project::new();
+    p.write(
+        "in.yaml",
+        r#"
+stages:
+  use: {kind: command, params: {cmd: "cat $UGC_PIPELINE_DIR/data.txt > out", inputs: [data.txt]}}
+"#,
+    );
+    let o = p.run(&["run", "in.yaml", "--dry-run"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).contains("does not exist yet"), "{}", stdout(&o));
+    let o = p.run(&["run", "in.yaml"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("data.txt") && stderr(&o).contains("in.yaml:3:"),
+        "{}",
+        stderr(&o)
+    );
+    // Once the file exists the stage runs, and editing it re-runs the stage.
+    p.write("data.txt", "one\n");
+    let o = p.run(&["run", "in.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 1);
+    p.write("data.txt", "two\n");
+    let o = p.run(&["run", "in.yaml", "--json"]);
+    assert_eq!(summary(&o)["executed"], 1);
+    let o = p.run(&["run", "in.yaml", "--json"]);
+    assert_eq!(summary(&o)["executed"], 0);
+}

@@ -114,6 +114,7 @@ pub fn run(
     if dry_run {
         return print_plan(&s, &forced, json);
     }
+    check_external_inputs(&s)?;
     let argv: Vec<String> = std::env::args().collect();
     let run_id = s
         .registry
@@ -204,6 +205,24 @@ pub fn run(
     } else {
         EXIT_FAILED
     })
+}
+
+/// Refuses to start when a dataset or weights file a stage names is missing: better now
+/// than after hours of upstream training.
+fn check_external_inputs(s: &Session) -> Result<(), CliError> {
+    for (_, node) in s.dag.nodes() {
+        for (param, path) in &node.external_inputs {
+            if !path.exists() {
+                return Err(CliError::usage(format!(
+                    "{}: stage `{}` input `{param}` = {} does not exist",
+                    node.pos,
+                    node.id,
+                    path.display()
+                )));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn plan_of(

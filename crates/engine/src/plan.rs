@@ -46,6 +46,9 @@ pub enum RunReason {
     Forced,
     /// An upstream stage runs first; the key is known only once its output is.
     Upstream { upstream: Vec<String> },
+    /// An external input (a dataset, a weights file) does not exist yet: `run` will
+    /// refuse this stage until it does.
+    MissingInput { param: String, path: String },
 }
 
 impl std::fmt::Display for RunReason {
@@ -57,6 +60,9 @@ impl std::fmt::Display for RunReason {
             RunReason::Forced => write!(f, "forced"),
             RunReason::Upstream { upstream } => {
                 write!(f, "upstream runs first: {}", upstream.join(", "))
+            }
+            RunReason::MissingInput { param, path } => {
+                write!(f, "input `{param}` = {path} does not exist yet")
             }
         }
     }
@@ -191,7 +197,22 @@ pub fn plan(
                 reason: RunReason::Upstream { upstream: running },
             }
         } else {
-            let material = keys.material(dag, idx, &records)?;
+            let material = match keys.material(dag, idx, &records) {
+                Ok(m) => m,
+                // Planning (dry-run, status) of a pipeline whose data is not there yet.
+                Err(PlanError::ExternalInput { param, path, .. })
+                    if !std::path::Path::new(&path).exists() =>
+                {
+                    states.insert(
+                        idx,
+                        NodeState::Blocked {
+                            reason: RunReason::MissingInput { param, path },
+                        },
+                    );
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let key = material.key();
             let cached = keys.cache.lookup(&key)?;
             match cached {
