@@ -2,17 +2,12 @@
 
 use std::path::Path;
 
-use super::{CliError, CliResult};
+use super::{CliError, CliResult, print_json_or};
 
 pub fn synth(task: &str, n: usize, size: u32, out: &Path, seed: u64, json: bool) -> CliResult {
     let task: ugc_data::SynthTask = task.parse().map_err(CliError::usage)?;
     let report = ugc_data::synth_to_dir(task, n, size, out, seed).map_err(CliError::usage)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
+    print_json_or(json, &report, || {
         println!(
             "{task}: {} train + {} test images of {size}x{size} in {} ({:.0} images/s)",
             report.n_train,
@@ -20,6 +15,6 @@ pub fn synth(task: &str, n: usize, size: u32, out: &Path, seed: u64, json: bool)
             out.display(),
             report.images_per_sec
         );
-    }
+    })?;
     Ok(0)
 }

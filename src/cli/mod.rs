@@ -45,6 +45,23 @@ impl CliError {
 
 pub type CliResult = Result<i32, CliError>;
 
+/// `--json`: prints `value` as one JSON line; otherwise runs `text`, which prints for people.
+pub fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce(),
+) -> Result<(), CliError> {
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string(value).map_err(CliError::failed)?
+        );
+    } else {
+        text();
+    }
+    Ok(())
+}
+
 #[derive(Parser, Debug)]
 #[command(
     name = "ugc-pipe",

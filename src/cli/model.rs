@@ -3,10 +3,9 @@
 use std::path::{Path, PathBuf};
 
 use clap::Args;
-use tch::nn::VarStore;
 use ugc_nn::{Arch, ArchConfig, SubnetConfig, Upsampling};
 
-use super::{CliError, CliResult, EXIT_FAILED};
+use super::{CliError, CliResult, EXIT_FAILED, print_json_or};
 use crate::runtime::{DeviceChoice, resolve_device};
 
 /// The architecture options shared by the model verbs. Unset fields take the family's
@@ -101,12 +100,7 @@ pub fn profile(a: &ArchArgs, input: &str, json: bool) -> CliResult {
     let cfg = a.arch_config(Some(shape[0]))?;
     let sub = a.subnet()?;
     let report = ugc_nn::profile_report(&cfg, sub.as_ref(), shape).map_err(CliError::usage)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
+    print_json_or(json, &report, || {
         println!(
             "{} {}x{}x{}: {:.3}G MACs, {:.3}M params\nconfig: {}",
             report.arch,
@@ -117,7 +111,7 @@ pub fn profile(a: &ArchArgs, input: &str, json: bool) -> CliResult {
             report.params as f64 / 1e6,
             report.config
         );
-    }
+    })?;
     Ok(0)
 }
 
@@ -141,12 +135,7 @@ pub fn infer(a: InferArgs<'_>) -> CliResult {
     let report =
         ugc_nn::infer::infer_image(&cfg, sub.as_ref(), a.weights, a.input, a.output, dev, &opts)
             .map_err(CliError::usage)?;
-    if a.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
+    print_json_or(a.json, &report, || {
         println!(
             "{} -> {} ({} {}x{}, {})",
             report.input.display(),
@@ -156,7 +145,7 @@ pub fn infer(a: InferArgs<'_>) -> CliResult {
             report.size[0],
             report.device
         );
-    }
+    })?;
     Ok(0)
 }
 
@@ -219,13 +208,7 @@ pub fn export(a: &ArchArgs, weights: &Path, out: &Path, json: bool) -> CliResult
     };
     let meta = ugc_nn::export::export_subnet(loaded.generator.as_ref(), &sub, out)
         .map_err(CliError::usage)?;
-    let _keep: &VarStore = &loaded.vs;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&meta).map_err(CliError::failed)?
-        );
-    } else {
+    print_json_or(json, &meta, || {
         println!(
             "exported {} sub-net {} to {} ({} params)",
             meta.arch.arch,
@@ -233,6 +216,6 @@ pub fn export(a: &ArchArgs, weights: &Path, out: &Path, json: bool) -> CliResult
             out.display(),
             meta.params
         );
-    }
+    })?;
     Ok(0)
 }

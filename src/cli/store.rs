@@ -11,7 +11,7 @@ use ugc_engine::job::Job;
 use ugc_engine::lock::{list_locks, remove_stale};
 use ugc_engine::registry::Registry;
 
-use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED};
+use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, print_json_or};
 
 fn open_cache(dir: &Path) -> Result<Cache, CliError> {
     Cache::open(dir).map_err(|e| CliError::failed(format!("cache {}: {e}", dir.display())))
@@ -152,12 +152,7 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
 pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
     let cache = open_cache(cache_dir)?;
     let report = cache.gc(None).map_err(CliError::failed)?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
+    print_json_or(json, &report, || {
         println!(
             "gc: removed {} objects ({:.1} MiB), {} views, {} records, {} temporary dirs, {} scratch dirs; {} locked keys left alone",
             report.removed_objects,
@@ -168,7 +163,7 @@ pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
             report.removed_scratch.len(),
             report.skipped_locked.len()
         );
-    }
+    })?;
     Ok(0)
 }
 
@@ -202,12 +197,7 @@ pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
         && report.missing.is_empty()
         && report.removed_records.is_empty()
         && report.bad_records.is_empty());
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).map_err(CliError::failed)?
-        );
-    } else {
+    print_json_or(json, &report, || {
         println!(
             "verify: {} objects ({:.1} MiB) checked",
             report.objects_checked,
@@ -228,7 +218,7 @@ pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
         if !damaged {
             println!("  all objects intact");
         }
-    }
+    })?;
     Ok(if damaged { EXIT_FAILED } else { 0 })
 }
 
