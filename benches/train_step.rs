@@ -4,7 +4,7 @@
 //!
 //!     cargo bench --bench train_step -- [--step supernet|distill] [--threads N] [--batch B]
 //!         [--size S] [--ngf G] [--ndf D] [--warmup W] [--repeats R] [--steps-per-repeat K]
-//!         [--device cpu|cuda] [--autocast true|false] [--out DIR]
+//!         [--device cpu|cuda] [--autocast true|false] [--freeze-d true|false] [--out DIR]
 //!
 //! *gantask*: the project's real supernet step, `ugc_method::gan::GanTask::step` under the
 //! sandwich rule (largest + random + smallest sub-net), fed by the pix2pix data loader
@@ -63,6 +63,9 @@ struct Args {
     device: Device,
     /// CUDA autocast (libtorch's default dtype, float16: tch 0.24 cannot select bfloat16).
     autocast: bool,
+    /// *supernet* only: freeze the discriminator during the generator backward (pix2pix
+    /// does; `GanTask::step` does not), to measure what that proposed change saves.
+    freeze_d: bool,
     out: PathBuf,
 }
 
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         per_repeat: 3,
         device: Device::Cpu,
         autocast: false,
+        freeze_d: false,
         out: PathBuf::from("target/bench/train_step"),
     };
     let mut it = std::env::args().skip(1);
@@ -107,6 +111,7 @@ fn parse_args() -> Result<Args, String> {
             "--steps-per-repeat" => a.per_repeat = v.parse().map_err(|e| bad(&e))?,
             "--out" => a.out = PathBuf::from(&v),
             "--autocast" => a.autocast = v.parse().map_err(|e| bad(&e))?,
+            "--freeze-d" => a.freeze_d = v.parse().map_err(|e| bad(&e))?,
             "--device" => {
                 a.device = match v.as_str() {
                     "cpu" => Device::Cpu,
@@ -191,6 +196,7 @@ struct Supernet {
     largest: SubnetConfig,
     smallest: SubnetConfig,
     random: Vec<SubnetConfig>,
+    freeze_d: bool,
 }
 
 impl Supernet {
@@ -214,6 +220,9 @@ impl Supernet {
         ((&real + &fake) * 0.5).backward();
         self.d.opt.step(2e-4)?;
         let mut log = vec![real.double_value(&[]), fake.double_value(&[])];
+        if self.freeze_d {
+            self.d.vs.freeze();
+        }
         self.g.opt.zero_grad();
         let random = &self.random[i % self.random.len()];
         for (k, sub) in [&self.largest, random, &self.smallest]
@@ -233,6 +242,9 @@ impl Supernet {
             (gan + rec).backward();
         }
         self.g.opt.step(2e-4)?;
+        if self.freeze_d {
+            self.d.vs.unfreeze();
+        }
         if log.iter().any(|v| !v.is_finite()) {
             return Err("non-finite loss".into());
         }
@@ -338,11 +350,12 @@ fn main() -> Res<()> {
                 }))?,
             )?;
             setup = json!({"generator": "pix2pix-resnet supernet", "ngf": a.ngf, "n_blocks": 9,
-                "disc": "patchgan", "ndf": a.ndf, "subnets_per_step": 3});
+                "disc": "patchgan", "ndf": a.ndf, "subnets_per_step": 3, "freeze_d": a.freeze_d});
             let mut st = Supernet {
                 largest: space.largest(),
                 smallest: space.smallest(),
                 random,
+                freeze_d: a.freeze_d,
                 g,
                 d: discriminator(&disc_cfg, dev)?,
             };

@@ -64,6 +64,19 @@ class SuperResnet(nn.Module):
         return torch.tanh(F.conv2d(pad(h, 3), self.last_w[:, :up2], self.last_b))
 
 
+class ComposedLeakyReLU(nn.Module):
+    """LeakyReLU(0.2) from several kernels: `where` as ugc-nn writes it, or `relu`."""
+
+    def __init__(self, form):
+        super().__init__()
+        self.form = form
+
+    def forward(self, x):
+        if self.form == "where":
+            return torch.where(x >= 0, x, x * 0.2)
+        return x * 0.2 + torch.relu(x) * 0.8
+
+
 def hinge_d_real(p): return F.relu(1 - p).mean()
 def hinge_d_fake(p): return F.relu(1 + p).mean()
 def hinge_g(p): return -p.mean()
@@ -155,6 +168,11 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
+    p.add_argument("--freeze-d", action="store_true",
+                   help="freeze D during the generator backward (as pix2pix; GanTask does not)")
+    p.add_argument("--lrelu", default="native", choices=["native", "where", "relu"],
+                   help="LeakyReLU(0.2) form: torch's kernel, where(x >= 0, x, 0.2 x) as "
+                        "ugc_nn::elastic::leaky_relu writes it, or 0.2 x + 0.8 relu(x)")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
@@ -166,6 +184,10 @@ def main():
     mf = torch.channels_last if a.channels_last else torch.contiguous_format
     x, y = x.contiguous(memory_format=mf), y.contiguous(memory_format=mf)
     d = patchgan(6, a.ndf).to(dev, memory_format=mf).train()
+    if a.lrelu != "native":
+        for seq in d:
+            if isinstance(seq, nn.Sequential) and isinstance(seq[-1], nn.LeakyReLU):
+                seq[-1] = ComposedLeakyReLU(a.lrelu)
     opt_d = adam(d.parameters())
     ac = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if a.bf16 else \
         (lambda: torch.autocast(dev.type, enabled=False))
@@ -188,6 +210,8 @@ def main():
                 ((real + fake) * 0.5).backward()
                 opt_d.step()
                 log = [real.item(), fake.item()]
+                if a.freeze_d:
+                    set_grad(d, False)
                 opt_g.zero_grad()
                 for k, sub in enumerate((L, subs["random"][i % len(subs["random"])], S)):
                     out = fake_l if k == 0 else g(x, sub["widths"], sub["depth"])
@@ -196,6 +220,8 @@ def main():
                     log += [gan.item(), rec.item()]
                     (gan + rec).backward()
                 opt_g.step()
+                if a.freeze_d:
+                    set_grad(d, True)
     else:
         nets = [(resnet_full(a.ngf, 6), 6), (resnet_full(a.ngf // 2, 12), 12)]
         teachers = [resnet_generator(w, n).to(dev, memory_format=mf).train() for w, n in nets]
@@ -243,6 +269,7 @@ def main():
                       "warmup": a.warmup, "batch": a.batch, "size": a.size,
                       "threads": torch.get_num_threads(), "device": a.device,
                       "channels_last": a.channels_last, "bf16": a.bf16,
+                      "freeze_d": a.freeze_d, "lrelu": a.lrelu,
                       "torch": torch.__version__}), flush=True)
 
 
