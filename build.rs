@@ -1,3 +1,4 @@
 fn main() {
-    torch_link::emit();
+    // Only the worker (and tests/benches/examples) load libtorch; the head binary must not.
+    torch_link::emit_for_bin("ugc-pipe-worker");
 }

@@ -18,21 +18,52 @@ pub const LIBTORCH_VERSION: &str = "2.11.0";
 /// Resolves `--device` into (device kind name, GPU indices). Asking for CUDA on a machine
 /// without it is an error, not a silent CPU run.
 pub fn resolve_device(choice: DeviceChoice) -> Result<(String, Vec<usize>), String> {
-    let cuda = tch::Cuda::is_available();
-    let count = if cuda {
-        tch::Cuda::device_count().max(0) as usize
-    } else {
+    let count = if choice == DeviceChoice::Cpu {
         0
+    } else {
+        cuda_device_count()
     };
     match choice {
         DeviceChoice::Cpu => Ok(("cpu".into(), vec![])),
-        DeviceChoice::Auto if count > 0 => Ok(("cuda".into(), (0..count).collect())),
+        DeviceChoice::Auto | DeviceChoice::Cuda if count > 0 => {
+            Ok(("cuda".into(), (0..count).collect()))
+        }
         DeviceChoice::Auto => Ok(("cpu".into(), vec![])),
-        DeviceChoice::Cuda if count > 0 => Ok(("cuda".into(), (0..count).collect())),
         DeviceChoice::Cuda => Err(
-            "--device cuda: no CUDA device is visible to libtorch (use --device cpu or auto)"
+            "--device cuda: no CUDA device is visible (no NVIDIA driver, or CUDA_VISIBLE_DEVICES \
+             hides every GPU); use --device cpu or auto"
                 .into(),
         ),
+    }
+}
+
+/// GPUs visible to the CUDA driver (honours `CUDA_VISIBLE_DEVICES`), asked of
+/// `libcuda.so.1` directly: the head process stays free of libtorch, whose start-up alone
+/// costs about a second. The stage processes check again through libtorch and refuse a
+/// CUDA device it cannot use.
+pub fn cuda_device_count() -> usize {
+    type CuInit = unsafe extern "C" fn(u32) -> i32;
+    type CuDeviceGetCount = unsafe extern "C" fn(*mut i32) -> i32;
+    // SAFETY: loading the NVIDIA driver library runs its initialisers, as any CUDA program
+    // does; the two symbols have these C signatures in every driver API version.
+    unsafe {
+        let Ok(lib) = libloading::Library::new("libcuda.so.1") else {
+            return 0;
+        };
+        let (Ok(init), Ok(count)) = (
+            lib.get::<CuInit>(b"cuInit\0"),
+            lib.get::<CuDeviceGetCount>(b"cuDeviceGetCount\0"),
+        ) else {
+            return 0;
+        };
+        if init(0) != 0 {
+            return 0;
+        }
+        let mut n: i32 = 0;
+        if count(&mut n) != 0 {
+            return 0;
+        }
+        n.max(0) as usize
     }
 }
 

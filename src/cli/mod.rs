@@ -2,11 +2,10 @@
 //! own module; this one parses arguments and maps results to exit codes:
 //! 0 success, 1 a stage or command failed, 2 bad input (usage, pipeline, data), 130 interrupted.
 
-mod data;
-mod metrics;
-mod model;
+pub mod args;
+pub mod forward;
 mod pipeline;
-mod store;
+pub mod store;
 
 use std::path::PathBuf;
 
@@ -176,7 +175,7 @@ pub enum Verb {
     /// MACs and parameters of a model or sub-net, counted analytically (torchprofile conventions).
     Profile {
         #[command(flatten)]
-        arch: model::ArchArgs,
+        arch: args::ArchArgs,
         /// Input shape CxHxW, e.g. 3x256x256 (C sets the input channels).
         #[arg(long)]
         input: String,
@@ -186,7 +185,7 @@ pub enum Verb {
     /// Run a generator on one image (official pix2pix pre/post-processing).
     Infer {
         #[command(flatten)]
-        arch: model::ArchArgs,
+        arch: args::ArchArgs,
         /// Weights: a safetensors file with the architecture's names, or an exported model folder.
         #[arg(long)]
         weights: PathBuf,
@@ -206,7 +205,7 @@ pub enum Verb {
     /// reports every missing, unexpected or mis-shaped tensor. With --out, writes a model folder.
     Import {
         #[command(flatten)]
-        arch: model::ArchArgs,
+        arch: args::ArchArgs,
         #[arg(long)]
         weights: PathBuf,
         #[arg(long)]
@@ -217,7 +216,7 @@ pub enum Verb {
     /// Export a sub-net (--config) of supernet weights as a compact standalone model folder.
     Export {
         #[command(flatten)]
-        arch: model::ArchArgs,
+        arch: args::ArchArgs,
         #[arg(long)]
         weights: PathBuf,
         #[arg(long)]
@@ -291,7 +290,9 @@ pub enum DagFormat {
     Mermaid,
 }
 
-/// Parses the command line, runs the verb, returns the process exit code.
+/// Parses the command line, runs the verb, returns the process exit code. Verbs that
+/// need libtorch (exec, profile, infer, import, export, metrics, synth) are handed to
+/// `ugc-pipe-worker` after their arguments are checked here.
 pub fn main() -> i32 {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -300,17 +301,14 @@ pub fn main() -> i32 {
             return if e.use_stderr() { EXIT_USAGE } else { 0 };
         }
     };
+    if cli.command.runs_in_worker() {
+        return report(forward::to_worker());
+    }
     let json = matches!(
         cli.command,
         Verb::Run { json: true, .. } | Verb::Status { json: true, .. }
     );
-    let exec = matches!(cli.command, Verb::Exec { .. });
-    let bars = if exec {
-        store::init_exec_logging(cli.verbose);
-        false
-    } else {
-        crate::ui::init_logging(cli.verbose, json)
-    };
+    let bars = crate::ui::init_logging(cli.verbose, json);
     let result = match cli.command {
         Verb::Run {
             p,
@@ -333,65 +331,40 @@ pub fn main() -> i32 {
         Verb::Gc { cache_dir, json } => store::gc(&cache_dir, json),
         Verb::Unlock { cache_dir } => store::unlock(&cache_dir),
         Verb::Verify { cache_dir, json } => store::verify(&cache_dir, json),
-        Verb::Profile { arch, input, json } => model::profile(&arch, &input, json),
-        Verb::Infer {
-            arch,
-            weights,
-            input,
-            output,
-            load_size,
-            device,
-            json,
-        } => model::infer(model::InferArgs {
-            arch: &arch,
-            weights: &weights,
-            input: &input,
-            output: &output,
-            load_size,
-            device,
-            json,
-        }),
-        Verb::Import {
-            arch,
-            weights,
-            out,
-            json,
-        } => model::import(&arch, &weights, out.as_ref(), json),
-        Verb::Export {
-            arch,
-            weights,
-            out,
-            json,
-        } => model::export(&arch, &weights, &out, json),
-        Verb::Metrics { which } => match which {
-            MetricsVerb::Frechet { a, b, json } => metrics::frechet(&a, &b, json),
-            MetricsVerb::Miou {
-                pred,
-                gt,
-                num_classes,
-                ignore,
-                json,
-            } => metrics::miou(&pred, &gt, num_classes, ignore, json),
-        },
-        Verb::Synth {
-            task,
-            n,
-            size,
-            out,
-            seed,
-            json,
-        } => data::synth(&task, n, size, &out, seed, json),
-        Verb::Exec {
-            key,
-            cache_dir,
-            force,
-        } => store::exec(&key, &cache_dir, force),
+        Verb::Exec { .. }
+        | Verb::Profile { .. }
+        | Verb::Infer { .. }
+        | Verb::Import { .. }
+        | Verb::Export { .. }
+        | Verb::Metrics { .. }
+        | Verb::Synth { .. } => unreachable!("handed to the worker above"),
     };
+    report(result)
+}
+
+/// Prints an error and returns the exit code.
+pub fn report(result: CliResult) -> i32 {
     match result {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {}", e.message);
             e.code
         }
+    }
+}
+
+impl Verb {
+    /// Verbs that need libtorch or the stage kinds' code.
+    pub fn runs_in_worker(&self) -> bool {
+        matches!(
+            self,
+            Verb::Exec { .. }
+                | Verb::Profile { .. }
+                | Verb::Infer { .. }
+                | Verb::Import { .. }
+                | Verb::Export { .. }
+                | Verb::Metrics { .. }
+                | Verb::Synth { .. }
+        )
     }
 }

@@ -55,7 +55,7 @@ pub fn default_cache_dir(pipeline: &Path) -> PathBuf {
 }
 
 fn open(p: &PipelineArgs) -> Result<Session, CliError> {
-    let kinds = crate::stages::registry();
+    let kinds = crate::stages::schema_registry();
     let opts = LoadOptions {
         overrides: p.set.clone(),
         ..LoadOptions::default()
@@ -120,8 +120,7 @@ pub fn run(
         .registry
         .begin_run(&s.id(), &argv)
         .map_err(|e| CliError::failed(format!("run registry: {e}")))?;
-    let exe = std::env::current_exe()
-        .map_err(|e| CliError::failed(format!("cannot locate the ugc-pipe executable: {e}")))?;
+    let worker = super::forward::worker_path()?;
     let mut stage_env = std::collections::BTreeMap::new();
     stage_env.insert(
         "UGC_PIPELINE_DIR".to_string(),
@@ -136,7 +135,7 @@ pub fn run(
         keep_going,
         forced,
         gpus: s.gpus.clone(),
-        exec_command: vec![exe.display().to_string(), "exec".into()],
+        exec_command: vec![worker.display().to_string(), "exec".into()],
         pipeline: s.id(),
         run_id: Some(run_id),
         stage_env,
@@ -310,7 +309,7 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
 }
 
 pub fn dag(p: &PipelineArgs, format: DagFormat) -> CliResult {
-    let kinds = crate::stages::registry();
+    let kinds = crate::stages::schema_registry();
     let opts = LoadOptions {
         overrides: p.set.clone(),
         ..LoadOptions::default()

@@ -1,69 +1,20 @@
-//! Verbs on the cache and the run registry: runs, gc, unlock, verify, and the hidden
-//! `exec` that runs one stage by its key.
+//! Verbs on the cache and the run registry: runs, gc, unlock, verify.
 
 use std::path::Path;
 
-use ugc_engine::CancelToken;
 use ugc_engine::cache::Cache;
-use ugc_engine::events::{EventProgress, StageEvent};
-use ugc_engine::exec::{ExecOutcome, exec_job};
-use ugc_engine::job::Job;
 use ugc_engine::lock::{list_locks, remove_stale};
 use ugc_engine::registry::Registry;
 
-use super::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED, print_json_or};
+use super::{CliError, CliResult, EXIT_FAILED, print_json_or};
 
-fn open_cache(dir: &Path) -> Result<Cache, CliError> {
+pub fn open_cache(dir: &Path) -> Result<Cache, CliError> {
     Cache::open(dir).map_err(|e| CliError::failed(format!("cache {}: {e}", dir.display())))
 }
 
-fn open_registry(cache: &Cache) -> Result<Registry, CliError> {
+pub fn open_registry(cache: &Cache) -> Result<Registry, CliError> {
     Registry::open(&cache.root().join("registry.sqlite"))
         .map_err(|e| CliError::failed(format!("run registry: {e}")))
-}
-
-/// Logging of a stage process: plain lines on stderr, which the head points at the
-/// per-stage log file.
-pub fn init_exec_logging(verbose: u8) {
-    let level = if verbose > 0 { "debug" } else { "info" };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(false)
-        .with_writer(std::io::stderr)
-        .try_init();
-}
-
-pub fn exec(key: &str, cache_dir: &Path, force: bool) -> CliResult {
-    let cache = open_cache(cache_dir)?;
-    let registry = open_registry(&cache)?;
-    let job = Job::read(cache.root(), key).map_err(CliError::usage)?;
-    let cancel = CancelToken::new();
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
-        signal_hook::flag::register(sig, cancel.flag())
-            .map_err(|e| CliError::failed(format!("signal handler: {e}")))?;
-    }
-    let progress = EventProgress::new(std::io::stdout());
-    tracing::info!("stage {} (kind {}) key {}", job.node, job.kind, job.key);
-    let kinds = crate::stages::registry();
-    let result = exec_job(&cache, &registry, &kinds, &job, force, &progress, &cancel);
-    let (outcome, error, code) = match &result {
-        Ok(ExecOutcome::Executed(_)) => ("executed", None, 0),
-        Ok(ExecOutcome::Hit(_)) => ("hit", None, 0),
-        Err(e) if e.is_cancelled() => ("cancelled", Some(e.to_string()), EXIT_INTERRUPTED),
-        Err(e) => ("failed", Some(e.to_string()), EXIT_FAILED),
-    };
-    if let Some(e) = &error {
-        tracing::error!("{e}");
-    } else {
-        tracing::info!("{outcome}");
-    }
-    progress.emit(&StageEvent::Done {
-        outcome: outcome.into(),
-        error,
-    });
-    Ok(code)
 }
 
 fn fmt_ms(ms: u64) -> String {

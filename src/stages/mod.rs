@@ -1,9 +1,6 @@
-//! The stage kinds this binary knows, each with its schema from `stages/<kind>.yaml`
-//! (embedded at build time so the binary works from any directory).
-
-mod command;
-
-use std::sync::Arc;
+//! The built-in stage kinds' schemas (`stages/<kind>.yaml`, embedded at build time so the
+//! binaries work from any directory). The head process plans with these; the worker
+//! (`ugc-pipe-worker`) registers the same schemas together with the kinds' code.
 
 use ugc_engine::{KindRegistry, KindSchema};
 
@@ -24,42 +21,26 @@ pub const SCHEMAS: &[(&str, &str)] = &[
     ("report", include_str!("../../stages/report.yaml")),
 ];
 
-fn schema(kind: &str) -> KindSchema {
+/// The parsed schema of a built-in kind.
+///
+/// # Panics
+/// If `kind` is not built in or its embedded YAML does not parse: both are build bugs,
+/// caught by the `schemas_parse` test, never user input.
+pub fn schema(kind: &str) -> KindSchema {
     let text = SCHEMAS
         .iter()
         .find(|(k, _)| *k == kind)
         .map(|(_, t)| *t)
         .unwrap_or_else(|| panic!("no embedded schema for kind `{kind}`"));
-    // Embedded files are checked by the `schemas_parse` test; a failure here is a build bug.
     KindSchema::from_yaml(text).unwrap_or_else(|e| panic!("stages/{kind}.yaml: {e}"))
 }
 
-/// All built-in stage kinds.
-pub fn registry() -> KindRegistry {
+/// Every built-in kind by its schema: enough to validate, plan and key a pipeline.
+pub fn schema_registry() -> KindRegistry {
     let mut reg = KindRegistry::new();
-    reg.register(Arc::new(command::CommandStage::new(schema("command"))));
-    reg.register(Arc::new(ugc_data::SynthStage::new(schema("synth"))));
-    reg.register(Arc::new(ugc_data::SplitStage::new(schema("split"))));
-    reg.register(Arc::new(ugc_method::supernet::SupernetStage::new(schema(
-        "supernet",
-    ))));
-    reg.register(Arc::new(ugc_method::search::SearchStage::new(schema(
-        "search",
-    ))));
-    reg.register(Arc::new(ugc_method::teachers::TeachersStage::new(schema(
-        "teachers",
-    ))));
-    reg.register(Arc::new(ugc_method::adf::AdfStage::new(schema("adf"))));
-    reg.register(Arc::new(ugc_method::distill::DistillStage::new(schema(
-        "distill",
-    ))));
-    reg.register(Arc::new(ugc_method::train::TrainStage::new(schema(
-        "train",
-    ))));
-    reg.register(Arc::new(ugc_eval::EvaluatorStage::new(schema("evaluator"))));
-    reg.register(Arc::new(ugc_eval::EvaluateStage::new(schema("evaluate"))));
-    reg.register(Arc::new(ugc_eval::ExportStage::new(schema("export"))));
-    reg.register(Arc::new(ugc_report::ReportStage::new(schema("report"))));
+    for (kind, _) in SCHEMAS {
+        reg.register_schema(schema(kind));
+    }
     reg
 }
 
@@ -73,6 +54,9 @@ mod tests {
             let s = KindSchema::from_yaml(text).unwrap_or_else(|e| panic!("{kind}: {e}"));
             assert_eq!(&s.kind, kind);
         }
-        assert!(registry().get("command").is_some());
+        let reg = schema_registry();
+        assert_eq!(reg.names().count(), SCHEMAS.len());
+        // The head holds schemas only: it never runs a stage itself.
+        assert!(reg.get("command").is_none());
     }
 }

@@ -244,9 +244,11 @@ pub trait StageKind: Send + Sync {
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;
 }
 
-/// The stage kinds known to a binary, by name.
+/// The stage kinds known to a binary, by name. The head process (`ugc-pipe`) only plans,
+/// so it holds the kinds' schemas; the worker (`ugc-pipe-worker`) also holds their code.
 #[derive(Default, Clone)]
 pub struct KindRegistry {
+    schemas: BTreeMap<String, KindSchema>,
     kinds: BTreeMap<String, Arc<dyn StageKind>>,
 }
 
@@ -254,16 +256,25 @@ impl KindRegistry {
     pub fn new() -> Self {
         Self::default()
     }
+    /// Registers a kind with its code (it can run here).
     pub fn register(&mut self, kind: Arc<dyn StageKind>) {
-        self.kinds.insert(kind.schema().kind.clone(), kind);
+        let schema = kind.schema().clone();
+        self.kinds.insert(schema.kind.clone(), kind);
+        self.schemas.insert(schema.kind.clone(), schema);
     }
+    /// Registers a kind by its schema only: pipelines using it can be validated, planned
+    /// and keyed here, and its stages run in a process that has its code.
+    pub fn register_schema(&mut self, schema: KindSchema) {
+        self.schemas.insert(schema.kind.clone(), schema);
+    }
+    /// The code of a kind, when this process can run it.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn StageKind>> {
         self.kinds.get(name)
     }
     pub fn schema(&self, name: &str) -> Option<&KindSchema> {
-        self.kinds.get(name).map(|k| k.schema())
+        self.schemas.get(name)
     }
     pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.kinds.keys().map(String::as_str)
+        self.schemas.keys().map(String::as_str)
     }
 }

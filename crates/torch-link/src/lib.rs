@@ -8,8 +8,25 @@
 
 use std::path::{Path, PathBuf};
 
-/// Emits the `cargo:rustc-link-arg` lines for the calling package. Call from `build.rs`.
+/// Emits the link arguments for every target of the calling package. Call from `build.rs`.
 pub fn emit() {
+    emit_for("rustc-link-arg");
+}
+
+/// Emits the link arguments only for the named binary and for the package's tests and
+/// benches (cargo refuses the per-kind directive for a kind the package lacks): for a
+/// package whose other binaries must not load libtorch.
+pub fn emit_for_bin(bin: &str) {
+    emit_for(&format!("rustc-link-arg-bin={bin}="));
+    for target in ["rustc-link-arg-tests", "rustc-link-arg-benches"] {
+        emit_for(target);
+    }
+}
+
+/// `directive` is `rustc-link-arg` or a per-target variant; values follow it directly
+/// (`rustc-link-arg-bin=NAME=` already ends in `=`).
+fn emit_for(directive: &str) {
+    let sep = if directive.ends_with('=') { "" } else { "=" };
     println!("cargo:rerun-if-env-changed=LIBTORCH");
     let Some(lib_dir) = libtorch_lib_dir() else {
         println!(
@@ -19,12 +36,12 @@ pub fn emit() {
     };
     // Resolve the symlink so the rpath survives a re-created .venv/libtorch link.
     let lib_dir = lib_dir.canonicalize().unwrap_or(lib_dir);
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib_dir.display());
+    println!("cargo:{directive}{sep}-Wl,-rpath,{}", lib_dir.display());
     if lib_dir.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-L{}", lib_dir.display());
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
+        println!("cargo:{directive}{sep}-Wl,--no-as-needed");
+        println!("cargo:{directive}{sep}-L{}", lib_dir.display());
+        println!("cargo:{directive}{sep}-ltorch_cuda");
+        println!("cargo:{directive}{sep}-Wl,--as-needed");
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{CliError, CliResult, print_json_or};
+use ugc_pipe::cli::{CliError, CliResult, print_json_or};
 
 pub fn synth(task: &str, n: usize, size: u32, out: &Path, seed: u64, json: bool) -> CliResult {
     let task: ugc_data::SynthTask = task.parse().map_err(CliError::usage)?;

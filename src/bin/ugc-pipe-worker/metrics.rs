@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use super::{CliError, CliResult};
+use ugc_pipe::cli::{CliError, CliResult};
 
 /// Fréchet distance between two N x D feature arrays (.npy, float32/float64).
 pub fn frechet(a: &Path, b: &Path, json: bool) -> CliResult {

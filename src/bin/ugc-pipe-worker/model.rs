@@ -2,103 +2,78 @@
 
 use std::path::{Path, PathBuf};
 
-use clap::Args;
 use ugc_nn::{Arch, ArchConfig, SubnetConfig, Upsampling};
 
-use super::{CliError, CliResult, EXIT_FAILED, print_json_or};
-use crate::runtime::{DeviceChoice, resolve_device};
+use ugc_pipe::cli::args::ArchArgs;
+use ugc_pipe::cli::{CliError, CliResult, EXIT_FAILED, print_json_or};
+use ugc_pipe::runtime::DeviceChoice;
 
-/// The architecture options shared by the model verbs. Unset fields take the family's
-/// official defaults (DESIGN.md section 3).
-#[derive(Args, Debug, Clone)]
-pub struct ArchArgs {
-    /// pix2pix-resnet | mobile-resnet | pix2pix-unet | pix2pixhd | gaugan
-    #[arg(long)]
-    pub arch: String,
-    /// Base width of the generator.
-    #[arg(long)]
-    pub ngf: Option<i64>,
-    /// Residual blocks (resnet families, pix2pixhd) or G_middle blocks (gaugan).
-    #[arg(long)]
-    pub n_blocks: Option<i64>,
-    /// UNet levels (8 for 256x256).
-    #[arg(long)]
-    pub num_downs: Option<i64>,
-    /// Downsamplings of the pix2pixhd global generator.
-    #[arg(long)]
-    pub n_downsample: Option<i64>,
-    /// GauGAN upsampling schedule: more | normal.
-    #[arg(long)]
-    pub upsampling: Option<String>,
-    /// Output channels.
-    #[arg(long)]
-    pub output_nc: Option<i64>,
-    /// A sub-net in config-string form (docs/config-strings.md); default: the full model.
-    #[arg(long)]
-    pub config: Option<String>,
+/// The configured architecture; `input_nc` comes from the input shape when known.
+pub fn arch_config(a: &ArchArgs, input_nc: Option<i64>) -> Result<ArchConfig, CliError> {
+    let arch: Arch = a.arch.parse().map_err(CliError::usage)?;
+    let mut cfg = ArchConfig::new(arch);
+    if let Some(v) = a.ngf {
+        cfg.ngf = v;
+    }
+    if let Some(v) = a.n_blocks {
+        cfg.n_blocks = v;
+    }
+    if let Some(v) = a.num_downs {
+        cfg.num_downs = v;
+    }
+    if let Some(v) = a.n_downsample {
+        cfg.n_downsample = v;
+    }
+    if let Some(v) = a.output_nc {
+        cfg.output_nc = v;
+    }
+    if let Some(v) = input_nc {
+        cfg.input_nc = v;
+    }
+    if let Some(u) = &a.upsampling {
+        cfg.upsampling = match u.as_str() {
+            "more" => Upsampling::More,
+            "normal" => Upsampling::Normal,
+            other => {
+                return Err(CliError::usage(format!(
+                    "--upsampling {other}: expected `more` or `normal`"
+                )));
+            }
+        };
+    }
+    cfg.validate().map_err(CliError::usage)?;
+    Ok(cfg)
 }
 
-impl ArchArgs {
-    /// The configured architecture; `input_nc` comes from the input shape when known.
-    pub fn arch_config(&self, input_nc: Option<i64>) -> Result<ArchConfig, CliError> {
-        let arch: Arch = self.arch.parse().map_err(CliError::usage)?;
-        let mut cfg = ArchConfig::new(arch);
-        if let Some(v) = self.ngf {
-            cfg.ngf = v;
-        }
-        if let Some(v) = self.n_blocks {
-            cfg.n_blocks = v;
-        }
-        if let Some(v) = self.num_downs {
-            cfg.num_downs = v;
-        }
-        if let Some(v) = self.n_downsample {
-            cfg.n_downsample = v;
-        }
-        if let Some(v) = self.output_nc {
-            cfg.output_nc = v;
-        }
-        if let Some(v) = input_nc {
-            cfg.input_nc = v;
-        }
-        if let Some(u) = &self.upsampling {
-            cfg.upsampling = match u.as_str() {
-                "more" => Upsampling::More,
-                "normal" => Upsampling::Normal,
-                other => {
-                    return Err(CliError::usage(format!(
-                        "--upsampling {other}: expected `more` or `normal`"
-                    )));
-                }
-            };
-        }
-        cfg.validate().map_err(CliError::usage)?;
-        Ok(cfg)
-    }
-
-    pub fn subnet(&self) -> Result<Option<SubnetConfig>, CliError> {
-        self.config
-            .as_deref()
-            .map(|s| {
-                s.parse::<SubnetConfig>()
-                    .map_err(|e| CliError::usage(format!("--config: {e}")))
-            })
-            .transpose()
-    }
+/// `--config`, parsed.
+pub fn subnet(a: &ArchArgs) -> Result<Option<SubnetConfig>, CliError> {
+    a.config
+        .as_deref()
+        .map(|s| {
+            s.parse::<SubnetConfig>()
+                .map_err(|e| CliError::usage(format!("--config: {e}")))
+        })
+        .transpose()
 }
 
+/// `--device` as libtorch sees it: asking for CUDA without it is an error, not a CPU run.
 fn device(choice: DeviceChoice) -> Result<tch::Device, CliError> {
-    let (kind, gpus) = resolve_device(choice).map_err(CliError::usage)?;
-    Ok(match (kind.as_str(), gpus.first()) {
-        ("cuda", Some(&i)) => tch::Device::Cuda(i),
-        _ => tch::Device::Cpu,
-    })
+    let cuda = tch::Cuda::is_available();
+    match choice {
+        DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+        DeviceChoice::Auto if cuda => Ok(tch::Device::Cuda(0)),
+        DeviceChoice::Auto => Ok(tch::Device::Cpu),
+        DeviceChoice::Cuda if cuda => Ok(tch::Device::Cuda(0)),
+        DeviceChoice::Cuda => Err(CliError::usage(
+            "--device cuda: no CUDA device is visible to libtorch (use --device cpu or auto)",
+        )),
+    }
 }
 
 pub fn profile(a: &ArchArgs, input: &str, json: bool) -> CliResult {
     let shape = ugc_nn::parse_input_shape(input).map_err(CliError::usage)?;
-    let cfg = a.arch_config(Some(shape[0]))?;
-    let sub = a.subnet()?;
+    let cfg = arch_config(a, Some(shape[0]))?;
+    let sub = subnet(a)?;
     let report = ugc_nn::profile_report(&cfg, sub.as_ref(), shape).map_err(CliError::usage)?;
     print_json_or(json, &report, || {
         println!(
@@ -126,8 +101,8 @@ pub struct InferArgs<'a> {
 }
 
 pub fn infer(a: InferArgs<'_>) -> CliResult {
-    let cfg = a.arch.arch_config(None)?;
-    let sub = a.arch.subnet()?;
+    let cfg = arch_config(a.arch, None)?;
+    let sub = subnet(a.arch)?;
     let dev = device(a.device)?;
     let opts = ugc_nn::infer::InferOptions {
         load_size: a.load_size,
@@ -152,7 +127,7 @@ pub fn infer(a: InferArgs<'_>) -> CliResult {
 /// Checks an official (converted) checkpoint against an architecture and, with `out`,
 /// writes it as a model directory. GauGAN checkpoints with spectral norm are folded first.
 pub fn import(a: &ArchArgs, weights: &Path, out: Option<&PathBuf>, json: bool) -> CliResult {
-    let cfg = a.arch_config(None)?;
+    let cfg = arch_config(a, None)?;
     if !weights.exists() {
         return Err(CliError::usage(format!(
             "--weights {}: no such file",
@@ -199,10 +174,10 @@ pub fn import(a: &ArchArgs, weights: &Path, out: Option<&PathBuf>, json: bool) -
 
 /// Exports sub-net `--config` of a supernet weights file as a compact model directory.
 pub fn export(a: &ArchArgs, weights: &Path, out: &Path, json: bool) -> CliResult {
-    let cfg = a.arch_config(None)?;
+    let cfg = arch_config(a, None)?;
     let loaded =
         ugc_nn::export::load_weights(&cfg, weights, tch::Device::Cpu).map_err(CliError::usage)?;
-    let sub = match a.subnet()? {
+    let sub = match subnet(a)? {
         Some(s) => s,
         None => loaded.generator.search_space().largest(),
     };
