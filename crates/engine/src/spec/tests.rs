@@ -82,7 +82,9 @@ fn unknown_stage_key_has_position() {
     let e = err("stages:\n  data:\n    kind: synth\n    dep: [x]\n");
     assert_eq!(
         e,
-        format!("{FILE}:4:5: unknown key `dep` in stage `data` (valid: kind, deps, params, doc, gather)")
+        format!(
+            "{FILE}:4:5: unknown key `dep` in stage `data` (valid: kind, deps, params, doc, gather)"
+        )
     );
 }
 
