@@ -13,10 +13,12 @@
 //! but on fixed in-memory tensors (no loader): D update on (real, largest fake) with
 //! `(real + fake) / 2`, then `hinge_g + 100 * L1` of each sub-net back-propagated on its own,
 //! losses read to the host as the log does. This is the step the PyTorch twin mirrors.
-//! *distill* step (OMGD online distillation): a wide and a deep teacher each take a GAN +
-//! L1 update against one shared PatchGAN; the student takes one update of
-//! `ugc_method::losses::distill_loss` against both (detached) teacher outputs, with the
-//! discriminator's features (`DiscriminatorFeatures`) as the perceptual network.
+//! *distill*: the computation of `ugc_method::distill::DistillTask::step` (private, so
+//! rebuilt here from the same library calls) on a labeled batch without an unlabeled stream:
+//! a wide and a deep teacher and the student all forward; one PatchGAN update on real vs all
+//! their detached outputs; each teacher takes `hinge_g + 100 L1`; the student takes
+//! `hinge_g + 100 L1 + sum over teachers of distill_loss` with the discriminator's features
+//! (`DiscriminatorFeatures`) as the perceptual network. D is never frozen, as there.
 //!
 //! The random sub-nets are drawn from a seeded RNG and written to `--out/subnets.json` so
 //! `scripts/bench/train_step.py` replays exactly the same sequence. Prints one JSON line
@@ -165,22 +167,25 @@ fn discriminator(cfg: &DiscConfig, device: Device) -> Res<Net<dyn Discriminator>
     Ok(Net { vs, net, opt })
 }
 
-/// D update on real pairs and detached fakes (hinge loss, mean over fakes).
+/// D update on real pairs and detached fakes: `(real + mean over fakes) / 2` (hinge), as
+/// `DistillTask::step` does (and `GanTask::step` with one fake).
 fn d_update(d: &mut Net<dyn Discriminator>, x: &Tensor, y: &Tensor, fakes: &[&Tensor]) -> Res<()> {
     d.opt.zero_grad();
     let real = over_scales(
         &d.net.forward(&Tensor::cat(&[x, y], 1), Mode::Train),
         hinge_d_real,
     );
-    let mut loss = real;
+    let mut fake = Tensor::zeros([], (Kind::Float, x.device()));
     for f in fakes {
         let out = d
             .net
             .forward(&Tensor::cat(&[x, &f.detach()], 1), Mode::Train);
-        loss += over_scales(&out, hinge_d_fake) / fakes.len() as f64;
+        fake += over_scales(&out, hinge_d_fake);
     }
+    let loss = (real + fake / fakes.len() as f64) * 0.5;
     loss.backward();
     d.opt.step(2e-4)?;
+    let _ = loss.double_value(&[]);
     Ok(())
 }
 
@@ -260,39 +265,56 @@ struct Distill {
 }
 
 impl Distill {
+    /// Mirrors `ugc_method::distill::DistillTask::step` on a labeled batch (no unlabeled
+    /// stream, so no ADF): D on real vs every teacher's and the student's detached output,
+    /// each teacher's `hinge_g + 100 L1`, then the student's `hinge_g + 100 L1 + sum over
+    /// teachers of distill_loss` with the discriminator's features; D is not frozen, as there.
     fn step(&mut self, x: &Tensor, y: &Tensor) -> Res<()> {
         let mut outs = Vec::new();
         for t in &self.teachers {
             let full = t.net.search_space().largest();
             outs.push(t.net.forward(x, &full, Mode::Train)?);
         }
-        d_update(&mut self.d, x, y, &outs.iter().collect::<Vec<_>>())?;
-        self.d.vs.freeze();
+        let s_full = self.student.net.search_space().largest();
+        let s = self.student.net.forward(x, &s_full, Mode::Train)?;
+        let mut fakes: Vec<&Tensor> = outs.iter().collect();
+        fakes.push(&s);
+        d_update(&mut self.d, x, y, &fakes)?;
+        let mut log = Vec::new();
         for (t, out) in self.teachers.iter_mut().zip(&outs) {
             t.opt.zero_grad();
+            let rec = l1(out, y);
             g_loss(&self.d, x, y, out).backward();
             t.opt.step(2e-4)?;
+            log.push(rec.double_value(&[]));
         }
-        let full = self.student.net.search_space().largest();
-        let s = self.student.net.forward(x, &full, Mode::Train)?;
+        self.student.opt.zero_grad();
         let feats = DiscriminatorFeatures::new(self.d.net.as_ref(), x);
         let fs = feats.features(&s);
-        self.student.opt.zero_grad();
-        let mut total: Option<Tensor> = None;
+        let mut kd = Tensor::zeros([], (Kind::Float, x.device()));
         for out in &outs {
             let t = out.detach();
-            let ft: Vec<Tensor> = tch::no_grad(|| feats.features(&t));
-            let terms = distill_loss(&s, &t, &fs, &ft, &self.weights)?;
-            total = Some(match total {
-                None => terms.total,
-                Some(acc) => acc + terms.total,
-            });
+            let ft: Vec<Tensor> = tch::no_grad(|| feats.features(&t))
+                .into_iter()
+                .map(|f| f.detach())
+                .collect();
+            kd += distill_loss(&s, &t, &fs, &ft, &self.weights)?.total;
         }
-        if let Some(t) = total {
-            t.backward();
-        }
+        let gan = over_scales(
+            &self.d.net.forward(&Tensor::cat(&[x, &s], 1), Mode::Train),
+            hinge_g,
+        );
+        let rec = l1(&s, y);
+        (&gan + &rec * 100.0 + &kd).backward();
         self.student.opt.step(2e-4)?;
-        self.d.vs.unfreeze();
+        log.extend([
+            gan.double_value(&[]),
+            rec.double_value(&[]),
+            kd.double_value(&[]),
+        ]);
+        if log.iter().any(|v| !v.is_finite()) {
+            return Err("non-finite loss".into());
+        }
         Ok(())
     }
 }

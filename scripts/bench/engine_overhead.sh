@@ -14,7 +14,7 @@ WORK="${1:-$ROOT/target/bench/engine_overhead}"
 FILES="${2:-4}"
 MIB="${3:-256}"
 RUNS="${4:-5}"
-[ -x "$BIN" ] || { echo "missing $BIN: run cargo build --release --bin ugc-pipe" >&2; exit 1; }
+[ -x "$BIN" ] || { echo "missing $BIN: run cargo build --release --bins" >&2; exit 1; }
 rm -rf "$WORK" && mkdir -p "$WORK"
 P="$WORK/pipeline.yaml"
 {

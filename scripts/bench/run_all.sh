@@ -16,7 +16,7 @@ OUT="$ROOT/target/bench"
 RES="$OUT/results.jsonl"
 mkdir -p "$OUT"
 cargo bench --bench latency --bench train_step --bench store_hash --no-run 2> "$OUT/build.log"
-cargo build --release --bin ugc-pipe 2>> "$OUT/build.log"
+cargo build --release --bins 2>> "$OUT/build.log"
 cargo build --release -p ugc-data --example loader_bench 2>> "$OUT/build.log"
 bench_bin() { ls -t target/release/deps/"$1"-* | grep -v '\.d$' | head -1; }
 LAT=$(bench_bin latency); STEP=$(bench_bin train_step); HASH=$(bench_bin store_hash)

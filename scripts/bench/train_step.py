@@ -119,12 +119,14 @@ def adam(params):
 
 
 def d_update(d, opt_d, x, y, fakes):
+    """(real + mean over fakes) / 2, hinge; as the Rust d_update / DistillTask / GanTask."""
     opt_d.zero_grad()
-    loss = hinge_d_real(patchgan_features(d, torch.cat([x, y], 1))[-1])
-    for f in fakes:
-        loss = loss + hinge_d_fake(patchgan_features(d, torch.cat([x, f.detach()], 1))[-1]) / len(fakes)
+    real = hinge_d_real(patchgan_features(d, torch.cat([x, y], 1))[-1])
+    fake = sum(hinge_d_fake(patchgan_features(d, torch.cat([x, f.detach()], 1))[-1]) for f in fakes)
+    loss = (real + fake / len(fakes)) * 0.5
     loss.backward()
     opt_d.step()
+    loss.item()
 
 
 def g_loss(d, x, y, fake):
@@ -231,26 +233,33 @@ def main():
         window = gauss_window(3, dev)
 
         def step(i):
+            # Mirrors ugc_method::distill::DistillTask::step on a labeled batch (no unlabeled
+            # stream): D on real vs every teacher's and the student's output, teachers
+            # hinge_g + 100 L1, student hinge_g + 100 L1 + KD vs every teacher; D never frozen.
             with ac():
                 outs = [t(x) for t in teachers]
-                d_update(d, opt_d, x, y, outs)
-                set_grad(d, False)
+                s = student(x)
+                d_update(d, opt_d, x, y, outs + [s])
+                log = []
                 for opt, out in zip(opts_t, outs):
                     opt.zero_grad()
+                    rec = F.l1_loss(out, y)
                     g_loss(d, x, y, out).backward()
                     opt.step()
-                s = student(x)
-                fs = d_features(d, x, s)
+                    log.append(rec.item())
                 opt_s.zero_grad()
-                total = 0
+                fs = d_features(d, x, s)
+                kd = 0
                 for out in outs:
                     t = out.detach()
                     with torch.no_grad():
                         ft = d_features(d, x, t)
-                    total = total + distill_loss(s, t, fs, ft, window)
-                total.backward()
+                    kd = kd + distill_loss(s, t, fs, ft, window)
+                gan = hinge_g(patchgan_features(d, torch.cat([x, s], 1))[-1])
+                rec = F.l1_loss(s, y)
+                (gan + 100 * rec + kd).backward()
                 opt_s.step()
-                set_grad(d, True)
+                log += [gan.item(), rec.item(), kd.item()]
 
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     for i in range(a.warmup):
