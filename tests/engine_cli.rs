@@ -382,3 +382,30 @@ stages:
     let o = p.run(&["run", "in.yaml", "--json"]);
     assert_eq!(summary(&o)["executed"], 0);
 }
+
+#[test]
+fn keys_do_not_depend_on_how_a_matrix_names_its_points() {
+    let p = Project::new();
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    let stages = format!(
+        r#"
+stages:
+  s: {{kind: command, params: {{cmd: "echo x >> {c}/s; echo ${{x}} > s"}}}}
+  t: {{kind: command, deps: [s], params: {{cmd: "echo x >> {c}/t; cat $UGC_DEP_S/s > t"}}}}
+"#,
+        c = counts.display()
+    );
+    p.write(
+        "a.yaml",
+        &format!("params: {{x: 1, y: 0}}\nmatrix: {{x: [1, 2], y: [0]}}\n{stages}"),
+    );
+    p.write("b.yaml", &format!("params: {{x: 1}}\n{stages}"));
+    let o = p.run(&["run", "a.yaml", "--json"]);
+    assert_eq!(summary(&o)["executed"], 4, "{}", stderr(&o));
+    // b.yaml computes exactly a.yaml's x=1 point under other node ids: all cached.
+    let o = p.run(&["run", "b.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 0);
+    assert_eq!((p.count("counts/s"), p.count("counts/t")), (2, 2));
+}

@@ -122,9 +122,22 @@ impl KeyBuilder<'_> {
                 kind: node.kind.clone(),
             })?;
         let mut upstream = BTreeMap::new();
-        for (dep, rec) in dag.deps(idx).into_iter().zip(dep_records) {
-            // Node ids, not stage names: a gathering stage has several instances of one dep.
-            upstream.insert(dag.node(dep).id.clone(), rec.tree_digest.clone());
+        let deps = dag.deps(idx);
+        for (&dep, rec) in deps.iter().zip(dep_records) {
+            let d = dag.node(dep);
+            // By stage name, so a key does not depend on how a matrix names its points
+            // (two pipelines share every stage they compute alike). Only a gathering stage,
+            // which has several instances of one dep, tells them apart by node id.
+            let instances = deps
+                .iter()
+                .filter(|&&o| dag.node(o).stage == d.stage)
+                .count();
+            let name = if instances > 1 {
+                d.id.clone()
+            } else {
+                d.stage.clone()
+            };
+            upstream.insert(name, rec.tree_digest.clone());
         }
         let mut external = BTreeMap::new();
         for (param, path) in &node.external_inputs {
