@@ -114,7 +114,47 @@ def distill_loss(s, t, fs, ft, window):
     return 10 * (1 - ssim(s, t, window)) + 1e4 * style + 10 * feat + 1e-5 * tv(s)
 
 
+class UgcAdam:
+    """ugc_method::optim::Adam's exact op sequence (out-of-place temporaries, a host read of
+    the step count and a finiteness probe of the first parameter every step), to measure
+    what it costs against torch.optim.Adam."""
+
+    def __init__(self, params, lr=2e-4, b1=0.5, b2=0.999, eps=1e-8):
+        self.p = list(params)
+        self.m = [torch.zeros_like(p) for p in self.p]
+        self.v = [torch.zeros_like(p) for p in self.p]
+        self.t = torch.zeros((), dtype=torch.int64)
+        self.lr, self.b1, self.b2, self.eps = lr, b1, b2, eps
+
+    def zero_grad(self):
+        for p in self.p:
+            if p.grad is not None:
+                p.grad.detach_()
+                p.grad.zero_()
+
+    @torch.no_grad()
+    def step(self):
+        t = int(self.t.item()) + 1
+        self.t.fill_(t)
+        bc1, bc2 = 1 - self.b1 ** t, 1 - self.b2 ** t
+        for i, p in enumerate(self.p):
+            g = p.grad
+            if g is None:
+                continue
+            self.m[i].mul_(self.b1).add_(g * (1 - self.b1))
+            self.v[i].mul_(self.b2).add_(g * g * (1 - self.b2))
+            denom = self.v[i].sqrt() / bc2 ** 0.5 + self.eps
+            p.sub_(self.m[i] / denom * (self.lr / bc1))
+            if i == 0:
+                p.sum(dtype=torch.float64).item()
+
+
+ADAM = "torch"
+
+
 def adam(params):
+    if ADAM == "ugc":
+        return UgcAdam(params)
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
 
 
@@ -172,10 +212,14 @@ def main():
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     p.add_argument("--freeze-d", action="store_true",
                    help="freeze D during the generator backward (as pix2pix; GanTask does not)")
+    p.add_argument("--adam", default="torch", choices=["torch", "ugc"],
+                   help="torch.optim.Adam, or ugc_method::optim::Adam's op sequence")
     p.add_argument("--lrelu", default="native", choices=["native", "where", "relu"],
                    help="LeakyReLU(0.2) form: torch's kernel, where(x >= 0, x, 0.2 x) as "
                         "ugc_nn::elastic::leaky_relu writes it, or 0.2 x + 0.8 relu(x)")
     a = p.parse_args()
+    global ADAM
+    ADAM = a.adam
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -278,7 +322,7 @@ def main():
                       "warmup": a.warmup, "batch": a.batch, "size": a.size,
                       "threads": torch.get_num_threads(), "device": a.device,
                       "channels_last": a.channels_last, "bf16": a.bf16,
-                      "freeze_d": a.freeze_d, "lrelu": a.lrelu,
+                      "freeze_d": a.freeze_d, "lrelu": a.lrelu, "adam": a.adam,
                       "torch": torch.__version__}), flush=True)
 
 
