@@ -13,6 +13,7 @@
 //! but on fixed in-memory tensors (no loader): D update on (real, largest fake) with
 //! `(real + fake) / 2`, then `hinge_g + 100 * L1` of each sub-net back-propagated on its own,
 //! losses read to the host as the log does. This is the step the PyTorch twin mirrors.
+//! *loader*: the *gantask* loader alone (images/s it supplies at the same size and batch).
 //! *distill*: the computation of `ugc_method::distill::DistillTask::step` (private, so
 //! rebuilt here from the same library calls) on a labeled batch without an unlabeled stream:
 //! a wide and a deep teacher and the student all forward; one PatchGAN update on real vs all
@@ -98,8 +99,8 @@ fn parse_args() -> Result<Args, String> {
         let bad = |e: &dyn std::fmt::Display| format!("bad value `{v}` for `{flag}`: {e}");
         match flag.as_str() {
             "--step" => {
-                if !["supernet", "gantask", "distill"].contains(&v.as_str()) {
-                    return Err(bad(&"expected supernet, gantask or distill"));
+                if !["supernet", "gantask", "distill", "loader"].contains(&v.as_str()) {
+                    return Err(bad(&"expected supernet, gantask, distill or loader"));
                 }
                 a.step = v.clone();
             }
@@ -335,6 +336,76 @@ fn sync(device: Device) {
     }
 }
 
+/// The pix2pix training loader (1 decode thread, random flip) over a synthetic edges2photo
+/// split of 64 pairs at `size`, every target kept; the directory must outlive the loader.
+fn synthetic_loader(batch: usize, size: i64, dev: Device) -> Res<(tempfile::TempDir, Loader)> {
+    let data = tempfile::tempdir()?;
+    let (src, split) = (data.path().join("src"), data.path().join("split"));
+    let synth = SynthConfig {
+        n_test: 1,
+        ..SynthConfig::new(SynthTask::Edges2photo, 64, size as u32, 0)
+    };
+    synth_with(&synth, &src, 1)?;
+    let spec = DatasetSpec {
+        format: Format::Aligned,
+        root: src,
+        direction: Direction::AtoB,
+        train_split: "train".into(),
+        test_split: "val".into(),
+        extra_unlabeled: None,
+    };
+    let params = SplitParams {
+        label_ratio: 1.0,
+        holdout: 0.0,
+        seed: 0,
+        skip_bad: false,
+        threads: 1,
+    };
+    let m = split_dataset(&read_dataset(&spec)?, &params, &split, &NullProgress)?;
+    let mut cfg = LoaderConfig::train(batch, 0);
+    cfg.threads = 1;
+    cfg.device = dev;
+    let loader = Loader::new(&m, &split, Subset::Labeled, cfg)?;
+    Ok((data, loader))
+}
+
+/// `--step loader`: images/s of the loader *gantask* uses, alone (item 4: what the loader
+/// supplies against what the step consumes, same size and batch). One warm-up epoch, then
+/// `repeats` timed epochs of 64 pairs.
+fn loader_only(a: &Args) -> Res<()> {
+    let (_data, loader) = synthetic_loader(a.batch as usize, a.size, a.device)?;
+    for b in loader.epoch(0) {
+        b?;
+    }
+    let mut ips = Vec::with_capacity(a.repeats);
+    for r in 0..a.repeats {
+        let t = Instant::now();
+        let mut n = 0i64;
+        for b in loader.epoch(r as u64 + 1) {
+            n += b?.input.size()[0];
+        }
+        sync(a.device);
+        ips.push(n as f64 / t.elapsed().as_secs_f64());
+    }
+    let med = median(&mut ips);
+    println!(
+        "{}",
+        json!({
+            "bench": "loader",
+            "impl": "ugc-pipe",
+            "images_per_s": med,
+            "min": ips[0],
+            "max": ips[ips.len() - 1],
+            "repeats": a.repeats,
+            "batch": a.batch,
+            "size": a.size,
+            "decode_threads": 1,
+            "device": format!("{:?}", a.device),
+        })
+    );
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let a = parse_args()?;
     tch::set_num_threads(a.threads);
@@ -349,6 +420,9 @@ fn main() -> Res<()> {
     let y = Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
     let disc_cfg = DiscConfig::patchgan(6, a.ndf);
 
+    if a.step == "loader" {
+        return loader_only(&a);
+    }
     let mut run_step: Box<dyn FnMut(usize) -> Res<()>>;
     let setup;
     match a.step.as_str() {
@@ -385,36 +459,9 @@ fn main() -> Res<()> {
             run_step = Box::new(move |i| st.step(i, &x, &y));
         }
         "gantask" => {
-            // The real supernet step, data loader included: synthetic edges2photo pairs at
-            // `size`, split with every target kept, streamed by the pix2pix loader.
-            let data = tempfile::tempdir()?;
-            let (src, split) = (data.path().join("src"), data.path().join("split"));
-            let synth = SynthConfig {
-                n_test: 1,
-                ..SynthConfig::new(SynthTask::Edges2photo, 64, a.size as u32, 0)
-            };
-            synth_with(&synth, &src, 1)?;
-            let spec = DatasetSpec {
-                format: Format::Aligned,
-                root: src.clone(),
-                direction: Direction::AtoB,
-                train_split: "train".into(),
-                test_split: "val".into(),
-                extra_unlabeled: None,
-            };
-            let params = SplitParams {
-                label_ratio: 1.0,
-                holdout: 0.0,
-                seed: 0,
-                skip_bad: false,
-                threads: 1,
-            };
-            let m = split_dataset(&read_dataset(&spec)?, &params, &split, &NullProgress)?;
-            let mut lcfg = LoaderConfig::train(a.batch as usize, 0);
-            lcfg.threads = 1;
-            lcfg.device = dev;
-            let labeled =
-                BatchStream::new(Loader::new(&m, &split, Subset::Labeled, lcfg)?, "labeled")?;
+            // The real supernet step, data loader included.
+            let (data, loader) = synthetic_loader(a.batch as usize, a.size, dev)?;
+            let labeled = BatchStream::new(loader, "labeled")?;
             let g = generator(&resnet(a.ngf, 9), dev)?;
             let d = discriminator(&disc_cfg, dev)?;
             let mut task = GanTask::new(

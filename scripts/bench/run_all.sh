@@ -40,5 +40,7 @@ done
 # Item 3: store hashing and no-op re-runs.
 run "item3 hash" "$HASH" --mib 1024 --repeats 5
 run "item3 noop" scripts/bench/engine_overhead.sh
-# Item 4: loader throughput (1 and 2 decode threads), 256x256 JPEG pairs.
+# Item 4: loader throughput (1 and 2 decode threads), 256x256 JPEG pairs; and the loader the
+# training-step bench uses (64x64 PNG pairs, batch 4, 1 decode thread), alone.
 run "item4 loader" target/release/examples/loader_bench 200 4 1 2
+run "item4 loader 64" "$STEP" --step loader --threads "$THREADS" --device "$DEVICE"
