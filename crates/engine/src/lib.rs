@@ -19,5 +19,6 @@ pub mod plan;
 pub mod registry;
 pub mod spec;
 pub mod stage;
+pub mod testing;
 
 pub use stage::*;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_data::{SplitManifest, SplitStage, SynthStage};
+use ugc_engine::testing::{run_stage, with_defaults};
 use ugc_engine::{
     CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
     StageInput, StageKind,
@@ -25,24 +26,6 @@ fn schema(name: &str) -> KindSchema {
     KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn with_defaults(s: &KindSchema, over: Value) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, p) in &s.params {
-        if let Some(d) = &p.default {
-            m.insert(k.clone(), d.clone());
-        }
-    }
-    for (k, v) in over.as_object().unwrap() {
-        m.insert(k.clone(), v.clone());
-    }
-    Value::Object(m)
-}
-
-/// libtorch's RNG (`tch::manual_seed`) and thread count are process-wide; stage runs in
-/// parallel tests would interleave draws and break the bit-exact resume checks. In the
-/// product every stage is its own process, so this lock is only for the tests.
-static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 fn run_with(
     kind: &dyn StageKind,
     over: Value,
@@ -52,22 +35,8 @@ fn run_with(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
-    let _serial = TORCH_GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
     let params = with_defaults(kind.schema(), over);
-    let env = BTreeMap::new();
-    let ctx = StageContext {
-        node: "n",
-        kind: &kind.schema().kind,
-        params: &params,
-        inputs,
-        out_dir: out,
-        scratch_dir: scratch,
-        device: DeviceKind::Cpu,
-        progress,
-        cancel,
-        env: &env,
-    };
-    kind.run(&ctx)
+    run_stage(kind, &params, inputs, out, scratch, progress, cancel)
 }
 
 fn run(
@@ -89,13 +58,7 @@ fn run(
 }
 
 fn input(kind: &str, dir: &Path) -> StageInput {
-    StageInput {
-        name: kind.into(),
-        node: kind.into(),
-        point: Default::default(),
-        kind: kind.into(),
-        dir: dir.to_path_buf(),
-    }
+    ugc_engine::testing::input(kind, kind, dir)
 }
 
 fn json_of(p: &Path) -> Value {

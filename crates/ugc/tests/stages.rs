@@ -6,9 +6,9 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use ugc_data::{SplitStage, SynthStage};
+use ugc_engine::testing::{self, run_stage, with_defaults};
 use ugc_engine::{
-    CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
-    StageInput, StageKind,
+    CancelToken, KindSchema, NullProgress, Progress, StageError, StageInput, StageKind,
 };
 use ugc_method::supernet::SupernetStage;
 
@@ -19,33 +19,9 @@ fn schema(name: &str) -> KindSchema {
     KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-fn with_defaults(s: &KindSchema, over: Value) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, p) in &s.params {
-        if let Some(d) = &p.default {
-            m.insert(k.clone(), d.clone());
-        }
-    }
-    for (k, v) in over.as_object().unwrap() {
-        m.insert(k.clone(), v.clone());
-    }
-    Value::Object(m)
-}
-
 fn input(kind: &str, dir: &Path) -> StageInput {
-    StageInput {
-        name: kind.into(),
-        node: kind.into(),
-        point: Default::default(),
-        kind: kind.into(),
-        dir: dir.to_path_buf(),
-    }
+    testing::input(kind, kind, dir)
 }
-
-/// libtorch's RNG (`tch::manual_seed`) and thread count are process-wide; stage runs in
-/// parallel tests would interleave draws and break the bit-exact resume checks. In the
-/// product every stage is its own process, so this lock is only for the tests.
-static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn run_with(
     kind: &dyn StageKind,
@@ -56,21 +32,7 @@ fn run_with(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
-    let _serial = TORCH_GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
-    let env = BTreeMap::new();
-    let ctx = StageContext {
-        node: "n",
-        kind: &kind.schema().kind,
-        params,
-        inputs,
-        out_dir: out,
-        scratch_dir: scratch,
-        device: DeviceKind::Cpu,
-        progress,
-        cancel,
-        env: &env,
-    };
-    kind.run(&ctx)
+    run_stage(kind, params, inputs, out, scratch, progress, cancel)
 }
 
 fn run(

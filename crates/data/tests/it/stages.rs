@@ -1,12 +1,9 @@
-use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde_json::json;
 use ugc_data::{SplitManifest, SplitStage, SynthStage};
-use ugc_engine::{
-    CancelToken, DeviceKind, KindSchema, NullProgress, StageContext, StageError, StageInput,
-    StageKind,
-};
+use ugc_engine::testing::{run_stage, with_defaults};
+use ugc_engine::{CancelToken, KindSchema, NullProgress, StageError, StageInput, StageKind};
 
 fn schema(name: &str) -> KindSchema {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -22,35 +19,15 @@ fn run(
     out: &Path,
 ) -> Result<(), StageError> {
     let scratch = tempfile::tempdir().unwrap();
-    let env = BTreeMap::new();
-    let cancel = CancelToken::new();
-    let ctx = StageContext {
-        node: "n",
-        kind: &kind.schema().kind,
-        params: &params,
+    run_stage(
+        kind,
+        &params,
         inputs,
-        out_dir: out,
-        scratch_dir: scratch.path(),
-        device: DeviceKind::Cpu,
-        progress: &NullProgress,
-        cancel: &cancel,
-        env: &env,
-    };
-    kind.run(&ctx)
-}
-
-/// Schema defaults merged with `over` (what the engine hands a stage).
-fn with_defaults(s: &KindSchema, over: serde_json::Value) -> serde_json::Value {
-    let mut m = serde_json::Map::new();
-    for (k, p) in &s.params {
-        if let Some(d) = &p.default {
-            m.insert(k.clone(), d.clone());
-        }
-    }
-    for (k, v) in over.as_object().unwrap() {
-        m.insert(k.clone(), v.clone());
-    }
-    serde_json::Value::Object(m)
+        out,
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
 }
 
 #[test]

@@ -1,12 +1,11 @@
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde_json::{Value, json};
 use tch::{Device, nn::VarStore};
 use ugc_data::{SplitStage, SynthStage};
+pub use ugc_engine::testing::{input, run_stage, with_defaults};
 use ugc_engine::{
-    CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
-    StageInput, StageKind,
+    CancelToken, KindSchema, NullProgress, Progress, StageError, StageInput, StageKind,
 };
 use ugc_eval::{EvaluateStage, EvaluatorStage, ExportStage};
 use ugc_nn::{Arch, ArchConfig, build_generator};
@@ -18,35 +17,6 @@ pub fn schema(name: &str) -> KindSchema {
     KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// Schema defaults merged with `over` (what the engine hands a stage).
-pub fn with_defaults(s: &KindSchema, over: Value) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, p) in &s.params {
-        if let Some(d) = &p.default {
-            m.insert(k.clone(), d.clone());
-        }
-    }
-    for (k, v) in over.as_object().unwrap() {
-        m.insert(k.clone(), v.clone());
-    }
-    Value::Object(m)
-}
-
-pub fn input(name: &str, kind: &str, dir: &Path) -> StageInput {
-    StageInput {
-        name: name.into(),
-        node: name.into(),
-        point: Default::default(),
-        kind: kind.into(),
-        dir: dir.to_path_buf(),
-    }
-}
-
-/// libtorch's RNG (`tch::manual_seed`) and thread count are process-wide; parallel tests
-/// would interleave draws and break the byte-exact resume check. (In the product each
-/// stage is its own process.)
-static TORCH_GLOBALS: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 pub fn run_with(
     kind: &dyn StageKind,
     over: Value,
@@ -56,22 +26,8 @@ pub fn run_with(
     progress: &dyn Progress,
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
-    let _serial = TORCH_GLOBALS.lock().unwrap_or_else(|e| e.into_inner());
     let params = with_defaults(kind.schema(), over);
-    let env = BTreeMap::new();
-    let ctx = StageContext {
-        node: "n",
-        kind: &kind.schema().kind,
-        params: &params,
-        inputs,
-        out_dir: out,
-        scratch_dir: scratch,
-        device: DeviceKind::Cpu,
-        progress,
-        cancel,
-        env: &env,
-    };
-    kind.run(&ctx)
+    run_stage(kind, &params, inputs, out, scratch, progress, cancel)
 }
 
 pub fn run(
