@@ -28,7 +28,7 @@ use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, push_nam
 use crate::error::NnError;
 use crate::generator::Generator;
 use crate::spade::{BlockWidths, SpadeResBlock, block_cost, leaky_relu, resize_nearest, up2};
-use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig, WidthChoice};
+use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 
 /// SPADE's hidden width in the official model (`nhidden = 128` in `SPADE.__init__`).
 pub const OFFICIAL_NHIDDEN: i64 = 128;
@@ -186,25 +186,14 @@ fn split(layout: &Layout, sub: &SubnetConfig) -> Active {
 
 /// Whether `G_middle_j` may be skipped.
 fn skippable(cfg: &ArchConfig, j: usize) -> bool {
-    cfg.channels.is_none() && j >= 1 && (j as i64) >= cfg.space.min_blocks
+    // G_middle_0 sits before the extra `more` upsample and always runs.
+    j >= 1 && crate::generator::block_skippable(cfg, j as i64)
 }
 
 /// The search space of a gaugan config.
 pub fn search_space(cfg: &ArchConfig) -> Result<SearchSpace, NnError> {
     let layout = Layout::new(cfg)?;
-    let widths = layout
-        .positions()
-        .into_iter()
-        .map(|(name, full)| WidthChoice {
-            name,
-            full,
-            choices: if cfg.channels.is_some() {
-                vec![full]
-            } else {
-                cfg.space.candidates(full)
-            },
-        })
-        .collect();
+    let widths = crate::generator::width_choices(cfg, layout.positions());
     let blocks = (0..layout.middles.len())
         .map(|j| BlockChoice {
             name: format!("G_middle_{j}"),

@@ -146,7 +146,9 @@ pub fn check_input(x: &Tensor, cfg: &ArchConfig) -> Result<(), NnError> {
     Ok(())
 }
 
-/// Width choices for named positions with the given full widths, per `cfg.space`.
+/// Width choices for named positions with the given full widths, per `cfg.space`. A
+/// compact model (`cfg.channels` set, e.g. an exported student) is a fixed architecture:
+/// its only choice at every position is its own width.
 pub fn width_choices(
     cfg: &ArchConfig,
     positions: Vec<(String, i64)>,
@@ -154,19 +156,29 @@ pub fn width_choices(
     positions
         .into_iter()
         .map(|(name, full)| crate::subnet::WidthChoice {
-            choices: cfg.space.candidates(full),
+            choices: if cfg.channels.is_some() {
+                vec![full]
+            } else {
+                cfg.space.candidates(full)
+            },
             name,
             full,
         })
         .collect()
 }
 
-/// `n` depth-elastic blocks named `block{i}`, skippable from index `cfg.space.min_blocks`.
+/// Whether depth-elastic block `i` may be skipped: from index `cfg.space.min_blocks`, and
+/// never in a compact (fixed) model.
+pub fn block_skippable(cfg: &ArchConfig, i: i64) -> bool {
+    cfg.channels.is_none() && i >= cfg.space.min_blocks
+}
+
+/// `n` depth-elastic blocks named `block{i}`, skippable per [`block_skippable`].
 pub fn block_choices(cfg: &ArchConfig, n: i64) -> Vec<crate::subnet::BlockChoice> {
     (0..n)
         .map(|i| crate::subnet::BlockChoice {
             name: format!("block{i}"),
-            skippable: i >= cfg.space.min_blocks,
+            skippable: block_skippable(cfg, i),
         })
         .collect()
 }
@@ -241,6 +253,28 @@ pub fn profile_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_compact_model_is_a_fixed_architecture_in_every_family() {
+        for arch in [Arch::Pix2PixResnet, Arch::MobileResnet, Arch::Pix2PixUnet] {
+            let mut cfg = ArchConfig::new(arch);
+            cfg.ngf = 8;
+            let vs = tch::nn::VarStore::new(tch::Device::Cpu);
+            let g = build_generator(&vs.root(), &cfg).unwrap();
+            let space = g.search_space();
+            assert!(space.size() > 1, "{arch}: the supernet has choices");
+            // Smallest widths except the first position at its largest: not the shape of
+            // any official ngf, so the compact model carries explicit channels. (A compact
+            // model shaped like an official one *is* that official model, a supernet.)
+            let mut sub = space.smallest();
+            sub.widths[0] = space.largest().widths[0];
+            let compact = g.compact_config(&sub).unwrap();
+            assert!(compact.channels.is_some(), "{arch}");
+            let fixed = search_space(&compact).unwrap();
+            assert_eq!(fixed.size(), 1, "{arch}: an exported model is fixed");
+            assert_eq!(fixed.largest(), fixed.smallest());
+        }
+    }
 
     #[test]
     fn input_shape_parsing() {

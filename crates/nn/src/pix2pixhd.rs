@@ -22,7 +22,7 @@ use crate::elastic::{
 };
 use crate::error::NnError;
 use crate::generator::Generator;
-use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig, WidthChoice};
+use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 
 /// Full widths per elastic position, resolved from `ngf` or from explicit `channels`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,23 +130,11 @@ fn split<'a>(layout: &Layout, sub: &'a SubnetConfig) -> Active<'a> {
 /// The search space of a pix2pixhd config.
 pub fn search_space(cfg: &ArchConfig) -> Result<SearchSpace, NnError> {
     let layout = Layout::new(cfg)?;
-    let widths = layout
-        .positions()
-        .into_iter()
-        .map(|(name, full)| WidthChoice {
-            name,
-            full,
-            choices: if cfg.channels.is_some() {
-                vec![full]
-            } else {
-                cfg.space.candidates(full)
-            },
-        })
-        .collect();
+    let widths = crate::generator::width_choices(cfg, layout.positions());
     let blocks = (0..layout.blocks.len())
         .map(|j| BlockChoice {
             name: format!("block{j}"),
-            skippable: cfg.channels.is_none() && (j as i64) >= cfg.space.min_blocks,
+            skippable: crate::generator::block_skippable(cfg, j as i64),
         })
         .collect();
     Ok(SearchSpace { widths, blocks })
