@@ -57,10 +57,9 @@ pub fn reflection_pad(x: &Tensor, p: i64) -> Tensor {
     x.reflection_pad2d([p, p, p, p])
 }
 
-/// `nn.LeakyReLU(slope)` (tch's `leaky_relu` has PyTorch's fixed 0.01 slope).
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
-    x.where_self(&x.ge(0.0), &(x * slope))
-}
+/// `nn.LeakyReLU(slope)`: libtorch's kernel through the shim (tch's own `leaky_relu` has
+/// PyTorch's fixed 0.01 slope).
+pub use ugc_torch_ext::leaky_relu;
 
 fn normal_init(p: &nn::Path, name: &str, dims: &[i64], mean: f64) -> Tensor {
     p.var(name, dims, nn::Init::Randn { mean, stdev: 0.02 })

@@ -41,10 +41,7 @@ fn conv3x3(p: &nn::Path, c_in: i64, c_out: i64) -> ElasticConv2d {
     )
 }
 
-/// `F.leaky_relu(x, slope)` (tch only exposes the default slope 0.01).
-pub fn leaky_relu(x: &Tensor, slope: f64) -> Tensor {
-    x.where_self(&x.gt(0.0), &(x * slope))
-}
+pub use crate::elastic::leaky_relu;
 
 /// Nearest-neighbour resize (PyTorch `F.interpolate(mode="nearest")` with a target size).
 pub fn resize_nearest(x: &Tensor, hw: [i64; 2]) -> Tensor {
