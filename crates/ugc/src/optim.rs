@@ -77,6 +77,10 @@ impl LrSchedule {
     }
 }
 
+/// Steps between finiteness probes of the first parameter (1 = the first step, then
+/// every 16th).
+const FINITE_CHECK_EVERY: i64 = 16;
+
 /// One Adam optimiser over a list of named parameters.
 pub struct Adam {
     cfg: AdamConfig,
@@ -129,33 +133,43 @@ impl Adam {
     /// moving with its momentum, exactly as `torch.optim.Adam` after
     /// `zero_grad(set_to_none=False)`. This makes the update independent of whether libtorch
     /// has allocated a gradient yet, which a resumed run (fresh gradients) relies on to
-    /// match an uninterrupted one. Fails when the first parameter turns non-finite.
+    /// match an uninterrupted one. Fails when the first parameter is found non-finite (probed
+    /// on the first step and every `FINITE_CHECK_EVERY` steps after it).
     pub fn step(&mut self, lr: f64) -> Result<(), MethodError> {
         let t = self.steps_taken() + 1;
         let _ = self.t.fill_(t);
         let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
         let bc1 = 1.0 - b1.powi(t as i32);
         let bc2 = 1.0 - b2.powi(t as i32);
+        // Step size folded into the denominator so the update is one `addcdiv_`:
+        // p += m / (-(sqrt(v) / sqrt(bc2) + eps) * bc1 / lr).
+        let (sqrt_bc2, neg_inv_step) = (bc2.sqrt(), -bc1 / lr);
         tch::no_grad(|| -> Result<(), MethodError> {
             for (i, (name, p)) in self.params.iter_mut().enumerate() {
                 let g = p.grad();
                 let m = &mut self.m[i];
                 let v = &mut self.v[i];
-                let _ = m.g_mul_scalar_(b1);
-                let _ = v.g_mul_scalar_(b2);
+                // In place, as torch's single-tensor Adam: no temporaries but `g^2` and the
+                // denominator.
                 if g.defined() {
-                    let _ = m.g_add_(&(&g * (1.0 - b1)));
-                    let _ = v.g_add_(&(&g * &g * (1.0 - b2)));
+                    let _ = m.lerp_(&g, 1.0 - b1);
+                    let _ = v.lerp_(&g.square(), 1.0 - b2);
+                } else {
+                    let _ = m.g_mul_scalar_(b1);
+                    let _ = v.g_mul_scalar_(b2);
                 }
-                let denom = v.sqrt() / bc2.sqrt() + self.cfg.eps;
-                let upd = &*m / denom * (lr / bc1);
-                let _ = p.g_sub_(&upd);
-                if i == 0 {
-                    // One cheap finiteness probe per step on the first parameter.
+                let mut denom = v.sqrt();
+                let _ = denom.g_div_scalar_(sqrt_bc2);
+                let _ = denom.g_add_scalar_(self.cfg.eps);
+                let _ = denom.g_mul_scalar_(neg_inv_step);
+                let _ = p.addcdiv_(m, &denom);
+                if i == 0 && t % FINITE_CHECK_EVERY == 1 {
+                    // A finiteness probe on the first parameter every few steps: a host read
+                    // is a device synchronisation on a GPU, so not every step.
                     let s = p.sum(Kind::Double).double_value(&[]);
                     if !s.is_finite() {
                         return Err(MethodError::Numeric(format!(
-                            "parameter `{name}` became non-finite at optimiser step {t}"
+                            "parameter `{name}` became non-finite by optimiser step {t}"
                         )));
                     }
                 }
