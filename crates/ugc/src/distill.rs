@@ -326,6 +326,7 @@ impl TrainTask for DistillTask<'_> {
         let mut log = Vec::new();
 
         // Discriminator: real pairs vs the (detached) fakes of every generator.
+        self.disc_vs.unfreeze();
         self.opt_d.zero_grad();
         let real = losses::over_scales(&self.d_out(&x, &y), losses::hinge_d_real);
         let mut fake = Tensor::zeros([], (Kind::Float, self.device));
@@ -337,6 +338,9 @@ impl TrainTask for DistillTask<'_> {
         loss_d.backward();
         self.opt_d.step(lr)?;
         log.push(("d".to_string(), scalar(&loss_d)));
+        // The generators' backward passes go through D but need no D weight gradients
+        // (pix2pix's `set_requires_grad(netD, False)`); the next step unfreezes it.
+        self.disc_vs.freeze();
 
         // Teachers: supervised GAN + L1 on the labeled pairs.
         for (i, o) in t_out.iter().enumerate() {

@@ -167,6 +167,7 @@ impl TrainTask for GanTask {
         // Discriminator: real pairs vs the first sub-net's output (the largest under the
         // sandwich rule: the strongest fake keeps D honest for every sub-net).
         let fake0 = maybe_autocast(amp, || self.gen_.forward(&x, &subs[0].1, Mode::Train))?;
+        self.vs_d.unfreeze();
         self.opt_d.zero_grad();
         let loss_d = maybe_autocast(amp, || {
             let real = self.disc.forward(&Tensor::cat(&[&x, &y], 1), Mode::Train);
@@ -182,6 +183,9 @@ impl TrainTask for GanTask {
         self.opt_d.step(lr)?;
         log.push(("d_real".to_string(), value(&loss_d.0)));
         log.push(("d_fake".to_string(), value(&loss_d.1)));
+        // The generator's backward passes go through D but need no D weight gradients
+        // (pix2pix's `set_requires_grad(netD, False)`); the next step unfreezes it.
+        self.vs_d.freeze();
 
         // Teacher outputs on unlabeled inputs: the largest sub-net, no gradient.
         let distill_on = !matches!(self.schedule, SubnetSchedule::Fixed(_));
