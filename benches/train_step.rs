@@ -19,7 +19,8 @@
 //! a wide and a deep teacher and the student all forward; one PatchGAN update on real vs all
 //! their detached outputs; each teacher takes `hinge_g + 100 L1`; the student takes
 //! `hinge_g + 100 L1 + sum over teachers of distill_loss` with the discriminator's features
-//! (`DiscriminatorFeatures`) as the perceptual network. D is never frozen, as there.
+//! (`DiscriminatorFeatures`) as the perceptual network. D is frozen during the generators'
+//! backward passes in both steps, as there (`--freeze-d false` to measure the difference).
 //!
 //! The random sub-nets are drawn from a seeded RNG and written to `--out/subnets.json` so
 //! `scripts/bench/train_step.py` replays exactly the same sequence. Prints one JSON line
@@ -66,8 +67,9 @@ struct Args {
     device: Device,
     /// CUDA autocast (libtorch's default dtype, float16: tch 0.24 cannot select bfloat16).
     autocast: bool,
-    /// *supernet* only: freeze the discriminator during the generator backward (pix2pix
-    /// does; `GanTask::step` does not), to measure what that proposed change saves.
+    /// Freeze the discriminator during the generator backward passes, as `GanTask::step`
+    /// and `DistillTask::step` do (pix2pix's `set_requires_grad(netD, False)`); `false`
+    /// measures what that saves.
     freeze_d: bool,
     out: PathBuf,
 }
@@ -85,7 +87,7 @@ fn parse_args() -> Result<Args, String> {
         per_repeat: 3,
         device: Device::Cpu,
         autocast: false,
-        freeze_d: false,
+        freeze_d: true,
         out: PathBuf::from("target/bench/train_step"),
     };
     let mut it = std::env::args().skip(1);
@@ -263,13 +265,15 @@ struct Distill {
     student: Net<dyn Generator>,
     d: Net<dyn Discriminator>,
     weights: DistillWeights,
+    freeze_d: bool,
 }
 
 impl Distill {
     /// Mirrors `ugc_method::distill::DistillTask::step` on a labeled batch (no unlabeled
     /// stream, so no ADF): D on real vs every teacher's and the student's detached output,
     /// each teacher's `hinge_g + 100 L1`, then the student's `hinge_g + 100 L1 + sum over
-    /// teachers of distill_loss` with the discriminator's features; D is not frozen, as there.
+    /// teachers of distill_loss` with the discriminator's features; D frozen after its
+    /// update, as there.
     fn step(&mut self, x: &Tensor, y: &Tensor) -> Res<()> {
         let mut outs = Vec::new();
         for t in &self.teachers {
@@ -280,7 +284,11 @@ impl Distill {
         let s = self.student.net.forward(x, &s_full, Mode::Train)?;
         let mut fakes: Vec<&Tensor> = outs.iter().collect();
         fakes.push(&s);
+        self.d.vs.unfreeze();
         d_update(&mut self.d, x, y, &fakes)?;
+        if self.freeze_d {
+            self.d.vs.freeze();
+        }
         let mut log = Vec::new();
         for (t, out) in self.teachers.iter_mut().zip(&outs) {
             t.opt.zero_grad();
@@ -508,12 +516,14 @@ fn main() -> Res<()> {
             setup = json!({"teachers": [{"ngf": wide.ngf, "n_blocks": wide.n_blocks},
                 {"ngf": deep.ngf, "n_blocks": deep.n_blocks}],
                 "student": {"ngf": student.ngf, "n_blocks": student.n_blocks},
-                "disc": "patchgan", "ndf": a.ndf, "perceptual": "discriminator features"});
+                "disc": "patchgan", "ndf": a.ndf, "perceptual": "discriminator features",
+                "freeze_d": a.freeze_d});
             let mut st = Distill {
                 teachers: vec![generator(&wide, dev)?, generator(&deep, dev)?],
                 student: generator(&student, dev)?,
                 d: discriminator(&disc_cfg, dev)?,
                 weights: DistillWeights::default(),
+                freeze_d: a.freeze_d,
             };
             let (x, y) = (x.shallow_clone(), y.shallow_clone());
             run_step = Box::new(move |_| st.step(&x, &y));

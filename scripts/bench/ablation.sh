@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Item 1 follow-up: what the two proposed supernet-step changes would save, measured on both
-# sides (alternating, ROUNDS times): freezing D during the generator backward, and the
-# `where`-based LeakyReLU of ugc-nn (switched on in the PyTorch twin to show its cost there).
+# Item 1 follow-up: what freezing D during the generators' backward passes saves, on both
+# sides (alternating, ROUNDS times), for the supernet and the distillation step. Both steps
+# freeze D by default (as GanTask / DistillTask do); `--freeze-d false` turns it off.
 #
 #   scripts/bench/ablation.sh [THREADS] [ROUNDS]          # defaults: 1 2
 set -euo pipefail
@@ -15,12 +15,12 @@ cargo bench --bench train_step --no-run 2> /dev/null
 STEP=$(ls -t target/release/deps/train_step-* | grep -v '\.d$' | head -1)
 SUBS=target/bench/train_step/subnets.json
 for r in $(seq 1 "$ROUNDS"); do
-  "$PY" -c 'import json,os; print(json.dumps({"bench":"machine","loadavg":os.getloadavg()}))' | tee -a "$RES"
-  "$STEP" --step supernet --threads "$THREADS" | tee -a "$RES"
-  "$STEP" --step supernet --threads "$THREADS" --freeze-d true | tee -a "$RES"
-  "$PY" scripts/bench/train_step.py --step supernet --threads "$THREADS" --subnets "$SUBS" | tee -a "$RES"
-  "$PY" scripts/bench/train_step.py --step supernet --threads "$THREADS" --subnets "$SUBS" --freeze-d | tee -a "$RES"
-  "$PY" scripts/bench/train_step.py --step supernet --threads "$THREADS" --subnets "$SUBS" --lrelu where | tee -a "$RES"
-  "$PY" scripts/bench/train_step.py --step supernet --threads "$THREADS" --subnets "$SUBS" --lrelu where --freeze-d | tee -a "$RES"
-  "$PY" scripts/bench/train_step.py --step supernet --threads "$THREADS" --subnets "$SUBS" --lrelu relu | tee -a "$RES"
+  for step in supernet distill; do
+    for freeze in true false; do
+      "$PY" -c 'import json,os; print(json.dumps({"bench":"machine","loadavg":os.getloadavg()}))' | tee -a "$RES"
+      "$STEP" --step "$step" --threads "$THREADS" --freeze-d "$freeze" | tee -a "$RES"
+      "$PY" scripts/bench/train_step.py --step "$step" --threads "$THREADS" --subnets "$SUBS" \
+        --freeze-d "$freeze" | tee -a "$RES"
+    done
+  done
 done

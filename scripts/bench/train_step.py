@@ -210,14 +210,16 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--channels-last", action="store_true")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
-    p.add_argument("--freeze-d", action="store_true",
-                   help="freeze D during the generator backward (as pix2pix; GanTask does not)")
+    p.add_argument("--freeze-d", default="true", choices=["true", "false"],
+                   help="freeze D during the generators' backward passes (as pix2pix, "
+                        "GanTask and DistillTask do)")
     p.add_argument("--adam", default="torch", choices=["torch", "ugc"],
                    help="torch.optim.Adam, or ugc_method::optim::Adam's op sequence")
     p.add_argument("--lrelu", default="native", choices=["native", "where", "relu"],
                    help="LeakyReLU(0.2) form: torch's kernel, where(x >= 0, x, 0.2 x) as "
                         "ugc_nn::elastic::leaky_relu writes it, or 0.2 x + 0.8 relu(x)")
     a = p.parse_args()
+    a.freeze_d = a.freeze_d == "true"
     global ADAM
     ADAM = a.adam
     torch.set_num_threads(a.threads)
@@ -246,7 +248,7 @@ def main():
         assert L["widths"] == resnet_full(a.ngf, 9), "subnets.json is for another --ngf"
 
         def step(i):
-            # Mirrors ugc_method::gan::GanTask::step (sandwich): D is not frozen during the
+            # Mirrors ugc_method::gan::GanTask::step (sandwich): D is frozen during the
             # generator backward, D loss is (real + fake) / 2, every loss is read to the host.
             with ac():
                 fake_l = g(x, L["widths"], L["depth"])
@@ -279,11 +281,15 @@ def main():
         def step(i):
             # Mirrors ugc_method::distill::DistillTask::step on a labeled batch (no unlabeled
             # stream): D on real vs every teacher's and the student's output, teachers
-            # hinge_g + 100 L1, student hinge_g + 100 L1 + KD vs every teacher; D never frozen.
+            # hinge_g + 100 L1, student hinge_g + 100 L1 + KD vs every teacher; D frozen
+            # after its update.
             with ac():
                 outs = [t(x) for t in teachers]
                 s = student(x)
+                set_grad(d, True)
                 d_update(d, opt_d, x, y, outs + [s])
+                if a.freeze_d:
+                    set_grad(d, False)
                 log = []
                 for opt, out in zip(opts_t, outs):
                     opt.zero_grad()
