@@ -155,7 +155,7 @@ ADAM = "torch"
 def adam(params):
     if ADAM == "ugc":
         return UgcAdam(params)
-    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999))
+    return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=(ADAM == "fused"))
 
 
 def d_update(d, opt_d, x, y, fakes):
@@ -213,11 +213,13 @@ def main():
     p.add_argument("--freeze-d", default="true", choices=["true", "false"],
                    help="freeze D during the generators' backward passes (as pix2pix, "
                         "GanTask and DistillTask do)")
-    p.add_argument("--adam", default="torch", choices=["torch", "ugc"],
-                   help="torch.optim.Adam, or ugc_method::optim::Adam's op sequence")
+    p.add_argument("--adam", default="torch", choices=["torch", "fused", "ugc"],
+                   help="torch.optim.Adam with its defaults (single-tensor on CPU, foreach on "
+                        "CUDA), torch.optim.Adam(fused=True) as ugc_method::optim::Adam runs "
+                        "it, or the old out-of-place op sequence")
     p.add_argument("--lrelu", default="native", choices=["native", "where", "relu"],
                    help="LeakyReLU(0.2) form: torch's kernel, where(x >= 0, x, 0.2 x) as "
-                        "ugc_nn::elastic::leaky_relu writes it, or 0.2 x + 0.8 relu(x)")
+                        "ugc_nn::elastic::leaky_relu wrote it before the shim, or 0.2 x + 0.8 relu(x)")
     a = p.parse_args()
     a.freeze_d = a.freeze_d == "true"
     global ADAM

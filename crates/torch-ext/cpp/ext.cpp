@@ -12,6 +12,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace {
 thread_local std::string last_error;
@@ -93,6 +94,28 @@ int ugc_autocast_exit(int device, int prev_enabled, int prev_dtype) {
     }
     at::autocast::set_autocast_enabled(t, prev_enabled != 0);
     at::autocast::set_autocast_dtype(t, autocast_dtype(prev_dtype));
+  });
+}
+
+// `torch.optim.Adam(fused=True)`'s update of n parameters in one call:
+// `at::_fused_adam_` (one multi-tensor kernel on CUDA, one vectorised pass per tensor on
+// the CPU). `step` is the step count after this update (a float32 scalar on the
+// parameters' device); every gradient must be defined.
+int ugc_fused_adam(at::Tensor* const* params, at::Tensor* const* grads, at::Tensor* const* m,
+                   at::Tensor* const* v, int n, const at::Tensor* step, double lr, double beta1,
+                   double beta2, double eps) {
+  return guarded([&] {
+    at::NoGradGuard no_grad;
+    std::vector<at::Tensor> p_, g_, m_, v_, s_;
+    for (int i = 0; i < n; ++i) {
+      p_.push_back(*params[i]);
+      g_.push_back(*grads[i]);
+      m_.push_back(*m[i]);
+      v_.push_back(*v[i]);
+      s_.push_back(*step);
+    }
+    at::_fused_adam_(p_, g_, m_, v_, {}, s_, lr, beta1, beta2, /*weight_decay=*/0.0, eps,
+                     /*amsgrad=*/false, /*maximize=*/false);
   });
 }
 

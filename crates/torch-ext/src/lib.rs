@@ -43,6 +43,18 @@ mod ffi {
             prev_dtype: *mut c_int,
         ) -> c_int;
         pub fn ugc_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
+        pub fn ugc_fused_adam(
+            params: *const *mut AtTensor,
+            grads: *const *mut AtTensor,
+            m: *const *mut AtTensor,
+            v: *const *mut AtTensor,
+            n: c_int,
+            step: *const AtTensor,
+            lr: f64,
+            beta1: f64,
+            beta2: f64,
+            eps: f64,
+        ) -> c_int;
         pub fn ugc_cuda_memory_stats(device: c_int, out: *mut i64) -> c_int;
         pub fn ugc_cuda_reset_peak(device: c_int) -> c_int;
     }
@@ -156,6 +168,59 @@ pub fn autocast<T>(device: Device, dtype: AutocastDtype, f: impl FnOnce() -> T) 
         prev_dtype,
     };
     f()
+}
+
+/// Hyper-parameters of [`fused_adam`] (no weight decay, no amsgrad).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdamHyper {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+/// One Adam update of every parameter, in place, with libtorch's fused kernel
+/// (`torch.optim.Adam(fused=True)`): `params[i] -= lr / bc1 * m / (sqrt(v) / sqrt(bc2) + eps)`
+/// after the moment updates, with `bc = 1 - beta^step`. `step` is the count *after* this
+/// update, as a float32 scalar on the parameters' device. All lists have the same length
+/// and every tensor is defined, on one device, of one floating dtype.
+pub fn fused_adam(
+    params: &[Tensor],
+    grads: &[Tensor],
+    m: &[Tensor],
+    v: &[Tensor],
+    step: &Tensor,
+    h: AdamHyper,
+) -> Result<(), TchError> {
+    let n = params.len();
+    if grads.len() != n || m.len() != n || v.len() != n {
+        return Err(TchError::Shape(format!(
+            "fused_adam: {n} params, {} grads, {} m, {} v",
+            grads.len(),
+            m.len(),
+            v.len()
+        )));
+    }
+    let ptrs = |ts: &[Tensor]| -> Vec<*mut ffi::AtTensor> {
+        ts.iter().map(|t| t.as_ptr() as *mut ffi::AtTensor).collect()
+    };
+    let (p, g, mm, vv) = (ptrs(params), ptrs(grads), ptrs(m), ptrs(v));
+    // SAFETY: four arrays of `n` live tensor handles that outlive the call; the shim copies
+    // the handles (sharing storage) and updates params, m and v in place.
+    check(unsafe {
+        ffi::ugc_fused_adam(
+            p.as_ptr(),
+            g.as_ptr(),
+            mm.as_ptr(),
+            vv.as_ptr(),
+            n as c_int,
+            raw(step),
+            h.lr,
+            h.beta1,
+            h.beta2,
+            h.eps,
+        )
+    })
 }
 
 /// CUDA caching-allocator statistics of one device, in bytes.

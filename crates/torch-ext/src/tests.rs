@@ -63,6 +63,35 @@ fn cpu_autocast_runs_convolutions_in_bfloat16_and_restores_state() {
 }
 
 #[test]
+fn fused_adam_matches_the_textbook_update() {
+    tch::manual_seed(1);
+    let opts = (Kind::Float, Device::Cpu);
+    let p = Tensor::randn([3, 4], opts);
+    let g = Tensor::randn([3, 4], opts);
+    let (m0, v0) = (Tensor::randn([3, 4], opts) * 0.1, Tensor::rand([3, 4], opts) * 0.1);
+    let h = AdamHyper {
+        lr: 1e-2,
+        beta1: 0.5,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+    let t = 3.0;
+    let m1 = &m0 * h.beta1 + &g * (1.0 - h.beta1);
+    let v1 = &v0 * h.beta2 + &g * &g * (1.0 - h.beta2);
+    let (bc1, bc2) = (1.0 - h.beta1.powf(t), 1.0 - h.beta2.powf(t));
+    let want = &p - (&m1 / (v1.sqrt() / bc2.sqrt() + h.eps)) * (h.lr / bc1);
+    let (pp, mm, vv) = (p.copy(), m0.copy(), v0.copy());
+    let step = Tensor::from(t as f32);
+    let one = |x: &Tensor| vec![x.shallow_clone()];
+    fused_adam(&one(&pp), &one(&g), &one(&mm), &one(&vv), &step, h).unwrap();
+    assert!(pp.allclose(&want, 1e-6, 1e-7, false));
+    assert!(mm.allclose(&m1, 1e-6, 1e-7, false));
+    assert!(vv.allclose(&v1, 1e-6, 1e-7, false));
+    let e = fused_adam(&one(&pp), &[], &one(&mm), &one(&vv), &step, h).unwrap_err();
+    assert!(e.to_string().contains("0 grads"), "{e}");
+}
+
+#[test]
 fn cuda_statistics_are_absent_without_cuda() {
     if !tch::Cuda::is_available() {
         assert_eq!(cuda_memory(0), None);

@@ -2,7 +2,8 @@
 //! list of named tensors the checkpoint saves and restores exactly. tch's optimizers keep
 //! their state inside libtorch where it cannot be serialised.
 //!
-//! The update is `torch.optim.Adam`'s (no weight decay, no amsgrad):
+//! The update is `torch.optim.Adam(fused=True)`'s, run by libtorch's fused kernel through
+//! `ugc_torch_ext::fused_adam` (no weight decay, no amsgrad):
 //! `m = b1 m + (1 - b1) g`, `v = b2 v + (1 - b2) g^2`,
 //! `p -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)`.
 
@@ -138,44 +139,38 @@ impl Adam {
     pub fn step(&mut self, lr: f64) -> Result<(), MethodError> {
         let t = self.steps_taken() + 1;
         let _ = self.t.fill_(t);
-        let (b1, b2) = (self.cfg.beta1, self.cfg.beta2);
-        let bc1 = 1.0 - b1.powi(t as i32);
-        let bc2 = 1.0 - b2.powi(t as i32);
-        // Step size folded into the denominator so the update is one `addcdiv_`:
-        // p += m / (-(sqrt(v) / sqrt(bc2) + eps) * bc1 / lr).
-        let (sqrt_bc2, neg_inv_step) = (bc2.sqrt(), -bc1 / lr);
-        tch::no_grad(|| -> Result<(), MethodError> {
-            for (i, (name, p)) in self.params.iter_mut().enumerate() {
+        let Some((first_name, first)) = self.params.first() else {
+            return Ok(());
+        };
+        let grads: Vec<Tensor> = self
+            .params
+            .iter()
+            .map(|(_, p)| {
                 let g = p.grad();
-                let m = &mut self.m[i];
-                let v = &mut self.v[i];
-                // In place, as torch's single-tensor Adam: no temporaries but `g^2` and the
-                // denominator.
-                if g.defined() {
-                    let _ = m.lerp_(&g, 1.0 - b1);
-                    let _ = v.lerp_(&g.square(), 1.0 - b2);
-                } else {
-                    let _ = m.g_mul_scalar_(b1);
-                    let _ = v.g_mul_scalar_(b2);
-                }
-                let mut denom = v.sqrt();
-                let _ = denom.g_div_scalar_(sqrt_bc2);
-                let _ = denom.g_add_scalar_(self.cfg.eps);
-                let _ = denom.g_mul_scalar_(neg_inv_step);
-                let _ = p.addcdiv_(m, &denom);
-                if i == 0 && t % FINITE_CHECK_EVERY == 1 {
-                    // A finiteness probe on the first parameter every few steps: a host read
-                    // is a device synchronisation on a GPU, so not every step.
-                    let s = p.sum(Kind::Double).double_value(&[]);
-                    if !s.is_finite() {
-                        return Err(MethodError::Numeric(format!(
-                            "parameter `{name}` became non-finite by optimiser step {t}"
-                        )));
-                    }
-                }
+                if g.defined() { g } else { p.zeros_like() }
+            })
+            .collect();
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        // The step count as the fused kernel wants it: float32 on the parameters' device.
+        let step = Tensor::from(t as f32).to_device(first.device());
+        let hyper = ugc_torch_ext::AdamHyper {
+            lr,
+            beta1: self.cfg.beta1,
+            beta2: self.cfg.beta2,
+            eps: self.cfg.eps,
+        };
+        ugc_torch_ext::fused_adam(&params, &grads, &self.m, &self.v, &step, hyper)
+            .map_err(|e| MethodError::Numeric(format!("Adam update: {e}")))?;
+        if t % FINITE_CHECK_EVERY == 1 {
+            // A host read is a device synchronisation on a GPU, so not every step.
+            let s = tch::no_grad(|| first.sum(Kind::Double).double_value(&[]));
+            if !s.is_finite() {
+                return Err(MethodError::Numeric(format!(
+                    "parameter `{first_name}` became non-finite by optimiser step {t}"
+                )));
             }
-            Ok(())
-        })
+        }
+        Ok(())
     }
 
     /// The optimiser state as named tensors (`{prefix}.m.<param>`, `{prefix}.v.<param>`,
