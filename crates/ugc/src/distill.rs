@@ -41,7 +41,7 @@ use crate::search::{
     EvalSpec, SearchConfigs, data_err, input_encoding, load_supernet, nn_err, read_batches,
     write_json,
 };
-use crate::trainer::{BatchStream, LoopConfig, TrainTask, run_loop};
+use crate::trainer::{BatchStream, LogValue, LoopConfig, StepLog, TrainTask, run_loop};
 
 #[derive(Debug, Deserialize)]
 struct DistillParams {
@@ -302,7 +302,7 @@ impl TrainTask for DistillTask<'_> {
         Ok(())
     }
 
-    fn step(&mut self, step: u64) -> Result<Vec<(String, f64)>, MethodError> {
+    fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
         if self.adf_every > 0 && step > 0 && step.is_multiple_of(self.adf_every) {
             self.rescore()?;
         }
@@ -337,7 +337,7 @@ impl TrainTask for DistillTask<'_> {
         let loss_d = (&real + &fake) * 0.5;
         loss_d.backward();
         self.opt_d.step(lr)?;
-        log.push(("d".to_string(), scalar(&loss_d)));
+        log.push(("d".to_string(), LogValue::of(&loss_d)));
         // The generators' backward passes go through D but need no D weight gradients
         // (pix2pix's `set_requires_grad(netD, False)`); the next step unfreezes it.
         self.disc_vs.freeze();
@@ -351,7 +351,7 @@ impl TrainTask for DistillTask<'_> {
             loss.backward();
             self.opt_t[i].step(lr)?;
             let role = self.teachers.entries[i].role.name();
-            log.push((format!("t_{role}_l1"), scalar(&l1)));
+            log.push((format!("t_{role}_l1"), LogValue::of(&l1)));
         }
 
         // Student: GAN + L1 on labeled, OMGD losses against every teacher on labeled and
@@ -361,7 +361,7 @@ impl TrainTask for DistillTask<'_> {
         let l1 = losses::l1(&s_out, &y);
         let kd = self.distill_terms(&x, &s_out, &t_out)?;
         let mut loss = &gan * self.lambda_gan + &l1 * self.lambda_l1 + &kd;
-        let mut kd_u_val = 0.0;
+        let mut kd_u_val = LogValue::Host(0.0);
         let mut n_u = 0i64;
         if let Some(u) = &mut self.unlabeled {
             let ub = u.next_batch()?;
@@ -370,19 +370,19 @@ impl TrainTask for DistillTask<'_> {
                 let tu = self.teachers.outputs(&xu)?;
                 let su = self.student.forward(&xu, &s_full, Mode::Train)?;
                 let kd_u = self.distill_terms(&xu, &su, &tu)?;
-                kd_u_val = scalar(&kd_u);
+                kd_u_val = LogValue::of(&kd_u);
                 loss += kd_u;
             }
         }
         loss.backward();
         self.opt_s.step(lr)?;
-        let kept = scalar(&self.adf.mask.sum(Kind::Float));
+        let kept = LogValue::of(&self.adf.mask.sum(Kind::Float));
         log.extend([
-            ("s_gan".to_string(), scalar(&gan)),
-            ("s_l1".to_string(), scalar(&l1)),
-            ("s_kd".to_string(), scalar(&kd)),
+            ("s_gan".to_string(), LogValue::of(&gan)),
+            ("s_l1".to_string(), LogValue::of(&l1)),
+            ("s_kd".to_string(), LogValue::of(&kd)),
             ("s_kd_unlabeled".to_string(), kd_u_val),
-            ("unlabeled_used".to_string(), n_u as f64),
+            ("unlabeled_used".to_string(), (n_u as f64).into()),
             ("adf_kept".to_string(), kept),
         ]);
         Ok(log)

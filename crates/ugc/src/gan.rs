@@ -14,7 +14,7 @@ use crate::error::MethodError;
 use crate::losses::{self, DistillWeights};
 use crate::optim::{Adam, LrSchedule};
 use crate::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
-use crate::trainer::{BatchStream, TrainTask};
+use crate::trainer::{BatchStream, LogValue, StepLog, TrainTask};
 
 /// Which sub-nets a step trains.
 #[derive(Debug, Clone, PartialEq)]
@@ -127,10 +127,6 @@ impl GanTask {
     }
 }
 
-fn value(t: &Tensor) -> f64 {
-    t.double_value(&[])
-}
-
 impl TrainTask for GanTask {
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> = Vec::new();
@@ -153,7 +149,7 @@ impl TrainTask for GanTask {
         Ok(())
     }
 
-    fn step(&mut self, step: u64) -> Result<Vec<(String, f64)>, MethodError> {
+    fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
         let lr = self.lr.at(step);
         let batch = self.labeled.next_batch()?;
         let x = batch.input;
@@ -181,8 +177,8 @@ impl TrainTask for GanTask {
         let d_total = (&loss_d.0 + &loss_d.1) * 0.5;
         d_total.backward();
         self.opt_d.step(lr)?;
-        log.push(("d_real".to_string(), value(&loss_d.0)));
-        log.push(("d_fake".to_string(), value(&loss_d.1)));
+        log.push(("d_real".to_string(), LogValue::of(&loss_d.0)));
+        log.push(("d_fake".to_string(), LogValue::of(&loss_d.1)));
         // The generator's backward passes go through D but need no D weight gradients
         // (pix2pix's `set_requires_grad(netD, False)`); the next step unfreezes it.
         self.vs_d.freeze();
@@ -223,8 +219,8 @@ impl TrainTask for GanTask {
             });
             let l1 = losses::l1(&fake.to_kind(Kind::Float), &y) * self.weights.l1;
             let mut total = &gan + &l1;
-            log.push((format!("{name}_gan"), value(&gan)));
-            log.push((format!("{name}_l1"), value(&l1)));
+            log.push((format!("{name}_gan"), LogValue::of(&gan)));
+            log.push((format!("{name}_l1"), LogValue::of(&l1)));
             if let Some((u, t, ft)) = &teacher
                 && *name != "largest"
             {
@@ -233,13 +229,13 @@ impl TrainTask for GanTask {
                 let fs = self.features(u, &s);
                 let terms = losses::distill_loss(&s, t, &fs, ft, &self.weights.distill_terms)?;
                 let d = terms.total * self.weights.distill;
-                log.push((format!("{name}_distill"), value(&d)));
+                log.push((format!("{name}_distill"), LogValue::of(&d)));
                 total += d;
             }
             total.backward();
         }
         self.opt_g.step(lr)?;
-        log.push(("lr".to_string(), lr));
+        log.push(("lr".to_string(), lr.into()));
         Ok(log)
     }
 

@@ -3,7 +3,8 @@
 //! A *step* is one optimiser update of each network (one batch from each data stream).
 //! The loop: resume from the scratch checkpoint if any; per step, poll the cancel token
 //! (on cancel: checkpoint, then [`MethodError::Cancelled`]), reseed libtorch from
-//! `(seed, step)`, run the task's step, append a CSV log row, checkpoint every
+//! `(seed, step)`, run the task's step, append a CSV log row (losses are read from the
+//! device in batches of steps, see [`LogValue`]), checkpoint every
 //! `checkpoint_every` steps, write samples every `sample_every` steps. The log and samples
 //! live in `scratch/run/` while training (so a resumed run keeps the rows and images from
 //! before the crash) and are copied into the stage output at the end.
@@ -29,12 +30,42 @@ pub trait TrainTask {
     /// steps; called once before the first step (with 0 on a fresh start).
     fn seek(&mut self, step: u64) -> Result<(), MethodError>;
 
-    /// Runs step `step` (0-based); returns named scalar losses for the log.
-    fn step(&mut self, step: u64) -> Result<Vec<(String, f64)>, MethodError>;
+    /// Runs step `step` (0-based); returns named scalar losses for the log, left on the
+    /// device where they were computed ([`LogValue::of`]).
+    fn step(&mut self, step: u64) -> Result<StepLog, MethodError>;
 
     /// Writes sample images for after `step` completed steps into `dir`.
     fn sample(&mut self, step: u64, dir: &Path) -> Result<(), MethodError>;
 }
+
+/// One logged value of a step.
+pub enum LogValue {
+    /// Known on the host (a learning rate, a count).
+    Host(f64),
+    /// A detached scalar still on the device. The loop reads a batch of steps' values in one
+    /// transfer, so a GPU step never waits for its own losses to reach the host.
+    Device(Tensor),
+}
+
+impl LogValue {
+    /// A loss for the log: detached, so the step's graph is freed when the step ends.
+    pub fn of(t: &Tensor) -> Self {
+        LogValue::Device(t.detach())
+    }
+}
+
+impl From<f64> for LogValue {
+    fn from(v: f64) -> Self {
+        LogValue::Host(v)
+    }
+}
+
+/// Named values a step logs, in column order.
+pub type StepLog = Vec<(String, LogValue)>;
+
+/// Steps whose logged values are read to the host together (one device synchronisation);
+/// also flushed before every sample, checkpoint and cancel, and at the end.
+const LOG_READ_EVERY: usize = 16;
 
 /// Loop settings (from the stage parameters).
 #[derive(Debug, Clone)]
@@ -101,31 +132,34 @@ pub fn run_loop(
     ctx.progress.start(&cfg.phase, cfg.steps);
     ctx.progress.set(start);
     let mut last = Vec::new();
+    let mut pending: Vec<(u64, StepLog)> = Vec::new();
     for step in start..cfg.steps {
         if ctx.cancel.is_cancelled() {
+            read_pending(&mut pending, &mut log, &mut last)?;
             log.flush()?;
             checkpoint::save(&ckpt, step, cfg.seed, &cfg.fingerprint, &task.state())?;
             return Err(MethodError::Cancelled);
         }
         tch::manual_seed(step_seed(cfg.seed, step, 0) as i64);
-        let losses = task.step(step)?;
-        if let Some((n, v)) = losses.iter().find(|(_, v)| !v.is_finite()) {
-            return Err(MethodError::Numeric(format!(
-                "loss `{n}` is {v} at step {step}; lower `lr` or check the data"
-            )));
-        }
-        log.row(step + 1, &losses)?;
-        last = losses;
+        pending.push((step, task.step(step)?));
         let done = step + 1;
         ctx.progress.set(done);
-        if cfg.sample_every > 0 && done % cfg.sample_every == 0 && done < cfg.steps {
+        let sample_now = cfg.sample_every > 0 && done % cfg.sample_every == 0 && done < cfg.steps;
+        let ckpt_now =
+            cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps;
+        if pending.len() >= LOG_READ_EVERY || sample_now || ckpt_now {
+            // Never sample or checkpoint a state whose losses went non-finite.
+            read_pending(&mut pending, &mut log, &mut last)?;
+        }
+        if sample_now {
             task.sample(done, &samples)?;
         }
-        if cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps {
+        if ckpt_now {
             log.flush()?;
             checkpoint::save(&ckpt, done, cfg.seed, &cfg.fingerprint, &task.state())?;
         }
     }
+    read_pending(&mut pending, &mut log, &mut last)?;
     task.sample(cfg.steps, &samples)?;
     log.flush()?;
     let tail_mean = log.tail_mean(10);
@@ -138,6 +172,52 @@ pub fn run_loop(
         last,
         tail_mean,
     })
+}
+
+/// Reads the pending steps' device values to the host in one transfer, refuses a
+/// non-finite loss (naming its step), and appends the rows to the log.
+fn read_pending(
+    pending: &mut Vec<(u64, StepLog)>,
+    log: &mut CsvLog,
+    last: &mut Vec<(String, f64)>,
+) -> Result<(), MethodError> {
+    let on_device: Vec<&Tensor> = pending
+        .iter()
+        .flat_map(|(_, row)| row.iter())
+        .filter_map(|(_, v)| match v {
+            LogValue::Device(t) => Some(t),
+            LogValue::Host(_) => None,
+        })
+        .collect();
+    let mut read = Vec::new().into_iter();
+    if let Some(first) = on_device.first() {
+        let dev = first.device();
+        let flat: Vec<Tensor> = on_device
+            .iter()
+            .map(|t| t.to_device(dev).to_kind(tch::Kind::Double).reshape([1]))
+            .collect();
+        let all = Tensor::cat(&flat, 0).to_device(tch::Device::Cpu);
+        read = Vec::<f64>::try_from(&all)
+            .map_err(|e| MethodError::Numeric(format!("reading logged losses: {e}")))?
+            .into_iter();
+    }
+    for (step, row) in pending.drain(..) {
+        let values: Vec<(String, f64)> = row
+            .into_iter()
+            .map(|(n, v)| match v {
+                LogValue::Host(x) => (n, x),
+                LogValue::Device(_) => (n, read.next().unwrap_or(f64::NAN)),
+            })
+            .collect();
+        if let Some((n, v)) = values.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(MethodError::Numeric(format!(
+                "loss `{n}` is {v} at step {step}; lower `lr` or check the data"
+            )));
+        }
+        log.row(step + 1, &values)?;
+        *last = values;
+    }
+    Ok(())
 }
 
 /// Checkpoints the task now (used by stages that finish with extra work they may want to
@@ -353,5 +433,99 @@ impl BatchStream {
     /// Batches in one epoch.
     pub fn per_epoch(&self) -> u64 {
         self.per_epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use serde_json::json;
+    use ugc_engine::{CancelToken, DeviceKind, NullProgress};
+
+    use super::*;
+
+    /// Logs `step` (on the device) and `step * 10` (host); `weight` goes NaN at `nan_at`.
+    struct Counter {
+        weight: Tensor,
+        nan_at: Option<u64>,
+    }
+
+    impl TrainTask for Counter {
+        fn state(&self) -> Vec<(String, Tensor)> {
+            vec![("w".into(), self.weight.shallow_clone())]
+        }
+        fn seek(&mut self, _: u64) -> Result<(), MethodError> {
+            Ok(())
+        }
+        fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
+            let v = if self.nan_at == Some(step) { f64::NAN } else { step as f64 };
+            let _ = self.weight.fill_(v);
+            Ok(vec![
+                ("loss".into(), LogValue::of(&(&self.weight * 1.0))),
+                ("host".into(), (step as f64 * 10.0).into()),
+            ])
+        }
+        fn sample(&mut self, _: u64, _: &Path) -> Result<(), MethodError> {
+            Ok(())
+        }
+    }
+
+    fn run(task: &mut Counter, steps: u64, dir: &Path) -> Result<LoopOutcome, MethodError> {
+        let (out, scratch) = (dir.join("out"), dir.join("scratch"));
+        std::fs::create_dir_all(&out).unwrap();
+        let (params, env, cancel) = (json!({}), BTreeMap::new(), CancelToken::new());
+        let ctx = StageContext {
+            node: "n",
+            kind: "train",
+            params: &params,
+            inputs: &[],
+            out_dir: &out,
+            scratch_dir: &scratch,
+            device: DeviceKind::Cpu,
+            progress: &NullProgress,
+            cancel: &cancel,
+            env: &env,
+        };
+        let cfg = LoopConfig {
+            steps,
+            checkpoint_every: 0,
+            sample_every: 0,
+            seed: 0,
+            fingerprint: "t".into(),
+            phase: "train".into(),
+        };
+        run_loop(&ctx, &cfg, task)
+    }
+
+    #[test]
+    fn device_losses_are_read_in_batches_into_every_row_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = Counter {
+            weight: Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)),
+            nan_at: None,
+        };
+        // 37 steps: two full batches of LOG_READ_EVERY and a partial one at the end.
+        let done = run(&mut task, 37, dir.path()).unwrap();
+        let csv = std::fs::read_to_string(dir.path().join("out/log.csv")).unwrap();
+        let lines: Vec<&str> = csv.lines().collect();
+        assert_eq!(lines[0], "step,loss,host");
+        assert_eq!(lines.len(), 38);
+        for (i, l) in lines[1..].iter().enumerate() {
+            let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap()).collect();
+            assert_eq!(f, vec![i as f64 + 1.0, i as f64, i as f64 * 10.0], "{l}");
+        }
+        assert_eq!(done.last, vec![("loss".into(), 36.0), ("host".into(), 360.0)]);
+    }
+
+    #[test]
+    fn a_non_finite_loss_names_its_step_even_when_read_later() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut task = Counter {
+            weight: Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)),
+            nan_at: Some(20),
+        };
+        let e = run(&mut task, 40, dir.path()).unwrap_err().to_string();
+        assert!(e.contains("loss `loss` is NaN at step 20"), "{e}");
     }
 }
