@@ -4,7 +4,8 @@
 //!
 //!     cargo bench --bench train_step -- [--step supernet|distill] [--threads N] [--batch B]
 //!         [--size S] [--ngf G] [--ndf D] [--warmup W] [--repeats R] [--steps-per-repeat K]
-//!         [--device cpu|cuda] [--autocast true|false] [--freeze-d true|false] [--out DIR]
+//!         [--device cpu|cuda] [--autocast off|bf16|fp16] [--channels-last true|false]
+//!         [--freeze-d true|false] [--out DIR]
 //!
 //! *gantask*: the project's real supernet step, `ugc_method::gan::GanTask::step` under the
 //! sandwich rule (largest + random + smallest sub-net), fed by the pix2pix data loader
@@ -38,7 +39,7 @@ use ugc_data::{
     SynthTask, read_dataset, split_dataset, synth_with,
 };
 use ugc_engine::NullProgress;
-use ugc_method::device::{maybe_autocast, use_autocast};
+use ugc_method::device::Accel;
 use ugc_method::gan::{GanLossWeights, GanTask, SubnetSchedule};
 use ugc_method::losses::{
     DistillWeights, distill_loss, hinge_d_fake, hinge_d_real, hinge_g, l1, over_scales,
@@ -65,8 +66,10 @@ struct Args {
     repeats: usize,
     per_repeat: usize,
     device: Device,
-    /// CUDA autocast (libtorch's default dtype, float16: tch 0.24 cannot select bfloat16).
-    autocast: bool,
+    /// CUDA autocast dtype (`off`, `bf16`, `fp16`), as the stages' `amp` / `amp_dtype`.
+    autocast: String,
+    /// CUDA channels-last weights and inputs, as the stages' `channels_last`.
+    channels_last: bool,
     /// Freeze the discriminator during the generator backward passes, as `GanTask::step`
     /// and `DistillTask::step` do (pix2pix's `set_requires_grad(netD, False)`); `false`
     /// measures what that saves.
@@ -86,7 +89,8 @@ fn parse_args() -> Result<Args, String> {
         repeats: 5,
         per_repeat: 3,
         device: Device::Cpu,
-        autocast: false,
+        autocast: "off".into(),
+        channels_last: false,
         freeze_d: true,
         out: PathBuf::from("target/bench/train_step"),
     };
@@ -115,7 +119,13 @@ fn parse_args() -> Result<Args, String> {
             "--repeats" => a.repeats = v.parse().map_err(|e| bad(&e))?,
             "--steps-per-repeat" => a.per_repeat = v.parse().map_err(|e| bad(&e))?,
             "--out" => a.out = PathBuf::from(&v),
-            "--autocast" => a.autocast = v.parse().map_err(|e| bad(&e))?,
+            "--autocast" => {
+                if !["off", "bf16", "fp16"].contains(&v.as_str()) {
+                    return Err(bad(&"expected off, bf16 or fp16"));
+                }
+                a.autocast = v.clone();
+            }
+            "--channels-last" => a.channels_last = v.parse().map_err(|e| bad(&e))?,
             "--freeze-d" => a.freeze_d = v.parse().map_err(|e| bad(&e))?,
             "--device" => {
                 a.device = match v.as_str() {
@@ -156,16 +166,18 @@ struct Net<T: ?Sized> {
     opt: Adam,
 }
 
-fn generator(cfg: &ArchConfig, device: Device) -> Res<Net<dyn Generator>> {
+fn generator(cfg: &ArchConfig, device: Device, accel: Accel) -> Res<Net<dyn Generator>> {
     let vs = VarStore::new(device);
     let net = build_generator(&vs.root(), cfg)?;
+    accel.prepare(&vs)?;
     let opt = Adam::new(trainable(&vs), AdamConfig::default())?;
     Ok(Net { vs, net, opt })
 }
 
-fn discriminator(cfg: &DiscConfig, device: Device) -> Res<Net<dyn Discriminator>> {
+fn discriminator(cfg: &DiscConfig, device: Device, accel: Accel) -> Res<Net<dyn Discriminator>> {
     let vs = VarStore::new(device);
     let net = build_discriminator(&vs.root(), cfg)?;
+    accel.prepare(&vs)?;
     let opt = Adam::new(trainable(&vs), AdamConfig::default())?;
     Ok(Net { vs, net, opt })
 }
@@ -422,10 +434,16 @@ fn main() -> Res<()> {
     if let Device::Cuda(_) = dev {
         tch::Cuda::cudnn_set_benchmark(true);
     }
+    let accel = Accel::new(
+        dev,
+        a.autocast != "off",
+        if a.autocast == "fp16" { "fp16" } else { "bf16" },
+        a.channels_last,
+    )?;
     std::fs::create_dir_all(&a.out)?;
     let total_steps = a.warmup + a.repeats * a.per_repeat;
-    let x = Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
-    let y = Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
+    let rand = || Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
+    let (x, y) = (accel.input(&rand())?, accel.input(&rand())?);
     let disc_cfg = DiscConfig::patchgan(6, a.ndf);
 
     if a.step == "loader" {
@@ -436,7 +454,7 @@ fn main() -> Res<()> {
     match a.step.as_str() {
         "supernet" => {
             let cfg = resnet(a.ngf, 9);
-            let g = generator(&cfg, dev)?;
+            let g = generator(&cfg, dev, accel)?;
             let space = g.net.search_space();
             let mut rng = ChaCha8Rng::seed_from_u64(0);
             let random: Vec<SubnetConfig> =
@@ -461,7 +479,7 @@ fn main() -> Res<()> {
                 random,
                 freeze_d: a.freeze_d,
                 g,
-                d: discriminator(&disc_cfg, dev)?,
+                d: discriminator(&disc_cfg, dev, accel)?,
             };
             let (x, y) = (x.shallow_clone(), y.shallow_clone());
             run_step = Box::new(move |i| st.step(i, &x, &y));
@@ -470,8 +488,8 @@ fn main() -> Res<()> {
             // The real supernet step, data loader included.
             let (data, loader) = synthetic_loader(a.batch as usize, a.size, dev)?;
             let labeled = BatchStream::new(loader, "labeled")?;
-            let g = generator(&resnet(a.ngf, 9), dev)?;
-            let d = discriminator(&disc_cfg, dev)?;
+            let g = generator(&resnet(a.ngf, 9), dev, accel)?;
+            let d = discriminator(&disc_cfg, dev, accel)?;
             let mut task = GanTask::new(
                 g.vs,
                 g.net,
@@ -494,7 +512,7 @@ fn main() -> Res<()> {
                 },
                 None,
                 0,
-                false,
+                accel,
                 None,
             )?;
             task.seek(0)?;
@@ -519,9 +537,9 @@ fn main() -> Res<()> {
                 "disc": "patchgan", "ndf": a.ndf, "perceptual": "discriminator features",
                 "freeze_d": a.freeze_d});
             let mut st = Distill {
-                teachers: vec![generator(&wide, dev)?, generator(&deep, dev)?],
-                student: generator(&student, dev)?,
-                d: discriminator(&disc_cfg, dev)?,
+                teachers: vec![generator(&wide, dev, accel)?, generator(&deep, dev, accel)?],
+                student: generator(&student, dev, accel)?,
+                d: discriminator(&disc_cfg, dev, accel)?,
                 weights: DistillWeights::default(),
                 freeze_d: a.freeze_d,
             };
@@ -530,8 +548,7 @@ fn main() -> Res<()> {
         }
     }
 
-    let autocast = use_autocast(dev, a.autocast);
-    let mut run_step = move |i: usize| maybe_autocast(autocast, || run_step(i));
+    let mut run_step = move |i: usize| accel.run(|| run_step(i));
     for i in 0..a.warmup {
         run_step(i)?;
     }
@@ -562,7 +579,8 @@ fn main() -> Res<()> {
             "size": a.size,
             "threads": tch::get_num_threads(),
             "device": format!("{dev:?}"),
-            "autocast_fp16": autocast,
+            "autocast": format!("{:?}", accel.autocast),
+            "channels_last": accel.channels_last,
             "setup": setup,
         })
     );

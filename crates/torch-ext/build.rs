@@ -12,7 +12,9 @@ fn main() {
         .or_else(|| std::env::var_os("LIBTORCH"))
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            panic!("LIBTORCH is not set; run scripts/setup.sh (it installs PyTorch 2.11.0 into .venv)")
+            panic!(
+                "LIBTORCH is not set; run scripts/setup.sh (it installs PyTorch 2.11.0 into .venv)"
+            )
         });
     let abi = std::env::var("LIBTORCH_CXX11_ABI").unwrap_or_else(|_| "1".into());
     cc::Build::new()

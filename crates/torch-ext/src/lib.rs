@@ -33,8 +33,11 @@ mod ffi {
             channels_last: c_int,
             out: *mut *mut AtTensor,
         ) -> c_int;
-        pub fn ugc_is_contiguous(x: *const AtTensor, channels_last: c_int, out: *mut c_int)
-        -> c_int;
+        pub fn ugc_is_contiguous(
+            x: *const AtTensor,
+            channels_last: c_int,
+            out: *mut c_int,
+        ) -> c_int;
         pub fn ugc_set_memory_format(x: *mut AtTensor, channels_last: c_int) -> c_int;
         pub fn ugc_autocast_enter(
             device: c_int,
@@ -114,16 +117,24 @@ pub fn is_channels_last(x: &Tensor) -> Result<bool, TchError> {
     Ok(out == 1)
 }
 
-/// Re-lays a 4-D parameter as channels-last in place (`param.data = ...`), so the module
-/// that holds it and every other handle see NHWC weights; tensors of another rank are left
-/// as they are (as `nn.Module.to(memory_format=...)` does).
-pub fn set_channels_last(p: &Tensor) -> Result<(), TchError> {
+/// Re-lays a 4-D parameter as channels-last (`true`) or back to the default contiguous
+/// layout (`false`) in place (`param.data = ...`), so the module that holds it and every
+/// other handle see the new layout; tensors of another rank are left as they are (as
+/// `nn.Module.to(memory_format=...)` does).
+pub fn set_memory_format(p: &Tensor, channels_last: bool) -> Result<(), TchError> {
     if p.dim() != 4 {
         return Ok(());
     }
     // SAFETY: the shim swaps the tensor's data under a no-grad guard; `p` stays a valid
     // handle to the same tensor object.
-    check(unsafe { ffi::ugc_set_memory_format(p.as_ptr() as *mut ffi::AtTensor, 1) })
+    check(unsafe {
+        ffi::ugc_set_memory_format(p.as_ptr() as *mut ffi::AtTensor, c_int::from(channels_last))
+    })
+}
+
+/// [`set_memory_format`] to channels-last.
+pub fn set_channels_last(p: &Tensor) -> Result<(), TchError> {
+    set_memory_format(p, true)
 }
 
 /// Mixed-precision dtype for [`autocast`].
@@ -156,8 +167,7 @@ pub fn autocast<T>(device: Device, dtype: AutocastDtype, f: impl FnOnce() -> T) 
     };
     let (mut prev_enabled, mut prev_dtype) = (0, 0);
     // SAFETY: out-parameters are valid `int`s.
-    let rc =
-        unsafe { ffi::ugc_autocast_enter(device, dtype, &mut prev_enabled, &mut prev_dtype) };
+    let rc = unsafe { ffi::ugc_autocast_enter(device, dtype, &mut prev_enabled, &mut prev_dtype) };
     if rc != 0 {
         // Setting a thread-local flag cannot fail for CPU/CUDA; run plainly if it ever does.
         return f();
@@ -202,7 +212,9 @@ pub fn fused_adam(
         )));
     }
     let ptrs = |ts: &[Tensor]| -> Vec<*mut ffi::AtTensor> {
-        ts.iter().map(|t| t.as_ptr() as *mut ffi::AtTensor).collect()
+        ts.iter()
+            .map(|t| t.as_ptr() as *mut ffi::AtTensor)
+            .collect()
     };
     let (p, g, mm, vv) = (ptrs(params), ptrs(grads), ptrs(m), ptrs(v));
     // SAFETY: four arrays of `n` live tensor handles that outlive the call; the shim copies

@@ -37,11 +37,16 @@ fn channels_last_relayout_keeps_values_and_handles() {
     let before = p.detach().copy();
     assert!(!is_channels_last(&p).unwrap());
     set_channels_last(&p).unwrap();
-    assert!(is_channels_last(&alias).unwrap(), "every handle sees the new layout");
+    assert!(
+        is_channels_last(&alias).unwrap(),
+        "every handle sees the new layout"
+    );
     assert!(alias.requires_grad());
     assert!(p.allclose(&before, 0.0, 0.0, false));
     let x = to_channels_last(&Tensor::randn([2, 3, 8, 8], (Kind::Float, Device::Cpu))).unwrap();
     assert!(is_channels_last(&x).unwrap());
+    set_memory_format(&p, false).unwrap();
+    assert!(!is_channels_last(&alias).unwrap() && alias.is_contiguous());
     // A bias (1-D) is left alone.
     set_channels_last(&Tensor::zeros([4], (Kind::Float, Device::Cpu))).unwrap();
 }
@@ -68,7 +73,10 @@ fn fused_adam_matches_the_textbook_update() {
     let opts = (Kind::Float, Device::Cpu);
     let p = Tensor::randn([3, 4], opts);
     let g = Tensor::randn([3, 4], opts);
-    let (m0, v0) = (Tensor::randn([3, 4], opts) * 0.1, Tensor::rand([3, 4], opts) * 0.1);
+    let (m0, v0) = (
+        Tensor::randn([3, 4], opts) * 0.1,
+        Tensor::rand([3, 4], opts) * 0.1,
+    );
     let h = AdamHyper {
         lr: 1e-2,
         beta1: 0.5,

@@ -1,8 +1,10 @@
 //! Devices: the engine's [`DeviceKind`] as a `tch::Device`, and settings that only make
 //! sense on an accelerator.
 
-use tch::Device;
+use tch::nn::VarStore;
+use tch::{Device, Tensor};
 use ugc_engine::DeviceKind;
+pub use ugc_torch_ext::AutocastDtype;
 
 use crate::error::MethodError;
 
@@ -26,16 +28,87 @@ pub fn tch_device(kind: DeviceKind) -> Result<Device, MethodError> {
     }
 }
 
-/// Whether mixed-precision autocast may be used: on CUDA only, and only when asked for.
-/// tch 0.24 exposes libtorch's autocast switch but not its dtype, so autocast runs in
-/// libtorch's CUDA default (float16), not bfloat16; it is therefore opt-in.
-pub fn use_autocast(device: Device, requested: bool) -> bool {
-    requested && device.is_cuda()
+/// GPU speed settings of a training stage, all off on the CPU: mixed-precision autocast
+/// of forwards in a chosen dtype, channels-last (NHWC) weights and inputs, and cuDNN's
+/// benchmark mode (chosen once per stage process, on CUDA only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Accel {
+    /// Autocast dtype (`None` = full float32).
+    pub autocast: Option<AutocastDtype>,
+    pub channels_last: bool,
 }
 
-/// Runs `f` under autocast when [`use_autocast`] allows it, plainly otherwise.
-pub fn maybe_autocast<T>(enabled: bool, f: impl FnOnce() -> T) -> T {
-    if enabled { tch::autocast(true, f) } else { f() }
+impl Accel {
+    /// From the stage parameters `amp`, `amp_dtype` (`bf16` | `fp16`) and `channels_last`;
+    /// on the CPU everything stays off (CPU autocast and NHWC are slower for these nets).
+    pub fn new(
+        device: Device,
+        amp: bool,
+        amp_dtype: &str,
+        channels_last: bool,
+    ) -> Result<Self, MethodError> {
+        let dtype = match amp_dtype {
+            "bf16" => AutocastDtype::BFloat16,
+            "fp16" => AutocastDtype::Float16,
+            other => {
+                return Err(MethodError::param(
+                    "amp_dtype",
+                    other,
+                    "expected bf16 or fp16",
+                ));
+            }
+        };
+        if !device.is_cuda() {
+            return Ok(Accel::default());
+        }
+        tch::Cuda::cudnn_set_benchmark(true);
+        Ok(Accel {
+            autocast: amp.then_some(dtype),
+            channels_last,
+        })
+    }
+
+    /// Runs `f` (forwards and losses) under autocast when it is on.
+    pub fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        match self.autocast {
+            // Only the device *type* matters to autocast; `new` allows it on CUDA only.
+            Some(dtype) => ugc_torch_ext::autocast(Device::Cuda(0), dtype, f),
+            None => f(),
+        }
+    }
+
+    /// A batch in the layout the weights use.
+    pub fn input(&self, x: &Tensor) -> Result<Tensor, MethodError> {
+        if self.channels_last && x.dim() == 4 {
+            ugc_torch_ext::to_channels_last(x).map_err(torch_err)
+        } else {
+            Ok(x.shallow_clone())
+        }
+    }
+
+    /// Lays the store's 4-D weights out channels-last when that is on. Call before the
+    /// optimiser is built, so its moments (`zeros_like`) take the same layout.
+    pub fn prepare(&self, vs: &VarStore) -> Result<(), MethodError> {
+        self.relayout(vs, true)
+    }
+
+    /// Back to the default layout before weights are saved or exported.
+    pub fn finish(&self, vs: &VarStore) -> Result<(), MethodError> {
+        self.relayout(vs, false)
+    }
+
+    fn relayout(&self, vs: &VarStore, channels_last: bool) -> Result<(), MethodError> {
+        if self.channels_last {
+            for (_, t) in vs.variables() {
+                ugc_torch_ext::set_memory_format(&t, channels_last).map_err(torch_err)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn torch_err(e: tch::TchError) -> MethodError {
+    MethodError::Numeric(format!("libtorch: {e}"))
 }
 
 /// Derives the seed of one training step from the stage seed, so that random state after
@@ -61,7 +134,12 @@ mod tests {
             let e = tch_device(DeviceKind::Cuda(0)).unwrap_err().to_string();
             assert!(e.contains("device = cuda:0"), "{e}");
         }
-        assert!(!use_autocast(Device::Cpu, true));
+        let cpu = Accel::new(Device::Cpu, true, "bf16", true).unwrap();
+        assert_eq!(cpu, Accel::default(), "GPU settings are off on the CPU");
+        let e = Accel::new(Device::Cpu, true, "fp8", false)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("amp_dtype = fp8"), "{e}");
     }
 
     #[test]

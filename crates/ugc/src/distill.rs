@@ -33,6 +33,7 @@ use crate::adf::{
     AdfDecision, Criterion, Teachers, ThresholdRule, adaptive_threshold, keep_decisions,
     load_discriminator, score_batch, write_decision,
 };
+use crate::device::Accel;
 use crate::error::MethodError;
 use crate::losses::{self, DistillWeights};
 use crate::optim::{Adam, AdamConfig, LrSchedule};
@@ -69,6 +70,9 @@ struct DistillParams {
     sample_every: u64,
     threads: usize,
     seed: u64,
+    amp: bool,
+    amp_dtype: String,
+    channels_last: bool,
 }
 
 /// The `distill` stage kind (`stages/distill.yaml`).
@@ -151,6 +155,8 @@ struct OnlineAdf {
 
 struct DistillTask<'a> {
     device: Device,
+    /// GPU settings (autocast dtype, channels-last); all off on the CPU.
+    accel: Accel,
     student: Box<dyn Generator>,
     student_vs: VarStore,
     teachers: Teachers,
@@ -303,15 +309,27 @@ impl TrainTask for DistillTask<'_> {
     }
 
     fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
+        let accel = self.accel;
+        accel.run(|| self.step_inner(step))
+    }
+
+    fn sample(&mut self, step: u64, dir: &Path) -> Result<(), MethodError> {
+        self.sample_student(step, dir)
+    }
+}
+
+impl DistillTask<'_> {
+    fn step_inner(&mut self, step: u64) -> Result<StepLog, MethodError> {
         if self.adf_every > 0 && step > 0 && step.is_multiple_of(self.adf_every) {
             self.rescore()?;
         }
         let lr = self.sched.at(step);
         let lb = self.labeled.next_batch()?;
-        let x = lb.input;
+        let x = self.accel.input(&lb.input)?;
         let y = lb
             .target
             .ok_or_else(|| MethodError::Numeric("labeled batch without targets".into()))?;
+        let y = self.accel.input(&y)?;
         let t_out: Vec<Tensor> = self
             .teachers
             .models
@@ -366,6 +384,7 @@ impl TrainTask for DistillTask<'_> {
         if let Some(u) = &mut self.unlabeled {
             let ub = u.next_batch()?;
             if let Some(xu) = self.kept_rows(&ub)? {
+                let xu = self.accel.input(&xu)?;
                 n_u = xu.size()[0];
                 let tu = self.teachers.outputs(&xu)?;
                 let su = self.student.forward(&xu, &s_full, Mode::Train)?;
@@ -388,7 +407,7 @@ impl TrainTask for DistillTask<'_> {
         Ok(log)
     }
 
-    fn sample(&mut self, step: u64, dir: &Path) -> Result<(), MethodError> {
+    fn sample_student(&mut self, step: u64, dir: &Path) -> Result<(), MethodError> {
         let s_full = self.student.search_space().largest();
         let y = tch::no_grad(|| {
             self.student
@@ -578,6 +597,13 @@ impl StageKind for DistillStage {
         .map(|b| b.input)
         .ok_or_else(|| StageError::Config("the split has no labeled pairs".into()))?;
 
+        let accel = Accel::new(device, p.amp, &p.amp_dtype, p.channels_last)?;
+        for vs in std::iter::once(&student_vs)
+            .chain(teachers.models.iter().map(|m| &m.vs))
+            .chain(std::iter::once(&disc_vs))
+        {
+            accel.prepare(vs)?;
+        }
         let opt_s = adam(trainable(&student_vs), p.lr, p.beta1)?;
         let opt_t = teachers
             .models
@@ -587,6 +613,7 @@ impl StageKind for DistillStage {
         let opt_d = adam(trainable(&disc_vs), p.lr, p.beta1)?;
         let mut task = DistillTask {
             device,
+            accel,
             student,
             student_vs,
             teachers,
@@ -628,6 +655,12 @@ impl StageKind for DistillStage {
             phase: "distill".into(),
         };
         let outcome = run_loop(ctx, &loop_cfg, &mut task)?;
+        for vs in std::iter::once(&task.student_vs)
+            .chain(task.teachers.models.iter().map(|m| &m.vs))
+            .chain(std::iter::once(&task.disc_vs))
+        {
+            task.accel.finish(vs)?;
+        }
 
         // Outputs: the compact student, the final teachers, the last online ADF decision.
         let s_full = task.student.search_space().largest();

@@ -9,7 +9,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 use ugc_nn::{Discriminator, Generator, Mode, SearchSpace, SubnetConfig};
 
-use crate::device::{maybe_autocast, step_seed};
+use crate::device::{Accel, step_seed};
 use crate::error::MethodError;
 use crate::losses::{self, DistillWeights};
 use crate::optim::{Adam, LrSchedule};
@@ -54,7 +54,8 @@ pub struct GanTask {
     /// VGG16 perceptual features when configured; the discriminator's otherwise.
     pub vgg: Option<Vgg16>,
     pub seed: u64,
-    pub amp: bool,
+    /// GPU settings (autocast dtype, channels-last); all off on the CPU.
+    pub accel: Accel,
     /// Fixed example (input, target) for sample images.
     pub sample: Option<(Tensor, Option<Tensor>)>,
     space: SearchSpace,
@@ -77,7 +78,7 @@ impl GanTask {
         weights: GanLossWeights,
         vgg: Option<Vgg16>,
         seed: u64,
-        amp: bool,
+        accel: Accel,
         sample: Option<(Tensor, Option<Tensor>)>,
     ) -> Result<Self, MethodError> {
         let space = gen_.search_space();
@@ -98,7 +99,7 @@ impl GanTask {
             weights,
             vgg,
             seed,
-            amp,
+            accel,
             sample,
             space,
         })
@@ -152,20 +153,21 @@ impl TrainTask for GanTask {
     fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
         let lr = self.lr.at(step);
         let batch = self.labeled.next_batch()?;
-        let x = batch.input;
+        let accel = self.accel;
+        let x = accel.input(&batch.input)?;
         let y = batch
             .target
             .ok_or_else(|| MethodError::Numeric("a labeled batch came without targets".into()))?;
+        let y = accel.input(&y)?;
         let subs = self.subnets(step);
-        let amp = self.amp;
         let mut log = Vec::new();
 
         // Discriminator: real pairs vs the first sub-net's output (the largest under the
         // sandwich rule: the strongest fake keeps D honest for every sub-net).
-        let fake0 = maybe_autocast(amp, || self.gen_.forward(&x, &subs[0].1, Mode::Train))?;
+        let fake0 = accel.run(|| self.gen_.forward(&x, &subs[0].1, Mode::Train))?;
         self.vs_d.unfreeze();
         self.opt_d.zero_grad();
-        let loss_d = maybe_autocast(amp, || {
+        let loss_d = accel.run(|| {
             let real = self.disc.forward(&Tensor::cat(&[&x, &y], 1), Mode::Train);
             let fake = self
                 .disc
@@ -187,11 +189,10 @@ impl TrainTask for GanTask {
         let distill_on = !matches!(self.schedule, SubnetSchedule::Fixed(_));
         let teacher = match (&mut self.unlabeled, distill_on) {
             (Some(stream), true) => {
-                let u = stream.next_batch()?.input;
+                let u = accel.input(&stream.next_batch()?.input)?;
                 let largest = self.space.largest();
-                let t = tch::no_grad(|| {
-                    maybe_autocast(amp, || self.gen_.forward(&u, &largest, Mode::Train))
-                })?;
+                let t =
+                    tch::no_grad(|| accel.run(|| self.gen_.forward(&u, &largest, Mode::Train)))?;
                 let t = t.to_kind(Kind::Float);
                 let ft: Vec<Tensor> = tch::no_grad(|| self.features(&u, &t))
                     .into_iter()
@@ -209,9 +210,9 @@ impl TrainTask for GanTask {
             let fake = if i == 0 {
                 fake0.shallow_clone()
             } else {
-                maybe_autocast(amp, || self.gen_.forward(&x, sub, Mode::Train))?
+                accel.run(|| self.gen_.forward(&x, sub, Mode::Train))?
             };
-            let gan = maybe_autocast(amp, || {
+            let gan = accel.run(|| {
                 let p = self
                     .disc
                     .forward(&Tensor::cat(&[&x, &fake], 1), Mode::Train);
@@ -224,7 +225,8 @@ impl TrainTask for GanTask {
             if let Some((u, t, ft)) = &teacher
                 && *name != "largest"
             {
-                let s = maybe_autocast(amp, || self.gen_.forward(u, sub, Mode::Train))?
+                let s = accel
+                    .run(|| self.gen_.forward(u, sub, Mode::Train))?
                     .to_kind(Kind::Float);
                 let fs = self.features(u, &s);
                 let terms = losses::distill_loss(&s, t, &fs, ft, &self.weights.distill_terms)?;

@@ -13,7 +13,7 @@ use ugc_data::Subset;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::{ArchConfig, DiscArch, DiscConfig, build_discriminator, build_generator};
 
-use crate::device::{step_seed, tch_device, use_autocast};
+use crate::device::{Accel, step_seed, tch_device};
 use crate::error::MethodError;
 use crate::gan::{GanLossWeights, GanTask, SubnetSchedule};
 use crate::losses::DistillWeights;
@@ -41,6 +41,10 @@ pub struct CommonParams {
     pub sample_every: u64,
     pub seed: u64,
     pub amp: bool,
+    /// Autocast dtype when `amp` is on: `bf16` (no loss scaling needed) or `fp16`.
+    pub amp_dtype: String,
+    /// Channels-last (NHWC) weights and inputs on CUDA.
+    pub channels_last: bool,
     pub threads: usize,
     /// libtorch intra-op threads (0 = libtorch's default). Process-wide.
     #[serde(default)]
@@ -173,6 +177,9 @@ pub(crate) fn build_task(
             .filter(|(_, t)| t.requires_grad())
             .collect()
     };
+    let accel = Accel::new(device, common.amp, &common.amp_dtype, common.channels_last)?;
+    accel.prepare(&vs_g)?;
+    accel.prepare(&vs_d)?;
     let opt_g = Adam::new(trainable(&vs_g), adam)?;
     let opt_d = Adam::new(trainable(&vs_d), adam)?;
     let labeled = BatchStream::new(
@@ -223,7 +230,7 @@ pub(crate) fn build_task(
         weights,
         vgg,
         common.seed,
-        use_autocast(device, common.amp),
+        accel,
         sample,
     )?;
     let loop_cfg = LoopConfig {
@@ -340,6 +347,8 @@ impl SupernetStage {
             None,
         )?;
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
+        built.task.accel.finish(&built.task.vs_g)?;
+        built.task.accel.finish(&built.task.vs_d)?;
         let dir = ctx.out_dir.join("supernet");
         std::fs::create_dir_all(&dir).map_err(|e| MethodError::io(&dir, e))?;
         let gpath = dir.join("generator.safetensors");

@@ -120,6 +120,7 @@ impl TrainStage {
             init.as_deref(),
         )?;
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
+        built.task.accel.finish(&built.task.vs_g)?;
         let meta = export_subnet(
             built.task.gen_.as_ref(),
             &largest,

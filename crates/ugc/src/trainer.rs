@@ -459,7 +459,11 @@ mod tests {
             Ok(())
         }
         fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
-            let v = if self.nan_at == Some(step) { f64::NAN } else { step as f64 };
+            let v = if self.nan_at == Some(step) {
+                f64::NAN
+            } else {
+                step as f64
+            };
             let _ = self.weight.fill_(v);
             Ok(vec![
                 ("loss".into(), LogValue::of(&(&self.weight * 1.0))),
@@ -515,7 +519,10 @@ mod tests {
             let f: Vec<f64> = l.split(',').map(|v| v.parse().unwrap()).collect();
             assert_eq!(f, vec![i as f64 + 1.0, i as f64, i as f64 * 10.0], "{l}");
         }
-        assert_eq!(done.last, vec![("loss".into(), 36.0), ("host".into(), 360.0)]);
+        assert_eq!(
+            done.last,
+            vec![("loss".into(), 36.0), ("host".into(), 360.0)]
+        );
     }
 
     #[test]
