@@ -54,16 +54,17 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
             return Ok(0);
         }
         println!(
-            "{:<9} {:<36} {:>9} {:>10} {:<10} host",
-            "status", "node", "secs", "peak rss", "device"
+            "{:<9} {:<36} {:>9} {:>10} {:>10} {:<10} host",
+            "status", "node", "secs", "peak rss", "peak gpu", "device"
         );
         for e in rows {
             println!(
-                "{:<9} {:<36} {:>9.2} {:>10} {:<10} {}{}",
+                "{:<9} {:<36} {:>9.2} {:>10} {:>10} {:<10} {}{}",
                 e.status,
                 e.node,
                 e.duration_ms as f64 / 1000.0,
                 mib(e.peak_rss_bytes),
+                mib(e.peak_gpu_bytes),
                 e.device,
                 e.host,
                 e.error.map(|x| format!("  error: {x}")).unwrap_or_default()

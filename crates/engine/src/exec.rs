@@ -9,7 +9,7 @@ use crate::cache::{Cache, CacheError, Record, RecordMeta};
 use crate::job::Job;
 use crate::lock::{KeyLock, LockError};
 use crate::registry::{ExecutionRow, Registry, RegistryError};
-use crate::stage::{CancelToken, KindRegistry, Progress, StageContext, StageError};
+use crate::stage::{CancelToken, DeviceKind, KindRegistry, Progress, StageContext, StageError};
 
 /// What happened to the job.
 #[derive(Debug)]
@@ -110,10 +110,31 @@ pub fn read_metrics(dir: &std::path::Path) -> BTreeMap<String, f64> {
     out
 }
 
+/// Peak accelerator memory of the stage process. The engine knows nothing of devices; the
+/// process that runs stages (the worker, which links libtorch) supplies this.
+pub trait DeviceMemory {
+    /// Starts a fresh peak for `device`; called just before the stage runs.
+    fn reset_peak(&self, device: DeviceKind);
+    /// Peak bytes held on `device` since the reset; `None` when unknown (CPU, no CUDA).
+    fn peak_bytes(&self, device: DeviceKind) -> Option<u64>;
+}
+
+/// No accelerator memory to report.
+pub struct NoDeviceMemory;
+
+impl DeviceMemory for NoDeviceMemory {
+    fn reset_peak(&self, _: DeviceKind) {}
+    fn peak_bytes(&self, _: DeviceKind) -> Option<u64> {
+        None
+    }
+}
+
 /// Runs `job`: takes the key's lock (waiting if another process holds it), serves the
 /// record if one appeared meanwhile, otherwise executes the stage into a staging directory
 /// and commits it. With `force` an existing record is replaced by a fresh execution.
-/// Records the execution (and metrics) in the registry.
+/// Records the execution (peak host memory, peak device memory from `memory`, and
+/// metrics) in the registry.
+#[allow(clippy::too_many_arguments)]
 pub fn exec_job(
     cache: &Cache,
     registry: &Registry,
@@ -122,6 +143,7 @@ pub fn exec_job(
     force: bool,
     progress: &dyn Progress,
     cancel: &CancelToken,
+    memory: &dyn DeviceMemory,
 ) -> Result<ExecOutcome, ExecError> {
     let kind = kinds
         .get(&job.kind)
@@ -164,6 +186,7 @@ pub fn exec_job(
 
     let scratch = cache.scratch_dir(&key)?;
     let staging = cache.stage(&key)?;
+    memory.reset_peak(job.device);
     let result = {
         let ctx = StageContext {
             node: &job.node,
@@ -185,6 +208,7 @@ pub fn exec_job(
         row.ended_unix_ms = now_ms();
         row.duration_ms = clock.elapsed().as_millis() as u64;
         row.peak_rss_bytes = peak_rss_bytes();
+        row.peak_gpu_bytes = memory.peak_bytes(job.device);
     };
     match result {
         Ok(()) => {
@@ -221,5 +245,87 @@ pub fn exec_job(
                 source,
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use serde_json::json;
+
+    use super::*;
+    use crate::cache::KeyMaterial;
+    use crate::stage::{KindSchema, NullProgress, StageKind};
+
+    struct Touch(KindSchema);
+
+    impl StageKind for Touch {
+        fn schema(&self) -> &KindSchema {
+            &self.0
+        }
+        fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+            std::fs::write(ctx.out_dir.join("x"), b"x").map_err(|e| StageError::io("x", e))
+        }
+    }
+
+    /// Reports 123 bytes on CUDA device 1, counting resets.
+    struct FakeGpu(AtomicU32);
+
+    impl DeviceMemory for FakeGpu {
+        fn reset_peak(&self, _: DeviceKind) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+        fn peak_bytes(&self, d: DeviceKind) -> Option<u64> {
+            (d == DeviceKind::Cuda(1)).then_some(123)
+        }
+    }
+
+    #[test]
+    fn peak_device_memory_reaches_the_registry() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let registry = Registry::open(&dir.path().join("registry.sqlite")).unwrap();
+        let schema = KindSchema::from_yaml("kind: touch\nversion: 1\nparams: {}\n").unwrap();
+        let mut kinds = KindRegistry::new();
+        kinds.register(Arc::new(Touch(schema)));
+        let run_id = registry.begin_run("p.yaml", &["test".into()]).unwrap();
+        let material = KeyMaterial::new("touch", 1, json!({}));
+        let job = Job {
+            schema: crate::job::JOB_SCHEMA_VERSION,
+            key: material.key().to_string(),
+            material,
+            pipeline: "p.yaml".into(),
+            node: "t".into(),
+            stage: "t".into(),
+            kind: "touch".into(),
+            params: json!({}),
+            inputs: vec![],
+            device: DeviceKind::Cuda(1),
+            env: BTreeMap::new(),
+            run_id: Some(run_id),
+        };
+        let gpu = FakeGpu(AtomicU32::new(0));
+        let cancel = CancelToken::new();
+        let out = exec_job(
+            &cache,
+            &registry,
+            &kinds,
+            &job,
+            false,
+            &NullProgress,
+            &cancel,
+            &gpu,
+        );
+        assert!(matches!(out, Ok(ExecOutcome::Executed(_))));
+        assert_eq!(
+            gpu.0.load(Ordering::SeqCst),
+            1,
+            "peak reset before the stage"
+        );
+        let rows = registry.executions(run_id).unwrap();
+        assert_eq!(rows[0].peak_gpu_bytes, Some(123));
+        assert!(rows[0].peak_rss_bytes.is_some());
     }
 }

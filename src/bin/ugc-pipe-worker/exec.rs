@@ -5,11 +5,30 @@
 use std::path::Path;
 
 use ugc_engine::CancelToken;
+use ugc_engine::DeviceKind;
 use ugc_engine::events::{EventProgress, StageEvent};
-use ugc_engine::exec::{ExecOutcome, exec_job};
+use ugc_engine::exec::{DeviceMemory, ExecOutcome, exec_job};
 use ugc_engine::job::Job;
 use ugc_pipe::cli::store::{open_cache, open_registry};
 use ugc_pipe::cli::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED};
+
+/// Peak GPU memory of a stage: the most libtorch's CUDA caching allocator held
+/// (`torch.cuda.max_memory_reserved`), which excludes the CUDA context itself.
+struct CudaAllocatorMemory;
+
+impl DeviceMemory for CudaAllocatorMemory {
+    fn reset_peak(&self, device: DeviceKind) {
+        if let DeviceKind::Cuda(i) = device {
+            ugc_torch_ext::cuda_reset_peak(i);
+        }
+    }
+    fn peak_bytes(&self, device: DeviceKind) -> Option<u64> {
+        match device {
+            DeviceKind::Cuda(i) => ugc_torch_ext::cuda_memory(i).map(|m| m.peak_reserved),
+            DeviceKind::Cpu => None,
+        }
+    }
+}
 
 /// Logging of a stage process: plain lines on stderr, which the head points at the
 /// per-stage log file.
@@ -36,7 +55,16 @@ pub fn exec(key: &str, cache_dir: &Path, force: bool) -> CliResult {
     let progress = EventProgress::new(std::io::stdout());
     tracing::info!("stage {} (kind {}) key {}", job.node, job.kind, job.key);
     let kinds = crate::kinds::registry();
-    let result = exec_job(&cache, &registry, &kinds, &job, force, &progress, &cancel);
+    let result = exec_job(
+        &cache,
+        &registry,
+        &kinds,
+        &job,
+        force,
+        &progress,
+        &cancel,
+        &CudaAllocatorMemory,
+    );
     let (outcome, error, code) = match &result {
         Ok(ExecOutcome::Executed(_)) => ("executed", None, 0),
         Ok(ExecOutcome::Hit(_)) => ("hit", None, 0),
