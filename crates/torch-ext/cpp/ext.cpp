@@ -97,6 +97,12 @@ int ugc_autocast_exit(int device, int prev_enabled, int prev_dtype) {
   });
 }
 
+// `param.grad = None` (`zero_grad(set_to_none=True)`, PyTorch's default): the next backward
+// writes a fresh gradient instead of filling zeros and accumulating into them.
+int ugc_clear_grad(at::Tensor* x) {
+  return guarded([&] { x->mutable_grad() = at::Tensor(); });
+}
+
 // `torch.optim.Adam(fused=True)`'s update of n parameters in one call:
 // `at::_fused_adam_` (one multi-tensor kernel on CUDA, one vectorised pass per tensor on
 // the CPU). `step` is the step count after this update (a float32 scalar on the

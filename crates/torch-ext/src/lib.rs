@@ -8,6 +8,7 @@
 //!   NHWC convolutions, the layout cuDNN's tensor-core kernels want;
 //! - [`autocast`] with a chosen dtype and device: tch's `autocast` turns on CUDA autocast
 //!   in libtorch's default float16 only;
+//! - [`fused_adam`] (`torch.optim.Adam(fused=True)`) and [`clear_grad`] (`grad = None`);
 //! - [`cuda_memory`]: the CUDA caching allocator's statistics
 //!   (`torch.cuda.max_memory_allocated` and friends), for the run registry's peak GPU memory.
 
@@ -46,6 +47,7 @@ mod ffi {
             prev_dtype: *mut c_int,
         ) -> c_int;
         pub fn ugc_autocast_exit(device: c_int, prev_enabled: c_int, prev_dtype: c_int) -> c_int;
+        pub fn ugc_clear_grad(x: *mut AtTensor) -> c_int;
         pub fn ugc_fused_adam(
             params: *const *mut AtTensor,
             grads: *const *mut AtTensor,
@@ -178,6 +180,13 @@ pub fn autocast<T>(device: Device, dtype: AutocastDtype, f: impl FnOnce() -> T) 
         prev_dtype,
     };
     f()
+}
+
+/// Drops `p`'s gradient (`p.grad = None`, what `zero_grad()` does in PyTorch): the next
+/// backward writes a fresh gradient instead of zero-filling and accumulating.
+pub fn clear_grad(p: &Tensor) -> Result<(), TchError> {
+    // SAFETY: `p` is a live handle; the shim resets its gradient slot only.
+    check(unsafe { ffi::ugc_clear_grad(p.as_ptr() as *mut ffi::AtTensor) })
 }
 
 /// Hyper-parameters of [`fused_adam`] (no weight decay, no amsgrad).

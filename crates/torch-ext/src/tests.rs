@@ -24,6 +24,16 @@ fn leaky_relu_matches_the_definition_forward_and_backward() {
 }
 
 #[test]
+fn cleared_gradients_are_undefined_and_come_back_fresh() {
+    let p = Tensor::ones([3], (Kind::Float, Device::Cpu)).set_requires_grad(true);
+    (&p * 2.0).sum(Kind::Float).backward();
+    clear_grad(&p).unwrap();
+    assert!(!p.grad().defined());
+    (&p * 3.0).sum(Kind::Float).backward();
+    assert_eq!(Vec::<f32>::try_from(&p.grad()).unwrap(), vec![3.0; 3]);
+}
+
+#[test]
 fn shim_errors_become_tch_errors() {
     let ids = Tensor::from_slice(&[1i64, -2]);
     let e = f_leaky_relu(&ids, 0.2).unwrap_err().to_string();

@@ -118,13 +118,18 @@ impl Adam {
         self.t.int64_value(&[])
     }
 
-    /// Clears the gradients of every parameter.
+    /// Drops the gradients of every parameter (`zero_grad(set_to_none=True)`): the next
+    /// backward writes fresh gradients instead of zero-filling and accumulating.
     pub fn zero_grad(&mut self) {
-        for (_, p) in &mut self.params {
-            let mut g = p.grad();
-            if g.defined() {
-                let _ = g.detach_();
-                let _ = g.zero_();
+        for (name, p) in &self.params {
+            if let Err(e) = ugc_torch_ext::clear_grad(p) {
+                // Cannot fail for a live tensor; fall back to zeroing in place if it ever does.
+                tracing::warn!("clearing the gradient of `{name}`: {e}; zeroing it instead");
+                let mut g = p.grad();
+                if g.defined() {
+                    let _ = g.detach_();
+                    let _ = g.zero_();
+                }
             }
         }
     }
