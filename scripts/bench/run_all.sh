@@ -30,8 +30,11 @@ for r in $(seq 1 "$ROUNDS"); do
   run "item1 gantask round $r" "$STEP" --step gantask --threads "$THREADS" --device "$DEVICE"
   for step in supernet distill; do
     run "item1 $step round $r" "$STEP" --step "$step" --threads "$THREADS" --device "$DEVICE"
-    run "item1 $step round $r" "$PY" scripts/bench/train_step.py --step "$step" --threads "$THREADS" \
-      --device "$DEVICE" --subnets target/bench/train_step/subnets.json
+    # PyTorch twin with torch.optim.Adam's defaults, then with fused=True (what ugc-pipe runs).
+    for adam in torch fused; do
+      run "item1 $step round $r" "$PY" scripts/bench/train_step.py --step "$step" --threads "$THREADS" \
+        --device "$DEVICE" --adam "$adam" --subnets target/bench/train_step/subnets.json
+    done
   done
   # Item 2: latency at 256x256.
   run "item2 round $r" "$LAT" --threads "$THREADS" --device "$DEVICE"

@@ -17,22 +17,26 @@ def main(path):
     lat = collections.defaultdict(list)
     for r in rows:
         if r.get("bench") == "train_step":
-            steps[(r["step"], r["impl"], r["threads"])].append(r["images_per_s"])
+            # The PyTorch twin runs with torch.optim.Adam's defaults and with fused=True.
+            impl = r["impl"] if r["impl"] == "ugc-pipe" else f"pytorch/{r.get('adam', 'torch')}"
+            steps[(r["step"], impl, r["threads"])].append(r["images_per_s"])
         elif r.get("bench") == "latency":
             lat[(r["model"], r["impl"], r["threads"])].append((r["median_ms"], r.get("macs_ratio")))
     print(f"1-min load average during the runs: {min(loads):.2f} .. {max(loads):.2f}")
-    print("\n| step | threads | ugc-pipe img/s (runs) | PyTorch img/s (runs) | ratio |")
-    print("|---|---|---|---|---|")
+    print("\n| step | threads | ugc-pipe img/s (runs) | PyTorch Adam | PyTorch img/s (runs) | ratio |")
+    print("|---|---|---|---|---|---|")
+    fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)
     for (step, impl, th) in sorted(k for k in steps if k[1] == "ugc-pipe"):
         rs = steps[(step, impl, th)]
-        ps = steps.get((step, "pytorch", th), [])
         rm = statistics.median(rs)
-        fmt = lambda v: ", ".join(f"{x:.2f}" for x in v)
-        if ps:
-            pm = statistics.median(ps)
-            print(f"| {step} | {th} | {rm:.2f} ({fmt(rs)}) | {pm:.2f} ({fmt(ps)}) | {rm / pm:.3f} |")
-        else:
-            print(f"| {step} | {th} | {rm:.2f} ({fmt(rs)}) | - | - |")
+        twins = [(a, steps.get((step, f"pytorch/{a}", th), [])) for a in ("torch", "fused")]
+        twins = [(a, ps) for a, ps in twins if ps] or [("-", [])]
+        for adam, ps in twins:
+            if ps:
+                pm = statistics.median(ps)
+                print(f"| {step} | {th} | {rm:.2f} ({fmt(rs)}) | {adam} | {pm:.2f} ({fmt(ps)}) | {rm / pm:.3f} |")
+            else:
+                print(f"| {step} | {th} | {rm:.2f} ({fmt(rs)}) | - | - | - |")
     print("\n| model | threads | MACs ratio | ugc-pipe ms (runs) | speedup | PyTorch ms (runs) | speedup | ugc-pipe/PyTorch time |")
     print("|---|---|---|---|---|---|---|---|")
     for th in sorted({k[2] for k in lat}):
