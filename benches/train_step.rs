@@ -5,7 +5,7 @@
 //!     cargo bench --bench train_step -- [--step supernet|distill] [--threads N] [--batch B]
 //!         [--size S] [--ngf G] [--ndf D] [--warmup W] [--repeats R] [--steps-per-repeat K]
 //!         [--device cpu|cuda] [--autocast off|bf16|fp16] [--channels-last true|false]
-//!         [--freeze-d true|false] [--out DIR]
+//!         [--freeze-d true|false] [--log-every N] [--out DIR]
 //!
 //! *gantask*: the project's real supernet step, `ugc_method::gan::GanTask::step` under the
 //! sandwich rule (largest + random + smallest sub-net), fed by the pix2pix data loader
@@ -70,6 +70,8 @@ struct Args {
     autocast: String,
     /// CUDA channels-last weights and inputs, as the stages' `channels_last`.
     channels_last: bool,
+    /// Read logged losses every this many steps (1 = every step).
+    log_every: usize,
     /// Freeze the discriminator during the generator backward passes, as `GanTask::step`
     /// and `DistillTask::step` do (pix2pix's `set_requires_grad(netD, False)`); `false`
     /// measures what that saves.
@@ -92,6 +94,7 @@ fn parse_args() -> Result<Args, String> {
         autocast: "off".into(),
         channels_last: false,
         freeze_d: true,
+        log_every: 1,
         out: PathBuf::from("target/bench/train_step"),
     };
     let mut it = std::env::args().skip(1);
@@ -127,6 +130,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--channels-last" => a.channels_last = v.parse().map_err(|e| bad(&e))?,
             "--freeze-d" => a.freeze_d = v.parse().map_err(|e| bad(&e))?,
+            "--log-every" => a.log_every = v.parse().map_err(|e| bad(&e))?,
             "--device" => {
                 a.device = match v.as_str() {
                     "cpu" => Device::Cpu,
@@ -182,9 +186,52 @@ fn discriminator(cfg: &DiscConfig, device: Device, accel: Accel) -> Res<Net<dyn 
     Ok(Net { vs, net, opt })
 }
 
+/// Logged losses of the mirrored steps: read to the host every `every` steps in one
+/// transfer (`--log-every`; 1 = every step, as a plain loop with `.item()`; the product's
+/// training loop reads every 16).
+struct LossLog {
+    every: usize,
+    steps: usize,
+    pending: Vec<Tensor>,
+}
+
+impl LossLog {
+    fn new(every: usize) -> Self {
+        LossLog {
+            every: every.max(1),
+            steps: 0,
+            pending: Vec::new(),
+        }
+    }
+
+    fn push(&mut self, t: &Tensor) {
+        self.pending.push(t.detach().reshape([1]));
+    }
+
+    fn end_step(&mut self) -> Res<()> {
+        self.steps += 1;
+        if !self.steps.is_multiple_of(self.every) || self.pending.is_empty() {
+            return Ok(());
+        }
+        let all = Tensor::cat(&self.pending, 0)
+            .to_kind(Kind::Double)
+            .to_device(Device::Cpu);
+        self.pending.clear();
+        if Vec::<f64>::try_from(&all)?.iter().any(|v| !v.is_finite()) {
+            return Err("non-finite loss".into());
+        }
+        Ok(())
+    }
+}
+
 /// D update on real pairs and detached fakes: `(real + mean over fakes) / 2` (hinge), as
 /// `DistillTask::step` does (and `GanTask::step` with one fake).
-fn d_update(d: &mut Net<dyn Discriminator>, x: &Tensor, y: &Tensor, fakes: &[&Tensor]) -> Res<()> {
+fn d_update(
+    d: &mut Net<dyn Discriminator>,
+    x: &Tensor,
+    y: &Tensor,
+    fakes: &[&Tensor],
+) -> Res<Tensor> {
     d.opt.zero_grad();
     let real = over_scales(
         &d.net.forward(&Tensor::cat(&[x, y], 1), Mode::Train),
@@ -200,8 +247,7 @@ fn d_update(d: &mut Net<dyn Discriminator>, x: &Tensor, y: &Tensor, fakes: &[&Te
     let loss = (real + fake / fakes.len() as f64) * 0.5;
     loss.backward();
     d.opt.step(2e-4)?;
-    let _ = loss.double_value(&[]);
-    Ok(())
+    Ok(loss)
 }
 
 /// `hinge_g + 100 * L1` of one generator output against the (frozen) discriminator.
@@ -217,6 +263,7 @@ struct Supernet {
     smallest: SubnetConfig,
     random: Vec<SubnetConfig>,
     freeze_d: bool,
+    log: LossLog,
 }
 
 impl Supernet {
@@ -239,7 +286,8 @@ impl Supernet {
         );
         ((&real + &fake) * 0.5).backward();
         self.d.opt.step(2e-4)?;
-        let mut log = vec![real.double_value(&[]), fake.double_value(&[])];
+        self.log.push(&real);
+        self.log.push(&fake);
         if self.freeze_d {
             self.d.vs.freeze();
         }
@@ -257,18 +305,15 @@ impl Supernet {
             let p = self.d.net.forward(&Tensor::cat(&[x, &out], 1), Mode::Train);
             let gan = over_scales(&p, hinge_g);
             let rec = l1(&out, y) * 100.0;
-            log.push(gan.double_value(&[]));
-            log.push(rec.double_value(&[]));
+            self.log.push(&gan);
+            self.log.push(&rec);
             (gan + rec).backward();
         }
         self.g.opt.step(2e-4)?;
         if self.freeze_d {
             self.d.vs.unfreeze();
         }
-        if log.iter().any(|v| !v.is_finite()) {
-            return Err("non-finite loss".into());
-        }
-        Ok(())
+        self.log.end_step()
     }
 }
 
@@ -278,6 +323,7 @@ struct Distill {
     d: Net<dyn Discriminator>,
     weights: DistillWeights,
     freeze_d: bool,
+    log: LossLog,
 }
 
 impl Distill {
@@ -297,17 +343,17 @@ impl Distill {
         let mut fakes: Vec<&Tensor> = outs.iter().collect();
         fakes.push(&s);
         self.d.vs.unfreeze();
-        d_update(&mut self.d, x, y, &fakes)?;
+        let d_loss = d_update(&mut self.d, x, y, &fakes)?;
+        self.log.push(&d_loss);
         if self.freeze_d {
             self.d.vs.freeze();
         }
-        let mut log = Vec::new();
         for (t, out) in self.teachers.iter_mut().zip(&outs) {
             t.opt.zero_grad();
             let rec = l1(out, y);
             g_loss(&self.d, x, y, out).backward();
             t.opt.step(2e-4)?;
-            log.push(rec.double_value(&[]));
+            self.log.push(&rec);
         }
         self.student.opt.zero_grad();
         let feats = DiscriminatorFeatures::new(self.d.net.as_ref(), x);
@@ -328,15 +374,10 @@ impl Distill {
         let rec = l1(&s, y);
         (&gan + &rec * 100.0 + &kd).backward();
         self.student.opt.step(2e-4)?;
-        log.extend([
-            gan.double_value(&[]),
-            rec.double_value(&[]),
-            kd.double_value(&[]),
-        ]);
-        if log.iter().any(|v| !v.is_finite()) {
-            return Err("non-finite loss".into());
+        for t in [&gan, &rec, &kd] {
+            self.log.push(t);
         }
-        Ok(())
+        self.log.end_step()
     }
 }
 
@@ -478,6 +519,7 @@ fn main() -> Res<()> {
                 smallest: space.smallest(),
                 random,
                 freeze_d: a.freeze_d,
+                log: LossLog::new(a.log_every),
                 g,
                 d: discriminator(&disc_cfg, dev, accel)?,
             };
@@ -542,6 +584,7 @@ fn main() -> Res<()> {
                 d: discriminator(&disc_cfg, dev, accel)?,
                 weights: DistillWeights::default(),
                 freeze_d: a.freeze_d,
+                log: LossLog::new(a.log_every),
             };
             let (x, y) = (x.shallow_clone(), y.shallow_clone());
             run_step = Box::new(move |_| st.step(&x, &y));
@@ -581,6 +624,7 @@ fn main() -> Res<()> {
             "device": format!("{dev:?}"),
             "autocast": format!("{:?}", accel.autocast),
             "channels_last": accel.channels_last,
+            "log_every": a.log_every,
             "setup": setup,
         })
     );

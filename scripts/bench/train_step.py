@@ -158,6 +158,25 @@ def adam(params):
     return torch.optim.Adam(params, lr=2e-4, betas=(0.5, 0.999), fused=(ADAM == "fused"))
 
 
+LOG_EVERY = 1
+PENDING = []
+
+
+def rd(t):
+    """A logged loss: `.item()` at once with --log-every 1 (a plain PyTorch loop), otherwise
+    kept on the device and read with the others every LOG_EVERY steps (as ugc-pipe does)."""
+    if LOG_EVERY == 1:
+        return t.item()
+    PENDING.append(t.detach().reshape(1))
+
+
+def end_step(i):
+    if LOG_EVERY > 1 and (i + 1) % LOG_EVERY == 0 and PENDING:
+        vals = torch.cat(PENDING).double().cpu()
+        PENDING.clear()
+        assert torch.isfinite(vals).all(), "non-finite loss"
+
+
 def d_update(d, opt_d, x, y, fakes):
     """(real + mean over fakes) / 2, hinge; as the Rust d_update / DistillTask / GanTask."""
     opt_d.zero_grad()
@@ -166,7 +185,7 @@ def d_update(d, opt_d, x, y, fakes):
     loss = (real + fake / len(fakes)) * 0.5
     loss.backward()
     opt_d.step()
-    loss.item()
+    rd(loss)
 
 
 def g_loss(d, x, y, fake):
@@ -220,10 +239,13 @@ def main():
     p.add_argument("--lrelu", default="native", choices=["native", "where", "relu"],
                    help="LeakyReLU(0.2) form: torch's kernel, where(x >= 0, x, 0.2 x) as "
                         "ugc_nn::elastic::leaky_relu wrote it before the shim, or 0.2 x + 0.8 relu(x)")
+    p.add_argument("--log-every", type=int, default=1,
+                   help="read logged losses every N steps in one transfer (1 = .item() per loss)")
     a = p.parse_args()
     a.freeze_d = a.freeze_d == "true"
-    global ADAM
+    global ADAM, LOG_EVERY
     ADAM = a.adam
+    LOG_EVERY = max(1, a.log_every)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
     dev = torch.device(a.device)
@@ -259,7 +281,7 @@ def main():
                 fake = hinge_d_fake(patchgan_features(d, torch.cat([x, fake_l.detach()], 1))[-1])
                 ((real + fake) * 0.5).backward()
                 opt_d.step()
-                log = [real.item(), fake.item()]
+                log = [rd(real), rd(fake)]
                 if a.freeze_d:
                     set_grad(d, False)
                 opt_g.zero_grad()
@@ -267,7 +289,7 @@ def main():
                     out = fake_l if k == 0 else g(x, sub["widths"], sub["depth"])
                     gan = hinge_g(patchgan_features(d, torch.cat([x, out], 1))[-1])
                     rec = 100 * F.l1_loss(out, y)
-                    log += [gan.item(), rec.item()]
+                    log += [rd(gan), rd(rec)]
                     (gan + rec).backward()
                 opt_g.step()
                 if a.freeze_d:
@@ -298,7 +320,7 @@ def main():
                     rec = F.l1_loss(out, y)
                     g_loss(d, x, y, out).backward()
                     opt.step()
-                    log.append(rec.item())
+                    log.append(rd(rec))
                 opt_s.zero_grad()
                 fs = d_features(d, x, s)
                 kd = 0
@@ -311,17 +333,19 @@ def main():
                 rec = F.l1_loss(s, y)
                 (gan + 100 * rec + kd).backward()
                 opt_s.step()
-                log += [gan.item(), rec.item(), kd.item()]
+                log += [rd(gan), rd(rec), rd(kd)]
 
     sync = (lambda: torch.cuda.synchronize()) if dev.type == "cuda" else (lambda: None)
     for i in range(a.warmup):
         step(i)
+        end_step(i)
     sync()
     ips = []
     for r in range(a.repeats):
         t0 = time.perf_counter()
         for k in range(a.steps_per_repeat):
             step(a.warmup + r * a.steps_per_repeat + k)
+            end_step(a.warmup + r * a.steps_per_repeat + k)
         sync()
         ips.append(a.steps_per_repeat * a.batch / (time.perf_counter() - t0))
     print(json.dumps({"bench": "train_step", "impl": "pytorch", "step": a.step,
@@ -330,7 +354,7 @@ def main():
                       "warmup": a.warmup, "batch": a.batch, "size": a.size,
                       "threads": torch.get_num_threads(), "device": a.device,
                       "channels_last": a.channels_last, "bf16": a.bf16,
-                      "freeze_d": a.freeze_d, "lrelu": a.lrelu, "adam": a.adam,
+                      "freeze_d": a.freeze_d, "lrelu": a.lrelu, "adam": a.adam, "log_every": LOG_EVERY,
                       "torch": torch.__version__}), flush=True)
 
 
