@@ -147,3 +147,31 @@ fn cuda_statistics_track_the_peak_and_autocast_uses_bf16() {
     let y = leaky_relu(&y, 0.2);
     assert_eq!(y.device(), dev);
 }
+
+#[test]
+fn fused_adam_updates_channels_last_parameters_like_contiguous_ones() {
+    tch::manual_seed(2);
+    let opts = (Kind::Float, Device::Cpu);
+    let p = Tensor::randn([8, 3, 3, 3], opts);
+    let g = Tensor::randn([8, 3, 3, 3], opts);
+    let h = AdamHyper {
+        lr: 1e-2,
+        beta1: 0.5,
+        beta2: 0.999,
+        eps: 1e-8,
+    };
+    let step = Tensor::from(1f32);
+    let run = |nhwc: bool| {
+        let t = [p.copy(), g.copy(), p.zeros_like(), p.zeros_like()];
+        if nhwc {
+            for x in &t {
+                set_channels_last(x).unwrap();
+            }
+            assert!(is_channels_last(&t[0]).unwrap());
+        }
+        let one = |x: &Tensor| vec![x.shallow_clone()];
+        fused_adam(&one(&t[0]), &one(&t[1]), &one(&t[2]), &one(&t[3]), &step, h).unwrap();
+        t[0].contiguous()
+    };
+    assert!(run(true).allclose(&run(false), 0.0, 0.0, false));
+}

@@ -142,6 +142,59 @@ mod tests {
         assert!(e.contains("amp_dtype = fp8"), "{e}");
     }
 
+    /// The channels-last path on the CPU (where `Accel::new` keeps it off): NHWC weights and
+    /// inputs give the same outputs and weight gradients as the default layout, for the
+    /// largest and the smallest sub-net of an elastic supernet.
+    #[test]
+    fn channels_last_supernet_matches_the_default_layout() {
+        use ugc_nn::{Arch, ArchConfig, Mode, build_generator};
+        let nhwc = Accel {
+            autocast: None,
+            channels_last: true,
+        };
+        let cfg = ArchConfig {
+            ngf: 8,
+            n_blocks: 3,
+            ..ArchConfig::new(Arch::Pix2PixResnet)
+        };
+        let run = |accel: Accel| {
+            tch::manual_seed(3);
+            let vs = VarStore::new(Device::Cpu);
+            let g = build_generator(&vs.root(), &cfg).unwrap();
+            accel.prepare(&vs).unwrap();
+            let x = accel
+                .input(&Tensor::randn(
+                    [2, 3, 32, 32],
+                    (tch::Kind::Float, Device::Cpu),
+                ))
+                .unwrap();
+            let space = g.search_space();
+            let mut outs = Vec::new();
+            for sub in [space.largest(), space.smallest()] {
+                let y = g.forward(&x, &sub, Mode::Train).unwrap();
+                y.square().mean(tch::Kind::Float).backward();
+                outs.push(y.contiguous());
+            }
+            accel.finish(&vs).unwrap();
+            let mut grads: Vec<(String, Tensor)> = vs
+                .variables()
+                .into_iter()
+                .filter(|(_, t)| t.requires_grad())
+                .map(|(n, t)| (n, t.grad().contiguous()))
+                .collect();
+            grads.sort_by(|a, b| a.0.cmp(&b.0));
+            (outs, grads)
+        };
+        let (o1, g1) = run(nhwc);
+        let (o0, g0) = run(Accel::default());
+        for (a, b) in o1.iter().zip(&o0) {
+            assert!(a.allclose(b, 1e-4, 1e-5, false));
+        }
+        for ((n, a), (_, b)) in g1.iter().zip(&g0) {
+            assert!(a.allclose(b, 1e-3, 1e-5, false), "gradient of {n}");
+        }
+    }
+
     #[test]
     fn step_seeds_differ_and_are_stable() {
         assert_ne!(step_seed(1, 0, 0), step_seed(1, 1, 0));
