@@ -61,6 +61,38 @@ fn input(kind: &str, dir: &Path) -> StageInput {
     ugc_engine::testing::input(kind, kind, dir)
 }
 
+/// Runs `teachers` over a search output and a supernet (plus `extra` inputs) into a fresh
+/// directory.
+fn teachers(
+    over: Value,
+    search: &Path,
+    supernet: &Path,
+    extra: &[StageInput],
+) -> Result<tempfile::TempDir, StageError> {
+    let out = tempfile::tempdir().unwrap();
+    let mut inputs = vec![input("search", search), input("supernet", supernet)];
+    inputs.extend_from_slice(extra);
+    run(
+        &TeachersStage::new(schema("teachers")),
+        over,
+        &inputs,
+        out.path(),
+    )?;
+    Ok(out)
+}
+
+/// Runs `adf` over exported teachers and a split into a fresh directory.
+fn adf(over: Value, teachers: &Path, split: &Path) -> Result<tempfile::TempDir, StageError> {
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &AdfStage::new(schema("adf")),
+        over,
+        &[input("teachers", teachers), input("split", split)],
+        out.path(),
+    )?;
+    Ok(out)
+}
+
 fn json_of(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
@@ -210,17 +242,7 @@ fn search_then_teachers_then_adf() {
     assert!(e.contains("input_size"), "{e}");
 
     // Teachers: exported compact models compute the supernet sub-net's output.
-    let t_out = tempfile::tempdir().unwrap();
-    run(
-        &TeachersStage::new(schema("teachers")),
-        json!({"strategy": "multi"}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", &f.supernet),
-        ],
-        t_out.path(),
-    )
-    .unwrap();
+    let t_out = teachers(json!({"strategy": "multi"}), s_out.path(), &f.supernet, &[]).unwrap();
     let listed = json_of(&t_out.path().join("teachers.json"));
     assert_eq!(listed.as_array().unwrap().len(), 2);
     let mut svs = VarStore::new(Device::Cpu);
@@ -277,27 +299,10 @@ fn search_then_teachers_then_adf() {
         assert_eq!(m["adf.kept"].as_u64().unwrap() as usize, kept);
     }
     // One teacher and no supernet: the discriminator criterion is refused with the reason.
-    let t1 = tempfile::tempdir().unwrap();
-    run(
-        &TeachersStage::new(schema("teachers")),
-        json!({"strategy": "deep"}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", &f.supernet),
-        ],
-        t1.path(),
-    )
-    .unwrap();
-    let a_out = tempfile::tempdir().unwrap();
-    let e = run(
-        &AdfStage::new(schema("adf")),
-        json!({}),
-        &[input("teachers", t1.path()), input("split", &f.split)],
-        a_out.path(),
-    )
-    .unwrap_err()
-    .to_string();
+    let t1 = teachers(json!({"strategy": "deep"}), s_out.path(), &f.supernet, &[]).unwrap();
+    let e = adf(json!({}), t1.path(), &f.split).unwrap_err().to_string();
     assert!(e.contains("supernet"), "{e}");
+    let a_out = tempfile::tempdir().unwrap();
     // With the supernet among the deps its discriminator scores the single teacher.
     run(
         &AdfStage::new(schema("adf")),
@@ -356,25 +361,8 @@ fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
     let f = fixture();
     let s_out = tempfile::tempdir().unwrap();
     search(&f, s_out.path(), 1);
-    let t_out = tempfile::tempdir().unwrap();
-    run(
-        &TeachersStage::new(schema("teachers")),
-        json!({"strategy": "multi"}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", &f.supernet),
-        ],
-        t_out.path(),
-    )
-    .unwrap();
-    let a_out = tempfile::tempdir().unwrap();
-    run(
-        &AdfStage::new(schema("adf")),
-        json!({"batch_size": 4}),
-        &[input("teachers", t_out.path()), input("split", &f.split)],
-        a_out.path(),
-    )
-    .unwrap();
+    let t_out = teachers(json!({"strategy": "multi"}), s_out.path(), &f.supernet, &[]).unwrap();
+    let a_out = adf(json!({"batch_size": 4}), t_out.path(), &f.split).unwrap();
     let inputs = [
         input("split", &f.split),
         input("teachers", t_out.path()),
@@ -541,24 +529,10 @@ fn quickstart_scale_timings() {
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let t_out = tempfile::tempdir().unwrap();
-    run(
-        &TeachersStage::new(schema("teachers")),
-        json!({"strategy": "multi"}),
-        &[input("search", s_out.path()), input("supernet", sup)],
-        t_out.path(),
-    )
-    .unwrap();
+    let t_out = teachers(json!({"strategy": "multi"}), s_out.path(), sup, &[]).unwrap();
     println!("teachers (multi): {:.2}s", t.elapsed().as_secs_f64());
     let t = Instant::now();
-    let a_out = tempfile::tempdir().unwrap();
-    run(
-        &AdfStage::new(schema("adf")),
-        json!({}),
-        &[input("teachers", t_out.path()), input("split", split)],
-        a_out.path(),
-    )
-    .unwrap();
+    let a_out = adf(json!({}), t_out.path(), split).unwrap();
     let n = SplitManifest::load(split).unwrap().unlabeled().len();
     println!(
         "adf ({n} unlabeled inputs): {:.2}s",
@@ -614,36 +588,26 @@ fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
     let c = SearchConfigs::load(s_out.path()).unwrap();
     assert!(c.student.score <= 1.0 && c.student.score > -1.0, "{c:?}");
     // A BN teacher is recalibrated before export, so the teachers stage needs the split.
-    let t_out = tempfile::tempdir().unwrap();
-    let e = run(
-        &TeachersStage::new(schema("teachers")),
+    let e = teachers(
         json!({"strategy": "multi"}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", sup_out.path()),
-        ],
-        t_out.path(),
+        s_out.path(),
+        sup_out.path(),
+        &[],
     )
     .unwrap_err()
     .to_string();
     assert!(e.contains("split"), "{e}");
-    run(
-        &TeachersStage::new(schema("teachers")),
+    let t_out = teachers(
         json!({"strategy": "multi", "calib_batches": 1}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", sup_out.path()),
-            input("split", &f.split),
-        ],
-        t_out.path(),
+        s_out.path(),
+        sup_out.path(),
+        &[input("split", &f.split)],
     )
     .unwrap();
-    let a_out = tempfile::tempdir().unwrap();
-    run(
-        &AdfStage::new(schema("adf")),
+    let a_out = adf(
         json!({"threshold": "otsu", "write_pseudo": false}),
-        &[input("teachers", t_out.path()), input("split", &f.split)],
-        a_out.path(),
+        t_out.path(),
+        &f.split,
     )
     .unwrap();
     let d_out = tempfile::tempdir().unwrap();
@@ -759,25 +723,14 @@ fn distill_lowers_the_student_holdout_l1() {
         -c.deep_teacher.score,
         -c.largest.score
     );
-    let t_out = tempfile::tempdir().unwrap();
-    run(
-        &TeachersStage::new(schema("teachers")),
+    let t_out = teachers(
         json!({"strategy": "multi"}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", sup_out.path()),
-        ],
-        t_out.path(),
+        s_out.path(),
+        sup_out.path(),
+        &[],
     )
     .unwrap();
-    let a_out = tempfile::tempdir().unwrap();
-    run(
-        &AdfStage::new(schema("adf")),
-        json!({"torch_threads": 1}),
-        &[input("teachers", t_out.path()), input("split", split)],
-        a_out.path(),
-    )
-    .unwrap();
+    let a_out = adf(json!({"torch_threads": 1}), t_out.path(), split).unwrap();
     let am = json_of(&a_out.path().join("metrics.json"));
     println!(
         "adf: kept {} dropped {} threshold {}",
@@ -944,25 +897,8 @@ fn all_labeled_split_runs_adf_and_distill() {
     );
     let s_out = tempfile::tempdir().unwrap();
     search(&f, s_out.path(), 0);
-    let t_out = tempfile::tempdir().unwrap();
-    run(
-        &TeachersStage::new(schema("teachers")),
-        json!({"strategy": "multi"}),
-        &[
-            input("search", s_out.path()),
-            input("supernet", &f.supernet),
-        ],
-        t_out.path(),
-    )
-    .unwrap();
-    let a_out = tempfile::tempdir().unwrap();
-    run(
-        &AdfStage::new(schema("adf")),
-        json!({}),
-        &[input("teachers", t_out.path()), input("split", &f.split)],
-        a_out.path(),
-    )
-    .unwrap();
+    let t_out = teachers(json!({"strategy": "multi"}), s_out.path(), &f.supernet, &[]).unwrap();
+    let a_out = adf(json!({}), t_out.path(), &f.split).unwrap();
     let m = json_of(&a_out.path().join("metrics.json"));
     assert_eq!(
         (m["adf.kept"].as_u64(), m["adf.dropped"].as_u64()),
