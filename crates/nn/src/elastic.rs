@@ -267,6 +267,31 @@ impl ElasticConvTranspose2d {
     }
 }
 
+/// A norm layer's affine `weight` (N(1, 0.02), pix2pix's init) and `bias` (zeros), or
+/// neither.
+fn affine_params(p: &nn::Path, c: i64, affine: bool) -> (Option<Tensor>, Option<Tensor>) {
+    if affine {
+        (
+            Some(normal_init(p, "weight", &[c], 1.0)),
+            Some(p.zeros("bias", &[c])),
+        )
+    } else {
+        (None, None)
+    }
+}
+
+/// The first `c` entries of a norm layer's affine parameters (where present).
+fn slice_affine(
+    w: &Option<Tensor>,
+    b: &Option<Tensor>,
+    c: i64,
+) -> (Option<Tensor>, Option<Tensor>) {
+    (
+        w.as_ref().map(|t| slice_vec(t, c)),
+        b.as_ref().map(|t| slice_vec(t, c)),
+    )
+}
+
 /// `nn.BatchNorm2d` with an elastic width. Running statistics of the first `k` channels are
 /// read and updated in place through `narrow` views.
 #[derive(Debug)]
@@ -283,14 +308,7 @@ pub struct ElasticBatchNorm2d {
 impl ElasticBatchNorm2d {
     /// `affine = false` gives SPADE's parameter-free batch norm (buffers only).
     pub fn new(p: &nn::Path, c: i64, affine: bool) -> Self {
-        let (weight, bias) = if affine {
-            (
-                Some(normal_init(p, "weight", &[c], 1.0)),
-                Some(p.zeros("bias", &[c])),
-            )
-        } else {
-            (None, None)
-        };
+        let (weight, bias) = affine_params(p, c, affine);
         let running_mean = p.zeros_no_train("running_mean", &[c]);
         let running_var = p.ones_no_train("running_var", &[c]);
         let num_batches_tracked = p.add(
@@ -311,8 +329,7 @@ impl ElasticBatchNorm2d {
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
         let c = x.size()[1];
-        let w = self.weight.as_ref().map(|t| slice_vec(t, c));
-        let b = self.bias.as_ref().map(|t| slice_vec(t, c));
+        let (w, b) = slice_affine(&self.weight, &self.bias, c);
         let rm = slice_vec(&self.running_mean, c);
         let rv = slice_vec(&self.running_var, c);
         let momentum = match mode {
@@ -374,14 +391,7 @@ pub struct ElasticInstanceNorm2d {
 
 impl ElasticInstanceNorm2d {
     pub fn new(p: &nn::Path, c: i64, affine: bool) -> Self {
-        let (weight, bias) = if affine {
-            (
-                Some(normal_init(p, "weight", &[c], 1.0)),
-                Some(p.zeros("bias", &[c])),
-            )
-        } else {
-            (None, None)
-        };
+        let (weight, bias) = affine_params(p, c, affine);
         ElasticInstanceNorm2d {
             weight,
             bias,
@@ -392,8 +402,7 @@ impl ElasticInstanceNorm2d {
 
     pub fn forward(&self, x: &Tensor) -> Tensor {
         let c = x.size()[1];
-        let w = self.weight.as_ref().map(|t| slice_vec(t, c));
-        let b = self.bias.as_ref().map(|t| slice_vec(t, c));
+        let (w, b) = slice_affine(&self.weight, &self.bias, c);
         x.instance_norm(
             w.as_ref(),
             b.as_ref(),
