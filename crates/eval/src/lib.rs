@@ -9,6 +9,7 @@
 //!
 //! Protocol and reasons: `docs/evaluation.md`.
 
+pub mod drn_miou;
 pub mod error;
 pub mod evaluator;
 pub mod labels;

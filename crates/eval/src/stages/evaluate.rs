@@ -5,7 +5,8 @@
 //! Metrics: PSNR and SSIM against the ground-truth photos; with an `evaluator` dep, mIoU of
 //! the evaluator's segmentation of the generated images against the true label maps (the
 //! Cityscapes protocol) and `seg_fd`, a Fréchet distance on the evaluator's features (not
-//! FID); FID only when an Inception weights file is configured; MACs/params at the
+//! FID); or, with `drn_weights`, mIoU by the pretrained DRN-D-105 on Cityscapes (the
+//! papers' protocol, `crate::drn_miou`); FID only when an Inception weights file is configured; MACs/params at the
 //! evaluation resolution; latency (batch 1, median after warm-up) on the stage's device.
 
 use std::path::PathBuf;
@@ -23,6 +24,7 @@ use ugc_metrics::{FeatureExtractor, MiouReport};
 use ugc_nn::export::{LoadedModel, ModelMeta, load_model};
 use ugc_nn::{Mode, SubnetConfig, profile};
 
+use crate::drn_miou::DrnMiou;
 use crate::error::{EvalError, Result};
 use crate::evaluator::Evaluator;
 use crate::labels::{LabelSpec, generated_to_unit, real_to_unit};
@@ -53,6 +55,8 @@ struct Params {
     psnr_cap_db: f64,
     #[serde(default)]
     fid_inception_weights: Option<PathBuf>,
+    #[serde(default)]
+    drn_weights: Option<PathBuf>,
     latency: bool,
     latency_warmup: usize,
     latency_runs: usize,
@@ -243,6 +247,30 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
         }
     }
 
+    // Cityscapes mIoU by the pretrained DRN-D-105, when configured (and then instead of an
+    // evaluator's: both would report `miou`).
+    let mut drn = match &p.drn_weights {
+        None => None,
+        Some(path) if !path.is_file() => {
+            return Err(EvalError::param(
+                "drn_weights",
+                path.display(),
+                "the file does not exist; the Cityscapes mIoU needs DRN-D-105 (DRNSeg) weights converted to safetensors (unset the parameter to skip it)",
+            ));
+        }
+        Some(path) => {
+            if evaluator.is_some() {
+                return Err(EvalError::param(
+                    "drn_weights",
+                    path.display(),
+                    "is set together with an `evaluator` dep; both would report `miou`: keep one",
+                ));
+            }
+            DrnMiou::check_split(&manifest)?;
+            Some(DrnMiou::load(path, device)?)
+        }
+    };
+
     let encoding = encoding_for(&manifest, input_nc)?;
     let cfg = LoaderConfig {
         threads: p.threads.max(1),
@@ -309,6 +337,9 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
             let labels = ev.meta.labels.labels_of(&b)?;
             ev.accumulate(cm, &out, &labels)?;
             seg_feats.push(ev, &out, &real)?;
+        }
+        if let Some(d) = drn.as_mut() {
+            d.accumulate(&out, &b)?;
         }
         if let Some(inc) = &inception {
             fid_feats.push(inc, &out, &real)?;
@@ -381,6 +412,16 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
                 evaluator: id,
             });
         }
+        miou_report = Some(r);
+    }
+    if let Some(d) = &drn {
+        let r = d.report(n)?;
+        metrics.insert("miou".into(), finite("miou", r.value)?.into());
+        records.push(MetricRecord {
+            metric: "miou",
+            value: r.value,
+            evaluator: d.identity(),
+        });
         miou_report = Some(r);
     }
     if let Some(inc) = &inception {
@@ -460,7 +501,7 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
         "metrics": records,
         "miou_detail": miou_report,
         "samples": samples,
-        "not_computed": not_computed(&evaluator, &inception, p),
+        "not_computed": not_computed(&evaluator, drn.is_some(), &inception, p),
     });
     write_json(&ctx.out_dir.join("eval.json"), &eval)?;
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
@@ -470,15 +511,18 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
 /// Metrics left out and why, so a report never mistakes absence for zero.
 fn not_computed(
     evaluator: &Option<Evaluator>,
+    drn: bool,
     inception: &Option<FidInception>,
     p: &Params,
 ) -> Value {
     let mut v = Map::new();
     if evaluator.is_none() {
-        v.insert(
-            "miou".into(),
-            "no `evaluator` dep (a segmentation evaluator is needed)".into(),
-        );
+        if !drn {
+            v.insert(
+                "miou".into(),
+                "no `evaluator` dep and no `drn_weights` (a segmenter is needed)".into(),
+            );
+        }
         v.insert("seg_fd".into(), "no `evaluator` dep".into());
     }
     if inception.is_none() {

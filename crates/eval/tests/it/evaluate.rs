@@ -156,6 +156,28 @@ fn evaluate_refuses_missing_models_and_missing_inception_weights() {
         msg.contains("fid_inception_weights") && msg.contains("pt_inception"),
         "{msg}"
     );
+
+    // DRN mIoU: a missing file, and a split that is not Cityscapes, are refused up front.
+    let drn = empty.path().join("drn_d_105_cityscapes.safetensors");
+    let e = run(
+        &evaluate_stage(),
+        json!({"reference": true, "drn_weights": drn}),
+        &[labels_split().split_input()],
+        out.path(),
+    )
+    .unwrap_err();
+    assert!(matches!(e, StageError::Config(_)), "{e}");
+    assert!(e.to_string().contains("drn_weights"), "{e}");
+    std::fs::write(&drn, b"not read: the split is checked first").unwrap();
+    let e = run(
+        &evaluate_stage(),
+        json!({"reference": true, "drn_weights": drn}),
+        &[labels_split().split_input()],
+        out.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("DRN-D-105 scores Cityscapes"), "{e}");
 }
 
 #[test]

@@ -15,11 +15,12 @@ fn schemas_parse_and_document_every_parameter() {
         assert_eq!(s.version, 1);
         assert!(s.params.values().all(|p| !p.doc.is_empty()), "{k}");
     }
-    assert!(
-        schema("evaluate")
-            .external_inputs
-            .contains(&"fid_inception_weights".into())
-    );
+    for w in ["fid_inception_weights", "drn_weights"] {
+        assert!(
+            schema("evaluate").external_inputs.contains(&w.into()),
+            "{w}"
+        );
+    }
 }
 
 /// Fraction of test pixels of the most frequent class: what a constant prediction gets.
