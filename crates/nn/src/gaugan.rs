@@ -24,10 +24,11 @@ use tch::{Tensor, nn};
 
 use crate::arch::{Arch, ArchConfig, Upsampling};
 use crate::cost::{self, Cost};
+use crate::elastic::leaky_relu;
 use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, push_named};
 use crate::error::NnError;
 use crate::generator::Generator;
-use crate::spade::{BlockWidths, SpadeResBlock, block_cost, leaky_relu, resize_nearest, up2};
+use crate::spade::{BlockWidths, SpadeResBlock, block_cost, resize_nearest, up2};
 use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 
 /// SPADE's hidden width in the official model (`nhidden = 128` in `SPADE.__init__`).

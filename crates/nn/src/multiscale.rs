@@ -23,9 +23,9 @@ use tch::{Kind, Tensor, nn};
 
 use crate::arch::NormKind;
 use crate::disc::{DiscArch, DiscConfig, Discriminator};
+use crate::elastic::leaky_relu;
 use crate::elastic::{Mode, Norm2d};
 use crate::error::NnError;
-use crate::spade::leaky_relu;
 
 const KERNEL: i64 = 4;
 const PAD: i64 = 2;

@@ -22,7 +22,7 @@ use std::path::Path;
 use tch::{Kind, Tensor, nn};
 
 use crate::cost::{self, Cost};
-use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, push_named};
+use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, leaky_relu, push_named};
 use crate::error::NnError;
 
 /// SPADE's leaky-ReLU slope (`actvn` in `SPADEResnetBlock`).
@@ -40,8 +40,6 @@ fn conv3x3(p: &nn::Path, c_in: i64, c_out: i64) -> ElasticConv2d {
         },
     )
 }
-
-pub use crate::elastic::leaky_relu;
 
 /// Nearest-neighbour resize (PyTorch `F.interpolate(mode="nearest")` with a target size).
 pub fn resize_nearest(x: &Tensor, hw: [i64; 2]) -> Tensor {

@@ -80,7 +80,8 @@ impl Accel {
     /// A batch in the layout the weights use.
     pub fn input(&self, x: &Tensor) -> Result<Tensor, MethodError> {
         if self.channels_last && x.dim() == 4 {
-            ugc_torch_ext::to_channels_last(x).map_err(torch_err)
+            ugc_torch_ext::to_channels_last(x)
+                .map_err(|e| MethodError::torch("channels-last input", e))
         } else {
             Ok(x.shallow_clone())
         }
@@ -100,15 +101,12 @@ impl Accel {
     fn relayout(&self, vs: &VarStore, channels_last: bool) -> Result<(), MethodError> {
         if self.channels_last {
             for (_, t) in vs.variables() {
-                ugc_torch_ext::set_memory_format(&t, channels_last).map_err(torch_err)?;
+                ugc_torch_ext::set_memory_format(&t, channels_last)
+                    .map_err(|e| MethodError::torch("re-laying a weight", e))?;
             }
         }
         Ok(())
     }
-}
-
-fn torch_err(e: tch::TchError) -> MethodError {
-    MethodError::Numeric(format!("libtorch: {e}"))
 }
 
 /// Derives the seed of one training step from the stage seed, so that random state after

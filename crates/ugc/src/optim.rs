@@ -165,7 +165,7 @@ impl Adam {
             eps: self.cfg.eps,
         };
         ugc_torch_ext::fused_adam(&params, &grads, &self.m, &self.v, &step, hyper)
-            .map_err(|e| MethodError::Numeric(format!("Adam update: {e}")))?;
+            .map_err(|e| MethodError::torch("Adam update", e))?;
         if t % FINITE_CHECK_EVERY == 1 {
             // A host read is a device synchronisation on a GPU, so not every step.
             let s = tch::no_grad(|| first.sum(Kind::Double).double_value(&[]));

@@ -9,7 +9,7 @@
 //! papers' protocol, `crate::drn_miou`); FID only when an Inception weights file is configured; MACs/params at the
 //! evaluation resolution; latency (batch 1, median after warm-up) on the stage's device.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
@@ -194,18 +194,19 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
     let manifest = SplitManifest::load(&split_dir)?;
     let device = tch_device(ctx.device);
 
-    // Configured-but-missing Inception weights are refused before any work is done.
-    let inception = match &p.fid_inception_weights {
-        None => None,
-        Some(path) if !path.is_file() => {
-            return Err(EvalError::param(
-                "fid_inception_weights",
-                path.display(),
-                "the file does not exist; FID needs pytorch-fid's Inception weights converted to safetensors (unset the parameter to skip FID)",
-            ));
-        }
-        Some(path) => Some(FidInception::load(path, device)?),
-    };
+    // Configured-but-missing weights files are refused before any work is done.
+    let inception = configured_file(
+        "fid_inception_weights",
+        &p.fid_inception_weights,
+        "FID needs pytorch-fid's Inception weights converted to safetensors",
+    )?
+    .map(|path| FidInception::load(path, device))
+    .transpose()?;
+    let drn_path = configured_file(
+        "drn_weights",
+        &p.drn_weights,
+        "the Cityscapes mIoU needs DRN-D-105 (DRNSeg) weights converted to safetensors",
+    )?;
 
     let subject = if p.reference {
         Subject::Reference
@@ -249,15 +250,8 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
 
     // Cityscapes mIoU by the pretrained DRN-D-105, when configured (and then instead of an
     // evaluator's: both would report `miou`).
-    let mut drn = match &p.drn_weights {
+    let mut drn = match drn_path {
         None => None,
-        Some(path) if !path.is_file() => {
-            return Err(EvalError::param(
-                "drn_weights",
-                path.display(),
-                "the file does not exist; the Cityscapes mIoU needs DRN-D-105 (DRNSeg) weights converted to safetensors (unset the parameter to skip it)",
-            ));
-        }
         Some(path) => {
             if evaluator.is_some() {
                 return Err(EvalError::param(
@@ -506,6 +500,24 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
     write_json(&ctx.out_dir.join("eval.json"), &eval)?;
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
     Ok(())
+}
+
+/// The weights file a parameter names, or `None` when it is unset; a configured path
+/// that does not exist is an error naming the parameter (`needs` says what it is for).
+fn configured_file<'a>(
+    param: &str,
+    value: &'a Option<PathBuf>,
+    needs: &str,
+) -> Result<Option<&'a Path>> {
+    match value {
+        None => Ok(None),
+        Some(path) if !path.is_file() => Err(EvalError::param(
+            param,
+            path.display(),
+            format!("the file does not exist; {needs} (unset the parameter to skip it)"),
+        )),
+        Some(path) => Ok(Some(path.as_path())),
+    }
 }
 
 /// Metrics left out and why, so a report never mistakes absence for zero.
