@@ -6,7 +6,8 @@ mod common;
 
 use common::*;
 
-/// Two stages that record each execution in counter files outside the cache.
+/// Three stages (b and c after a) that record each execution in counter files outside the
+/// cache; a's output is `a_param` (default `a`), b's reads `b_param`.
 fn chain(p: &Project, b_param: &str) -> std::path::PathBuf {
     let counts = p.path("counts");
     std::fs::create_dir_all(&counts).unwrap();
@@ -16,12 +17,13 @@ fn chain(p: &Project, b_param: &str) -> std::path::PathBuf {
             r#"
 params:
   counts: {counts}
+  a_param: a
   b_param: {b_param}
 stages:
   a:
     kind: command
     params:
-      cmd: "echo run >> ${{counts}}/a; echo a > a.txt"
+      cmd: "echo run >> ${{counts}}/a; echo ${{a_param}} > a.txt"
       outputs: [a.txt]
   b:
     kind: command
@@ -108,6 +110,59 @@ fn dry_run_and_status_report_without_running() {
         .collect();
     assert!(st.contains(&("a".into(), "cached".into())), "{st:?}");
     assert!(st.contains(&("b".into(), "stale".into())), "{st:?}");
+}
+
+#[test]
+fn status_names_own_changes_of_a_stage_behind_a_rerunning_upstream() {
+    let p = Project::new();
+    chain(&p, "one");
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    // a re-runs; b's own command changed as well, c's did not.
+    let o = p.run(&[
+        "status",
+        "pipe.yaml",
+        "--json",
+        "--set",
+        "a_param=A",
+        "--set",
+        "b_param=two",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let reason = |node: &str| {
+        v["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["node"] == node)
+            .unwrap_or_else(|| panic!("no {node} in {v}"))["cause"]
+            .clone()
+    };
+    assert_eq!(reason("a")["reason"], "changed", "{v}");
+    let b = reason("b");
+    assert_eq!(b["reason"], "upstream", "{v}");
+    assert_eq!(b["upstream"], serde_json::json!(["a"]), "{v}");
+    let changes = b["changes"].to_string();
+    assert!(
+        changes.contains("cmd") && changes.contains("two"),
+        "{changes}"
+    );
+    assert_eq!(reason("c")["changes"], serde_json::json!([]), "{v}");
+
+    let o = p.run(&[
+        "status",
+        "pipe.yaml",
+        "--set",
+        "a_param=A",
+        "--set",
+        "b_param=two",
+    ]);
+    let text = stdout(&o);
+    let b_line = text.lines().find(|l| l.contains(" b ")).unwrap_or("");
+    assert!(
+        b_line.contains("upstream runs first: a; own changes:"),
+        "{text}"
+    );
 }
 
 #[test]

@@ -271,11 +271,11 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
     let mut rows = Vec::new();
     for idx in &plan.order {
         let node = s.dag.node(*idx);
-        let (state, why) = match &plan.states[idx] {
-            NodeState::Cached { .. } => ("cached", String::new()),
+        let (state, why, cause) = match &plan.states[idx] {
+            NodeState::Cached { .. } => ("cached", String::new(), None),
             NodeState::Run { reason, .. } => match reason {
-                ugc_engine::plan::RunReason::New => ("missing", "never run".to_string()),
-                r => ("stale", r.to_string()),
+                ugc_engine::plan::RunReason::New => ("missing", "never run".to_string(), None),
+                r => ("stale", r.to_string(), Some(r)),
             },
             NodeState::Blocked { reason } => {
                 let last = s
@@ -283,14 +283,16 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
                     .last_node_key(&s.id(), &node.id)
                     .map_err(CliError::failed)?;
                 if last.is_some() {
-                    ("stale", reason.to_string())
+                    ("stale", reason.to_string(), Some(reason))
                 } else {
-                    ("missing", "never run".to_string())
+                    ("missing", "never run".to_string(), None)
                 }
             }
         };
+        // `why` is for people; `cause` is the same reason as structured data.
         rows.push(
-            serde_json::json!({"node": node.id, "kind": node.kind, "status": state, "why": why}),
+            serde_json::json!({"node": node.id, "kind": node.kind, "status": state,
+            "why": why, "cause": cause}),
         );
     }
     if json {

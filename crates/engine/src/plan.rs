@@ -44,8 +44,14 @@ pub enum RunReason {
     OutputMissing,
     /// `--force`.
     Forced,
-    /// An upstream stage runs first; the key is known only once its output is.
-    Upstream { upstream: Vec<String> },
+    /// An upstream stage runs first; the key is known only once its output is. `changes`
+    /// lists what changed in the node's *own* key components (kind version, params,
+    /// external inputs, environment) since its last run, so that `status` names the reason
+    /// a stage would re-run even when its upstream re-runs too (empty: nothing of its own).
+    Upstream {
+        upstream: Vec<String>,
+        changes: Vec<String>,
+    },
     /// An external input (a dataset, a weights file) does not exist yet: `run` will
     /// refuse this stage until it does.
     MissingInput { param: String, path: String },
@@ -58,8 +64,12 @@ impl std::fmt::Display for RunReason {
             RunReason::Changed { changes } => write!(f, "changed: {}", changes.join("; ")),
             RunReason::OutputMissing => write!(f, "output missing from the cache"),
             RunReason::Forced => write!(f, "forced"),
-            RunReason::Upstream { upstream } => {
-                write!(f, "upstream runs first: {}", upstream.join(", "))
+            RunReason::Upstream { upstream, changes } => {
+                write!(f, "upstream runs first: {}", upstream.join(", "))?;
+                if !changes.is_empty() {
+                    write!(f, "; own changes: {}", changes.join("; "))?;
+                }
+                Ok(())
             }
             RunReason::MissingInput { param, path } => {
                 write!(f, "input `{param}` = {path} does not exist yet")
@@ -113,15 +123,7 @@ impl KeyBuilder<'_> {
         idx: NodeIndex,
         dep_records: &[&Record],
     ) -> Result<KeyMaterial, PlanError> {
-        let node = dag.node(idx);
-        let schema = self
-            .kinds
-            .schema(&node.kind)
-            .ok_or_else(|| PlanError::UnknownKind {
-                node: node.id.clone(),
-                kind: node.kind.clone(),
-            })?;
-        let mut upstream = BTreeMap::new();
+        let mut material = self.own_material(dag, idx)?;
         let deps = dag.deps(idx);
         for (&dep, rec) in deps.iter().zip(dep_records) {
             let d = dag.node(dep);
@@ -137,8 +139,22 @@ impl KeyBuilder<'_> {
             } else {
                 d.stage.clone()
             };
-            upstream.insert(name, rec.tree_digest.clone());
+            material.upstream.insert(name, rec.tree_digest.clone());
         }
+        Ok(material)
+    }
+
+    /// Everything of `node`'s key material that does not depend on its deps' outputs
+    /// (`upstream` is left empty): known even while an upstream stage still has to run.
+    pub fn own_material(&self, dag: &Dag, idx: NodeIndex) -> Result<KeyMaterial, PlanError> {
+        let node = dag.node(idx);
+        let schema = self
+            .kinds
+            .schema(&node.kind)
+            .ok_or_else(|| PlanError::UnknownKind {
+                node: node.id.clone(),
+                kind: node.kind.clone(),
+            })?;
         let mut external = BTreeMap::new();
         for (param, path) in &node.external_inputs {
             let digest =
@@ -167,7 +183,7 @@ impl KeyBuilder<'_> {
             kind: node.kind.clone(),
             kind_version: schema.version,
             params: node.key_params.clone(),
-            upstream,
+            upstream: BTreeMap::new(),
             external,
             env,
         })
@@ -206,8 +222,12 @@ pub fn plan(
             }
         }
         let state = if !running.is_empty() {
+            let changes = own_changes(dag, idx, keys, registry, pipeline)?;
             NodeState::Blocked {
-                reason: RunReason::Upstream { upstream: running },
+                reason: RunReason::Upstream {
+                    upstream: running,
+                    changes,
+                },
             }
         } else {
             let material = match keys.material(dag, idx, &records) {
@@ -250,6 +270,31 @@ pub fn plan(
         states.insert(idx, state);
     }
     Ok(Plan { order, states })
+}
+
+/// For a node whose deps must run first: what changed in its own key components since its
+/// last run under this pipeline (its deps' outputs are not known yet, so they are taken as
+/// they were). Empty when it never ran or an external input cannot be read yet.
+fn own_changes(
+    dag: &Dag,
+    idx: NodeIndex,
+    keys: &KeyBuilder<'_>,
+    registry: Option<&Registry>,
+    pipeline: &str,
+) -> Result<Vec<String>, PlanError> {
+    let Some(registry) = registry else {
+        return Ok(Vec::new());
+    };
+    let Some((_, old)) = registry.last_node_key(pipeline, &dag.node(idx).id)? else {
+        return Ok(Vec::new());
+    };
+    let mut material = match keys.own_material(dag, idx) {
+        Ok(m) => m,
+        Err(PlanError::ExternalInput { .. }) => return Ok(Vec::new()),
+        Err(e) => return Err(e),
+    };
+    material.upstream = old.upstream.clone();
+    Ok(describe_changes(&material.diff(&old)))
 }
 
 /// Compares a node's key with the one it had last time under this pipeline.
