@@ -27,7 +27,7 @@ use crate::cost::{self, Cost};
 use crate::elastic::leaky_relu;
 use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, push_named};
 use crate::error::NnError;
-use crate::generator::Generator;
+use crate::generator::{Generator, check_batch};
 use crate::spade::{BlockWidths, SpadeResBlock, block_cost, resize_nearest, up2};
 use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 
@@ -333,20 +333,8 @@ impl Generator for Gaugan {
 
     fn forward(&self, x: &Tensor, sub: &SubnetConfig, mode: Mode) -> Result<Tensor, NnError> {
         self.search_space().check(sub)?;
+        let lat = check_batch(x, |chw| latent_hw(&self.cfg, &self.layout, chw))?;
         let s = x.size();
-        if s.len() != 4 {
-            return Err(NnError::BadInput {
-                shape: s,
-                reason: "expected [N, C, H, W]".into(),
-            });
-        }
-        let lat = latent_hw(&self.cfg, &self.layout, [s[1], s[2], s[3]]).map_err(|e| match e {
-            NnError::BadInput { reason, .. } => NnError::BadInput {
-                shape: s.clone(),
-                reason,
-            },
-            e => e,
-        })?;
         if mode.batch_stats() && s[0] * lat[0] * lat[1] < 2 {
             return Err(NnError::BadInput {
                 shape: s,

@@ -146,6 +146,26 @@ pub fn check_input(x: &Tensor, cfg: &ArchConfig) -> Result<(), NnError> {
     Ok(())
 }
 
+/// Checks that `x` is a `[N, C, H, W]` batch, then runs a model's own check of one
+/// example's `[C, H, W]` (channels, sizes its strides allow): a failure of that check is
+/// reported against the whole batch shape.
+pub fn check_batch<T>(
+    x: &Tensor,
+    check_chw: impl FnOnce([i64; 3]) -> Result<T, NnError>,
+) -> Result<T, NnError> {
+    let s = x.size();
+    if s.len() != 4 {
+        return Err(NnError::BadInput {
+            shape: s,
+            reason: "expected [N, C, H, W]".into(),
+        });
+    }
+    check_chw([s[1], s[2], s[3]]).map_err(|e| match e {
+        NnError::BadInput { reason, .. } => NnError::BadInput { shape: s, reason },
+        e => e,
+    })
+}
+
 /// Width choices for named positions with the given full widths, per `cfg.space`. A
 /// compact model (`cfg.channels` set, e.g. an exported student) is a fixed architecture:
 /// its only choice at every position is its own width.

@@ -21,7 +21,7 @@ use crate::elastic::{
     reflection_pad,
 };
 use crate::error::NnError;
-use crate::generator::Generator;
+use crate::generator::{Generator, check_batch};
 use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 
 /// Full widths per elastic position, resolved from `ngf` or from explicit `channels`.
@@ -328,20 +328,7 @@ impl Generator for Pix2PixHd {
 
     fn forward(&self, x: &Tensor, sub: &SubnetConfig, _mode: Mode) -> Result<Tensor, NnError> {
         self.search_space().check(sub)?;
-        let s = x.size();
-        if s.len() != 4 {
-            return Err(NnError::BadInput {
-                shape: s,
-                reason: "expected [N, C, H, W]".into(),
-            });
-        }
-        check_input(&self.cfg, [s[1], s[2], s[3]]).map_err(|e| match e {
-            NnError::BadInput { reason, .. } => NnError::BadInput {
-                shape: s.clone(),
-                reason,
-            },
-            e => e,
-        })?;
+        check_batch(x, |chw| check_input(&self.cfg, chw))?;
         let a = split(&self.layout, sub);
         let act = |t: Tensor| instance_norm(&t).relu();
         let mut h = act(self.stem.forward(&reflection_pad(x, 3), a.stem));

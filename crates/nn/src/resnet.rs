@@ -497,21 +497,20 @@ impl Generator for ResnetGenerator {
     fn extract(&self, sub: &SubnetConfig) -> Result<Vec<(String, Tensor)>, NnError> {
         self.search_space().check(sub)?;
         let w = widths(sub, self.blocks.len());
+        // Indices of the official `nn.Sequential` (`model.N`); layers after the residual
+        // blocks shift by the number of blocks the sub-net keeps.
         let mut out = Vec::new();
-        push_named(
-            &mut out,
-            "model.1",
-            self.stem.extract(self.cfg.input_nc, w.stem),
-        );
-        push_named(&mut out, "model.2", self.stem_norm.extract(w.stem));
-        push_named(&mut out, "model.4", self.down[0].0.extract(w.stem, w.down1));
-        push_named(&mut out, "model.5", self.down[0].1.extract(w.down1));
-        push_named(
-            &mut out,
-            "model.7",
-            self.down[1].0.extract(w.down1, w.trunk),
-        );
-        push_named(&mut out, "model.8", self.down[1].1.extract(w.trunk));
+        let head = [
+            (1, self.stem.extract(self.cfg.input_nc, w.stem)),
+            (2, self.stem_norm.extract(w.stem)),
+            (4, self.down[0].0.extract(w.stem, w.down1)),
+            (5, self.down[0].1.extract(w.down1)),
+            (7, self.down[1].0.extract(w.down1, w.trunk)),
+            (8, self.down[1].1.extract(w.trunk)),
+        ];
+        for (i, items) in head {
+            push_named(&mut out, &format!("model.{i}"), items);
+        }
         let mut j = 0i64;
         for (i, (block, &inner)) in self.blocks.iter().zip(w.inner).enumerate() {
             if sub.block_present(i) {
@@ -519,31 +518,16 @@ impl Generator for ResnetGenerator {
                 j += 1;
             }
         }
-        push_named(
-            &mut out,
-            &format!("model.{}", 10 + j),
-            self.up[0].0.extract(w.trunk, w.up1),
-        );
-        push_named(
-            &mut out,
-            &format!("model.{}", 11 + j),
-            self.up[0].1.extract(w.up1),
-        );
-        push_named(
-            &mut out,
-            &format!("model.{}", 13 + j),
-            self.up[1].0.extract(w.up1, w.up2),
-        );
-        push_named(
-            &mut out,
-            &format!("model.{}", 14 + j),
-            self.up[1].1.extract(w.up2),
-        );
-        push_named(
-            &mut out,
-            &format!("model.{}", 17 + j),
-            self.last.extract(w.up2, self.cfg.output_nc),
-        );
+        let tail = [
+            (10, self.up[0].0.extract(w.trunk, w.up1)),
+            (11, self.up[0].1.extract(w.up1)),
+            (13, self.up[1].0.extract(w.up1, w.up2)),
+            (14, self.up[1].1.extract(w.up2)),
+            (17, self.last.extract(w.up2, self.cfg.output_nc)),
+        ];
+        for (i, items) in tail {
+            push_named(&mut out, &format!("model.{}", i + j), items);
+        }
         Ok(out)
     }
 
