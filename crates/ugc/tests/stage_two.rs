@@ -93,6 +93,62 @@ fn adf(over: Value, teachers: &Path, split: &Path) -> Result<tempfile::TempDir, 
     Ok(out)
 }
 
+/// The five inputs of `distill`.
+fn distill_inputs(
+    split: &Path,
+    teachers: &Path,
+    search: &Path,
+    supernet: &Path,
+    adf: &Path,
+) -> Vec<StageInput> {
+    vec![
+        input("split", split),
+        input("teachers", teachers),
+        input("search", search),
+        input("supernet", supernet),
+        input("adf", adf),
+    ]
+}
+
+/// Runs `synth` then `split` into two fresh directories.
+fn synth_and_split(synth: Value, split: Value) -> (tempfile::TempDir, tempfile::TempDir) {
+    let synth_dir = tempfile::tempdir().unwrap();
+    run(
+        &SynthStage::new(schema("synth")),
+        synth,
+        &[],
+        synth_dir.path(),
+    )
+    .unwrap();
+    let split_dir = tempfile::tempdir().unwrap();
+    run(
+        &SplitStage::new(schema("split")),
+        split,
+        &[input("synth", synth_dir.path())],
+        split_dir.path(),
+    )
+    .unwrap();
+    (synth_dir, split_dir)
+}
+
+/// A randomly initialised supernet of `a` with a PatchGAN of `ndf`, in the `supernet`
+/// stage's output format.
+fn random_supernet(a: &ArchConfig, ndf: i64) -> tempfile::TempDir {
+    let sup_dir = tempfile::tempdir().unwrap();
+    let sd = sup_dir.path().join("supernet");
+    std::fs::create_dir_all(&sd).unwrap();
+    let vs = VarStore::new(Device::Cpu);
+    let _g = ugc_nn::build_generator(&vs.root(), a).unwrap();
+    vs.save(sd.join("generator.safetensors")).unwrap();
+    std::fs::write(sd.join("arch.json"), serde_json::to_string(a).unwrap()).unwrap();
+    let dc = DiscConfig::patchgan(6, ndf);
+    let dvs = VarStore::new(Device::Cpu);
+    let _d = ugc_nn::build_discriminator(&dvs.root(), &dc).unwrap();
+    dvs.save(sd.join("discriminator.safetensors")).unwrap();
+    std::fs::write(sd.join("disc.json"), serde_json::to_string(&dc).unwrap()).unwrap();
+    sup_dir
+}
+
 fn json_of(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
@@ -124,35 +180,11 @@ fn fixture() -> Fixture {
 
 fn fixture_with(label_ratio: f64) -> Fixture {
     tch::manual_seed(0);
-    let synth_dir = tempfile::tempdir().unwrap();
-    run(
-        &SynthStage::new(schema("synth")),
+    let (synth_dir, split_dir) = synth_and_split(
         json!({"task": "edges2photo", "n": 24, "n_test": 4, "size": 32}),
-        &[],
-        synth_dir.path(),
-    )
-    .unwrap();
-    let split_dir = tempfile::tempdir().unwrap();
-    run(
-        &SplitStage::new(schema("split")),
         json!({"label_ratio": label_ratio, "holdout": 0.2}),
-        &[input("synth", synth_dir.path())],
-        split_dir.path(),
-    )
-    .unwrap();
-    let sup_dir = tempfile::tempdir().unwrap();
-    let sd = sup_dir.path().join("supernet");
-    std::fs::create_dir_all(&sd).unwrap();
-    let a = arch();
-    let vs = VarStore::new(Device::Cpu);
-    let _g = ugc_nn::build_generator(&vs.root(), &a).unwrap();
-    vs.save(sd.join("generator.safetensors")).unwrap();
-    std::fs::write(sd.join("arch.json"), serde_json::to_string(&a).unwrap()).unwrap();
-    let dc = DiscConfig::patchgan(6, 8);
-    let dvs = VarStore::new(Device::Cpu);
-    let _d = ugc_nn::build_discriminator(&dvs.root(), &dc).unwrap();
-    dvs.save(sd.join("discriminator.safetensors")).unwrap();
-    std::fs::write(sd.join("disc.json"), serde_json::to_string(&dc).unwrap()).unwrap();
+    );
+    let sup_dir = random_supernet(&arch(), 8);
     Fixture {
         split: split_dir.path().to_path_buf(),
         supernet: sup_dir.path().to_path_buf(),
@@ -363,13 +395,13 @@ fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
     search(&f, s_out.path(), 1);
     let t_out = teachers(json!({"strategy": "multi"}), s_out.path(), &f.supernet, &[]).unwrap();
     let a_out = adf(json!({"batch_size": 4}), t_out.path(), &f.split).unwrap();
-    let inputs = [
-        input("split", &f.split),
-        input("teachers", t_out.path()),
-        input("search", s_out.path()),
-        input("supernet", &f.supernet),
-        input("adf", a_out.path()),
-    ];
+    let inputs = distill_inputs(
+        &f.split,
+        t_out.path(),
+        s_out.path(),
+        &f.supernet,
+        a_out.path(),
+    );
     let params = json!({"steps": 4, "batch_size": 2, "unlabeled_batch_size": 2,
                         "adf_every": 2, "checkpoint_every": 0, "threads": 1, "seed": 3});
     let kind = DistillStage::new(schema("distill"));
@@ -480,38 +512,15 @@ fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
 #[ignore]
 fn quickstart_scale_timings() {
     use std::time::Instant;
-    let synth_dir = tempfile::tempdir().unwrap();
-    run(
-        &SynthStage::new(schema("synth")),
+    let (_synth_dir, split_dir) = synth_and_split(
         json!({"task": "labels2photo", "n": 160, "n_test": 40, "size": 32}),
-        &[],
-        synth_dir.path(),
-    )
-    .unwrap();
-    let split_dir = tempfile::tempdir().unwrap();
-    run(
-        &SplitStage::new(schema("split")),
         json!({"label_ratio": 0.25}),
-        &[input("synth", synth_dir.path())],
-        split_dir.path(),
-    )
-    .unwrap();
-    let sup_dir = tempfile::tempdir().unwrap();
-    let sd = sup_dir.path().join("supernet");
-    std::fs::create_dir_all(&sd).unwrap();
+    );
     let a = ArchConfig {
         ngf: 16,
         ..ArchConfig::new(Arch::MobileResnet)
     };
-    let vs = VarStore::new(Device::Cpu);
-    let _g = ugc_nn::build_generator(&vs.root(), &a).unwrap();
-    vs.save(sd.join("generator.safetensors")).unwrap();
-    std::fs::write(sd.join("arch.json"), serde_json::to_string(&a).unwrap()).unwrap();
-    let dc = DiscConfig::patchgan(6, 16);
-    let dvs = VarStore::new(Device::Cpu);
-    let _d = ugc_nn::build_discriminator(&dvs.root(), &dc).unwrap();
-    dvs.save(sd.join("discriminator.safetensors")).unwrap();
-    std::fs::write(sd.join("disc.json"), serde_json::to_string(&dc).unwrap()).unwrap();
+    let sup_dir = random_supernet(&a, 16);
     let (split, sup) = (split_dir.path(), sup_dir.path());
 
     let t = Instant::now();
@@ -543,13 +552,7 @@ fn quickstart_scale_timings() {
     run(
         &DistillStage::new(schema("distill")),
         json!({"steps": 50, "adf_every": 25, "torch_threads": 1}),
-        &[
-            input("split", split),
-            input("teachers", t_out.path()),
-            input("search", s_out.path()),
-            input("supernet", sup),
-            input("adf", a_out.path()),
-        ],
+        &distill_inputs(split, t_out.path(), s_out.path(), sup, a_out.path()),
         d_out.path(),
     )
     .unwrap();
@@ -615,13 +618,13 @@ fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
         &DistillStage::new(schema("distill")),
         json!({"steps": 2, "batch_size": 2, "unlabeled_batch_size": 2, "adf_every": 1,
                "threads": 1, "torch_threads": 1}),
-        &[
-            input("split", &f.split),
-            input("teachers", t_out.path()),
-            input("search", s_out.path()),
-            input("supernet", sup_out.path()),
-            input("adf", a_out.path()),
-        ],
+        &distill_inputs(
+            &f.split,
+            t_out.path(),
+            s_out.path(),
+            sup_out.path(),
+            a_out.path(),
+        ),
         d_out.path(),
     )
     .unwrap();
@@ -676,22 +679,10 @@ fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
 fn distill_lowers_the_student_holdout_l1() {
     use std::time::Instant;
     use ugc_method::supernet::SupernetStage;
-    let synth_dir = tempfile::tempdir().unwrap();
-    run(
-        &SynthStage::new(schema("synth")),
+    let (_synth_dir, split_dir) = synth_and_split(
         json!({"task": "edges2photo", "n": 120, "n_test": 20, "size": 32}),
-        &[],
-        synth_dir.path(),
-    )
-    .unwrap();
-    let split_dir = tempfile::tempdir().unwrap();
-    run(
-        &SplitStage::new(schema("split")),
         json!({"label_ratio": 0.25, "holdout": 0.15}),
-        &[input("synth", synth_dir.path())],
-        split_dir.path(),
-    )
-    .unwrap();
+    );
     let split = split_dir.path();
     let t = Instant::now();
     let sup_out = tempfile::tempdir().unwrap();
@@ -741,13 +732,13 @@ fn distill_lowers_the_student_holdout_l1() {
     run(
         &DistillStage::new(schema("distill")),
         json!({"steps": 150, "adf_every": 50, "threads": 1, "torch_threads": 1}),
-        &[
-            input("split", split),
-            input("teachers", t_out.path()),
-            input("search", s_out.path()),
-            input("supernet", sup_out.path()),
-            input("adf", a_out.path()),
-        ],
+        &distill_inputs(
+            split,
+            t_out.path(),
+            s_out.path(),
+            sup_out.path(),
+            a_out.path(),
+        ),
         d_out.path(),
     )
     .unwrap();
@@ -909,13 +900,13 @@ fn all_labeled_split_runs_adf_and_distill() {
         &DistillStage::new(schema("distill")),
         json!({"steps": 2, "batch_size": 2, "adf_every": 1, "checkpoint_every": 1,
                "threads": 1, "torch_threads": 1}),
-        &[
-            input("split", &f.split),
-            input("teachers", t_out.path()),
-            input("search", s_out.path()),
-            input("supernet", &f.supernet),
-            input("adf", a_out.path()),
-        ],
+        &distill_inputs(
+            &f.split,
+            t_out.path(),
+            s_out.path(),
+            &f.supernet,
+            a_out.path(),
+        ),
         d_out.path(),
     )
     .unwrap();
