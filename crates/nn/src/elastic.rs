@@ -380,6 +380,21 @@ impl ElasticBatchNorm2d {
     }
 }
 
+/// `nn.InstanceNorm2d(affine=False)` with its defaults: per-sample statistics, eps 1e-5, no
+/// parameters and no running statistics (pix2pixhd's norm, the separable conv's inner norm).
+pub fn instance_norm(x: &Tensor) -> Tensor {
+    x.instance_norm(
+        None::<&Tensor>,
+        None::<&Tensor>,
+        None::<&Tensor>,
+        None::<&Tensor>,
+        true,
+        0.1,
+        1e-5,
+        false,
+    )
+}
+
 /// `nn.InstanceNorm2d` (no running statistics), optionally affine.
 #[derive(Debug)]
 pub struct ElasticInstanceNorm2d {

@@ -17,8 +17,8 @@ use tch::{Tensor, nn};
 use crate::arch::{Arch, ArchConfig, NormKind};
 use crate::cost::{self, Cost};
 use crate::elastic::{
-    ConvOpts, ConvTransposeOpts, ElasticConv2d, ElasticConvTranspose2d, Mode, push_named,
-    reflection_pad,
+    ConvOpts, ConvTransposeOpts, ElasticConv2d, ElasticConvTranspose2d, Mode, instance_norm,
+    push_named, reflection_pad,
 };
 use crate::error::NnError;
 use crate::generator::{Generator, check_batch};
@@ -227,20 +227,6 @@ pub struct Pix2PixHd {
     blocks: Vec<ResBlock>,
     ups: Vec<ElasticConvTranspose2d>,
     last: ElasticConv2d,
-}
-
-/// `nn.InstanceNorm2d(affine=False)`: per-sample statistics, no tensors, no running stats.
-fn instance_norm(x: &Tensor) -> Tensor {
-    x.instance_norm(
-        None::<&Tensor>,
-        None::<&Tensor>,
-        None::<&Tensor>,
-        None::<&Tensor>,
-        true,
-        0.1,
-        1e-5,
-        false,
-    )
 }
 
 impl Pix2PixHd {

@@ -17,7 +17,7 @@ use crate::arch::{Arch, ArchConfig, NormKind};
 use crate::cost::{self, Cost};
 use crate::elastic::{
     ConvOpts, ConvTransposeOpts, ElasticBatchNorm2d, ElasticConv2d, ElasticConvTranspose2d, Mode,
-    Norm2d, conv_bias_for, push_named, reflection_pad,
+    Norm2d, conv_bias_for, instance_norm, push_named, reflection_pad,
 };
 use crate::error::NnError;
 use crate::generator::{Generator, block_choices, check_input, full_widths, width_choices};
@@ -166,21 +166,6 @@ enum Block {
     },
 }
 
-/// The separable conv's internal norm: `SeparableConv2d` always uses its default
-/// `InstanceNorm2d` (affine off), whatever `--norm` says.
-fn sep_inner_norm(x: &Tensor) -> Tensor {
-    x.instance_norm(
-        None::<&Tensor>,
-        None::<&Tensor>,
-        None::<&Tensor>,
-        None::<&Tensor>,
-        true,
-        0.1,
-        1e-5,
-        false,
-    )
-}
-
 impl Block {
     fn new(p: &nn::Path, cfg: &ArchConfig, trunk: i64, inner: i64) -> Self {
         let bias = conv_bias_for(cfg.norm);
@@ -247,10 +232,7 @@ impl Block {
             } => {
                 let sep = |dw: &ElasticConv2d, pw: &ElasticConv2d, x: &Tensor, c_out: i64| {
                     let c = x.size()[1];
-                    pw.forward(
-                        &sep_inner_norm(&dw.forward(&reflection_pad(x, 1), c)),
-                        c_out,
-                    )
+                    pw.forward(&instance_norm(&dw.forward(&reflection_pad(x, 1), c)), c_out)
                 };
                 let h = norm1.forward(&sep(dw1, pw1, x, inner), mode).relu();
                 let h = if dropout {
