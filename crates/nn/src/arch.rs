@@ -80,6 +80,22 @@ pub enum NormKind {
     SpectralBatch,
 }
 
+impl NormKind {
+    /// The pix2pix models (`--norm`) take only instance, batch or none; `model` names the
+    /// network in the error.
+    pub fn require_pix2pix(self, model: &str) -> Result<(), NnError> {
+        if matches!(self, NormKind::Instance | NormKind::Batch | NormKind::None) {
+            Ok(())
+        } else {
+            Err(NnError::config(
+                "norm",
+                format!("{self:?}"),
+                format!("{model} takes instance, batch or none"),
+            ))
+        }
+    }
+}
+
 /// Upsampling schedule of GauGAN (`--num_upsampling_layers` in SPADE).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -261,6 +277,19 @@ impl ArchConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pix2pix_models_refuse_spectral_norms_by_name() {
+        assert!(NormKind::Batch.require_pix2pix("UNet").is_ok());
+        let e = NormKind::SpectralInstance
+            .require_pix2pix("UNet")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("norm = SpectralInstance") && e.contains("UNet takes instance"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn arch_names_round_trip() {

@@ -36,16 +36,7 @@ impl PatchGan {
                 "not patchgan",
             ));
         }
-        if !matches!(
-            cfg.norm,
-            NormKind::Instance | NormKind::Batch | NormKind::None
-        ) {
-            return Err(NnError::config(
-                "norm",
-                format!("{:?}", cfg.norm),
-                "PatchGAN takes instance, batch or none",
-            ));
-        }
+        cfg.norm.require_pix2pix("PatchGAN")?;
         let bias = conv_bias_for(cfg.norm);
         let m = p / "model";
         let mut layers = vec![Layer {

@@ -38,16 +38,7 @@ fn check_cfg(cfg: &ArchConfig) -> Result<Vec<i64>, NnError> {
     if !matches!(cfg.arch, Arch::Pix2PixResnet | Arch::MobileResnet) {
         return Err(NnError::config("arch", cfg.arch, "not a ResNet family"));
     }
-    if !matches!(
-        cfg.norm,
-        NormKind::Instance | NormKind::Batch | NormKind::None
-    ) {
-        return Err(NnError::config(
-            "norm",
-            format!("{:?}", cfg.norm),
-            "ResNet generators take instance, batch or none",
-        ));
-    }
+    cfg.norm.require_pix2pix("a ResNet generator")?;
     full_widths(cfg, derived_widths(cfg.ngf, cfg.n_blocks))
 }
 

@@ -42,16 +42,7 @@ fn check_cfg(cfg: &ArchConfig) -> Result<Vec<i64>, NnError> {
             "the official UnetGenerator needs 5..=12 levels (8 for 256x256 inputs)",
         ));
     }
-    if !matches!(
-        cfg.norm,
-        NormKind::Instance | NormKind::Batch | NormKind::None
-    ) {
-        return Err(NnError::config(
-            "norm",
-            format!("{:?}", cfg.norm),
-            "UNet takes instance, batch or none",
-        ));
-    }
+    cfg.norm.require_pix2pix("UNet")?;
     full_widths(cfg, derived_widths(cfg.ngf, cfg.num_downs))
 }
 
