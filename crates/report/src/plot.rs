@@ -12,9 +12,9 @@ use crate::tables::Series;
 /// Pixel size of both renderings.
 pub const PLOT_SIZE: (u32, u32) = (900, 600);
 
-/// Curve colours (the "tab10" cycle): distinct on white, unlike plotters' palette whose
-/// third colour is a pale yellow.
-const SERIES_COLORS: [RGBColor; 8] = [
+/// Curve colours (matplotlib's "tab10" cycle): distinct on white, unlike plotters' palette
+/// whose third colour is a pale yellow.
+const SERIES_COLORS: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
     RGBColor(255, 127, 14),
     RGBColor(44, 160, 44),
@@ -23,7 +23,30 @@ const SERIES_COLORS: [RGBColor; 8] = [
     RGBColor(140, 86, 75),
     RGBColor(227, 119, 194),
     RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
 ];
+
+/// Point marker of a curve. After the ten colours the marker changes, so that an ablation
+/// matrix with more curves than colours (3 label ratios x 3 models + the original) never
+/// draws two curves alike.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Marker {
+    Circle,
+    Triangle,
+    Square,
+}
+
+/// Colour and marker of the `i`-th curve: unique for the first 30 curves.
+fn series_style(i: usize) -> (RGBColor, Marker) {
+    let n = SERIES_COLORS.len();
+    let marker = match (i / n) % 3 {
+        0 => Marker::Circle,
+        1 => Marker::Triangle,
+        _ => Marker::Square,
+    };
+    (SERIES_COLORS[i % n], marker)
+}
 
 /// Text of the axes and title.
 pub struct PlotLabels<'a> {
@@ -85,17 +108,37 @@ fn draw<DB: DrawingBackend>(
         .map_err(|e| e.to_string())?;
 
     for (i, s) in series.iter().enumerate() {
-        let color = SERIES_COLORS[i % SERIES_COLORS.len()].to_rgba();
+        let (rgb, marker) = series_style(i);
+        let color = rgb.to_rgba();
         let style = ShapeStyle::from(color).stroke_width(3);
         let xy: Vec<(f64, f64)> = s.points.iter().map(|&(x, y, _)| (x, y)).collect();
-        chart
+        let line = chart
             .draw_series(LineSeries::new(xy.clone(), style))
-            .map_err(|e| e.to_string())?
-            .label(s.name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 24, y)], style));
-        chart
-            .draw_series(xy.iter().map(|&p| Circle::new(p, 6, color.filled())))
             .map_err(|e| e.to_string())?;
+        line.label(s.name.as_str());
+        // The legend shows the curve's line with its marker on it.
+        let legend_line = move |(x, y): (i32, i32)| {
+            EmptyElement::at((x, y)) + PathElement::new(vec![(0, 0), (24, 0)], style)
+        };
+        let filled = color.filled();
+        match marker {
+            Marker::Circle => {
+                line.legend(move |p| legend_line(p) + Circle::new((12, 0), 5, filled));
+                chart.draw_series(xy.iter().map(|&p| Circle::new(p, 6, filled)))
+            }
+            Marker::Triangle => {
+                line.legend(move |p| legend_line(p) + TriangleMarker::new((12, 0), 7, filled));
+                chart.draw_series(xy.iter().map(|&p| TriangleMarker::new(p, 8, filled)))
+            }
+            Marker::Square => {
+                let sq = move |c: (i32, i32)| {
+                    Rectangle::new([(c.0 - 5, c.1 - 5), (c.0 + 5, c.1 + 5)], filled)
+                };
+                line.legend(move |p| legend_line(p) + sq((12, 0)));
+                chart.draw_series(xy.iter().map(|&p| EmptyElement::at(p) + sq((0, 0))))
+            }
+        }
+        .map_err(|e| e.to_string())?;
         // Error bars (± std over seeds) where there is spread.
         chart
             .draw_series(s.points.iter().filter(|p| p.2 > 0.0).map(|&(x, y, sd)| {
@@ -150,4 +193,20 @@ pub fn save_rgb(path: &Path, w: u32, h: u32, buf: Vec<u8>) -> Result<(), ReportE
         what: path.display().to_string(),
         msg: e.to_string(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thirty_curves_get_thirty_distinct_styles() {
+        let mut seen = Vec::new();
+        for i in 0..30 {
+            let (c, m) = series_style(i);
+            let style = ((c.0, c.1, c.2), m);
+            assert!(!seen.contains(&style), "curve {i} repeats {style:?}");
+            seen.push(style);
+        }
+    }
 }
