@@ -464,3 +464,27 @@ stages:
     assert_eq!(summary(&o)["executed"], 0);
     assert_eq!((p.count("counts/s"), p.count("counts/t")), (2, 2));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let p = Project::new();
+    chain(&p, "one");
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    // The reader is gone before the verb prints (`ugc-pipe runs | head -0`).
+    for args in [
+        &["runs"][..],
+        &["status", "pipe.yaml"],
+        &["dag", "pipe.yaml"],
+    ] {
+        let mut child = p.spawn(args);
+        drop(child.stdout.take());
+        let o = child.wait_with_output().unwrap();
+        let err = stderr(&o);
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+        assert!(
+            o.status.success() || o.status.code().is_none(),
+            "{args:?}: {:?} {err}",
+            o.status
+        );
+    }
+}

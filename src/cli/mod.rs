@@ -290,10 +290,23 @@ pub enum DagFormat {
     Mermaid,
 }
 
+/// Restores the default action of SIGPIPE (Rust ignores it, so that `println!` to a closed
+/// pipe panics): `ugc-pipe runs | head` then ends quietly, as Unix tools do. A stage
+/// process (`ugc-pipe-worker exec`) must not call this: it keeps running and commits even
+/// when the scheduler that reads its events has gone.
+pub fn exit_quietly_when_stdout_closes() {
+    #[cfg(unix)]
+    // SAFETY: called once at start-up, before any thread exists; SIG_DFL is always valid.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 /// Parses the command line, runs the verb, returns the process exit code. Verbs that
 /// need libtorch (exec, profile, infer, import, export, metrics, synth) are handed to
 /// `ugc-pipe-worker` after their arguments are checked here.
 pub fn main() -> i32 {
+    exit_quietly_when_stdout_closes();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -23,6 +23,8 @@ fn main() {
     };
     if matches!(cli.command, Verb::Exec { .. }) {
         exec::init_exec_logging(cli.verbose);
+    } else {
+        ugc_pipe::cli::exit_quietly_when_stdout_closes();
     }
     let result = match cli.command {
         Verb::Exec {
