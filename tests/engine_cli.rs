@@ -488,3 +488,32 @@ fn output_into_a_closed_pipe_ends_quietly() {
         );
     }
 }
+
+#[test]
+fn cache_verbs_refuse_a_cache_dir_that_does_not_exist_and_an_unknown_run() {
+    let p = Project::new();
+    for verb in ["runs", "gc", "verify", "unlock"] {
+        let o = p.run(&[verb, "--cache-dir", "no-such-cache"]);
+        assert_eq!(o.status.code(), Some(2), "{verb}: {}", stderr(&o));
+        assert!(
+            stderr(&o).contains("no cache at no-such-cache"),
+            "{verb}: {}",
+            stderr(&o)
+        );
+        assert!(
+            !p.path("no-such-cache").exists(),
+            "{verb} created the cache"
+        );
+    }
+    chain(&p, "one");
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    let o = p.run(&["runs", "--run", "1"]);
+    assert!(
+        o.status.success() && stdout(&o).contains("executed"),
+        "{}",
+        stderr(&o)
+    );
+    let o = p.run(&["runs", "--run", "42"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(stderr(&o).contains("no run 42"), "{}", stderr(&o));
+}

@@ -12,6 +12,18 @@ pub fn open_cache(dir: &Path) -> Result<Cache, CliError> {
     Cache::open(dir).map_err(|e| CliError::failed(format!("cache {}: {e}", dir.display())))
 }
 
+/// For the verbs that only read or tidy a cache: a `--cache-dir` that does not exist is a
+/// typo or the wrong directory, not an empty cache to create.
+fn open_existing_cache(dir: &Path) -> Result<Cache, CliError> {
+    if !dir.is_dir() {
+        return Err(CliError::usage(format!(
+            "no cache at {}: nothing has run with this --cache-dir (or UGC_PIPE_CACHE)",
+            dir.display()
+        )));
+    }
+    open_cache(dir)
+}
+
 pub fn open_registry(cache: &Cache) -> Result<Registry, CliError> {
     Registry::open(&cache.root().join("registry.sqlite"))
         .map_err(|e| CliError::failed(format!("run registry: {e}")))
@@ -42,10 +54,16 @@ fn mib(b: Option<u64>) -> String {
 }
 
 pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> CliResult {
-    let cache = open_cache(cache_dir)?;
+    let cache = open_existing_cache(cache_dir)?;
     let registry = open_registry(&cache)?;
     if let Some(run_id) = run {
         let rows = registry.executions(run_id).map_err(CliError::failed)?;
+        if rows.is_empty() && !registry.has_run(run_id).map_err(CliError::failed)? {
+            return Err(CliError::usage(format!(
+                "no run {run_id} in {} (`ugc-pipe runs` lists them)",
+                cache_dir.display()
+            )));
+        }
         if json {
             println!(
                 "{}",
@@ -102,7 +120,7 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
 }
 
 pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
-    let cache = open_cache(cache_dir)?;
+    let cache = open_existing_cache(cache_dir)?;
     let report = cache.gc(None).map_err(CliError::failed)?;
     print_json_or(json, &report, || {
         println!(
@@ -120,7 +138,7 @@ pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
 }
 
 pub fn unlock(cache_dir: &Path) -> CliResult {
-    let cache = open_cache(cache_dir)?;
+    let cache = open_existing_cache(cache_dir)?;
     let removed = remove_stale(cache.root()).map_err(CliError::failed)?;
     for l in &removed {
         println!("removed stale lock {} ({})", l.key, describe_owner(l));
@@ -143,7 +161,7 @@ fn describe_owner(l: &ugc_engine::lock::LockInfo) -> String {
 }
 
 pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
-    let cache = open_cache(cache_dir)?;
+    let cache = open_existing_cache(cache_dir)?;
     let report = cache.verify().map_err(CliError::failed)?;
     let damaged = !(report.corrupt.is_empty()
         && report.missing.is_empty()

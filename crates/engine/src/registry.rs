@@ -410,6 +410,17 @@ impl Registry {
         rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
     }
 
+    /// Whether run `run_id` was ever recorded (`runs --run N` names a missing one).
+    pub fn has_run(&self, run_id: i64) -> Result<bool, RegistryError> {
+        self.conn()
+            .query_row("SELECT 1 FROM runs WHERE id = ?1", params![run_id], |_| {
+                Ok(())
+            })
+            .optional()
+            .map(|r| r.is_some())
+            .map_err(|e| self.db(e))
+    }
+
     /// The executions of a run, in the order they were recorded.
     pub fn executions(&self, run_id: i64) -> Result<Vec<ExecutionRow>, RegistryError> {
         let conn = self.conn();
