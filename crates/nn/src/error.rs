@@ -53,6 +53,9 @@ pub enum NnError {
     },
     #[error("image error on {path}: {reason}")]
     Image { path: PathBuf, reason: String },
+    /// A weights file that cannot be read as safetensors.
+    #[error("weights file {path}: {reason}")]
+    Weights { path: PathBuf, reason: String },
 }
 
 impl NnError {

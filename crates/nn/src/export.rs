@@ -104,7 +104,7 @@ pub fn expected_tensors(cfg: &ArchConfig) -> Result<BTreeMap<String, Vec<i64>>, 
 pub fn file_tensors(file: &Path) -> Result<BTreeMap<String, Vec<i64>>, NnError> {
     let bytes = std::fs::read(file).map_err(io_err(file))?;
     let (_, meta) =
-        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NnError::Image {
+        safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NnError::Weights {
             path: file.to_path_buf(),
             reason: format!("not a safetensors file: {e}"),
         })?;
@@ -236,4 +236,23 @@ pub fn load_model(dir: &Path, device: Device) -> Result<(ModelMeta, LoadedModel)
     let meta = read_meta(dir)?;
     let model = load_weights(&meta.arch, &dir.join(WEIGHTS_FILE), device)?;
     Ok((meta, model))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_file_that_is_not_safetensors_is_a_weights_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("g.safetensors");
+        std::fs::write(&f, b"garbage").unwrap();
+        let e = file_tensors(&f).unwrap_err();
+        assert!(matches!(e, NnError::Weights { .. }), "{e:?}");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("weights file {}", f.display())),
+            "{msg}"
+        );
+    }
 }
