@@ -117,6 +117,7 @@ pub enum Verb {
     Status {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -124,6 +125,7 @@ pub enum Verb {
     Dag {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Graphviz `dot` or a `mermaid` flowchart.
         #[arg(long, value_enum, default_value = "dot")]
         format: DagFormat,
     },
@@ -138,37 +140,46 @@ pub enum Verb {
     Show {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Recent runs from the run registry.
     Runs {
+        /// Cache root (env UGC_PIPE_CACHE).
         #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
         cache_dir: PathBuf,
+        /// How many of the latest runs to list.
         #[arg(long, default_value_t = 20)]
         limit: usize,
         /// Show the stage executions of this run id.
         #[arg(long)]
         run: Option<i64>,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Remove unreferenced objects, orphan views and stale temporary directories.
     Gc {
+        /// Cache root (env UGC_PIPE_CACHE).
         #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
         cache_dir: PathBuf,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Remove locks left by dead processes.
     Unlock {
+        /// Cache root (env UGC_PIPE_CACHE).
         #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
         cache_dir: PathBuf,
     },
     /// Re-hash every object; corrupt ones are removed so their stages re-run.
     Verify {
+        /// Cache root (env UGC_PIPE_CACHE).
         #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
         cache_dir: PathBuf,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -179,6 +190,7 @@ pub enum Verb {
         /// Input shape CxHxW, e.g. 3x256x256 (C sets the input channels).
         #[arg(long)]
         input: String,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -189,15 +201,19 @@ pub enum Verb {
         /// Weights: a safetensors file with the architecture's names, or an exported model folder.
         #[arg(long)]
         weights: PathBuf,
+        /// Input image.
         #[arg(long)]
         input: PathBuf,
+        /// Where to write the generated image (PNG).
         #[arg(long)]
         output: PathBuf,
         /// Resize the input to this square size first (official test: 256).
         #[arg(long)]
         load_size: Option<u32>,
+        /// Where to run: CUDA when a GPU is visible (auto), or cpu / cuda.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -206,10 +222,13 @@ pub enum Verb {
     Import {
         #[command(flatten)]
         arch: args::ArchArgs,
+        /// The checkpoint, converted to safetensors with its official tensor names.
         #[arg(long)]
         weights: PathBuf,
+        /// Write a model folder (model.safetensors + model.json) here when the check passes.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -217,10 +236,13 @@ pub enum Verb {
     Export {
         #[command(flatten)]
         arch: args::ArchArgs,
+        /// Supernet (or full-model) weights as safetensors with the architecture's names.
         #[arg(long)]
         weights: PathBuf,
+        /// Output model folder (model.safetensors + model.json).
         #[arg(long)]
         out: PathBuf,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -231,6 +253,7 @@ pub enum Verb {
     },
     /// Write a built-in synthetic dataset (no download).
     Synth {
+        /// labels2photo (Cityscapes-like label maps) or edges2photo (edges2shoes-like).
         #[arg(long, value_parser = ["labels2photo", "edges2photo"])]
         task: String,
         /// Number of training images.
@@ -239,10 +262,13 @@ pub enum Verb {
         /// Image side in pixels.
         #[arg(long, default_value_t = 64)]
         size: u32,
+        /// Output dataset directory.
         #[arg(long)]
         out: PathBuf,
+        /// Generator seed: the same seed writes the same images.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
@@ -265,20 +291,25 @@ pub enum MetricsVerb {
     Frechet {
         a: PathBuf,
         b: PathBuf,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Mean IoU of label PNGs in --pred against --gt (matching file names), as a fraction.
     Miou {
+        /// Directory of predicted label PNGs.
         #[arg(long)]
         pred: PathBuf,
+        /// Directory of ground-truth label PNGs with the same file names.
         #[arg(long)]
         gt: PathBuf,
+        /// Number of classes (label ids 0..N-1).
         #[arg(long)]
         num_classes: usize,
         /// Label id excluded from the confusion matrix (e.g. 255).
         #[arg(long)]
         ignore: Option<u32>,
+        /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
