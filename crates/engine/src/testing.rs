@@ -76,3 +76,66 @@ pub fn run_stage(
     };
     kind.run(&ctx)
 }
+
+/// Every file under `dir` (recursively) by its path relative to `dir`, with its bytes: what
+/// a stage committed, for "resumed / relocated runs commit the same bytes" checks.
+///
+/// # Panics
+/// If `dir` cannot be read (a test bug).
+pub fn read_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
+        let rd = std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display()));
+        for entry in rd {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(base, &path, out);
+            } else {
+                let rel = path.strip_prefix(base).expect("under base");
+                let bytes =
+                    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                out.insert(rel.to_string_lossy().into_owned(), bytes);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk(dir, dir, &mut out);
+    out
+}
+
+/// Asserts that `a` and `b` hold the same files with the same bytes, naming the first
+/// file that is missing or differs.
+///
+/// # Panics
+/// On any difference.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let (ta, tb) = (read_tree(a), read_tree(b));
+    let names = |t: &BTreeMap<String, Vec<u8>>| t.keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        names(&ta),
+        names(&tb),
+        "the two outputs hold different files"
+    );
+    for (name, bytes) in &ta {
+        assert!(
+            *bytes == tb[name],
+            "{name} differs between {} and {}",
+            a.display(),
+            b.display()
+        );
+    }
+}
+
+/// Copies every file under `from` into `to` (created as needed): a stage output moved
+/// elsewhere, as when a cache is relocated.
+///
+/// # Panics
+/// If a file cannot be read or written (a test bug).
+pub fn copy_tree(from: &Path, to: &Path) {
+    for (rel, bytes) in read_tree(from) {
+        let dst = to.join(rel);
+        if let Some(parent) = dst.parent() {
+            std::fs::create_dir_all(parent).unwrap_or_else(|e| panic!("{}: {e}", parent.display()));
+        }
+        std::fs::write(&dst, bytes).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
+    }
+}
