@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::classes::ClassTable;
-use crate::error::{DataError, Result};
+use crate::error::{DataError, FileProblem, Result};
 use crate::image_io::list_images;
 
 /// On-disk layout of a paired dataset.
@@ -93,6 +93,13 @@ pub struct DatasetIndex {
     pub train: Vec<Sample>,
     pub test: Vec<Sample>,
     pub extra: Vec<ExtraInput>,
+    /// Files the readers found but could not use (a Cityscapes photo without its label
+    /// map): refused, or skipped under `skip_bad`, like files that fail validation.
+    pub problems: Vec<FileProblem>,
+    /// Where the dataset lies (`dataset.root`) and the extra inputs' folder: the manifest
+    /// names skipped files relative to these, so it does not depend on the location.
+    pub root: PathBuf,
+    pub extra_root: Option<PathBuf>,
 }
 
 /// Describes a dataset folder written by `synth` (and optionally by users), so a split can
@@ -139,10 +146,29 @@ fn require_dir(path: &Path, param: &str) -> Result<()> {
     }
 }
 
+const ALIGNED_LAYOUT: &str = "<root>/<split>/*.png (or .jpg), each image input|target side by side";
+const CITYSCAPES_LAYOUT: &str = "<root>/leftImg8bit/<split>/<city>/*_leftImg8bit.png with \
+     <root>/gtFine/<split>/<city>/*_gtFine_labelIds.png beside them";
+
+/// The split folder `folder` (relative to `root`) must exist; a missing one is named as a
+/// folder of the dataset root (the root itself was found), with the expected layout.
+fn require_split_dir(root: &Path, folder: &Path, layout: &'static str) -> Result<PathBuf> {
+    require_dir(root, "dataset.root")?;
+    let dir = root.join(folder);
+    if dir.is_dir() {
+        Ok(dir)
+    } else {
+        Err(DataError::MissingSplit {
+            root: root.to_path_buf(),
+            folder: folder.to_path_buf(),
+            layout,
+        })
+    }
+}
+
 /// Lists the images of one split of an aligned dataset (`root/<split>/*`).
 pub fn read_aligned_split(root: &Path, split: &str) -> Result<Vec<Sample>> {
-    let dir = root.join(split);
-    require_dir(&dir, "dataset.root")?;
+    let dir = require_split_dir(root, Path::new(split), ALIGNED_LAYOUT)?;
     let files = list_images(&dir, false)?;
     if files.is_empty() {
         return Err(DataError::Empty {
@@ -161,13 +187,18 @@ pub fn read_aligned_split(root: &Path, split: &str) -> Result<Vec<Sample>> {
 
 const LEFT_SUFFIX: &str = "_leftImg8bit";
 
-/// Lists one split of a Cityscapes-layout dataset. A photo without its `labelIds` map is an
-/// error (it names the expected file); instance and colour maps are optional.
-pub fn read_cityscapes_split(root: &Path, split: &str) -> Result<Vec<Sample>> {
-    let img_dir = root.join("leftImg8bit").join(split);
-    require_dir(&img_dir, "dataset.root")?;
-    let gt_dir = root.join("gtFine").join(split);
+/// Lists one split of a Cityscapes-layout dataset, and the photos without their `labelIds`
+/// map as problems naming the expected file (refused, or skipped under `skip_bad`, by the
+/// split like any bad file); instance and colour maps are optional.
+pub fn read_cityscapes_split(root: &Path, split: &str) -> Result<(Vec<Sample>, Vec<FileProblem>)> {
+    let img_dir = require_split_dir(
+        root,
+        &Path::new("leftImg8bit").join(split),
+        CITYSCAPES_LAYOUT,
+    )?;
+    let gt_dir = require_split_dir(root, &Path::new("gtFine").join(split), CITYSCAPES_LAYOUT)?;
     let mut out = Vec::new();
+    let mut problems = Vec::new();
     for photo in list_images(&img_dir, true)? {
         let stem = photo
             .file_stem()
@@ -187,10 +218,11 @@ pub fn read_cityscapes_split(root: &Path, split: &str) -> Result<Vec<Sample>> {
         };
         let label_ids = gt("labelIds");
         if !label_ids.is_file() {
-            return Err(DataError::bad(
-                &photo,
-                format!("no label map: expected {}", label_ids.display()),
-            ));
+            problems.push(FileProblem {
+                reason: format!("no label map: expected {}", label_ids.display()),
+                path: photo,
+            });
+            continue;
         }
         let opt = |p: PathBuf| p.is_file().then_some(p);
         out.push(Sample {
@@ -203,13 +235,17 @@ pub fn read_cityscapes_split(root: &Path, split: &str) -> Result<Vec<Sample>> {
             },
         });
     }
+    if out.is_empty() && !problems.is_empty() {
+        // Not one usable photo: skipping them all would only fail later, less clearly.
+        return Err(DataError::BadFiles(problems));
+    }
     if out.is_empty() {
         return Err(DataError::Empty {
             what: format!("cityscapes split `{split}` (*{LEFT_SUFFIX}.png)"),
             path: img_dir,
         });
     }
-    Ok(out)
+    Ok((out, problems))
 }
 
 /// Lists a plain folder of extra inputs. For aligned datasets every image is an input; for
@@ -264,17 +300,22 @@ pub struct DatasetSpec {
 /// else the Cityscapes table for the Cityscapes layout).
 pub fn read_dataset(spec: &DatasetSpec) -> Result<DatasetIndex> {
     require_dir(&spec.root, "dataset.root")?;
+    let mut problems = Vec::new();
     let (train, test, classes) = match spec.format {
         Format::Aligned => (
             read_aligned_split(&spec.root, &spec.train_split)?,
             read_aligned_split(&spec.root, &spec.test_split)?,
             ClassTable::load_from_root(&spec.root)?,
         ),
-        Format::Cityscapes => (
-            read_cityscapes_split(&spec.root, &spec.train_split)?,
-            read_cityscapes_split(&spec.root, &spec.test_split)?,
-            Some(ClassTable::load_from_root(&spec.root)?.unwrap_or_else(ClassTable::cityscapes)),
-        ),
+        Format::Cityscapes => {
+            let (train, p_train) = read_cityscapes_split(&spec.root, &spec.train_split)?;
+            let (test, p_test) = read_cityscapes_split(&spec.root, &spec.test_split)?;
+            problems.extend(p_train);
+            problems.extend(p_test);
+            let classes =
+                ClassTable::load_from_root(&spec.root)?.unwrap_or_else(ClassTable::cityscapes);
+            (train, test, Some(classes))
+        }
     };
     let extra = match &spec.extra_unlabeled {
         Some(d) => read_folder(d, spec.format, "dataset.extra_unlabeled")?,
@@ -287,5 +328,8 @@ pub fn read_dataset(spec: &DatasetSpec) -> Result<DatasetIndex> {
         train,
         test,
         extra,
+        problems,
+        root: spec.root.clone(),
+        extra_root: spec.extra_unlabeled.clone(),
     })
 }

@@ -34,8 +34,20 @@ pub enum DataError {
     BadFiles(Vec<FileProblem>),
     #[error("parameter `{param}`: {reason}")]
     Param { param: String, reason: String },
-    #[error("dataset root {} does not exist (parameter `{param}`)", path.display())]
+    #[error("folder {} (parameter `{param}`) does not exist", path.display())]
     MissingRoot { param: String, path: PathBuf },
+    /// The dataset root exists but lacks a split folder (`train/`, `val/`, ...).
+    #[error(
+        "dataset root {} has no split folder `{}/` (split names: `dataset.train_split`, \
+         `dataset.test_split`, default train and val); expected layout: {layout}",
+        root.display(),
+        folder.display()
+    )]
+    MissingSplit {
+        root: PathBuf,
+        folder: PathBuf,
+        layout: &'static str,
+    },
     #[error("{what}: no usable images under {}", path.display())]
     Empty { what: String, path: PathBuf },
     #[error("manifest {}: {reason}", path.display())]
@@ -80,9 +92,10 @@ impl From<DataError> for StageError {
     fn from(e: DataError) -> Self {
         match e {
             DataError::Io { path, source } => StageError::io(path.display().to_string(), source),
-            DataError::Param { .. } | DataError::MissingRoot { .. } | DataError::Empty { .. } => {
-                StageError::Config(e.to_string())
-            }
+            DataError::Param { .. }
+            | DataError::MissingRoot { .. }
+            | DataError::MissingSplit { .. }
+            | DataError::Empty { .. } => StageError::Config(e.to_string()),
             DataError::BadFile(_) | DataError::BadFiles(_) | DataError::Manifest { .. } => {
                 StageError::Data(e.to_string())
             }

@@ -453,7 +453,7 @@ impl WorkerCtx {
                 return Err(DataError::bad(
                     self.root.join("manifest.json"),
                     format!(
-                        "example `{}` has shape {:?} but the batch has {:?}; set load_size/crop_size to batch images of different sizes",
+                        "example `{}` has shape {:?} but the batch has {:?}: images batched together need one size; set the stage parameter `image_size` (resize, optionally with `crop`) where the stage has it, or give the dataset images of one size",
                         item.id,
                         &shape[1..],
                         &b.shape[1..]

@@ -153,7 +153,62 @@ pub struct SplitManifest {
     pub(crate) test: Vec<LabeledPair>,
     pub files: Vec<FileEntry>,
     /// Files refused by validation and skipped because of `skip_bad: true`.
-    pub skipped: Vec<FileProblem>,
+    pub skipped: Vec<SkippedFile>,
+}
+
+/// A file skipped under `skip_bad`, named relative to the folder it was found in, so the
+/// manifest (and every key downstream) does not depend on where the dataset, or the
+/// `synth` output in the cache, lies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedFile {
+    /// The parameter naming that folder: `dataset.root` or `dataset.extra_unlabeled`.
+    #[serde(default = "root_param")]
+    pub folder: String,
+    pub path: PathBuf,
+    /// Paths inside the reason are relative to the same folder.
+    pub reason: String,
+}
+
+fn root_param() -> String {
+    ROOT_PARAM.into()
+}
+
+const ROOT_PARAM: &str = "dataset.root";
+const EXTRA_PARAM: &str = "dataset.extra_unlabeled";
+
+impl SkippedFile {
+    /// `p` relative to the extra-inputs folder when it lies there, else to the dataset root
+    /// (a path under neither is kept as it is).
+    pub fn new(p: &FileProblem, root: &Path, extra: Option<&Path>) -> Self {
+        // The extra folder may lie inside the root: the deeper base wins.
+        let (folder, base) = match extra {
+            Some(e) if p.path.starts_with(e) => (EXTRA_PARAM, e),
+            _ => (ROOT_PARAM, root),
+        };
+        let prefix = format!("{}/", base.display());
+        SkippedFile {
+            folder: folder.into(),
+            path: p.path.strip_prefix(base).unwrap_or(&p.path).to_path_buf(),
+            reason: p.reason.replace(&prefix, ""),
+        }
+    }
+}
+
+impl std::fmt::Display for SkippedFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.folder == ROOT_PARAM {
+            write!(f, "{}: {}", self.path.display(), self.reason)
+        } else {
+            write!(
+                f,
+                "{} (in `{}`): {}",
+                self.path.display(),
+                self.folder,
+                self.reason
+            )
+        }
+    }
 }
 
 impl SplitManifest {

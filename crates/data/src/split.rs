@@ -19,8 +19,8 @@ use crate::dataset::{DatasetIndex, Direction, ExtraInput, Half, Sample, SampleFi
 use crate::error::{DataError, FileProblem, Result};
 use crate::image_io::{decode_rgb, digest, png_rgb, read, write};
 use crate::manifest::{
-    Counts, FileEntry, InputRef, LabeledPair, Role, SCHEMA_VERSION, SplitManifest, TargetRef,
-    UnlabeledInput, UnlabeledRef,
+    Counts, FileEntry, InputRef, LabeledPair, Role, SCHEMA_VERSION, SkippedFile, SplitManifest,
+    TargetRef, UnlabeledInput, UnlabeledRef,
 };
 use crate::validate::{par_map, validate_extra, validate_sample};
 
@@ -314,7 +314,9 @@ pub fn split_dataset(
     progress: &dyn Progress,
 ) -> Result<SplitManifest> {
     params.check()?;
-    let (ok_train, ok_test, ok_extra, problems) = validate_all(index, params.threads, progress);
+    let (ok_train, ok_test, ok_extra, bad) = validate_all(index, params.threads, progress);
+    let mut problems = index.problems.clone();
+    problems.extend(bad);
     if !problems.is_empty() && !params.skip_bad {
         return Err(DataError::BadFiles(problems));
     }
@@ -416,7 +418,10 @@ pub fn split_dataset(
         holdout,
         test: test_pairs,
         files,
-        skipped: problems,
+        skipped: problems
+            .iter()
+            .map(|p| SkippedFile::new(p, &index.root, index.extra_root.as_deref()))
+            .collect(),
     };
     manifest.save(out_dir)?;
     Ok(manifest)

@@ -189,8 +189,9 @@ impl StageKind for SplitStage {
         if !m.skipped.is_empty() {
             let list: Vec<String> = m.skipped.iter().map(|p| p.to_string()).collect();
             ctx.progress.message(&format!(
-                "skipped {} bad file(s): {}",
+                "skipped {} bad file(s) (paths relative to `dataset.root` {}): {}",
                 m.skipped.len(),
+                index.root.display(),
                 list.join("; ")
             ));
         }

@@ -41,6 +41,54 @@ fn corrupt_and_truncated_images_are_named_and_skip_bad_reports_them() {
 }
 
 #[test]
+fn skip_bad_skips_a_cityscapes_photo_without_label_map_and_reports_it() {
+    let d = tempfile::tempdir().unwrap();
+    synth(d.path(), SynthTask::Labels2photo, 4, 2, 16);
+    std::fs::remove_file(
+        d.path()
+            .join("gtFine/train/synth/synth_000002_000019_gtFine_labelIds.png"),
+    )
+    .unwrap();
+    let spec = cityscapes_spec(d.path());
+    let e = split_err(&spec, &params(1.0, 0.0, 0));
+    let msg = e.to_string();
+    assert!(
+        matches!(&e, DataError::BadFiles(p) if p.len() == 1),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("synth_000002_000019_leftImg8bit.png")
+            && msg.contains("no label map")
+            && msg.contains("skip_bad"),
+        "{msg}"
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let p = ugc_data::SplitParams {
+        skip_bad: true,
+        ..params(1.0, 0.0, 0)
+    };
+    let m = split_dataset(&read_dataset(&spec).unwrap(), &p, out.path(), &NullProgress).unwrap();
+    assert_eq!((m.counts.skipped, m.counts.train_total), (1, 3));
+    assert_eq!(m.skipped.len(), 1);
+    let s = &m.skipped[0];
+    // Named relative to the dataset root, also inside the reason.
+    assert_eq!(s.folder, "dataset.root");
+    assert_eq!(
+        s.path,
+        std::path::Path::new("leftImg8bit/train/synth/synth_000002_000019_leftImg8bit.png")
+    );
+    assert!(
+        s.reason
+            .contains("expected gtFine/train/synth/synth_000002_000019_gtFine_labelIds.png"),
+        "{}",
+        s.reason
+    );
+    let text = std::fs::read_to_string(out.path().join("manifest.json")).unwrap();
+    assert!(!text.contains(&d.path().display().to_string()), "{text}");
+}
+
+#[test]
 fn aligned_image_of_odd_width_is_refused() {
     let d = tempfile::tempdir().unwrap();
     aligned_dataset(d.path(), 4, 1);

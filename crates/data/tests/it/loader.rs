@@ -5,6 +5,8 @@ use ugc_data::{
 };
 use ugc_engine::NullProgress;
 
+use ugc_data::image_io::{png_rgb, write};
+
 use crate::common::*;
 
 fn split_of(spec: &ugc_data::DatasetSpec, ratio: f64, out: &std::path::Path) -> SplitManifest {
@@ -46,6 +48,23 @@ fn aligned_batches_hold_input_and_target_halves() {
         1,
         "last partial batch kept in eval"
     );
+}
+
+#[test]
+fn images_of_two_sizes_in_one_batch_name_the_real_parameters() {
+    let d = tempfile::tempdir().unwrap();
+    aligned_dataset(d.path(), 4, 1);
+    let big = ab_image(32, 16, [9, 0, 0], [0, 9, 200]);
+    write(&d.path().join("train/001.png"), &png_rgb(&big)).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let m = split_of(&aligned_spec(d.path()), 1.0, out.path());
+    let l = Loader::new(&m, out.path(), Subset::Labeled, LoaderConfig::eval(4)).unwrap();
+    let e = l.epoch(0).next().unwrap().unwrap_err().to_string();
+    assert!(
+        e.contains("`001`") && e.contains("`image_size`") && e.contains("`crop`"),
+        "{e}"
+    );
+    assert!(!e.contains("load_size") && !e.contains("crop_size"), "{e}");
 }
 
 #[test]

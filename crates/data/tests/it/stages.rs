@@ -123,3 +123,52 @@ fn split_stage_config_errors_name_the_parameter() {
     let e = run(&split, p, &[], out.path()).unwrap_err().to_string();
     assert!(e.contains("gone") && e.contains("dataset.root"), "{e}");
 }
+
+#[test]
+fn a_split_commits_the_same_bytes_wherever_its_synth_input_lies() {
+    let synth = SynthStage::new(schema("synth.yaml"));
+    let split = SplitStage::new(schema("split.yaml"));
+    let made = tempfile::tempdir().unwrap();
+    let p = with_defaults(
+        synth.schema(),
+        json!({"task": "labels2photo", "n": 8, "n_test": 2, "size": 16}),
+    );
+    run(&synth, p, &[], made.path()).unwrap();
+    // A bad file (skipped, so the manifest names it) in two copies at different places,
+    // as when a cache is moved.
+    let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let outs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for (root, out) in roots.iter().zip(&outs) {
+        let data = root.path().join("cache/objects/synth-output");
+        ugc_engine::testing::copy_tree(made.path(), &data);
+        std::fs::remove_file(
+            data.join("gtFine/train/synth/synth_000003_000019_gtFine_labelIds.png"),
+        )
+        .unwrap();
+        std::fs::write(
+            data.join("leftImg8bit/train/synth/synth_000005_000019_leftImg8bit.png"),
+            b"not a png",
+        )
+        .unwrap();
+        let inputs = [StageInput {
+            name: "data".into(),
+            kind: "synth".into(),
+            dir: data,
+            node: "data".into(),
+            point: Default::default(),
+        }];
+        let p = with_defaults(
+            split.schema(),
+            json!({"label_ratio": 0.5, "skip_bad": true}),
+        );
+        run(&split, p, &inputs, out.path()).unwrap();
+        let m = SplitManifest::load(out.path()).unwrap();
+        assert_eq!(m.counts.skipped, 2);
+        let text = std::fs::read_to_string(out.path().join("manifest.json")).unwrap();
+        assert!(
+            !text.contains(&root.path().display().to_string()),
+            "the manifest names the input's location:\n{text}"
+        );
+    }
+    ugc_engine::testing::assert_same_tree(outs[0].path(), outs[1].path());
+}
