@@ -17,6 +17,10 @@ use crate::error::{MetricsError, Result};
 /// Identity of a loaded weights file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct WeightsInfo {
+    /// Serialised as the file name only: the digest identifies the bytes, and a full path
+    /// in a stage output would make identical results differ by where the file (or the
+    /// cache holding it) lies.
+    #[serde(serialize_with = "file_name_only")]
     pub path: PathBuf,
     /// Hex BLAKE3 digest of the file's bytes.
     pub blake3: String,
@@ -24,6 +28,11 @@ pub struct WeightsInfo {
     pub loaded: usize,
     /// Tensors present in the file but not used (e.g. a classifier head).
     pub ignored: Vec<String>,
+}
+
+fn file_name_only<S: serde::Serializer>(p: &Path, s: S) -> std::result::Result<S::Ok, S::Error> {
+    let name = p.file_name().unwrap_or(p.as_os_str());
+    s.serialize_str(&name.to_string_lossy())
 }
 
 /// What to do with a tensor of the file that the model does not have.

@@ -479,10 +479,12 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
     metrics.insert("n_images".into(), (n as u64).into());
     metrics.insert("label_fraction".into(), manifest.label_ratio.into());
 
+    // The split by the digest of its manifest (which holds every file's digest), not by
+    // its folder: an output naming a cache path would differ between cache locations.
     let eval = json!({
         "split": {
             "subset": "test",
-            "dir": split_dir,
+            "manifest_blake3": file_digest(&split_dir.join(ugc_data::manifest::MANIFEST_FILE))?,
             "label_fraction": manifest.label_ratio,
             "labeled": manifest.counts.labeled,
             "unlabeled": manifest.counts.unlabeled,

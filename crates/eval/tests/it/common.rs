@@ -3,7 +3,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tch::{Device, nn::VarStore};
 use ugc_data::{SplitStage, SynthStage};
-pub use ugc_engine::testing::{input, run_stage, with_defaults};
+pub use ugc_engine::testing::{copy_tree, input, run_stage, with_defaults};
 use ugc_engine::{
     CancelToken, KindSchema, NullProgress, Progress, StageError, StageInput, StageKind,
 };

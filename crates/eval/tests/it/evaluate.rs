@@ -248,3 +248,49 @@ fn fid_is_computed_when_inception_weights_are_configured() {
     );
     assert!(e["not_computed"]["miou"].is_string());
 }
+
+#[test]
+fn evaluate_commits_the_same_bytes_wherever_its_inputs_lie() {
+    let model = tempfile::tempdir().unwrap();
+    fake_model_stage(model.path(), 4);
+    // The split, evaluator and model copied under two cache roots, as when a cache moves.
+    let roots = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let outs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    for (root, out) in roots.iter().zip(&outs) {
+        let at = |name: &str, from: &std::path::Path| {
+            let dir = root.path().join("objects").join(name);
+            copy_tree(from, &dir);
+            dir
+        };
+        let inputs = [
+            input("split", "split", &at("split", &labels_split().split)),
+            input("ev", "evaluator", &at("ev", labels_evaluator())),
+            input("student", "distill", &at("student", model.path())),
+        ];
+        // Latency is a measurement and differs run to run; everything else must not.
+        run(
+            &evaluate_stage(),
+            json!({"latency": false, "n_samples": 2}),
+            &inputs,
+            out.path(),
+        )
+        .unwrap();
+        let root_text = root.path().display().to_string();
+        for (name, bytes) in ugc_engine::testing::read_tree(out.path()) {
+            assert!(
+                !String::from_utf8_lossy(&bytes).contains(&root_text),
+                "{name} names the cache location {root_text}"
+            );
+        }
+    }
+    ugc_engine::testing::assert_same_tree(outs[0].path(), outs[1].path());
+    let e = read_json(&outs[0].path().join("eval.json"));
+    assert_eq!(e["split"]["manifest_blake3"].as_str().unwrap().len(), 64);
+    let seg = e["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == "seg_fd")
+        .unwrap();
+    assert_eq!(seg["evaluator"]["weights"]["path"], "model.safetensors");
+}
