@@ -1,8 +1,11 @@
 //! Official-name loading for the pix2pix families: fixtures made by
 //! `tests/fixtures/make_pix2pix.py` from torch modules that mirror the official classes.
 
+mod common;
+
 use std::path::PathBuf;
 
+use common::{ErrorBudget, assert_matches_reference};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_nn::{Arch, ArchConfig, Mode, NormKind, build_generator};
 
@@ -18,23 +21,28 @@ fn io(name: &str) -> (Tensor, Tensor) {
     (get("input"), get("output"))
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    (a - b).abs().max().double_value(&[])
-}
-
-fn check_generator(cfg: ArchConfig, name: &str) {
-    let mut vs = VarStore::new(Device::Cpu);
-    let g = build_generator(&vs.root(), &cfg).unwrap();
-    let report =
-        ugc_nn::export::check_weights(&cfg, &fixture(&format!("{name}.safetensors"))).unwrap();
+/// Loads the official-named fixture `name` into our generator and checks its eval output
+/// against the float64 reference, in float64 and in float32, within `budget`.
+fn check_generator(cfg: ArchConfig, name: &str, budget: ErrorBudget) {
+    let weights = fixture(&format!("{name}.safetensors"));
+    let report = ugc_nn::export::check_weights(&cfg, &weights).unwrap();
     assert!(report.is_ok(), "{report}");
-    vs.load(fixture(&format!("{name}.safetensors"))).unwrap();
     let (x, y) = io(name);
-    let out = tch::no_grad(|| g.forward(&x, &g.search_space().largest(), Mode::Eval)).unwrap();
-    assert_eq!(out.size(), y.size());
-    let d = max_abs_diff(&out, &y);
-    assert!(d < 1e-4, "{name}: max |diff| = {d}");
-    assert_eq!(out.kind(), Kind::Float);
+    assert_eq!(
+        y.kind(),
+        Kind::Double,
+        "fixture outputs are float64 references"
+    );
+    assert_matches_reference(name, &budget, &[("output", &y)], |kind| {
+        let mut vs = VarStore::new(Device::Cpu);
+        let g = build_generator(&vs.root(), &cfg).unwrap();
+        vs.load(&weights).unwrap();
+        common::convert_vars(&mut vs, kind);
+        let out =
+            tch::no_grad(|| g.forward(&x.to_kind(kind), &g.search_space().largest(), Mode::Eval))
+                .unwrap();
+        vec![out]
+    });
 }
 
 #[test]
@@ -44,7 +52,10 @@ fn resnet_loads_official_names_and_matches_pytorch() {
         n_blocks: 2,
         ..ArchConfig::new(Arch::Pix2PixResnet)
     };
-    check_generator(cfg, "resnet_tiny");
+    // 10 convolutions on the path (stem 7x7x3 = 147 .. head 7x7x4 = 196 terms); 9 instance
+    // norms, two sums each over at most 32x32 values.
+    let budget = ErrorBudget::new().products(196, 10).sums(32 * 32, 2 * 9);
+    check_generator(cfg, "resnet_tiny", budget);
 }
 
 #[test]
@@ -54,7 +65,10 @@ fn mobile_resnet_loads_official_names_and_matches_pytorch() {
         n_blocks: 3,
         ..ArchConfig::new(Arch::MobileResnet)
     };
-    check_generator(cfg, "mobile_tiny");
+    // stem, 2 downs, 3 blocks of 2 separable convs (depthwise + pointwise: 12), 2 ups, head:
+    // 18 convolutions of at most 7x7x4 = 196 terms; at most 20 instance norms over <= 32x32.
+    let budget = ErrorBudget::new().products(196, 18).sums(32 * 32, 2 * 20);
+    check_generator(cfg, "mobile_tiny", budget);
 }
 
 #[test]
@@ -65,7 +79,10 @@ fn unet_loads_official_names_and_matches_pytorch() {
         norm: NormKind::Batch,
         ..ArchConfig::new(Arch::Pix2PixUnet)
     };
-    check_generator(cfg, "unet_tiny");
+    // 5 down and 5 up (transposed) 4x4 convolutions; the widest sums 64 channels x 16 taps.
+    // Batch norm in eval mode uses running statistics: no sums.
+    let budget = ErrorBudget::new().products(64 * 16, 10);
+    check_generator(cfg, "unet_tiny", budget);
 }
 
 #[test]
@@ -74,16 +91,19 @@ fn patchgan_loads_official_names_and_matches_pytorch() {
         ndf: 4,
         ..ugc_nn::DiscConfig::patchgan(6, 4)
     };
-    let mut vs = VarStore::new(Device::Cpu);
-    let d = ugc_nn::build_discriminator(&vs.root(), &cfg).unwrap();
-    vs.load(fixture("patchgan_tiny.safetensors")).unwrap();
-    assert_eq!(vs.variables().len(), 22);
     let (x, y) = io("patchgan_tiny");
-    let out = tch::no_grad(|| d.forward(&x, Mode::Eval));
-    assert_eq!(out.len(), 1);
-    let pred = out[0].last().unwrap();
-    assert_eq!(pred.size(), y.size());
-    assert!(max_abs_diff(pred, &y) < 1e-4);
+    // 5 4x4 convolutions, the widest over 32 channels x 16 taps; BN in eval mode.
+    let budget = ErrorBudget::new().products(32 * 16, 5);
+    assert_matches_reference("patchgan_tiny", &budget, &[("output", &y)], |kind| {
+        let mut vs = VarStore::new(Device::Cpu);
+        let d = ugc_nn::build_discriminator(&vs.root(), &cfg).unwrap();
+        vs.load(fixture("patchgan_tiny.safetensors")).unwrap();
+        assert_eq!(vs.variables().len(), 22);
+        common::convert_vars(&mut vs, kind);
+        let out = tch::no_grad(|| d.forward(&x.to_kind(kind), Mode::Eval));
+        assert_eq!(out.len(), 1);
+        vec![out[0].last().unwrap().shallow_clone()]
+    });
 }
 
 /// An exported standard model has exactly the official state-dict names and shapes, so
