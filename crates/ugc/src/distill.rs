@@ -149,8 +149,67 @@ struct OnlineAdf {
     index: HashMap<String, usize>,
     /// 1.0 = kept, per unlabeled id (a checkpointed tensor).
     mask: Tensor,
-    last_scores: Vec<f64>,
-    last_threshold: Option<f64>,
+    /// The last re-scoring, checkpointed so that a run resumed after it still writes
+    /// `adf_online/` as an uninterrupted run does: scores per unlabeled id (f64), the
+    /// threshold (`[1, t]`, or `[0, 0]` for none) and whether a re-scoring happened
+    /// (`[0 or 1]`).
+    last_scores: Tensor,
+    last_threshold: Tensor,
+    rescored: Tensor,
+}
+
+impl OnlineAdf {
+    fn new(rule: Option<(Criterion, ThresholdRule)>, ids: Vec<String>, mask: &[f32]) -> Self {
+        let index = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (id.clone(), i))
+            .collect();
+        let n = ids.len() as i64;
+        let f64s = (Kind::Double, Device::Cpu);
+        OnlineAdf {
+            rule,
+            ids,
+            index,
+            mask: Tensor::from_slice(mask),
+            last_scores: Tensor::full([n], f64::NAN, f64s),
+            last_threshold: Tensor::zeros([2], f64s),
+            rescored: Tensor::zeros([1], f64s),
+        }
+    }
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        vec![
+            ("adf.mask".into(), self.mask.shallow_clone()),
+            ("adf.last_scores".into(), self.last_scores.shallow_clone()),
+            (
+                "adf.last_threshold".into(),
+                self.last_threshold.shallow_clone(),
+            ),
+            ("adf.rescored".into(), self.rescored.shallow_clone()),
+        ]
+    }
+
+    fn record(&mut self, scores: &[f64], threshold: Option<f64>) {
+        tch::no_grad(|| {
+            self.last_scores.copy_(&Tensor::from_slice(scores));
+            let t = threshold.map_or([0.0, 0.0], |t| [1.0, t]);
+            self.last_threshold.copy_(&Tensor::from_slice(&t));
+            let _ = self.rescored.fill_(1.0);
+        });
+    }
+
+    /// Scores (manifest order) and threshold of the last re-scoring, if there was one.
+    fn last(&self) -> Result<Option<(Vec<f64>, Option<f64>)>, MethodError> {
+        if self.rescored.double_value(&[0]) == 0.0 {
+            return Ok(None);
+        }
+        let scores = Vec::<f64>::try_from(&self.last_scores)
+            .map_err(|e| MethodError::torch("reading the ADF scores", e))?;
+        let t = (self.last_threshold.double_value(&[0]) != 0.0)
+            .then(|| self.last_threshold.double_value(&[1]));
+        Ok(Some((scores, t)))
+    }
 }
 
 struct DistillTask<'a> {
@@ -255,8 +314,7 @@ impl DistillTask<'_> {
                 ordered[i] = *s;
             }
         }
-        self.adf.last_scores = ordered;
-        self.adf.last_threshold = threshold;
+        self.adf.record(&ordered, threshold);
         Ok(())
     }
 
@@ -296,7 +354,7 @@ impl TrainTask for DistillTask<'_> {
             v.extend(o.state(&format!("opt.teacher.{}", e.role.name())));
         }
         v.extend(self.opt_d.state("opt.disc"));
-        v.push(("adf.mask".into(), self.adf.mask.shallow_clone()));
+        v.extend(self.adf.state());
         v
     }
 
@@ -533,11 +591,6 @@ impl StageKind for DistillStage {
 
         // Initial ADF decision: the adf stage's kept set (everything without an adf dep).
         let ids: Vec<String> = manifest.unlabeled().iter().map(|u| u.id.clone()).collect();
-        let index: HashMap<String, usize> = ids
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.clone(), i))
-            .collect();
         let (mask, rule) = match &adf_dir {
             None => (vec![1f32; ids.len()], None),
             Some(dir) => {
@@ -630,14 +683,7 @@ impl StageKind for DistillStage {
             },
             labeled,
             unlabeled,
-            adf: OnlineAdf {
-                rule,
-                ids,
-                index,
-                mask: Tensor::from_slice(&mask),
-                last_scores: Vec::new(),
-                last_threshold: None,
-            },
+            adf: OnlineAdf::new(rule, ids, &mask),
             adf_loader,
             adf_every: p.adf_every,
             weights: p.distill_weights,
@@ -679,24 +725,24 @@ impl StageKind for DistillStage {
             )
             .map_err(nn_err(format!("exporting the {} teacher", e.role.name())))?;
         }
-        if let (Some((criterion, rule)), false) = (task.adf.rule, task.adf.last_scores.is_empty()) {
+        if let (Some((criterion, rule)), Some((scores, threshold))) =
+            (task.adf.rule, task.adf.last()?)
+        {
             let dir = ctx.out_dir.join("adf_online");
             std::fs::create_dir_all(&dir).map_err(crate::search::io_err(&dir))?;
-            let keep: Vec<bool> = task
-                .adf
-                .last_scores
+            let keep: Vec<bool> = scores
                 .iter()
-                .map(|s| task.adf.last_threshold.is_none_or(|t| *s >= t))
+                .map(|s| threshold.is_none_or(|t| *s >= t))
                 .collect();
             write_decision(
                 &dir,
                 &task.adf.ids,
-                &task.adf.last_scores,
+                &scores,
                 &keep,
                 true,
                 criterion,
                 rule,
-                task.adf.last_threshold,
+                threshold,
             )?;
         }
         // Hold-out L1 of the student (the search's scoring set; never the test split).
@@ -728,7 +774,6 @@ impl StageKind for DistillStage {
         for (k, v) in &outcome.tail_mean {
             metrics.insert(format!("distill.{k}"), (*v).into());
         }
-        metrics.insert("distill.resumed_from".into(), outcome.resumed_from.into());
         metrics.insert("student.macs".into(), configs.student.macs.into());
         metrics.insert("student.params".into(), meta.params.into());
         metrics.insert(

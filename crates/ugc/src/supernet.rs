@@ -290,13 +290,13 @@ fn settings_digest(s: &str) -> String {
     format!("{h:016x}")
 }
 
-/// Flat `metrics.json`: mean of each logged loss over the last steps, plus run figures.
+/// Flat `metrics.json`: mean of each logged loss over the last steps, plus run figures
+/// (nothing about resuming: a resumed run writes the same bytes as an uninterrupted one).
 pub(crate) fn metrics(outcome: &LoopOutcome, extra: &[(&str, f64)]) -> Value {
     let mut m = Map::new();
     for (k, v) in &outcome.tail_mean {
         m.insert(format!("loss.{k}"), Value::from(*v));
     }
-    m.insert("resumed_from".into(), Value::from(outcome.resumed_from));
     for (k, v) in extra {
         m.insert((*k).to_string(), Value::from(*v));
     }

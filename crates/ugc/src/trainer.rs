@@ -8,6 +8,11 @@
 //! `checkpoint_every` steps, write samples every `sample_every` steps. The log and samples
 //! live in `scratch/run/` while training (so a resumed run keeps the rows and images from
 //! before the crash) and are copied into the stage output at the end.
+//!
+//! Resume is invisible in the outputs: a resumed run commits the same bytes as an
+//! uninterrupted one. The log keeps every value exactly (shortest round-trip decimal), so
+//! the averages computed from it after a resume equal those of an uninterrupted run; how
+//! far a run had come when it resumed goes to the stage log only.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -85,7 +90,9 @@ pub struct LoopConfig {
 /// What the loop did.
 #[derive(Debug, Clone)]
 pub struct LoopOutcome {
-    /// Steps already done by an earlier, interrupted run (0 when starting fresh).
+    /// Steps already done by an earlier, interrupted run (0 when starting fresh). For the
+    /// stage log and tests only: written into an output it would make a resumed run's
+    /// bytes (and every key downstream) differ from an uninterrupted run's.
     pub resumed_from: u64,
     /// Losses of the last step.
     pub last: Vec<(String, f64)>,
@@ -136,7 +143,7 @@ pub fn run_loop(
     for step in start..cfg.steps {
         if ctx.cancel.is_cancelled() {
             read_pending(&mut pending, &mut log, &mut last)?;
-            log.flush()?;
+            log.sync()?;
             checkpoint::save(&ckpt, step, cfg.seed, &cfg.fingerprint, &task.state())?;
             return Err(MethodError::Cancelled);
         }
@@ -155,7 +162,7 @@ pub fn run_loop(
             task.sample(done, &samples)?;
         }
         if ckpt_now {
-            log.flush()?;
+            log.sync()?;
             checkpoint::save(&ckpt, done, cfg.seed, &cfg.fingerprint, &task.state())?;
         }
     }
@@ -251,8 +258,10 @@ fn copy_dir(from: &Path, to: &Path) -> Result<(), MethodError> {
     Ok(())
 }
 
-/// `log.csv`: `step,<loss names...>`. On resume, rows past the checkpoint are dropped so
-/// the log matches the restored state exactly.
+/// `log.csv`: `step,<loss names...>`, every value in the shortest decimal that reads back
+/// as the same `f64`. On resume the rows up to the checkpoint are kept (later ones are
+/// dropped, so the log matches the restored state exactly) and must be complete: a gap
+/// would change the log and the averages taken from it.
 struct CsvLog {
     path: PathBuf,
     header: Option<Vec<String>>,
@@ -264,22 +273,36 @@ impl CsvLog {
     fn open(path: &Path, keep_up_to: u64) -> Result<Self, MethodError> {
         let mut header = None;
         let mut rows = Vec::new();
-        if keep_up_to > 0 && path.is_file() {
-            let text = std::fs::read_to_string(path).map_err(|e| MethodError::io(path, e))?;
+        if keep_up_to > 0 {
+            let text = match std::fs::read_to_string(path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+                Err(e) => return Err(MethodError::io(path, e)),
+            };
             let mut lines = text.lines();
             if let Some(h) = lines.next() {
-                header = Some(h.split(',').skip(1).map(str::to_string).collect());
+                header = Some(h.split(',').skip(1).map(str::to_string).collect::<Vec<_>>());
             }
+            let width = header.as_ref().map_or(0, Vec::len);
             for l in lines {
-                let mut it = l.split(',');
-                let Some(Ok(step)) = it.next().map(str::parse::<u64>) else {
-                    continue;
-                };
-                if step > keep_up_to {
+                // Rows past the checkpoint (the last one perhaps torn by a crash) are dropped.
+                if rows.len() as u64 == keep_up_to {
                     break;
                 }
-                let vals: Vec<f64> = it.filter_map(|v| v.parse().ok()).collect();
-                rows.push((step, vals));
+                let mut it = l.split(',');
+                let step = it.next().and_then(|v| v.parse::<u64>().ok());
+                let vals: Option<Vec<f64>> = it.map(|v| v.parse().ok()).collect();
+                match (step, vals) {
+                    (Some(step), Some(vals))
+                        if step == rows.len() as u64 + 1 && vals.len() == width =>
+                    {
+                        rows.push((step, vals));
+                    }
+                    _ => return Err(Self::mismatch(path, rows.len(), keep_up_to)),
+                }
+            }
+            if rows.len() as u64 != keep_up_to {
+                return Err(Self::mismatch(path, rows.len(), keep_up_to));
             }
         }
         let mut log = CsvLog {
@@ -292,16 +315,41 @@ impl CsvLog {
         Ok(log)
     }
 
-    fn rewrite(&mut self) -> Result<(), MethodError> {
-        let f = std::fs::File::create(&self.path).map_err(|e| MethodError::io(&self.path, e))?;
-        let mut w = std::io::BufWriter::new(f);
-        if let Some(h) = &self.header {
-            writeln!(w, "step,{}", h.join(",")).map_err(|e| MethodError::io(&self.path, e))?;
-            for (s, v) in &self.rows {
-                writeln!(w, "{s},{}", join(v)).map_err(|e| MethodError::io(&self.path, e))?;
-            }
+    fn mismatch(path: &Path, rows: usize, step: u64) -> MethodError {
+        MethodError::Checkpoint {
+            path: path.to_path_buf(),
+            reason: format!(
+                "has {rows} complete rows but the checkpoint is at step {step}; \
+                 delete the scratch directory to start over"
+            ),
         }
-        self.file = Some(w);
+    }
+
+    /// Writes the header and the rows so far to a temporary file and renames it over the
+    /// log, then appends from there: a crash mid-rewrite leaves the old, complete log.
+    fn rewrite(&mut self) -> Result<(), MethodError> {
+        let io = |e| MethodError::io(&self.path, e);
+        let tmp = self.path.with_extension("csv.tmp");
+        {
+            let f = std::fs::File::create(&tmp).map_err(|e| MethodError::io(&tmp, e))?;
+            let mut w = std::io::BufWriter::new(f);
+            if let Some(h) = &self.header {
+                writeln!(w, "step,{}", h.join(",")).map_err(io)?;
+                for (s, v) in &self.rows {
+                    writeln!(w, "{s},{}", join(v)).map_err(io)?;
+                }
+            }
+            w.into_inner()
+                .map_err(|e| io(e.into_error()))?
+                .sync_all()
+                .map_err(io)?;
+        }
+        std::fs::rename(&tmp, &self.path).map_err(io)?;
+        let f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.path)
+            .map_err(io)?;
+        self.file = Some(std::io::BufWriter::new(f));
         Ok(())
     }
 
@@ -335,6 +383,17 @@ impl CsvLog {
         Ok(())
     }
 
+    /// Flushes and syncs: before a checkpoint, whose resume needs every row up to it.
+    fn sync(&mut self) -> Result<(), MethodError> {
+        self.flush()?;
+        if let Some(w) = &self.file {
+            w.get_ref()
+                .sync_data()
+                .map_err(|e| MethodError::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+
     fn tail_mean(&self, n: usize) -> Vec<(String, f64)> {
         let Some(h) = &self.header else {
             return Vec::new();
@@ -351,9 +410,11 @@ impl CsvLog {
     }
 }
 
+/// Shortest round-trip form (`{:e}`): parsing it gives back the same `f64`, so a resumed
+/// run's log rows and averages equal an uninterrupted run's.
 fn join(v: &[f64]) -> String {
     v.iter()
-        .map(|x| format!("{x:.6e}"))
+        .map(|x| format!("{x:e}"))
         .collect::<Vec<_>>()
         .join(",")
 }
@@ -445,10 +506,20 @@ mod tests {
 
     use super::*;
 
-    /// Logs `step` (on the device) and `step * 10` (host); `weight` goes NaN at `nan_at`.
+    /// Logs `step * scale` (on the device) and `step * 10` (host); `weight` goes NaN at
+    /// `nan_at`.
     struct Counter {
         weight: Tensor,
         nan_at: Option<u64>,
+        scale: f64,
+    }
+
+    fn counter(scale: f64) -> Counter {
+        Counter {
+            weight: Tensor::zeros([], (tch::Kind::Double, tch::Device::Cpu)),
+            nan_at: None,
+            scale,
+        }
     }
 
     impl TrainTask for Counter {
@@ -462,7 +533,7 @@ mod tests {
             let v = if self.nan_at == Some(step) {
                 f64::NAN
             } else {
-                step as f64
+                step as f64 * self.scale
             };
             let _ = self.weight.fill_(v);
             Ok(vec![
@@ -476,9 +547,32 @@ mod tests {
     }
 
     fn run(task: &mut Counter, steps: u64, dir: &Path) -> Result<LoopOutcome, MethodError> {
+        run_until(task, steps, dir, &NullProgress, &CancelToken::new())
+    }
+
+    /// Cancels its token once the loop reports step `at` (a simulated Ctrl-C).
+    struct StopAt(u64, CancelToken);
+
+    impl ugc_engine::Progress for StopAt {
+        fn start(&self, _: &str, _: u64) {}
+        fn set(&self, step: u64) {
+            if step >= self.0 {
+                self.1.cancel();
+            }
+        }
+        fn message(&self, _: &str) {}
+    }
+
+    fn run_until(
+        task: &mut Counter,
+        steps: u64,
+        dir: &Path,
+        progress: &dyn ugc_engine::Progress,
+        cancel: &CancelToken,
+    ) -> Result<LoopOutcome, MethodError> {
         let (out, scratch) = (dir.join("out"), dir.join("scratch"));
         std::fs::create_dir_all(&out).unwrap();
-        let (params, env, cancel) = (json!({}), BTreeMap::new(), CancelToken::new());
+        let (params, env) = (json!({}), BTreeMap::new());
         let ctx = StageContext {
             node: "n",
             kind: "train",
@@ -487,8 +581,8 @@ mod tests {
             out_dir: &out,
             scratch_dir: &scratch,
             device: DeviceKind::Cpu,
-            progress: &NullProgress,
-            cancel: &cancel,
+            progress,
+            cancel,
             env: &env,
         };
         let cfg = LoopConfig {
@@ -505,10 +599,7 @@ mod tests {
     #[test]
     fn device_losses_are_read_in_batches_into_every_row_in_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut task = Counter {
-            weight: Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)),
-            nan_at: None,
-        };
+        let mut task = counter(1.0);
         // 37 steps: two full batches of LOG_READ_EVERY and a partial one at the end.
         let done = run(&mut task, 37, dir.path()).unwrap();
         let csv = std::fs::read_to_string(dir.path().join("out/log.csv")).unwrap();
@@ -529,10 +620,71 @@ mod tests {
     fn a_non_finite_loss_names_its_step_even_when_read_later() {
         let dir = tempfile::tempdir().unwrap();
         let mut task = Counter {
-            weight: Tensor::zeros([], (tch::Kind::Float, tch::Device::Cpu)),
             nan_at: Some(20),
+            ..counter(1.0)
         };
         let e = run(&mut task, 40, dir.path()).unwrap_err().to_string();
         assert!(e.contains("loss `loss` is NaN at step 20"), "{e}");
+    }
+
+    #[test]
+    fn a_resumed_run_logs_and_averages_exactly_what_an_uninterrupted_run_does() {
+        // Values with more digits than a rounded log would keep.
+        let scale = 1.0 / 3.0 + 1e-12;
+        let whole = tempfile::tempdir().unwrap();
+        let full = run(&mut counter(scale), 30, whole.path()).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let token = CancelToken::new();
+        let e = run_until(
+            &mut counter(scale),
+            30,
+            dir.path(),
+            &StopAt(23, token.clone()),
+            &token,
+        )
+        .unwrap_err();
+        assert!(matches!(e, MethodError::Cancelled), "{e}");
+        let resumed = run(&mut counter(scale), 30, dir.path()).unwrap();
+        assert_eq!(resumed.resumed_from, 23);
+        // The tail mean covers rows from before and after the resume, bit for bit.
+        let bits = |o: &LoopOutcome| {
+            o.tail_mean
+                .iter()
+                .map(|(n, v)| (n.clone(), v.to_bits()))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&full), bits(&resumed));
+        let log = |d: &Path| std::fs::read(d.join("out/log.csv")).unwrap();
+        assert!(log(whole.path()) == log(dir.path()), "log.csv differs");
+        // And every logged value reads back exactly.
+        let text = String::from_utf8(log(dir.path())).unwrap();
+        let row: Vec<f64> = text
+            .lines()
+            .nth(7)
+            .unwrap()
+            .split(',')
+            .map(|v| v.parse().unwrap())
+            .collect();
+        assert_eq!(row[1].to_bits(), (6.0 * scale).to_bits());
+    }
+
+    #[test]
+    fn a_log_missing_rows_before_the_checkpoint_is_refused_not_resumed() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = CancelToken::new();
+        let stop = StopAt(9, token.clone());
+        run_until(&mut counter(1.0), 20, dir.path(), &stop, &token).unwrap_err();
+        let path = dir.path().join("scratch/run/log.csv");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let kept: Vec<&str> = text.lines().take(6).collect();
+        std::fs::write(&path, kept.join("\n")).unwrap();
+        let e = run(&mut counter(1.0), 20, dir.path())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("log.csv") && e.contains("5 complete rows") && e.contains("step 9"),
+            "{e}"
+        );
     }
 }
