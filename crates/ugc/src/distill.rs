@@ -199,8 +199,8 @@ impl OnlineAdf {
         });
     }
 
-    /// Scores (manifest order) and threshold of the last re-scoring, if there was one.
-    fn last(&self) -> Result<Option<(Vec<f64>, Option<f64>)>, MethodError> {
+    /// The last re-scoring, if there was one.
+    fn last(&self) -> Result<Option<Rescoring>, MethodError> {
         if self.rescored.double_value(&[0]) == 0.0 {
             return Ok(None);
         }
@@ -208,8 +208,17 @@ impl OnlineAdf {
             .map_err(|e| MethodError::torch("reading the ADF scores", e))?;
         let t = (self.last_threshold.double_value(&[0]) != 0.0)
             .then(|| self.last_threshold.double_value(&[1]));
-        Ok(Some((scores, t)))
+        Ok(Some(Rescoring {
+            scores,
+            threshold: t,
+        }))
     }
+}
+
+/// Scores (manifest order) and threshold of an online re-scoring.
+struct Rescoring {
+    scores: Vec<f64>,
+    threshold: Option<f64>,
 }
 
 struct DistillTask<'a> {
@@ -725,7 +734,7 @@ impl StageKind for DistillStage {
             )
             .map_err(nn_err(format!("exporting the {} teacher", e.role.name())))?;
         }
-        if let (Some((criterion, rule)), Some((scores, threshold))) =
+        if let (Some((criterion, rule)), Some(Rescoring { scores, threshold })) =
             (task.adf.rule, task.adf.last()?)
         {
             let dir = ctx.out_dir.join("adf_online");
