@@ -407,9 +407,16 @@ impl DrnSeg {
         &self.vs
     }
 
+    /// Converts the weights to `kind`; inputs follow. Float32 is what metrics use; float64
+    /// is for checking the implementation against float64 references without rounding.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+    }
+
     /// Class logits of already normalised inputs.
     pub fn logits(&self, x: &Tensor) -> Tensor {
-        tch::no_grad(|| self.net.logits(&x.to_device(self.vs.device())))
+        let x = x.to_device(self.vs.device()).to_kind(self.vs.kind());
+        tch::no_grad(|| self.net.logits(&x))
     }
 
     /// Label map `N x H x W` (int64, CPU) for images in [0, 1] at the resolution `size`.

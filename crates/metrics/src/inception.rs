@@ -312,9 +312,13 @@ impl FidInceptionNet {
     }
 }
 
-/// pytorch-fid's input transform: bilinear resize to 299x299, then `2x - 1`.
+/// pytorch-fid's input transform: bilinear resize to 299x299, then `2x - 1`. In float32,
+/// or in float64 for float64 images (the precision checks run the whole net in float64).
 pub fn fid_preprocess(images: &Tensor) -> Tensor {
-    let x = images.to_kind(Kind::Float);
+    let x = match images.kind() {
+        Kind::Double => images.shallow_clone(),
+        _ => images.to_kind(Kind::Float),
+    };
     let x = x.upsample_bilinear2d([299, 299], false, None, None);
     x * 2.0 - 1.0
 }
@@ -381,6 +385,12 @@ impl FidInception {
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }
+
+    /// Converts the weights to `kind`; inputs follow. Float32 is what metrics use; float64
+    /// is for checking the implementation against float64 references without rounding.
+    pub fn set_kind(&mut self, kind: Kind) {
+        self.vs.set_kind(kind);
+    }
 }
 
 impl FeatureExtractor for FidInception {
@@ -411,7 +421,7 @@ impl FeatureExtractor for FidInception {
                 "Inception features need N x 3 x H x W images, got {s:?}"
             )));
         }
-        let x = fid_preprocess(&images.to_device(self.vs.device()));
+        let x = fid_preprocess(&images.to_device(self.vs.device()).to_kind(self.vs.kind()));
         let f = tch::no_grad(|| self.net.pool3(&x));
         Ok(f.to_device(Device::Cpu))
     }
