@@ -18,6 +18,7 @@ pub mod lock;
 pub mod plan;
 pub mod registry;
 pub mod spec;
+pub mod sqlite;
 pub mod stage;
 pub mod testing;
 
