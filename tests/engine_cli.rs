@@ -517,3 +517,136 @@ fn cache_verbs_refuse_a_cache_dir_that_does_not_exist_and_an_unknown_run() {
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(stderr(&o).contains("no run 42"), "{}", stderr(&o));
 }
+
+/// The object of the only file of `node`'s only committed record, and the record.
+fn object_of(p: &Project, node: &str) -> (std::path::PathBuf, serde_json::Value) {
+    let mut found = records_of(p, node);
+    assert_eq!(found.len(), 1, "records of {node}: {found:?}");
+    found.pop().unwrap()
+}
+
+/// The object of the first file of each committed record of `node`, and the record.
+fn records_of(p: &Project, node: &str) -> Vec<(std::path::PathBuf, serde_json::Value)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(p.cache().join("records")).unwrap() {
+        let path = entry.unwrap().path();
+        let Ok(text) = std::fs::read(&path) else {
+            continue;
+        };
+        let Ok(rec) = serde_json::from_slice::<serde_json::Value>(&text) else {
+            continue;
+        };
+        if rec["meta"]["node"] == node {
+            let digest = rec["files"][0]["digest"].as_str().unwrap().to_string();
+            let obj = p
+                .cache()
+                .join("objects")
+                .join(&digest[..2])
+                .join(&digest[2..]);
+            found.push((obj, rec));
+        }
+    }
+    found
+}
+
+/// Flips one bit of a file in place, restoring size, mtime and mode: bit rot no stat check
+/// sees (issue 19's hostile trial).
+fn rot_keeping_stat(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let before = std::fs::metadata(path).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[0] ^= 0x01;
+    std::fs::write(path, &bytes).unwrap();
+    let f = std::fs::File::options().write(true).open(path).unwrap();
+    f.set_modified(before.modified().unwrap()).unwrap();
+    drop(f);
+    std::fs::set_permissions(path, before.permissions()).unwrap();
+    let after = std::fs::metadata(path).unwrap();
+    assert_eq!(
+        (after.len(), after.modified().unwrap()),
+        (before.len(), before.modified().unwrap())
+    );
+}
+
+#[test]
+fn bit_rot_in_an_input_fails_its_consumer_and_the_rerun_repairs_it() {
+    let p = Project::new();
+    chain(&p, "one");
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    let (a_obj, a_rec) = object_of(&p, "a");
+    rot_keeping_stat(&a_obj);
+    // `a` still looks committed (its stat is unchanged), but `b`, re-running for its own
+    // param, re-hashes what it reads and refuses the damage.
+    let o = p.run(&["run", "pipe.yaml", "--json", "--set", "b_param=two"]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let s = summary(&o);
+    let err = s["errors"]["b"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("input `a`")
+            && err.contains(a_rec["key"].as_str().unwrap())
+            && err.contains("a.txt")
+            && err.contains("re-run"),
+        "{s}"
+    );
+    assert_eq!(p.count("counts/b"), 1, "b ran on damaged bytes");
+    // The next run recomputes `a` (repairing the object) and then runs `b` on good bytes.
+    let o = p.run(&["run", "pipe.yaml", "--json", "--set", "b_param=two"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 2, "{}", stdout(&o));
+    assert_eq!(p.count("counts/a"), 2);
+    let mut b_outputs: Vec<String> = records_of(&p, "b")
+        .iter()
+        .map(|(obj, _)| std::fs::read_to_string(obj).unwrap())
+        .collect();
+    b_outputs.sort();
+    assert_eq!(b_outputs, ["a\none\n", "a\ntwo\n"]);
+    assert_eq!(std::fs::read_to_string(&a_obj).unwrap(), "a\n");
+    let o = p.run(&["verify"]);
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+}
+
+#[test]
+fn verify_drops_what_an_unchecked_stage_computed_from_rotten_bytes() {
+    let p = Project::new();
+    chain(&p, "one");
+    assert!(p.run(&["run", "pipe.yaml"]).status.success());
+    // `b` as a record written before stages checked their inputs; `c` checked them.
+    let (_, mut b_rec) = object_of(&p, "b");
+    b_rec["meta"]
+        .as_object_mut()
+        .unwrap()
+        .remove("inputs_verified");
+    let b_path = p
+        .cache()
+        .join("records")
+        .join(format!("{}.json", b_rec["key"].as_str().unwrap()));
+    std::fs::write(&b_path, serde_json::to_vec(&b_rec).unwrap()).unwrap();
+    let (a_obj, _) = object_of(&p, "a");
+    rot_keeping_stat(&a_obj);
+    let o = p.run(&["verify"]);
+    assert_eq!(o.status.code(), Some(1), "{}{}", stdout(&o), stderr(&o));
+    let text = stdout(&o);
+    assert!(text.contains("1 record(s) dropped as derived"), "{text}");
+    assert!(
+        text.contains(&format!(
+            "record {} removed as derived",
+            b_rec["key"].as_str().unwrap()
+        )),
+        "{text}"
+    );
+    // The re-run recomputes `a` with the same bytes, so `b`'s key is unchanged: it must
+    // be recomputed, not served. `c` checked its inputs and is kept.
+    let o = p.run(&["run", "pipe.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 2, "{}", stdout(&o));
+    assert_eq!(
+        (
+            p.count("counts/a"),
+            p.count("counts/b"),
+            p.count("counts/c")
+        ),
+        (2, 2, 1)
+    );
+    assert!(p.run(&["verify"]).status.success());
+}

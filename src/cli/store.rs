@@ -2,7 +2,8 @@
 
 use std::path::Path;
 
-use ugc_engine::cache::Cache;
+use ugc_engine::cache::{Cache, DERIVED_RULE};
+use ugc_engine::exec::register_run_records;
 use ugc_engine::lock::{list_locks, remove_stale};
 use ugc_engine::registry::Registry;
 
@@ -57,6 +58,11 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
     let cache = open_existing_cache(cache_dir)?;
     let registry = open_registry(&cache)?;
     if let Some(run_id) = run {
+        // A stage process killed between its commit and its registry write left the
+        // record without its row: write it from the record first.
+        if let Err(e) = register_run_records(&cache, &registry, run_id) {
+            tracing::warn!("run registry: rows of committed stages not recovered: {e}");
+        }
         let rows = registry.executions(run_id).map_err(CliError::failed)?;
         if rows.is_empty() && !registry.has_run(run_id).map_err(CliError::failed)? {
             return Err(CliError::usage(format!(
@@ -166,6 +172,7 @@ pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
     let damaged = !(report.corrupt.is_empty()
         && report.missing.is_empty()
         && report.removed_records.is_empty()
+        && report.derived_records.is_empty()
         && report.bad_records.is_empty());
     print_json_or(json, &report, || {
         println!(
@@ -181,6 +188,15 @@ pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
         }
         for k in &report.removed_records {
             println!("  record {k} removed: its stage re-runs on the next `run`");
+        }
+        for k in &report.derived_records {
+            println!("  record {k} removed as derived from damage: its stage re-runs too");
+        }
+        if !(report.corrupt.is_empty() && report.missing.is_empty()) {
+            println!(
+                "  {} record(s) dropped as derived; rule: {DERIVED_RULE}",
+                report.derived_records.len()
+            );
         }
         for p in &report.bad_records {
             println!("  unreadable record {} removed", p.display());

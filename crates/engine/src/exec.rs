@@ -30,6 +30,24 @@ pub enum ExecError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// An input's bytes are damaged or gone ([`Cache::check_input`]); nothing ran.
+    #[error("stage `{node}` cannot use its input `{input}`: {source}")]
+    Input {
+        node: String,
+        input: String,
+        #[source]
+        source: Box<CacheError>,
+    },
+    /// An input holds another output than the one its key was computed from.
+    #[error(
+        "stage `{node}`: input `{input}` now holds output {found}, but this job's cache key was computed from {named}; run again to plan the stage on the current output"
+    )]
+    InputNotInKey {
+        node: String,
+        input: String,
+        found: String,
+        named: String,
+    },
     #[error("stage `{node}` failed: {source}")]
     Stage {
         node: String,
@@ -184,6 +202,16 @@ pub fn exec_job(
         return Ok(ExecOutcome::Hit(record));
     }
 
+    if let Err(e) = check_inputs(cache, job) {
+        row.status = "failed".into();
+        row.error = Some(e.to_string());
+        row.ended_unix_ms = now_ms();
+        if let Err(r) = registry.record_execution(&row) {
+            tracing::warn!("could not record the failure in the run registry: {r}");
+        }
+        return Err(e);
+    }
+
     let scratch = cache.scratch_dir(&key)?;
     let staging = cache.stage(&key)?;
     memory.reset_peak(job.device);
@@ -219,6 +247,7 @@ pub fn exec_job(
                 duration_ms: clock.elapsed().as_millis() as u64,
                 host,
                 device: job.device.to_string(),
+                inputs_verified: true,
             };
             let record = cache.commit(staging, &job.material, meta)?;
             cache.clear_scratch(&key)?;
@@ -246,6 +275,43 @@ pub fn exec_job(
             })
         }
     }
+}
+
+/// Checks every input of `job` by content before its stage runs ([`Cache::check_input`]),
+/// and that each holds the output its cache key names: a stage never reads damaged bytes,
+/// nor bytes other than those its key was computed from.
+fn check_inputs(cache: &Cache, job: &Job) -> Result<(), ExecError> {
+    for input in &job.inputs {
+        let label = if input.node.is_empty() {
+            input.name.clone()
+        } else {
+            input.node.clone()
+        };
+        let record = cache
+            .check_input(&input.dir)
+            .map_err(|source| ExecError::Input {
+                node: job.node.clone(),
+                input: label.clone(),
+                source: Box::new(source),
+            })?;
+        // By node id for a gathering stage's instances, else by stage name (plan.rs).
+        let named = job
+            .material
+            .upstream
+            .get(&input.node)
+            .or_else(|| job.material.upstream.get(&input.name));
+        if named != Some(&record.tree_digest) {
+            return Err(ExecError::InputNotInKey {
+                node: job.node.clone(),
+                input: label,
+                found: record.tree_digest,
+                named: named
+                    .cloned()
+                    .unwrap_or_else(|| "no output of that name".into()),
+            });
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

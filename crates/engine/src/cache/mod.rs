@@ -8,7 +8,8 @@
 //! views/<key>/...                   output tree as hard links to objects (copies across devices)
 //! tmp/<name>/ + tmp/<name>.lock     staging and scratch work of a live process
 //! scratch/<key>/                    resumable checkpoints of a running stage, never committed
-//! quarantine/                       corrupt objects moved aside by `lookup`/`verify`
+//! quarantine/                       corrupt objects moved aside by `lookup`, `check_input`,
+//!                                   `commit` and `verify`
 //! locks/<key>.lock, locks/gc.lock   per-key locks; gc vs. commit exclusion
 //! logs/, registry.sqlite            per-stage logs and the run registry (other modules)
 //! statcache.sqlite                  stat cache of digests
@@ -18,6 +19,11 @@
 //! each file, moves it into `objects/`, builds the view, and only then writes the record.
 //! Anything without a record (tmp dirs, views, objects) is garbage for [`Cache::gc`] and
 //! is never served: [`Cache::lookup`] goes through the record and checks its objects.
+//!
+//! Damage is never used: before a stage runs, [`Cache::check_input`] re-hashes every byte
+//! it is about to read; [`Cache::commit`] reuses an existing object only after re-hashing
+//! it. Wherever damage is found, the records that may have been computed from it go too
+//! (see [`derived_records`] for the rule).
 
 mod digest;
 mod fsutil;
@@ -71,6 +77,24 @@ pub enum CacheError {
     },
     #[error(transparent)]
     Lock(#[from] LockError),
+    /// A stage's input no longer holds the bytes its record names ([`Cache::check_input`]).
+    #[error(
+        "committed output {key}: `{file}` {problem}; its record and {derived} record(s) derived from it were dropped, so a re-run recomputes them"
+    )]
+    DamagedInput {
+        key: CacheKey,
+        file: String,
+        problem: String,
+        derived: usize,
+    },
+    #[error(
+        "{path}: not a committed output of the cache at {root} (a stage's inputs are its `views/<key>` directories)"
+    )]
+    NotAView { path: PathBuf, root: PathBuf },
+    #[error(
+        "{path}: committed output {key} has no record any more (dropped by `verify`, `gc` or a damage check); a re-run recomputes it"
+    )]
+    InputGone { key: CacheKey, path: PathBuf },
 }
 
 impl CacheError {
@@ -127,6 +151,11 @@ pub struct RecordMeta {
     pub duration_ms: u64,
     pub host: String,
     pub device: String,
+    /// Whether the stage checked every byte of its inputs against their digests before it
+    /// ran ([`Cache::check_input`]). Records written before that check existed read as
+    /// `false`; [`derived_records`] distrusts only those.
+    #[serde(default)]
+    pub inputs_verified: bool,
 }
 
 /// A committed stage output. Its existence on disk is what "cached" means.
@@ -203,6 +232,9 @@ pub struct VerifyReport {
     pub missing: Vec<String>,
     /// Records deleted because they referenced corrupt or missing objects.
     pub removed_records: Vec<CacheKey>,
+    /// Records deleted because they may have been computed from damaged bytes
+    /// ([`derived_records`]).
+    pub derived_records: Vec<CacheKey>,
     /// Record files that could not be parsed or were inconsistent (deleted).
     pub bad_records: Vec<PathBuf>,
 }
@@ -410,9 +442,12 @@ impl Cache {
 
     // ---- lookup --------------------------------------------------------------------
 
-    /// The record of `key` if it is committed and all its objects are intact. A record
-    /// whose objects are missing or altered is deleted (with a warning) and `None`
-    /// returned, so the stage re-runs instead of serving damaged data.
+    /// The record of `key` if it is committed and its objects look intact (same stat as
+    /// at commit, else re-hashed). A record whose objects are missing or altered is
+    /// deleted (with a warning), together with the records derived from it
+    /// ([`derived_records`]), and `None` returned, so the stage re-runs instead of serving
+    /// damaged data. A stat check cannot see damage that keeps size and mtime: the
+    /// stage that reads the output re-hashes it ([`Cache::check_input`]).
     pub fn lookup(&self, key: &CacheKey) -> Result<Option<Record>, CacheError> {
         let Some(record) = self.read_record(key)? else {
             return Ok(None);
@@ -420,21 +455,120 @@ impl Cache {
         for f in &record.files {
             let problem = match self.object_state(f)? {
                 ObjectState::Ok => continue,
-                ObjectState::Missing => "is missing",
-                ObjectState::Corrupt => {
-                    self.quarantine(&f.digest)?;
-                    "no longer matches its digest (moved to quarantine/)"
-                }
+                state => self.damage_found(&f.digest, state)?,
             };
+            let dropped = self.contain_damage(&BTreeSet::from([f.digest.clone()]), true)?;
             tracing::warn!(
-                "cache record {key}: object {} of `{}` {problem}; dropping the record so the stage re-runs",
+                "cache record {key}: object {} of `{}` {problem}; dropped the record and {} derived from it so they re-run",
                 f.digest,
-                f.path
+                f.path,
+                dropped.derived.len()
             );
-            self.delete_record(key)?;
             return Ok(None);
         }
         Ok(Some(record))
+    }
+
+    /// Checks, before a stage reads it, that the committed output at `dir` (a
+    /// `views/<key>/` of this cache, as the head hands inputs to a stage) holds exactly the
+    /// bytes its record names, and returns that record.
+    ///
+    /// Every file is re-hashed in full. No cheaper rule is as safe: a stat signature is
+    /// unchanged by bit rot or by a write that restores size and mtime (the hostile trial
+    /// of issue 19 did both), and a sampled hash misses a single flipped bit. It costs
+    /// little: this check runs at 6.6-7.8 GB/s on a 2-core AVX-512 machine, about the
+    /// blake3 rate (3-4.7 GB/s on the older AVX2 machines; `cargo bench --bench
+    /// store_hash`, docs/engine.md), so a stage reading 1 GB of checkpoints pays 0.15-0.3 s,
+    /// small beside any stage that reads that much. Hard-linked views share the object's
+    /// inode, so this hashes the object itself; a copied view (other file system) is
+    /// hashed as the copy the stage will read.
+    ///
+    /// On damage the object is quarantined, the record and the records derived from it
+    /// ([`derived_records`]) are dropped, and [`CacheError::DamagedInput`] names the key
+    /// and the file: the next run recomputes them. A copied view that differs from an
+    /// intact object is rebuilt instead.
+    pub fn check_input(&self, dir: &Path) -> Result<Record, CacheError> {
+        let key = self.view_key(dir)?;
+        let record = self
+            .read_record(&key)?
+            .ok_or_else(|| CacheError::InputGone {
+                key: key.clone(),
+                path: dir.to_path_buf(),
+            })?;
+        let mut rebuilt = false;
+        loop {
+            let view = self.output_dir(&record)?;
+            let Some(f) = self.first_mismatch(&record, &view)? else {
+                return Ok(record);
+            };
+            let state = self.object_content(&f.digest)?;
+            if matches!(state, ObjectState::Ok) {
+                if rebuilt {
+                    return Err(CacheError::Unsupported {
+                        path: view.join(&f.path),
+                        reason: "differs from its intact object even in a freshly built view \
+                                 (is something writing into the cache?)"
+                            .into(),
+                    });
+                }
+                // Only the view's copy is wrong: build it again from the intact object.
+                self.materialize_view(&record)?;
+                rebuilt = true;
+                continue;
+            }
+            let problem = self.damage_found(&f.digest, state)?.to_string();
+            let dropped = self.contain_damage(&BTreeSet::from([f.digest.clone()]), true)?;
+            if !dropped.users.contains(&key) {
+                self.delete_record(&key)?;
+            }
+            return Err(CacheError::DamagedInput {
+                key,
+                file: f.path.clone(),
+                problem,
+                derived: dropped.derived.len(),
+            });
+        }
+    }
+
+    /// The key of a `views/<key>` directory of this cache.
+    fn view_key(&self, dir: &Path) -> Result<CacheKey, CacheError> {
+        let not_a_view = || CacheError::NotAView {
+            path: dir.to_path_buf(),
+            root: self.root.clone(),
+        };
+        let key = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<CacheKey>().ok())
+            .ok_or_else(not_a_view)?;
+        let parent = dir.parent().and_then(|p| p.canonicalize().ok());
+        if parent.as_deref() != Some(self.root.join("views").as_path()) {
+            return Err(not_a_view());
+        }
+        Ok(key)
+    }
+
+    /// The first file of `record` whose bytes under `view` do not hash to its digest
+    /// (hashed on a few threads: a split's many small files are syscall-bound).
+    fn first_mismatch<'r>(
+        &self,
+        record: &'r Record,
+        view: &Path,
+    ) -> Result<Option<&'r FileEntry>, CacheError> {
+        let ok = par_map(&record.files, |f| {
+            match self.hasher.hash_file(&view.join(&f.path)) {
+                Ok((d, _, _)) => Ok(d == f.digest),
+                // Vanished from under us: as wrong as altered.
+                Err(CacheError::Missing { .. }) => Ok(false),
+                Err(e) => Err(e),
+            }
+        })?;
+        Ok(record
+            .files
+            .iter()
+            .zip(ok)
+            .find(|(_, ok)| !ok)
+            .map(|(f, _)| f))
     }
 
     /// Reads and checks a record file; an unreadable or inconsistent one is deleted.
@@ -461,6 +595,66 @@ impl Cache {
                 Ok(None)
             }
         }
+    }
+
+    /// Whether the object `digest` holds its content, by hashing all of it (no stat cache).
+    fn object_content(&self, digest: &str) -> Result<ObjectState, CacheError> {
+        let obj = self.object_path(digest);
+        match std::fs::symlink_metadata(&obj) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => return Ok(ObjectState::Corrupt),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ObjectState::Missing),
+            Err(e) => return Err(CacheError::io(&obj)(e)),
+        }
+        Ok(match self.hasher.hash_file(&obj) {
+            Ok((d, _, _)) if d == digest => ObjectState::Ok,
+            Ok(_) => ObjectState::Corrupt,
+            Err(CacheError::Missing { .. }) => ObjectState::Missing,
+            Err(e) => return Err(e),
+        })
+    }
+
+    /// Quarantines a corrupt object; says what was wrong, for messages.
+    fn damage_found(&self, digest: &str, state: ObjectState) -> Result<&'static str, CacheError> {
+        Ok(match state {
+            ObjectState::Ok => "is intact",
+            ObjectState::Missing => "is missing",
+            ObjectState::Corrupt => {
+                self.quarantine(digest)?;
+                "no longer matches its digest (moved to quarantine/)"
+            }
+        })
+    }
+
+    /// Contains damage to the objects `digests` (corrupt, already quarantined, or
+    /// missing): deletes the records that may have been computed from the damaged bytes
+    /// ([`derived_records`]) and, with `drop_users`, the records that reference the
+    /// objects themselves. Without `drop_users` (a commit that is about to repair the
+    /// object with fresh bytes) the users stay: their content is right again.
+    fn contain_damage(
+        &self,
+        digests: &BTreeSet<String>,
+        drop_users: bool,
+    ) -> Result<Dropped, CacheError> {
+        let records = self.records()?;
+        let users: Vec<&Record> = records
+            .iter()
+            .filter(|r| r.files.iter().any(|f| digests.contains(&f.digest)))
+            .collect();
+        let derived = derived_records(&users, &records);
+        let users: Vec<CacheKey> = users.into_iter().map(|r| r.key.clone()).collect();
+        if drop_users {
+            for key in &users {
+                self.delete_record(key)?;
+            }
+        }
+        for key in &derived {
+            tracing::warn!(
+                "record {key} may have been computed from a damaged output (its stage did not check its inputs); deleting it"
+            );
+            self.delete_record(key)?;
+        }
+        Ok(Dropped { users, derived })
     }
 
     fn object_state(&self, f: &FileEntry) -> Result<ObjectState, CacheError> {
@@ -550,10 +744,20 @@ impl Cache {
         for s in real.iter().chain(links.iter()) {
             let obj = self.object_path(&s.digest);
             let existing = match std::fs::symlink_metadata(&obj) {
-                Ok(m) if m.is_file() && m.len() == s.size => Some(m),
+                // Reused only once its bytes are proven to be the ones named: a size (or
+                // stat) match says nothing about flipped bits.
+                Ok(m)
+                    if m.is_file()
+                        && m.len() == s.size
+                        && matches!(self.object_content(&s.digest)?, ObjectState::Ok) =>
+                {
+                    Some(m)
+                }
                 Ok(_) => {
-                    // Wrong size or type: a damaged object must not absorb this output.
+                    // A damaged object must not absorb this output: the fresh bytes replace
+                    // it (the repair path), and what may have read the damage goes.
                     self.quarantine(&s.digest)?;
+                    self.contain_damage(&BTreeSet::from([s.digest.clone()]), false)?;
                     None
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
@@ -669,42 +873,17 @@ impl Cache {
         &self,
         found: Vec<(String, PathBuf, bool)>,
     ) -> Result<Vec<StagedFile>, CacheError> {
-        let workers = std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8)
-            .min(found.len().max(1));
-        let chunk = found.len().div_ceil(workers).max(1);
-        let results: Vec<Result<Vec<StagedFile>, CacheError>> = std::thread::scope(|scope| {
-            let handles: Vec<_> = found
-                .chunks(chunk)
-                .map(|part| {
-                    scope.spawn(move || {
-                        part.iter()
-                            .map(|(rel, source, via_link)| {
-                                let (digest, size, file) = self.hasher.hash_file(source)?;
-                                file.sync_all().map_err(CacheError::io(source))?;
-                                Ok(StagedFile {
-                                    rel: rel.clone(),
-                                    source: source.clone(),
-                                    via_link: *via_link,
-                                    digest,
-                                    size,
-                                })
-                            })
-                            .collect()
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("hashing thread does not panic"))
-                .collect()
-        });
-        let mut staged = Vec::with_capacity(found.len());
-        for part in results {
-            staged.extend(part?);
-        }
-        Ok(staged)
+        par_map(&found, |(rel, source, via_link)| {
+            let (digest, size, file) = self.hasher.hash_file(source)?;
+            file.sync_all().map_err(CacheError::io(source))?;
+            Ok(StagedFile {
+                rel: rel.clone(),
+                source: source.clone(),
+                via_link: *via_link,
+                digest,
+                size,
+            })
+        })
     }
 
     // ---- views -------------------------------------------------------------------------
@@ -868,46 +1047,47 @@ impl Cache {
     }
 
     /// Re-hashes every object. Corrupt ones go to `quarantine/`; every record that uses a
-    /// corrupt or missing object is deleted, so those stages re-run.
+    /// corrupt or missing object is deleted, and so is every record derived from those
+    /// ([`derived_records`]), so those stages re-run.
     pub fn verify(&self) -> Result<VerifyReport, CacheError> {
         let _gc = self.gc_lock(true)?;
         let mut report = VerifyReport::default();
-        let mut records = Vec::new();
         for key in self.record_keys()? {
-            match self.read_record(&key)? {
-                Some(r) => records.push(r),
-                None => report.bad_records.push(self.record_path(&key)),
+            if self.read_record(&key)?.is_none() {
+                report.bad_records.push(self.record_path(&key));
             }
         }
+        let records = self.records()?;
         let mut bad: BTreeSet<String> = BTreeSet::new();
-        for (digest, path, _) in self.objects()? {
-            let ok = CacheKey::is_valid(&digest)
-                && match self.hasher.hash_file(&path) {
-                    Ok((d, size, _)) => {
-                        report.bytes_checked += size;
-                        d == digest
+        for (digest, path, size) in self.objects()? {
+            let state = if CacheKey::is_valid(&digest) {
+                self.object_content(&digest)?
+            } else {
+                ObjectState::Corrupt
+            };
+            match state {
+                ObjectState::Missing => continue,
+                ObjectState::Ok => {}
+                ObjectState::Corrupt => {
+                    tracing::warn!(
+                        "object {} is corrupt; moving it to quarantine/",
+                        path.display()
+                    );
+                    if CacheKey::is_valid(&digest) {
+                        self.quarantine(&digest)?;
+                    } else {
+                        let dest = self
+                            .root
+                            .join("quarantine")
+                            .join(fsutil::unique_name("stray"));
+                        std::fs::rename(&path, &dest).map_err(CacheError::io(&path))?;
                     }
-                    Err(CacheError::Missing { .. }) => continue,
-                    Err(e) => return Err(e),
-                };
-            report.objects_checked += 1;
-            if !ok {
-                tracing::warn!(
-                    "object {} is corrupt; moving it to quarantine/",
-                    path.display()
-                );
-                if CacheKey::is_valid(&digest) {
-                    self.quarantine(&digest)?;
-                } else {
-                    let dest = self
-                        .root
-                        .join("quarantine")
-                        .join(fsutil::unique_name("stray"));
-                    std::fs::rename(&path, &dest).map_err(CacheError::io(&path))?;
+                    report.corrupt.push(digest.clone());
+                    bad.insert(digest);
                 }
-                report.corrupt.push(digest.clone());
-                bad.insert(digest);
             }
+            report.objects_checked += 1;
+            report.bytes_checked += size;
         }
         for r in &records {
             for f in &r.files {
@@ -919,15 +1099,13 @@ impl Cache {
         }
         report.missing.sort();
         report.missing.dedup();
-        for r in &records {
-            if r.files.iter().any(|f| bad.contains(&f.digest)) {
-                tracing::warn!(
-                    "record {} uses a corrupt or missing object; deleting it",
-                    r.key
-                );
-                self.delete_record(&r.key)?;
-                report.removed_records.push(r.key.clone());
+        if !bad.is_empty() {
+            let dropped = self.contain_damage(&bad, true)?;
+            for key in &dropped.users {
+                tracing::warn!("record {key} uses a corrupt or missing object; deleted it");
             }
+            report.removed_records = dropped.users;
+            report.derived_records = dropped.derived;
         }
         Ok(report)
     }
@@ -1056,6 +1234,97 @@ impl Cache {
         }
         Ok(())
     }
+}
+
+/// Maps `f` over `items` on up to 8 threads, keeping the order; the first error wins.
+/// Hashing many small files is bound by syscalls and fsync latency, not by one core.
+fn par_map<T: Sync, R: Send>(
+    items: &[T],
+    f: impl Fn(&T) -> Result<R, CacheError> + Sync,
+) -> Result<Vec<R>, CacheError> {
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(items.len().max(1));
+    let chunk = items.len().div_ceil(workers).max(1);
+    let f = &f;
+    let results: Vec<Result<Vec<R>, CacheError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().map(f).collect()))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("hashing thread does not panic"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(items.len());
+    for part in results {
+        out.extend(part?);
+    }
+    Ok(out)
+}
+
+/// What [`Cache::contain_damage`] deleted.
+struct Dropped {
+    /// Records referencing a damaged object (deleted only with `drop_users`).
+    users: Vec<CacheKey>,
+    /// Records that may have been computed from the damaged bytes (always deleted).
+    derived: Vec<CacheKey>,
+}
+
+/// The rule by which damage to a committed output spoils other records, in words (for
+/// `verify`'s output and docs/engine.md).
+pub const DERIVED_RULE: &str = "a record is dropped as derived when it read a damaged output \
+without checking its digests (a record written before stages checked their inputs), or read \
+the output of a record dropped as derived; records whose stage checked its inputs were \
+computed from intact bytes and are kept";
+
+/// The records, other than `damaged`, that may have been computed from damaged bytes,
+/// sorted. `damaged` are the records whose objects are corrupt or missing now.
+///
+/// A record R read the output of U when R's key names U's tree digest. R is suspect when
+///   * it read a damaged record's output and did not check its inputs
+///     (`inputs_verified` false: it may have read the damage, if the damage is older than
+///     R), or
+///   * it read the output of a suspect record (whose content then came from damage,
+///     whether or not R checked that those bytes are the ones committed).
+///
+/// A damaged record's own *content* was right when it was computed (only its stored copy
+/// rotted), so a stage that checked its inputs before running read the right bytes: it is
+/// kept, and hours of GPU work are not thrown away for nothing. A damaged record is
+/// itself suspect, for its dependants, when it too read damage unchecked. Since every
+/// stage checks its inputs, only records older than that check are ever dropped here.
+pub fn derived_records(damaged: &[&Record], all: &[Record]) -> Vec<CacheKey> {
+    let damaged_trees: BTreeSet<&str> = damaged.iter().map(|r| r.tree_digest.as_str()).collect();
+    let damaged_keys: BTreeSet<&CacheKey> = damaged.iter().map(|r| &r.key).collect();
+    let mut suspect: BTreeSet<&CacheKey> = BTreeSet::new();
+    let mut suspect_trees: BTreeSet<&str> = BTreeSet::new();
+    loop {
+        let mut grew = false;
+        for r in all {
+            if suspect.contains(&r.key) {
+                continue;
+            }
+            let spoiled = r.material.upstream.values().any(|u| {
+                suspect_trees.contains(u.as_str())
+                    || (!r.meta.inputs_verified && damaged_trees.contains(u.as_str()))
+            });
+            if spoiled {
+                suspect.insert(&r.key);
+                suspect_trees.insert(&r.tree_digest);
+                grew = true;
+            }
+        }
+        if !grew {
+            break;
+        }
+    }
+    suspect
+        .into_iter()
+        .filter(|k| !damaged_keys.contains(k))
+        .cloned()
+        .collect()
 }
 
 struct StagedFile {

@@ -20,18 +20,69 @@ fn meta() -> RecordMeta {
         duration_ms: 5,
         host: "h".into(),
         device: "cpu".into(),
+        inputs_verified: true,
     }
 }
 
 /// Stages and commits `files` (relative path -> contents) under `material`.
 fn commit_files(cache: &Cache, m: &KeyMaterial, files: &[(&str, &[u8])]) -> Record {
+    commit_as(cache, m, files, true)
+}
+
+/// [`commit_files`] with the record's `inputs_verified` flag set as given (`false`: a
+/// record written before stages checked their inputs).
+fn commit_as(cache: &Cache, m: &KeyMaterial, files: &[(&str, &[u8])], verified: bool) -> Record {
     let staging = cache.stage(&m.key()).unwrap();
     for (rel, bytes) in files {
         let p = staging.out_dir().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, bytes).unwrap();
     }
-    cache.commit(staging, m, meta()).unwrap()
+    let meta = RecordMeta {
+        inputs_verified: verified,
+        ..meta()
+    };
+    cache.commit(staging, m, meta).unwrap()
+}
+
+/// Key material of a stage reading `deps`' outputs (as plan.rs builds it).
+fn downstream(lr: f64, deps: &[(&str, &Record)]) -> KeyMaterial {
+    let mut m = material(lr);
+    for (name, rec) in deps {
+        m.upstream.insert((*name).into(), rec.tree_digest.clone());
+    }
+    m
+}
+
+/// Flips one bit of a file in place and restores its size, mtime (to the nanosecond) and
+/// mode: damage no stat signature can see, as in issue 19's hostile trial.
+fn rot_keeping_stat(path: &Path) {
+    let before = std::fs::metadata(path).unwrap();
+    let mtime = before.modified().unwrap();
+    std::fs::set_permissions(path, Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = std::fs::read(path).unwrap();
+    bytes[0] ^= 0x01;
+    let mut f = std::fs::File::options().write(true).open(path).unwrap();
+    std::io::Write::write_all(&mut f, &bytes).unwrap();
+    f.set_modified(mtime).unwrap();
+    drop(f);
+    std::fs::set_permissions(path, before.permissions()).unwrap();
+    let after = std::fs::metadata(path).unwrap();
+    let sig = |m: &std::fs::Metadata| (m.len(), m.modified().unwrap(), m.ino());
+    assert_eq!(
+        sig(&after),
+        sig(&before),
+        "the damage must keep size, mtime, inode"
+    );
+}
+
+fn quarantined(cache: &Cache) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(cache.root().join("quarantine"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 /// Makes a committed object writable and overwrites it with same-size garbage.
@@ -492,4 +543,243 @@ fn empty_output_commits_to_an_empty_view() {
     let view = cache.output_dir(&got).unwrap();
     assert!(view.is_dir() && dir_is_empty(&view));
     assert_eq!(cache.digest_path(&view).unwrap(), rec.tree_digest);
+}
+
+#[test]
+fn check_input_finds_damage_that_keeps_size_and_mtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let rec = commit_files(
+        &cache,
+        &material(0.1),
+        &[("ckpt/g.bin", b"supernet weights"), ("log.txt", b"ok")],
+    );
+    let view = cache.output_dir(&rec).unwrap();
+    assert_eq!(cache.check_input(&view).unwrap(), rec);
+    let g = rec.files.iter().find(|f| f.path == "ckpt/g.bin").unwrap();
+    rot_keeping_stat(&cache.object_path(&g.digest));
+    // The stat check of a lookup cannot see this damage...
+    assert!(cache.lookup(&rec.key).unwrap().is_some());
+    // ...the consumer's full re-hash does, and names the key and the file.
+    let err = cache.check_input(&view).unwrap_err();
+    assert!(
+        matches!(&err, CacheError::DamagedInput { key, file, derived: 0, .. }
+            if *key == rec.key && file == "ckpt/g.bin"),
+        "{err:?}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(rec.key.as_str()) && text.contains("re-run"),
+        "{text}"
+    );
+    assert!(cache.lookup(&rec.key).unwrap().is_none(), "record kept");
+    assert!(!cache.object_path(&g.digest).exists());
+    assert_eq!(quarantined(&cache).len(), 1);
+    assert!(quarantined(&cache)[0].starts_with(&g.digest));
+    // The record is gone, so a second consumer is told so rather than served.
+    let err = cache.check_input(&view).unwrap_err();
+    assert!(matches!(err, CacheError::InputGone { .. }), "{err:?}");
+}
+
+#[test]
+fn check_input_hashes_every_byte_each_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let big = vec![7u8; 3 << 20];
+    let rec = commit_files(&cache, &material(0.1), &[("a", &big), ("b", b"small")]);
+    let view = cache.output_dir(&rec).unwrap();
+    for round in 1..=2u64 {
+        let before = cache.hashed_bytes();
+        cache.check_input(&view).unwrap();
+        assert_eq!(
+            cache.hashed_bytes() - before,
+            rec.size(),
+            "round {round}: the stat cache must not answer for inputs"
+        );
+    }
+}
+
+#[test]
+fn check_input_refuses_a_folder_that_is_not_a_view_of_this_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(&dir.path().join("cache")).unwrap();
+    let rec = commit_files(&cache, &material(0.1), &[("a", b"x")]);
+    let elsewhere = dir.path().join("views").join(rec.key.as_str());
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    for path in [elsewhere, dir.path().join("cache/views/not-a-key")] {
+        let err = cache.check_input(&path).unwrap_err();
+        assert!(matches!(err, CacheError::NotAView { .. }), "{err:?}");
+        assert!(err.to_string().contains(&*path.to_string_lossy()), "{err}");
+    }
+}
+
+#[test]
+fn check_input_rebuilds_a_damaged_copied_view_from_its_intact_object() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let rec = commit_files(&cache, &material(0.1), &[("a.bin", b"intact bytes")]);
+    let view = cache.output_dir(&rec).unwrap();
+    // What a view on another file system holds: a copy with the object's size and mtime,
+    // which `view_intact` accepts; then the copy rots.
+    let obj = cache.object_path(&rec.files[0].digest);
+    let file = view.join("a.bin");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::copy(&obj, &file).unwrap();
+    let f = std::fs::File::options().write(true).open(&file).unwrap();
+    f.set_modified(std::fs::metadata(&obj).unwrap().modified().unwrap())
+        .unwrap();
+    drop(f);
+    rot_keeping_stat(&file);
+    assert_eq!(cache.check_input(&view).unwrap(), rec);
+    assert_eq!(std::fs::read(&file).unwrap(), b"intact bytes");
+    assert!(quarantined(&cache).is_empty(), "the object was intact");
+}
+
+#[test]
+fn commit_reuses_an_existing_object_only_if_its_content_is_the_named_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let a = commit_files(&cache, &material(0.1), &[("w", b"same bytes")]);
+    let obj = cache.object_path(&a.files[0].digest);
+    rot_keeping_stat(&obj);
+    // Another stage commits the same content: the damaged object, same size and all, must
+    // not absorb it; the fresh bytes replace it.
+    let b = commit_files(&cache, &material(0.2), &[("w", b"same bytes")]);
+    assert_eq!(b.files[0].digest, a.files[0].digest);
+    assert_eq!(std::fs::read(&obj).unwrap(), b"same bytes");
+    assert_eq!(quarantined(&cache).len(), 1);
+    for rec in [&a, &b] {
+        let got = cache
+            .lookup(&rec.key)
+            .unwrap()
+            .expect("repaired, still served");
+        let view = cache.output_dir(&got).unwrap();
+        assert_eq!(std::fs::read(view.join("w")).unwrap(), b"same bytes");
+        cache.check_input(&view).unwrap();
+    }
+    // An intact object is reused as it is (no second copy, no quarantine).
+    let ino = std::fs::metadata(&obj).unwrap().ino();
+    commit_files(&cache, &material(0.3), &[("w", b"same bytes")]);
+    assert_eq!(std::fs::metadata(&obj).unwrap().ino(), ino);
+    assert_eq!(quarantined(&cache).len(), 1);
+}
+
+/// S -> A (legacy: did not check its inputs) -> B (checked) ; S -> C (checked).
+fn legacy_chain(cache: &Cache) -> [Record; 4] {
+    let s = commit_files(cache, &material(0.1), &[("w", b"supernet")]);
+    let a = commit_as(
+        cache,
+        &downstream(0.2, &[("s", &s)]),
+        &[("r", b"search")],
+        false,
+    );
+    let b = commit_files(cache, &downstream(0.3, &[("a", &a)]), &[("r", b"distill")]);
+    let c = commit_files(cache, &downstream(0.4, &[("s", &s)]), &[("r", b"eval")]);
+    [s, a, b, c]
+}
+
+#[test]
+fn verify_drops_records_derived_from_damage_unless_their_stage_checked_its_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let [s, a, b, c] = legacy_chain(&cache);
+    rot_keeping_stat(&cache.object_path(&s.files[0].digest));
+    let report = cache.verify().unwrap();
+    assert_eq!(report.corrupt, vec![s.files[0].digest.clone()]);
+    assert_eq!(report.removed_records, vec![s.key.clone()]);
+    // A may have read the damage; B was computed from A's output. C checked its inputs.
+    let mut derived = vec![a.key.clone(), b.key.clone()];
+    derived.sort();
+    assert_eq!(report.derived_records, derived);
+    for gone in [&s, &a, &b] {
+        assert!(cache.lookup(&gone.key).unwrap().is_none());
+    }
+    assert!(cache.lookup(&c.key).unwrap().is_some());
+    let again = cache.verify().unwrap();
+    assert!(again.removed_records.is_empty() && again.derived_records.is_empty());
+}
+
+#[test]
+fn derived_records_follows_suspect_content_through_damaged_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let [s, a, b, c] = legacy_chain(&cache);
+    let all = cache.records().unwrap();
+    // Only S damaged: A (unchecked) and what read A.
+    let mut want = vec![a.key.clone(), b.key.clone()];
+    want.sort();
+    assert_eq!(derived_records(&[&s], &all), want);
+    // S and A damaged: A is a damaged record itself, and also suspect, so B goes.
+    assert_eq!(derived_records(&[&s, &a], &all), vec![b.key.clone()]);
+    // Only A damaged: B checked its inputs, so it read A's right bytes.
+    assert!(derived_records(&[&a], &all).is_empty());
+    // C damaged: nothing read C.
+    assert!(derived_records(&[&c], &all).is_empty());
+}
+
+/// Issue 19's bit-rot scenario at the cache level: A is committed, B is computed from
+/// A's output, A's object rots keeping size and mtime. The damage is found (by the
+/// consumer's check, or by `verify`), A and B go, and re-running A repairs the object
+/// while B is recomputed rather than served.
+#[test]
+fn bit_rot_is_repaired_by_a_rerun_not_served() {
+    for found_by_verify in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let files: &[(&str, &[u8])] = &[("w.bin", b"supernet weights v1")];
+        let a = commit_files(&cache, &material(0.1), files);
+        // B as written before stages checked their inputs, so it may have read the damage.
+        let b_material = downstream(0.2, &[("a", &a)]);
+        let b = commit_as(&cache, &b_material, &[("r", b"search result")], false);
+        let obj = cache.object_path(&a.files[0].digest);
+        rot_keeping_stat(&obj);
+        assert!(
+            cache.lookup(&a.key).unwrap().is_some(),
+            "stat check is blind"
+        );
+        if found_by_verify {
+            let report = cache.verify().unwrap();
+            assert_eq!(report.removed_records, vec![a.key.clone()]);
+            assert_eq!(report.derived_records, vec![b.key.clone()]);
+        } else {
+            // A consumer of A (any stage that reads it) checks it before running.
+            let view = cache.view_path(&a.key);
+            let err = cache.check_input(&view).unwrap_err();
+            assert!(
+                matches!(err, CacheError::DamagedInput { derived: 1, .. }),
+                "{err:?}"
+            );
+        }
+        assert!(cache.lookup(&a.key).unwrap().is_none(), "damaged A served");
+        assert!(
+            cache.lookup(&b.key).unwrap().is_none(),
+            "B from damage served"
+        );
+        // The re-run of A commits the right bytes again: same tree, so B's key is the same
+        // and only a recomputation can bring B back.
+        let again = commit_files(&cache, &material(0.1), files);
+        assert_eq!(again.tree_digest, a.tree_digest);
+        assert_eq!(std::fs::read(&obj).unwrap(), b"supernet weights v1");
+        let view = cache.output_dir(&again).unwrap();
+        assert_eq!(cache.check_input(&view).unwrap(), again);
+        assert!(cache.lookup(&b_material.key()).unwrap().is_none());
+        assert!(cache.verify().unwrap().corrupt.is_empty());
+    }
+}
+
+#[test]
+fn records_without_the_inputs_verified_field_still_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let rec = commit_files(&cache, &material(0.1), &[("a", b"x")]);
+    let path = cache.record_path(&rec.key);
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    json["meta"]
+        .as_object_mut()
+        .unwrap()
+        .remove("inputs_verified");
+    std::fs::write(&path, serde_json::to_vec(&json).unwrap()).unwrap();
+    let got = cache.lookup(&rec.key).unwrap().expect("older record loads");
+    assert!(!got.meta.inputs_verified);
 }
