@@ -295,6 +295,10 @@ fn kill_9_mid_stage_keeps_finished_stages_and_commits_nothing_partial() {
     child.wait().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(300));
     assert_eq!(p.records(), 1, "only the finished stage may be committed");
+    // The run never recorded its end; its head is gone, and `runs` says so.
+    let o = p.run(&["runs", "--json"]);
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(runs[0]["status"], "dead", "{runs}");
 
     std::fs::write(p.path("counts/release"), "").unwrap();
     let o = p.run(&["run", "slow.yaml", "--json"]);
@@ -325,8 +329,10 @@ fn sigint_cancels_running_stage_without_committing() {
     assert_eq!(runs[0]["status"], "interrupted", "{runs}");
 }
 
-#[test]
-fn two_concurrent_runs_execute_each_stage_once() {
+/// `heads` concurrent `run --json` of one pipeline on one cache: every key executes once
+/// (the counter files), the registry records each execution under the run whose stage
+/// process did it and a cache hit under every other run, and the heads' summaries add up.
+fn concurrent_runs(heads: usize) {
     let p = Project::new();
     let counts = p.path("counts");
     std::fs::create_dir_all(&counts).unwrap();
@@ -335,19 +341,163 @@ fn two_concurrent_runs_execute_each_stage_once() {
         &format!(
             r#"
 stages:
-  one: {{kind: command, params: {{cmd: "echo x >> {c}/one; sleep 1; echo 1 > o"}}}}
-  two: {{kind: command, deps: [one], params: {{cmd: "echo x >> {c}/two; sleep 1; echo 2 > o"}}}}
+  one: {{kind: command, params: {{cmd: "echo x >> {c}/one; sleep 0.5; echo 1 > o"}}}}
+  two: {{kind: command, deps: [one], params: {{cmd: "echo x >> {c}/two; sleep 0.5; echo 2 > o"}}}}
+  three: {{kind: command, deps: [one], params: {{cmd: "echo x >> {c}/three; sleep 0.5; echo 3 > o"}}}}
 "#,
             c = counts.display()
         ),
     );
-    let a = p.spawn(&["run", "c.yaml"]);
-    let b = p.spawn(&["run", "c.yaml"]);
-    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
-    assert!(a.status.success(), "{}", stderr(&a));
-    assert!(b.status.success(), "{}", stderr(&b));
-    assert_eq!(p.count("counts/one"), 1);
-    assert_eq!(p.count("counts/two"), 1);
+    let nodes = ["one", "two", "three"];
+    let children: Vec<_> = (0..heads)
+        .map(|_| p.spawn(&["run", "c.yaml", "--json"]))
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for node in nodes {
+        assert_eq!(p.count(&format!("counts/{node}")), 1, "{node} ran twice");
+    }
+    let mut executed_total = 0;
+    for o in &outputs {
+        assert!(o.status.success(), "{}", stderr(o));
+        let s = summary(o);
+        let (executed, cached) = (
+            s["executed"].as_u64().unwrap(),
+            s["cached"].as_u64().unwrap(),
+        );
+        assert_eq!(executed + cached, 3, "{s}");
+        executed_total += executed;
+        // What this head says it executed is what the registry has under its run.
+        let said = |outcome: &str| -> Vec<String> {
+            let mut v: Vec<String> = stdout(o)
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|e| e["event"] == "finished" && e["outcome"] == outcome)
+                .map(|e| e["node"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        let run = s["run_id"].as_i64().unwrap().to_string();
+        let r = p.run(&["runs", "--run", &run, "--json"]);
+        assert!(r.status.success(), "{}", stderr(&r));
+        let rows: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
+        let recorded = |status: &str| -> Vec<String> {
+            let mut v: Vec<String> = rows
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["status"] == status)
+                .map(|e| e["node"].as_str().unwrap().to_string())
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(said("executed"), recorded("executed"), "run {run}: {rows}");
+        assert_eq!(said("cached"), recorded("cached"), "run {run}: {rows}");
+        assert_eq!(said("executed").len() as u64, executed);
+    }
+    assert_eq!(executed_total, 3, "each key executed once, by one head");
+}
+
+#[test]
+fn two_concurrent_runs_execute_each_stage_once_and_each_records_its_own_work() {
+    concurrent_runs(2);
+}
+
+#[test]
+fn four_concurrent_runs_execute_each_stage_once_and_each_records_its_own_work() {
+    concurrent_runs(4);
+}
+
+/// A project whose `ugc-pipe` starts, for each stage, the real worker and then dies by
+/// `kill -9` itself: a stage process killed right after its commit.
+fn killed_after_commit(p: &Project) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = p.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let head = bin.join("ugc-pipe");
+    // The head finds its worker next to its own executable.
+    std::fs::hard_link(env!("CARGO_BIN_EXE_ugc-pipe"), &head)
+        .or_else(|_| std::fs::copy(env!("CARGO_BIN_EXE_ugc-pipe"), &head).map(|_| ()))
+        .unwrap();
+    let worker = bin.join("ugc-pipe-worker");
+    std::fs::write(
+        &worker,
+        format!(
+            "#!/bin/sh\n'{}' \"$@\"\nkill -9 $$\n",
+            env!("CARGO_BIN_EXE_ugc-pipe-worker")
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+    head
+}
+
+fn delete_registry_rows(p: &Project) {
+    let db = rusqlite::Connection::open(p.cache().join("registry.sqlite")).unwrap();
+    db.execute_batch("DELETE FROM metrics; DELETE FROM executions;")
+        .unwrap();
+}
+
+#[test]
+fn a_stage_killed_after_its_commit_counts_as_executed_and_its_rows_are_recovered() {
+    let p = Project::new();
+    p.write(
+        "m.yaml",
+        r#"
+stages:
+  score: {kind: command, params: {cmd: "echo '{\"psnr\": 31.5}' > metrics.json"}}
+"#,
+    );
+    let head = killed_after_commit(&p);
+    let o = std::process::Command::new(&head)
+        .args(["run", "m.yaml", "--json"])
+        .current_dir(p.dir.path())
+        .env("UGC_PIPE_CACHE", p.cache())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    // The record is the truth: the stage committed, so it executed, though its process
+    // was killed by signal 9.
+    assert!(o.status.success(), "{}{}", stdout(&o), stderr(&o));
+    let s = summary(&o);
+    assert_eq!(
+        (s["executed"].as_u64(), s["failed"].as_u64()),
+        (Some(1), Some(0)),
+        "{s}"
+    );
+    let run = s["run_id"].as_i64().unwrap().to_string();
+
+    // A kill between the commit and the registry write leaves the record without rows.
+    delete_registry_rows(&p);
+    let r = p.run(&["runs", "--run", &run, "--json"]);
+    assert!(r.status.success(), "{}", stderr(&r));
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "{rows}");
+    assert_eq!(
+        (&rows[0]["node"], &rows[0]["status"]),
+        (&serde_json::json!("score"), &serde_json::json!("executed")),
+        "{rows}"
+    );
+
+    delete_registry_rows(&p);
+    let o = p.run(&["show", "m.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let shown: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(shown["rows"][0]["node"], "score", "{shown}");
+    assert_eq!(shown["rows"][0]["metrics"]["psnr"], 31.5, "{shown}");
+
+    // So does the next run that finds the record; it also reports it as cached.
+    delete_registry_rows(&p);
+    let o = p.run(&["run", "m.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["cached"], 1);
+    let r = p.run(&["runs", "--run", &run, "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(&stdout(&r)).unwrap();
+    assert_eq!(rows[0]["status"], "executed", "{rows}");
 }
 
 #[test]

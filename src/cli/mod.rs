@@ -282,6 +282,10 @@ pub enum Verb {
         cache_dir: PathBuf,
         #[arg(long)]
         force: bool,
+        /// The registry run this stage belongs to: its job is `jobs/<run>/<key>.json` and
+        /// its execution is recorded under that run. Without it, `jobs/<key>.json`.
+        #[arg(long)]
+        run: Option<i64>,
     },
 }
 

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 
 use ugc_engine::KindRegistry;
 use ugc_engine::cache::Cache;
+use ugc_engine::exec::register_record;
 use ugc_engine::executor::{NodeOutcome, RunOptions, run_dag};
 use ugc_engine::graph::Dag;
 use ugc_engine::plan::{KeyBuilder, NodeState, describe_changes, plan};
@@ -370,14 +371,19 @@ pub fn explain(p: &PipelineArgs, stage: &str) -> CliResult {
 pub fn show(p: &PipelineArgs, json: bool) -> CliResult {
     let s = open(p)?;
     let plan = plan_of(&s, &BTreeSet::new())?;
-    let keys: Vec<_> = plan
-        .states
-        .values()
-        .filter_map(|st| match st {
-            NodeState::Cached { key, .. } => Some(key.clone()),
-            _ => None,
-        })
-        .collect();
+    let mut keys = Vec::new();
+    for st in plan.states.values() {
+        if let NodeState::Cached { key, record } = st {
+            // Its stage process may have died between the commit and its registry write.
+            if let Err(e) = register_record(&s.cache, &s.registry, record) {
+                tracing::warn!(
+                    "run registry: row of `{}` not recovered: {e}",
+                    record.meta.node
+                );
+            }
+            keys.push(key.clone());
+        }
+    }
     let metrics = s
         .registry
         .metrics_for_keys(&keys)

@@ -1,6 +1,10 @@
 //! Runs one stage by its cache key: lock, look up, execute into a fresh staging
 //! directory, commit. This is all a stage process (`ugc-pipe exec --key K`) does; the head
 //! process only schedules. Keeping it callable on its own is what a cluster executor needs.
+//!
+//! The record is the commit point for the registry too: once it is committed nothing
+//! turns the stage into a failure, and its execution row, if this process dies before
+//! writing it, is written later from the record ([`register_record`]).
 
 use std::collections::BTreeMap;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -54,17 +58,37 @@ pub enum ExecError {
         #[source]
         source: StageError,
     },
+    /// A failure the registry could not record (a full disk): the failure comes first,
+    /// so the registry's own error never hides why the stage failed.
+    #[error("{error} (not recorded in the run registry: {registry})")]
+    Unrecorded {
+        error: Box<ExecError>,
+        registry: RegistryError,
+    },
 }
 
 impl ExecError {
     pub fn is_cancelled(&self) -> bool {
-        matches!(
-            self,
+        match self {
             ExecError::Stage {
                 source: StageError::Cancelled,
                 ..
-            }
-        )
+            } => true,
+            ExecError::Unrecorded { error, .. } => error.is_cancelled(),
+            _ => false,
+        }
+    }
+}
+
+/// Records a failed or cancelled execution and returns `error`, with the registry's error
+/// attached after it if the row could not be written.
+fn record_failure(registry: &Registry, row: &ExecutionRow, error: ExecError) -> ExecError {
+    match registry.record_execution(row) {
+        Ok(_) => error,
+        Err(registry) => ExecError::Unrecorded {
+            error: Box::new(error),
+            registry,
+        },
     }
 }
 
@@ -198,7 +222,12 @@ pub fn exec_job(
     if !force && let Some(record) = cache.lookup(&key)? {
         row.status = "cached".into();
         row.ended_unix_ms = now_ms();
-        registry.record_execution(&row)?;
+        if let Err(e) = registry.record_execution(&row) {
+            tracing::warn!(
+                "cache hit of `{}` not recorded in the run registry: {e}",
+                job.node
+            );
+        }
         return Ok(ExecOutcome::Hit(record));
     }
 
@@ -206,10 +235,7 @@ pub fn exec_job(
         row.status = "failed".into();
         row.error = Some(e.to_string());
         row.ended_unix_ms = now_ms();
-        if let Err(r) = registry.record_execution(&row) {
-            tracing::warn!("could not record the failure in the run registry: {r}");
-        }
-        return Err(e);
+        return Err(record_failure(registry, &row, e));
     }
 
     let scratch = cache.scratch_dir(&key)?;
@@ -248,14 +274,27 @@ pub fn exec_job(
                 host,
                 device: job.device.to_string(),
                 inputs_verified: true,
+                run_id: job.run_id,
             };
             let record = cache.commit(staging, &job.material, meta)?;
-            cache.clear_scratch(&key)?;
+            // Committed: what follows is bookkeeping, and its failure is only reported.
+            if let Err(e) = cache.clear_scratch(&key) {
+                tracing::warn!("{e} (`ugc-pipe gc` removes it)");
+            }
             finish(&mut row, "executed", None);
-            let exec_id = registry.record_execution(&row)?;
-            let metrics = read_metrics(&cache.output_dir(&record)?);
-            if !metrics.is_empty() {
-                registry.record_metrics(exec_id, &metrics)?;
+            let recorded = cache
+                .output_dir(&record)
+                .map_err(ExecError::from)
+                .and_then(|dir| {
+                    let at = record.meta.created_unix_ms;
+                    Ok(registry.record_committed(&row, at, &read_metrics(&dir))?)
+                });
+            if let Err(e) = recorded {
+                tracing::warn!(
+                    "stage `{}` is committed, but its run registry row is not written ({e}); \
+                     the next `run`, `runs --run` or `show` writes it from the record",
+                    job.node
+                );
             }
             Ok(ExecOutcome::Executed(record))
         }
@@ -268,13 +307,69 @@ pub fn exec_job(
                 "failed"
             };
             finish(&mut row, status, Some(source.to_string()));
-            registry.record_execution(&row)?;
-            Err(ExecError::Stage {
+            let error = ExecError::Stage {
                 node: job.node.clone(),
                 source,
-            })
+            };
+            Err(record_failure(registry, &row, error))
         }
     }
+}
+
+/// Writes the execution row of a committed `record`, rebuilt from the record, unless the
+/// registry has it: for a stage process that died (or found the registry unwritable)
+/// between its commit and its own registry write. The row goes to the run the record
+/// names if the registry knows that run at the commit time, else to no run; peak memory
+/// is unknown. Returns whether a row was added.
+pub fn register_record(
+    cache: &Cache,
+    registry: &Registry,
+    record: &Record,
+) -> Result<bool, ExecError> {
+    let m = &record.meta;
+    let key = record.key.as_str();
+    if registry.commit_recorded(key, m.created_unix_ms)? {
+        return Ok(false);
+    }
+    let run_id = match m.run_id {
+        Some(run) if registry.run_covers(run, m.created_unix_ms)? => Some(run),
+        _ => None,
+    };
+    let row = ExecutionRow {
+        id: None,
+        run_id,
+        pipeline: m.pipeline.clone(),
+        node: m.node.clone(),
+        kind: record.material.kind.clone(),
+        key: key.to_string(),
+        status: "executed".into(),
+        started_unix_ms: m.created_unix_ms.saturating_sub(m.duration_ms),
+        ended_unix_ms: m.created_unix_ms,
+        duration_ms: m.duration_ms,
+        host: m.host.clone(),
+        device: m.device.clone(),
+        peak_rss_bytes: None,
+        peak_gpu_bytes: None,
+        error: None,
+    };
+    let metrics = read_metrics(&cache.output_dir(record)?);
+    Ok(registry.record_committed(&row, m.created_unix_ms, &metrics)?)
+}
+
+/// [`register_record`] for every record committed by run `run_id`; returns how many rows
+/// were added. What `runs --run N` calls before listing the run's executions.
+pub fn register_run_records(
+    cache: &Cache,
+    registry: &Registry,
+    run_id: i64,
+) -> Result<usize, ExecError> {
+    let mut added = 0;
+    for record in cache.records()? {
+        if record.meta.run_id == Some(run_id) && register_record(cache, registry, &record)? {
+            added += 1;
+        }
+    }
+    Ok(added)
 }
 
 /// Checks every input of `job` by content before its stage runs ([`Cache::check_input`]),
@@ -393,5 +488,202 @@ mod tests {
         let rows = registry.executions(run_id).unwrap();
         assert_eq!(rows[0].peak_gpu_bytes, Some(123));
         assert!(rows[0].peak_rss_bytes.is_some());
+    }
+
+    /// Writes `x` and a `metrics.json`, or fails when its `fail` parameter is true.
+    struct Scored(KindSchema);
+
+    impl StageKind for Scored {
+        fn schema(&self) -> &KindSchema {
+            &self.0
+        }
+        fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+            if ctx.params["fail"] == json!(true) {
+                return Err(StageError::Failed("the command exited with code 3".into()));
+            }
+            std::fs::write(ctx.out_dir.join("x"), b"x").map_err(|e| StageError::io("x", e))?;
+            std::fs::write(ctx.out_dir.join("metrics.json"), br#"{"fid": 1.5}"#)
+                .map_err(|e| StageError::io("metrics.json", e))
+        }
+    }
+
+    struct Setup {
+        /// Holds the cache and registry on disk for the test's length.
+        _dir: tempfile::TempDir,
+        cache: Cache,
+        registry: Registry,
+        kinds: KindRegistry,
+        run_id: i64,
+    }
+
+    fn setup() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let registry = Registry::open(&cache.root().join("registry.sqlite")).unwrap();
+        let schema = KindSchema::from_yaml(
+            "kind: scored\nversion: 1\nparams:\n  fail: {type: bool, default: false}\n",
+        )
+        .unwrap();
+        let mut kinds = KindRegistry::new();
+        kinds.register(Arc::new(Scored(schema)));
+        let run_id = registry.begin_run("p.yaml", &[]).unwrap();
+        Setup {
+            _dir: dir,
+            cache,
+            registry,
+            kinds,
+            run_id,
+        }
+    }
+
+    fn scored_job(run_id: Option<i64>, fail: bool) -> Job {
+        let params = json!({ "fail": fail });
+        let material = KeyMaterial::new("scored", 1, params.clone());
+        Job {
+            schema: crate::job::JOB_SCHEMA_VERSION,
+            key: material.key().to_string(),
+            material,
+            pipeline: "p.yaml".into(),
+            node: "score".into(),
+            stage: "score".into(),
+            kind: "scored".into(),
+            params,
+            inputs: vec![],
+            device: DeviceKind::Cpu,
+            env: BTreeMap::new(),
+            run_id,
+        }
+    }
+
+    fn exec(s: &Setup, job: &Job) -> Result<ExecOutcome, ExecError> {
+        exec_job(
+            &s.cache,
+            &s.registry,
+            &s.kinds,
+            job,
+            false,
+            &NullProgress,
+            &CancelToken::new(),
+            &NoDeviceMemory,
+        )
+    }
+
+    /// A second connection on the registry: what another process (or a full disk) does.
+    fn sql(s: &Setup, statements: &str) {
+        let conn = rusqlite::Connection::open(s.registry.path()).unwrap();
+        conn.execute_batch(statements).unwrap();
+    }
+
+    /// Every insert of an execution row now fails the way a full disk does.
+    const FULL_DISK: &str = "CREATE TRIGGER full BEFORE INSERT ON executions
+         BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END;";
+
+    #[test]
+    fn rows_lost_between_commit_and_registry_write_are_recovered_from_the_record() {
+        let s = setup();
+        let job = scored_job(Some(s.run_id), false);
+        let Ok(ExecOutcome::Executed(record)) = exec(&s, &job) else {
+            panic!("not executed")
+        };
+        assert_eq!(record.meta.run_id, Some(s.run_id));
+        // As if the stage process had been killed right after its commit.
+        sql(&s, "DELETE FROM metrics; DELETE FROM executions;");
+        assert!(s.registry.executions(s.run_id).unwrap().is_empty());
+
+        assert_eq!(
+            register_run_records(&s.cache, &s.registry, s.run_id).unwrap(),
+            1
+        );
+        let rows = s.registry.executions(s.run_id).unwrap();
+        assert_eq!(rows.len(), 1);
+        let row = &rows[0];
+        assert_eq!(
+            (row.status.as_str(), row.node.as_str(), row.kind.as_str()),
+            ("executed", "score", "scored")
+        );
+        assert_eq!(row.key, record.key.as_str());
+        assert_eq!(row.ended_unix_ms, record.meta.created_unix_ms);
+        let metrics = s
+            .registry
+            .metrics_for_keys(std::slice::from_ref(&record.key))
+            .unwrap();
+        assert_eq!(metrics[record.key.as_str()]["fid"], 1.5);
+        // Recovered once: neither a second recovery nor a cache hit adds another row.
+        assert!(!register_record(&s.cache, &s.registry, &record).unwrap());
+        assert!(matches!(exec(&s, &job), Ok(ExecOutcome::Hit(_))));
+        assert_eq!(s.registry.count_executions(Some("executed")).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_normal_commit_needs_no_recovery() {
+        let s = setup();
+        let job = scored_job(Some(s.run_id), false);
+        let Ok(ExecOutcome::Executed(record)) = exec(&s, &job) else {
+            panic!("not executed")
+        };
+        assert!(!register_record(&s.cache, &s.registry, &record).unwrap());
+        let rows = s.registry.executions(s.run_id).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert!(
+            rows[0].peak_rss_bytes.is_some(),
+            "the stage's own row is kept"
+        );
+    }
+
+    #[test]
+    fn a_record_naming_a_run_the_registry_lacks_is_recovered_under_no_run() {
+        let s = setup();
+        let job = scored_job(Some(s.run_id), false);
+        let Ok(ExecOutcome::Executed(record)) = exec(&s, &job) else {
+            panic!("not executed")
+        };
+        // The registry was deleted and recreated: its run ids start again.
+        drop(s.registry);
+        std::fs::remove_file(s.cache.root().join("registry.sqlite")).unwrap();
+        let registry = Registry::open(&s.cache.root().join("registry.sqlite")).unwrap();
+        let new_run = registry.begin_run("p.yaml", &[]).unwrap();
+        assert_eq!(new_run, s.run_id, "the id is reused");
+        assert!(register_record(&s.cache, &registry, &record).unwrap());
+        assert!(registry.executions(new_run).unwrap().is_empty());
+        assert_eq!(registry.count_executions(Some("executed")).unwrap(), 1);
+    }
+
+    #[test]
+    fn a_registry_that_cannot_be_written_after_the_commit_does_not_fail_the_stage() {
+        let s = setup();
+        sql(&s, FULL_DISK);
+        let job = scored_job(Some(s.run_id), false);
+        let out = exec(&s, &job);
+        assert!(matches!(out, Ok(ExecOutcome::Executed(_))), "{out:?}");
+        assert!(s.cache.lookup(&job.cache_key()).unwrap().is_some());
+        sql(&s, "DROP TRIGGER full;");
+        assert_eq!(
+            register_run_records(&s.cache, &s.registry, s.run_id).unwrap(),
+            1
+        );
+    }
+
+    #[test]
+    fn a_failure_the_registry_cannot_record_is_reported_first() {
+        let s = setup();
+        sql(&s, FULL_DISK);
+        let err = exec(&s, &scored_job(Some(s.run_id), true)).unwrap_err();
+        let text = err.to_string();
+        let stage = text
+            .find("stage `score` failed: the command exited with code 3")
+            .unwrap_or_else(|| panic!("{text}"));
+        let full = text
+            .find("database or disk is full")
+            .unwrap_or_else(|| panic!("{text}"));
+        assert!(stage < full, "{text}");
+        assert!(matches!(err, ExecError::Unrecorded { .. }));
+        assert!(!err.is_cancelled());
+        // With a writable registry the failure is recorded and reported as itself.
+        sql(&s, "DROP TRIGGER full;");
+        let err = exec(&s, &scored_job(Some(s.run_id), true)).unwrap_err();
+        assert!(matches!(err, ExecError::Stage { .. }), "{err}");
+        let rows = s.registry.executions(s.run_id).unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].status, "failed");
     }
 }

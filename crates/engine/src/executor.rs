@@ -1,8 +1,12 @@
 //! The head process: walks the DAG, takes cached nodes from the cache, and starts a stage
 //! process (`<program> exec --key K`) for each node that must run, up to `jobs` at a time
 //! and never more than one per GPU. A failed node stops its dependents (and, unless
-//! `keep_going`, the scheduling of anything new). SIGINT/SIGTERM are forwarded to running
-//! stages, which checkpoint and stop; nothing they half-wrote is committed.
+//! `keep_going`, the scheduling of anything new). SIGINT/SIGTERM/SIGHUP are forwarded to
+//! running stages, which checkpoint and stop; nothing they half-wrote is committed.
+//!
+//! How a node ended is decided by the record of its key, not by the stage process's exit:
+//! a process killed after its commit executed its node, and one that found the record
+//! another run committed reports a cache hit.
 //!
 //! Why not dagrs: its graph runs every task to completion and has no notion of per-resource
 //! slots (one stage per GPU), of skipping only the dependents of a failed node while
@@ -22,7 +26,7 @@ use tokio::sync::mpsc;
 
 use crate::cache::{Cache, CacheKey, Record};
 use crate::events::StageEvent;
-use crate::exec::{host_name, now_ms};
+use crate::exec::{host_name, now_ms, register_record};
 use crate::graph::Dag;
 use crate::job::{JOB_SCHEMA_VERSION, Job};
 use crate::plan::{KeyBuilder, PlanError, RunReason, why_run};
@@ -63,7 +67,7 @@ pub struct RunOptions {
     /// One slot per GPU; empty when stages run on the CPU.
     pub gpus: Vec<usize>,
     /// The program and leading arguments that run one stage: `[exe, "exec"]` plus
-    /// `--key K --cache-dir D` added here.
+    /// `--key K --cache-dir D [--run R] [--force]` added here.
     pub exec_command: Vec<String>,
     pub pipeline: String,
     pub run_id: Option<i64>,
@@ -129,8 +133,12 @@ struct Running {
     child_pid: Option<u32>,
     key: CacheKey,
     started: Instant,
+    /// Wall clock at the start, to compare with a record's `created_unix_ms`.
+    started_unix_ms: u64,
     gpu: Option<usize>,
     error: Option<String>,
+    /// The stage process's own `done` outcome (`executed`, `hit`, ...), if it got that far.
+    reported: Option<String>,
 }
 
 /// Runs `dag`. Must be called from a current-thread tokio runtime: stage processes are
@@ -155,6 +163,10 @@ pub async fn run_dag(
     let mut sigint = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
         .map_err(ExecutorError::Signal)?;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(ExecutorError::Signal)?;
+    // A closed terminal must not kill the head at once: its stages would get SIGKILL
+    // (parent-death signal) without a checkpoint.
+    let mut sighup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
         .map_err(ExecutorError::Signal)?;
     let order = dag.topo_order();
 
@@ -184,6 +196,10 @@ pub async fn run_dag(
                 let key = material.key();
                 let forced = opts.forced.contains(&idx);
                 if !forced && let Some(record) = cache.lookup(&key)? {
+                    // The run that committed it may have died before its registry row.
+                    if let Err(e) = register_record(cache, registry, &record) {
+                        tracing::warn!("run registry: {e}");
+                    }
                     record_cached(registry, opts, &node.id, &node.kind, &key);
                     let _ = registry.set_node_key(&opts.pipeline, &node.id, &key, &material);
                     ui.stage_finished(&node.id, &NodeOutcome::Cached, Some(&key), 0.0, None);
@@ -246,8 +262,10 @@ pub async fn run_dag(
                         child_pid: pid,
                         key,
                         started: Instant::now(),
+                        started_unix_ms: now_ms(),
                         gpu,
                         error: None,
+                        reported: None,
                     },
                 );
             }
@@ -260,9 +278,10 @@ pub async fn run_dag(
                 let Some(msg) = msg else { break };
                 match msg {
                     Msg::Event(idx, ev) => {
-                        if let StageEvent::Done { error: Some(e), .. } = &ev
+                        if let StageEvent::Done { outcome, error } = &ev
                             && let Some(r) = running.get_mut(&idx) {
-                            r.error = Some(e.clone());
+                            r.reported = Some(outcome.clone());
+                            r.error.clone_from(error);
                         }
                         ui.stage_event(&dag.node(idx).id, &ev);
                     }
@@ -272,17 +291,23 @@ pub async fn run_dag(
                         let node = dag.node(idx);
                         let secs = r.started.elapsed().as_secs_f64();
                         finished.insert(idx);
-                        let outcome = match (code, cache.lookup(&r.key)?) {
-                            (Some(0), Some(record)) => {
-                                if let Ok(job) = Job::read(cache.root(), r.key.as_str()) {
-                                    let _ = registry.set_node_key(&opts.pipeline, &node.id, &r.key, &job.material);
+                        let record = cache.lookup(&r.key)?;
+                        let settled = record.as_ref().and_then(|rec| {
+                            settle(rec, r.reported.as_deref(), opts.run_id, r.started_unix_ms)
+                        });
+                        let outcome = match (code, settled, record) {
+                            (_, Some(outcome), Some(record)) => {
+                                if outcome == NodeOutcome::Executed
+                                    && let Err(e) = register_record(cache, registry, &record) {
+                                    tracing::warn!("run registry: {e}");
                                 }
+                                let _ = registry.set_node_key(&opts.pipeline, &node.id, &r.key, &record.material);
                                 done.insert(idx, record);
-                                NodeOutcome::Executed
+                                outcome
                             }
-                            (Some(130), _) => NodeOutcome::Cancelled,
+                            (Some(130), ..) => NodeOutcome::Cancelled,
                             _ if summary.interrupted => NodeOutcome::Cancelled,
-                            (code, _) => {
+                            (code, ..) => {
                                 let err = r.error.clone().unwrap_or_else(|| match (code, signal) {
                                     (_, Some(s)) => format!("stage process killed by signal {s}"),
                                     (Some(c), _) => format!("stage process exited with code {c}"),
@@ -301,6 +326,7 @@ pub async fn run_dag(
             }
             _ = sigint.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
             _ = sigterm.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
+            _ = sighup.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
         }
     }
     for &idx in &order {
@@ -311,6 +337,26 @@ pub async fn run_dag(
     }
     summary.secs = clock.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// What a stage process that ended left its node, by the record of its key (the truth);
+/// the process's report only says who committed it. `None`: no record of this attempt.
+fn settle(
+    record: &Record,
+    reported: Option<&str>,
+    run_id: Option<i64>,
+    started_unix_ms: u64,
+) -> Option<NodeOutcome> {
+    match reported {
+        Some("executed") => Some(NodeOutcome::Executed),
+        Some("hit") => Some(NodeOutcome::Cached),
+        // An older record (a forced re-run that failed, say) is not this attempt's.
+        _ if record.meta.created_unix_ms < started_unix_ms => None,
+        // Killed without a report: after its own commit if the record names this run.
+        None if record.meta.run_id == run_id => Some(NodeOutcome::Executed),
+        // Another run committed the key while this one's stage process ran.
+        _ => Some(NodeOutcome::Cached),
+    }
 }
 
 fn record_cached(registry: &Registry, opts: &RunOptions, node: &str, kind: &str, key: &CacheKey) {
@@ -440,6 +486,10 @@ fn spawn_stage(
     if forced {
         cmd.arg("--force");
     }
+    // The run's own job file (`jobs/<run>/<key>.json`): the stage records its work there.
+    if let Some(run) = opts.run_id {
+        cmd.arg("--run").arg(run.to_string());
+    }
     // SAFETY: prctl is async-signal-safe; it makes the stage die with the head (kill -9 of
     // the head must not leave stages running unsupervised).
     unsafe {
@@ -470,4 +520,55 @@ fn watch_child(idx: NodeIndex, mut child: Child, tx: mpsc::UnboundedSender<Msg>)
         let signal = status.and_then(|s| s.signal());
         let _ = tx.send(Msg::Exited(idx, code, signal));
     });
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::cache::{KeyMaterial, RecordMeta};
+
+    fn record(run_id: Option<i64>, created_unix_ms: u64) -> Record {
+        let material = KeyMaterial::new("k", 1, json!({}));
+        Record {
+            key: material.key(),
+            material,
+            files: vec![],
+            tree_digest: String::new(),
+            meta: RecordMeta {
+                node: "n".into(),
+                pipeline: "p".into(),
+                created_unix_ms,
+                duration_ms: 1,
+                host: "h".into(),
+                device: "cpu".into(),
+                run_id,
+                inputs_verified: true,
+            },
+        }
+    }
+
+    #[test]
+    fn the_record_decides_how_a_stage_process_left_its_node() {
+        use NodeOutcome::{Cached, Executed};
+        let (run, started) = (Some(7), 1_000);
+        let ours = record(run, 1_500);
+        let theirs = record(Some(8), 1_500);
+        let old = record(run, 900);
+        // The process's report names who committed.
+        assert_eq!(
+            settle(&ours, Some("executed"), run, started),
+            Some(Executed)
+        );
+        assert_eq!(settle(&theirs, Some("hit"), run, started), Some(Cached));
+        // Killed after its commit, before it could report (or write the registry).
+        assert_eq!(settle(&ours, None, run, started), Some(Executed));
+        // Died while another run committed the key.
+        assert_eq!(settle(&theirs, None, run, started), Some(Cached));
+        assert_eq!(settle(&ours, Some("failed"), run, started), Some(Cached));
+        // A record older than the attempt (a forced re-run that failed) is not its result.
+        assert_eq!(settle(&old, None, run, started), None);
+        assert_eq!(settle(&old, Some("failed"), run, started), None);
+    }
 }

@@ -1,7 +1,11 @@
 //! A job: everything needed to run one stage by its cache key, written by the head into
-//! `<cache>/jobs/<key>.json` and read by `ugc-pipe exec --key KEY`. Keeping the job on disk
-//! (not on a command line) is what lets a cluster executor run the same command elsewhere
-//! against a shared cache.
+//! `<cache>/jobs/<run>/<key>.json` and read by `ugc-pipe exec --key KEY --run RUN`
+//! (`<cache>/jobs/<key>.json` and no `--run` for a job outside any registry run). Keeping the
+//! job on disk (not on a command line) is what lets a cluster executor run the same command
+//! elsewhere against a shared cache. A job file belongs to one run: two heads running the
+//! same pipeline on one cache write the same key with their own run id (and GPU), so a
+//! shared file per key would let one head's stage process record its work under the other's
+//! run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -30,6 +34,7 @@ pub struct Job {
     pub device: DeviceKind,
     /// Environment passed to user commands the stage starts.
     pub env: BTreeMap<String, String>,
+    /// The registry run this job belongs to; also names its directory under `jobs/`.
     pub run_id: Option<i64>,
 }
 
@@ -46,13 +51,19 @@ pub enum JobError {
 }
 
 impl Job {
-    pub fn path(cache_root: &Path, key: &str) -> PathBuf {
-        cache_root.join("jobs").join(format!("{key}.json"))
+    /// `jobs/<run>/<key>.json`, or `jobs/<key>.json` for a job of no run.
+    pub fn path(cache_root: &Path, key: &str, run_id: Option<i64>) -> PathBuf {
+        let jobs = cache_root.join("jobs");
+        let dir = match run_id {
+            Some(run) => jobs.join(run.to_string()),
+            None => jobs,
+        };
+        dir.join(format!("{key}.json"))
     }
 
     /// Writes the job atomically (temp file + rename), so a reader never sees half a job.
     pub fn write(&self, cache_root: &Path) -> Result<PathBuf, JobError> {
-        let path = Self::path(cache_root, &self.key);
+        let path = Self::path(cache_root, &self.key, self.run_id);
         let io = |source| JobError::Io {
             path: path.clone(),
             source,
@@ -69,10 +80,11 @@ impl Job {
         Ok(path)
     }
 
-    /// Reads and checks a job: the key must be the digest of its key material, so a job
-    /// file edited by hand cannot commit outputs under someone else's key.
-    pub fn read(cache_root: &Path, key: &str) -> Result<Job, JobError> {
-        let path = Self::path(cache_root, key);
+    /// Reads and checks the job of `key` in run `run_id`: the key must be the digest of its
+    /// key material, so a job file edited by hand cannot commit outputs under someone
+    /// else's key, and the file must name the run it is filed under.
+    pub fn read(cache_root: &Path, key: &str, run_id: Option<i64>) -> Result<Job, JobError> {
+        let path = Self::path(cache_root, key, run_id);
         let text = std::fs::read(&path).map_err(|source| JobError::Io {
             path: path.clone(),
             source,
@@ -100,10 +112,83 @@ impl Job {
                 ),
             });
         }
+        if job.run_id != run_id {
+            return Err(JobError::Invalid {
+                path,
+                msg: format!(
+                    "job of run {} filed under run {}",
+                    fmt_run(job.run_id),
+                    fmt_run(run_id)
+                ),
+            });
+        }
         Ok(job)
     }
 
     pub fn cache_key(&self) -> CacheKey {
         self.material.key()
+    }
+}
+
+fn fmt_run(run: Option<i64>) -> String {
+    run.map(|r| r.to_string()).unwrap_or_else(|| "none".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn job(run_id: Option<i64>, device: DeviceKind) -> Job {
+        let material = KeyMaterial::new("touch", 1, json!({}));
+        Job {
+            schema: JOB_SCHEMA_VERSION,
+            key: material.key().to_string(),
+            material,
+            pipeline: "p.yaml".into(),
+            node: "t".into(),
+            stage: "t".into(),
+            kind: "touch".into(),
+            params: json!({}),
+            inputs: vec![],
+            device,
+            env: BTreeMap::new(),
+            run_id,
+        }
+    }
+
+    #[test]
+    fn two_runs_of_one_key_keep_their_own_job_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = job(Some(1), DeviceKind::Cuda(0));
+        let b = job(Some(2), DeviceKind::Cuda(1));
+        a.write(dir.path()).unwrap();
+        b.write(dir.path()).unwrap();
+        let ra = Job::read(dir.path(), &a.key, Some(1)).unwrap();
+        let rb = Job::read(dir.path(), &a.key, Some(2)).unwrap();
+        assert_eq!((ra.run_id, ra.device), (Some(1), DeviceKind::Cuda(0)));
+        assert_eq!((rb.run_id, rb.device), (Some(2), DeviceKind::Cuda(1)));
+        // No job of this key outside a run was written.
+        assert!(matches!(
+            Job::read(dir.path(), &a.key, None),
+            Err(JobError::Io { .. })
+        ));
+    }
+
+    #[test]
+    fn a_job_filed_under_another_run_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = job(Some(1), DeviceKind::Cpu);
+        a.write(dir.path()).unwrap();
+        std::fs::create_dir_all(dir.path().join("jobs/7")).unwrap();
+        std::fs::copy(
+            Job::path(dir.path(), &a.key, Some(1)),
+            Job::path(dir.path(), &a.key, Some(7)),
+        )
+        .unwrap();
+        let err = Job::read(dir.path(), &a.key, Some(7))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("job of run 1 filed under run 7"), "{err}");
     }
 }

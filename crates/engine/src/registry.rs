@@ -5,23 +5,30 @@
 //! runs in WAL mode with a generous busy timeout, and multi-statement writes use
 //! `BEGIN IMMEDIATE` transactions. The schema is versioned in `schema_version` and
 //! migrated forward on open.
+//!
+//! The cache record is the commit point, not this database: a stage process writes its
+//! execution row right after committing, and whoever later finds a record without its
+//! row (the process died in between, or the disk was full) writes it from the record
+//! ([`Registry::record_committed`]), so no committed stage goes missing from `runs`/`show`.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
-use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 use crate::cache::{CacheKey, KeyMaterial, now_unix_ms};
-use crate::lock::this_host;
+use crate::lock::{pid_alive, this_host};
 
 /// The schema this code writes. Older databases are migrated on open; newer ones refused.
-pub const REGISTRY_SCHEMA_VERSION: i64 = 1;
+pub const REGISTRY_SCHEMA_VERSION: i64 = 2;
 
 /// Statuses a run can end with.
 pub const RUN_STATUSES: [&str; 3] = ["ok", "failed", "interrupted"];
+/// What [`Registry::runs`] shows for a `running` run whose head process is gone (killed
+/// with -9, crashed, machine rebooted): it never recorded an end and never will.
+pub const DEAD_RUN_STATUS: &str = "dead";
 /// Statuses of one stage execution.
 pub const EXECUTION_STATUSES: [&str; 5] = ["executed", "cached", "failed", "cancelled", "skipped"];
 
@@ -74,7 +81,8 @@ pub struct RunRow {
     pub argv: String,
     pub started_unix_ms: u64,
     pub ended_unix_ms: Option<u64>,
-    /// `running` until [`Registry::end_run`], then `ok`, `failed` or `interrupted`.
+    /// `running` until [`Registry::end_run`], then `ok`, `failed` or `interrupted`;
+    /// [`DEAD_RUN_STATUS`] when read while `running` though its head is gone.
     pub status: String,
     pub host: String,
 }
@@ -129,7 +137,8 @@ fn check_status(field: &'static str, value: &str, allowed: &[&str]) -> Result<()
 }
 
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
         pipeline TEXT NOT NULL,
@@ -173,7 +182,111 @@ const MIGRATIONS: [&str; 1] = ["
         updated_unix_ms INTEGER NOT NULL,
         PRIMARY KEY (pipeline, node)
     );
-"];
+",
+    "
+    -- JSON of the head's ProcessIdentity; NULL in runs recorded before version 2.
+    ALTER TABLE runs ADD COLUMN head TEXT;
+",
+];
+
+/// Who a head process is, precisely enough to tell later whether it still runs: a reused
+/// pid, a reboot, a container or another machine sharing the cache must not make a live
+/// run look dead (or a dead one alive).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessIdentity {
+    /// `/etc/machine-id`: one installation, the same across its reboots.
+    pub machine_id: Option<String>,
+    /// `/proc/sys/kernel/random/boot_id`: one running kernel, new on every boot.
+    pub boot_id: Option<String>,
+    /// `/proc/self/ns/pid`: a pid only names a process inside its pid namespace.
+    pub pid_ns: Option<String>,
+    pub pid: u32,
+    /// Start time in clock ticks after boot (`/proc/<pid>/stat` field 22): tells a
+    /// reused pid from the original process.
+    pub start_ticks: Option<u64>,
+}
+
+/// Whether a recorded process still runs, as far as this machine can tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Liveness {
+    Alive,
+    Gone,
+    /// Another machine, container or pid namespace: nothing can be said from here.
+    Unknown,
+}
+
+fn read_trimmed(path: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    let text = text.trim();
+    (!text.is_empty()).then(|| text.to_string())
+}
+
+/// Field 22 (`starttime`) of `/proc/<pid>/stat`. The command name (field 2) is in
+/// parentheses and may itself hold spaces and `)`, so fields are counted after the last `)`.
+fn start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    // `rest` starts at field 3.
+    rest.split_whitespace().nth(22 - 3)?.parse().ok()
+}
+
+impl ProcessIdentity {
+    /// This process.
+    pub fn current() -> ProcessIdentity {
+        let pid = std::process::id();
+        ProcessIdentity {
+            machine_id: read_trimmed("/etc/machine-id"),
+            boot_id: read_trimmed("/proc/sys/kernel/random/boot_id"),
+            pid_ns: std::fs::read_link("/proc/self/ns/pid")
+                .ok()
+                .map(|p| p.display().to_string()),
+            pid,
+            start_ticks: start_ticks(pid),
+        }
+    }
+
+    /// Whether the process `self` names still runs, judged by `here` (the reader's own
+    /// identity, [`ProcessIdentity::current`]).
+    pub fn liveness(&self, here: &ProcessIdentity) -> Liveness {
+        match (&self.boot_id, &here.boot_id) {
+            (Some(then), Some(now)) if then == now => {
+                // The same running kernel; pids compare only within one pid namespace.
+                if self.pid_ns.is_none() || self.pid_ns != here.pid_ns {
+                    return Liveness::Unknown;
+                }
+                let alive = match self.start_ticks {
+                    Some(t) => start_ticks(self.pid) == Some(t),
+                    None => pid_alive(self.pid),
+                };
+                if alive {
+                    Liveness::Alive
+                } else {
+                    Liveness::Gone
+                }
+            }
+            // Another boot of this installation: every process of that boot is gone.
+            (Some(_), Some(_))
+                if self.machine_id.is_some() && self.machine_id == here.machine_id =>
+            {
+                Liveness::Gone
+            }
+            _ => Liveness::Unknown,
+        }
+    }
+}
+
+/// Whether the head of a `running` run is provably gone: by its recorded identity, or, for
+/// runs recorded before identities were (schema 1), by host name and pid alone.
+fn head_gone(identity: Option<&str>, host: &str, pid: i64, here: &ProcessIdentity) -> bool {
+    match identity.and_then(|t| serde_json::from_str::<ProcessIdentity>(t).ok()) {
+        Some(id) => id.liveness(here) == Liveness::Gone,
+        None => host == this_host() && !u32::try_from(pid).is_ok_and(pid_alive),
+    }
+}
+
+/// `?1` key, `?2` commit time: see [`Registry::commit_recorded`].
+const COMMIT_RECORDED: &str = "SELECT EXISTS (SELECT 1 FROM executions WHERE key = ?1
+     AND status = 'executed' AND started_unix_ms <= ?2 AND ended_unix_ms >= ?2)";
 
 const EXECUTION_COLUMNS: &str = "id, run_id, pipeline, node, kind, key, status, started_unix_ms, \
      ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error";
@@ -218,12 +331,7 @@ impl Registry {
                 source,
             })?;
         }
-        let mut conn = Connection::open(path).map_err(db)?;
-        conn.busy_timeout(Duration::from_secs(30)).map_err(db)?;
-        conn.pragma_update(None, "journal_mode", "WAL")
-            .map_err(db)?;
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(db)?;
+        let mut conn = crate::sqlite::open_wal(path).map_err(db)?;
         conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
@@ -271,19 +379,22 @@ impl Registry {
         }
     }
 
-    /// Records the start of a run; returns its id.
+    /// Records the start of a run by this process (its head); returns its id.
     pub fn begin_run(&self, pipeline: &str, argv: &[String]) -> Result<i64, RegistryError> {
         let argv = serde_json::to_string(argv).expect("strings serialize");
+        let head = ProcessIdentity::current();
+        let identity = serde_json::to_string(&head).expect("identity serializes");
         let conn = self.conn();
         conn.execute(
-            "INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5)",
+            "INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid, head)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
             params![
                 pipeline,
                 argv,
                 int("started_unix_ms", now_unix_ms())?,
                 this_host(),
-                std::process::id()
+                head.pid,
+                identity
             ],
         )
         .map_err(|e| self.db(e))?;
@@ -306,40 +417,74 @@ impl Registry {
         Ok(())
     }
 
-    /// Marks runs of this host still `running` whose process is gone as `interrupted`
-    /// (a run killed with -9 never calls [`Self::end_run`]); returns their ids.
-    pub fn mark_abandoned_runs(&self) -> Result<Vec<i64>, RegistryError> {
-        let host = this_host();
-        let candidates: Vec<(i64, i64)> = {
-            let conn = self.conn();
-            let mut stmt = conn
-                .prepare("SELECT id, pid FROM runs WHERE status = 'running' AND host = ?1")
-                .map_err(|e| self.db(e))?;
-            let rows = stmt
-                .query_map(params![host], |r| Ok((r.get(0)?, r.get(1)?)))
-                .map_err(|e| self.db(e))?;
-            rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?
-        };
-        let mut marked = Vec::new();
-        for (id, pid) in candidates {
-            let alive = u32::try_from(pid).is_ok_and(crate::lock::pid_alive);
-            if !alive {
-                self.conn()
-                    .execute(
-                        "UPDATE runs SET status = 'interrupted' WHERE id = ?1 AND status = 'running'",
-                        params![id],
-                    )
-                    .map_err(|e| self.db(e))?;
-                marked.push(id);
-            }
-        }
-        Ok(marked)
-    }
-
     /// Records one stage execution; returns its id (`e.id` is ignored).
     pub fn record_execution(&self, e: &ExecutionRow) -> Result<i64, RegistryError> {
         check_status("execution status", &e.status, &EXECUTION_STATUSES)?;
-        let conn = self.conn();
+        self.insert_execution(&self.conn(), e)
+    }
+
+    /// Whether the commit of `key` at `committed_unix_ms` has its execution row: an
+    /// `executed` row of that key whose span covers the commit time, whatever its run. An
+    /// execution commits and ends its row under the key's lock, so the only other span that
+    /// can cover that moment is one that waited for the lock meanwhile and then executed:
+    /// it committed later and replaced that record, which is then no longer asked about.
+    pub fn commit_recorded(
+        &self,
+        key: &str,
+        committed_unix_ms: u64,
+    ) -> Result<bool, RegistryError> {
+        let at = int("committed_unix_ms", committed_unix_ms)?;
+        self.conn()
+            .query_row(COMMIT_RECORDED, params![key, at], |r| r.get(0))
+            .map_err(|e| self.db(e))
+    }
+
+    /// Records the execution that committed a record at `committed_unix_ms` (its
+    /// `created_unix_ms`), with its metrics, unless that commit has its row already
+    /// ([`Self::commit_recorded`]). The stage process calls this right after committing;
+    /// whoever later finds the record without its row calls it again with a row rebuilt
+    /// from the record. Returns whether it added the row.
+    pub fn record_committed(
+        &self,
+        e: &ExecutionRow,
+        committed_unix_ms: u64,
+        metrics: &BTreeMap<String, f64>,
+    ) -> Result<bool, RegistryError> {
+        check_status("committed execution status", &e.status, &["executed"])?;
+        let at = int("committed_unix_ms", committed_unix_ms)?;
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        let present: bool = tx
+            .query_row(COMMIT_RECORDED, params![e.key, at], |r| r.get(0))
+            .map_err(|e| self.db(e))?;
+        if present {
+            return Ok(false);
+        }
+        let id = self.insert_execution(&tx, e)?;
+        self.insert_metrics(&tx, id, metrics)?;
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(true)
+    }
+
+    /// Whether run `run_id` is in the registry and `at_unix_ms` falls between its start
+    /// and its end (if it ended): a run id read from a record names this run, not one of a
+    /// registry deleted and recreated since.
+    pub fn run_covers(&self, run_id: i64, at_unix_ms: u64) -> Result<bool, RegistryError> {
+        let at = int("at_unix_ms", at_unix_ms)?;
+        self.conn()
+            .query_row(
+                "SELECT EXISTS (SELECT 1 FROM runs WHERE id = ?1 AND started_unix_ms <= ?2
+                     AND (ended_unix_ms IS NULL OR ended_unix_ms >= ?2))",
+                params![run_id, at],
+                |r| r.get(0),
+            )
+            .map_err(|e| self.db(e))
+    }
+
+    /// The one INSERT of an execution row, on a connection or transaction already held.
+    fn insert_execution(&self, conn: &Connection, e: &ExecutionRow) -> Result<i64, RegistryError> {
         conn.execute(
             "INSERT INTO executions (run_id, pipeline, node, kind, key, status, started_unix_ms,
                  ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error)
@@ -365,6 +510,22 @@ impl Registry {
         Ok(conn.last_insert_rowid())
     }
 
+    fn insert_metrics(
+        &self,
+        conn: &Connection,
+        execution_id: i64,
+        metrics: &BTreeMap<String, f64>,
+    ) -> Result<(), RegistryError> {
+        for (name, value) in metrics {
+            conn.execute(
+                "INSERT OR REPLACE INTO metrics (execution_id, name, value) VALUES (?1, ?2, ?3)",
+                params![execution_id, name, value],
+            )
+            .map_err(|e| self.db(e))?;
+        }
+        Ok(())
+    }
+
     /// Records the metrics of an execution (replacing same-named ones), atomically.
     pub fn record_metrics(
         &self,
@@ -375,28 +536,24 @@ impl Registry {
         let tx = conn
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db(e))?;
-        for (name, value) in metrics {
-            tx.execute(
-                "INSERT OR REPLACE INTO metrics (execution_id, name, value) VALUES (?1, ?2, ?3)",
-                params![execution_id, name, value],
-            )
-            .map_err(|e| self.db(e))?;
-        }
+        self.insert_metrics(&tx, execution_id, metrics)?;
         tx.commit().map_err(|e| self.db(e))
     }
 
-    /// The latest `limit` runs, newest first.
+    /// The latest `limit` runs, newest first. A `running` run whose head is provably gone
+    /// reads as [`DEAD_RUN_STATUS`].
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, RegistryError> {
         let conn = self.conn();
         let mut stmt = conn
             .prepare(
-                "SELECT id, pipeline, argv, started_unix_ms, ended_unix_ms, status, host
+                "SELECT id, pipeline, argv, started_unix_ms, ended_unix_ms, status, host, pid, head
                  FROM runs ORDER BY id DESC LIMIT ?1",
             )
             .map_err(|e| self.db(e))?;
+        let here = ProcessIdentity::current();
         let rows = stmt
             .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                Ok(RunRow {
+                let mut row = RunRow {
                     id: r.get(0)?,
                     pipeline: r.get(1)?,
                     argv: r.get(2)?,
@@ -404,7 +561,12 @@ impl Registry {
                     ended_unix_ms: r.get::<_, Option<i64>>(4)?.map(u),
                     status: r.get(5)?,
                     host: r.get(6)?,
-                })
+                };
+                let (pid, head): (i64, Option<String>) = (r.get(7)?, r.get(8)?);
+                if row.status == "running" && head_gone(head.as_deref(), &row.host, pid, &here) {
+                    row.status = DEAD_RUN_STATUS.into();
+                }
+                Ok(row)
             })
             .map_err(|e| self.db(e))?;
         rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
@@ -660,25 +822,211 @@ mod tests {
         assert_eq!(m[key('a').as_str()], BTreeMap::from([("fid".into(), 25.0)]));
     }
 
+    /// A pid above the kernel's pid_max (at most 2^22) cannot belong to a live process.
+    const NO_SUCH_PID: u32 = 2_147_483_646;
+
     #[test]
-    fn runs_of_dead_processes_are_marked_interrupted() {
+    fn a_process_is_judged_by_its_identity_not_its_pid_alone() {
+        let here = ProcessIdentity::current();
+        assert!(
+            here.boot_id.is_some() && here.start_ticks.is_some(),
+            "{here:?}"
+        );
+        assert_eq!(here.liveness(&here), Liveness::Alive);
+        // Same pid, other start time: the pid was reused by another process.
+        let reused = ProcessIdentity {
+            start_ticks: here.start_ticks.map(|t| t + 1),
+            ..here.clone()
+        };
+        assert_eq!(reused.liveness(&here), Liveness::Gone);
+        let exited = ProcessIdentity {
+            pid: NO_SUCH_PID,
+            ..here.clone()
+        };
+        assert_eq!(exited.liveness(&here), Liveness::Gone);
+        // Another pid namespace (a container): its pids mean nothing here.
+        let contained = ProcessIdentity {
+            pid: NO_SUCH_PID,
+            pid_ns: Some("pid:[1]".into()),
+            ..here.clone()
+        };
+        assert_eq!(contained.liveness(&here), Liveness::Unknown);
+        // An earlier boot of this installation, or a boot of another machine.
+        let rebooted = ProcessIdentity {
+            boot_id: Some("earlier-boot".into()),
+            machine_id: Some("m".into()),
+            ..here.clone()
+        };
+        let reader = ProcessIdentity {
+            machine_id: Some("m".into()),
+            ..here.clone()
+        };
+        assert_eq!(rebooted.liveness(&reader), Liveness::Gone);
+        let elsewhere = ProcessIdentity {
+            machine_id: Some("other".into()),
+            ..rebooted.clone()
+        };
+        assert_eq!(elsewhere.liveness(&reader), Liveness::Unknown);
+        let unknown_boot = ProcessIdentity {
+            boot_id: None,
+            pid: NO_SUCH_PID,
+            ..here.clone()
+        };
+        assert_eq!(unknown_boot.liveness(&here), Liveness::Unknown);
+    }
+
+    #[test]
+    fn runs_whose_head_is_gone_read_as_dead_and_other_hosts_are_left_alone() {
         let dir = tempfile::tempdir().unwrap();
         let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
         let live = reg.begin_run("p", &[]).unwrap();
         let dead = reg.begin_run("p", &[]).unwrap();
-        // A pid above the kernel's pid_max cannot belong to a live process.
-        reg.conn()
-            .execute(
-                "UPDATE runs SET pid = 2147483646 WHERE id = ?1",
-                params![dead],
-            )
-            .unwrap();
-        assert_eq!(reg.mark_abandoned_runs().unwrap(), vec![dead]);
+        let reused = reg.begin_run("p", &[]).unwrap();
+        let old_here = reg.begin_run("p", &[]).unwrap();
+        let old_elsewhere = reg.begin_run("p", &[]).unwrap();
+        let ended = reg.begin_run("p", &[]).unwrap();
+        reg.end_run(ended, "ok").unwrap();
+        let here = ProcessIdentity::current();
+        let set_head = |id: i64, head: Option<ProcessIdentity>, host: &str, pid: u32| {
+            let head = head.map(|h| serde_json::to_string(&h).unwrap());
+            reg.conn()
+                .execute(
+                    "UPDATE runs SET head = ?1, host = ?2, pid = ?3 WHERE id = ?4",
+                    params![head, host, pid, id],
+                )
+                .unwrap();
+        };
+        let host = this_host();
+        let gone = ProcessIdentity {
+            pid: NO_SUCH_PID,
+            ..here.clone()
+        };
+        set_head(dead, Some(gone), &host, NO_SUCH_PID);
+        let other_start = ProcessIdentity {
+            start_ticks: here.start_ticks.map(|t| t + 1),
+            ..here.clone()
+        };
+        set_head(reused, Some(other_start), &host, here.pid);
+        // Runs recorded before identities: judged by host and pid.
+        set_head(old_here, None, &host, NO_SUCH_PID);
+        set_head(old_elsewhere, None, "another-host", NO_SUCH_PID);
         let runs = reg.runs(10).unwrap();
         let status = |id| runs.iter().find(|r| r.id == id).unwrap().status.clone();
-        assert_eq!(status(dead), "interrupted");
         assert_eq!(status(live), "running");
-        assert!(reg.mark_abandoned_runs().unwrap().is_empty());
+        assert_eq!(status(dead), DEAD_RUN_STATUS);
+        assert_eq!(status(reused), DEAD_RUN_STATUS);
+        assert_eq!(status(old_here), DEAD_RUN_STATUS);
+        assert_eq!(status(old_elsewhere), "running");
+        assert_eq!(status(ended), "ok");
+    }
+
+    #[test]
+    fn a_schema_1_registry_is_migrated_and_keeps_its_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1);",
+            )
+            .unwrap();
+            conn.execute(
+                "INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid)
+                 VALUES ('p', '[]', 1, 'running', ?1, ?2)",
+                params![this_host(), NO_SUCH_PID],
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(&path).unwrap();
+        let runs = reg.runs(10).unwrap();
+        assert_eq!(runs.len(), 1);
+        assert_eq!(runs[0].status, DEAD_RUN_STATUS);
+        let new = reg.begin_run("p", &[]).unwrap();
+        assert_eq!(reg.runs(10).unwrap()[0].id, new);
+        assert_eq!(reg.runs(10).unwrap()[0].status, "running");
+    }
+
+    #[test]
+    fn a_commit_is_recorded_once_whoever_records_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        let run = reg.begin_run("p", &[]).unwrap();
+        let row = execution(Some(run), "eval", &key('a'), "executed");
+        let metrics = BTreeMap::from([("fid".into(), 30.5)]);
+        // Committed at 3000, inside the row's span 1000..3500.
+        assert!(reg.record_committed(&row, 3_000, &metrics).unwrap());
+        // A second recorder (a head recovering rows) finds it and adds nothing.
+        let rebuilt = ExecutionRow {
+            started_unix_ms: 500,
+            ended_unix_ms: 3_000,
+            peak_rss_bytes: None,
+            ..row.clone()
+        };
+        assert!(!reg.record_committed(&rebuilt, 3_000, &metrics).unwrap());
+        assert_eq!(reg.executions(run).unwrap().len(), 1);
+        assert_eq!(
+            reg.metrics_for_keys(&[key('a')]).unwrap()[key('a').as_str()],
+            metrics
+        );
+        // A later commit of the same key (a forced re-run) is another execution.
+        let later = ExecutionRow {
+            started_unix_ms: 9_000,
+            ended_unix_ms: 9_500,
+            ..row.clone()
+        };
+        assert!(!reg.commit_recorded(key('a').as_str(), 9_400).unwrap());
+        assert!(
+            reg.record_committed(&later, 9_400, &BTreeMap::new())
+                .unwrap()
+        );
+        assert!(reg.commit_recorded(key('a').as_str(), 9_400).unwrap());
+        // A row rebuilt without its run (the record named a run this registry lacks) is
+        // still the same commit.
+        let runless = ExecutionRow {
+            run_id: None,
+            ..rebuilt
+        };
+        assert!(
+            !reg.record_committed(&runless, 3_000, &BTreeMap::new())
+                .unwrap()
+        );
+        // Another key committed at the same moment is its own execution.
+        let other = execution(Some(run), "eval", &key('b'), "executed");
+        assert!(
+            reg.record_committed(&other, 3_000, &BTreeMap::new())
+                .unwrap()
+        );
+        assert_eq!(reg.count_executions(Some("executed")).unwrap(), 3);
+        // Only an execution that committed is recorded this way.
+        let failed = execution(Some(run), "eval", &key('a'), "failed");
+        assert!(matches!(
+            reg.record_committed(&failed, 3_000, &metrics),
+            Err(RegistryError::InvalidStatus { .. })
+        ));
+    }
+
+    #[test]
+    fn a_run_covers_the_times_between_its_start_and_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        let run = reg.begin_run("p", &[]).unwrap();
+        reg.conn()
+            .execute(
+                "UPDATE runs SET started_unix_ms = 1000 WHERE id = ?1",
+                params![run],
+            )
+            .unwrap();
+        assert!(reg.run_covers(run, 1_000).unwrap());
+        assert!(
+            reg.run_covers(run, now_unix_ms()).unwrap(),
+            "running: no end yet"
+        );
+        assert!(!reg.run_covers(run, 999).unwrap());
+        assert!(!reg.run_covers(run + 1, 1_000).unwrap());
+        reg.end_run(run, "ok").unwrap();
+        assert!(!reg.run_covers(run, now_unix_ms() + 60_000).unwrap());
     }
 
     #[test]

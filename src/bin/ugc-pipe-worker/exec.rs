@@ -1,4 +1,4 @@
-//! `ugc-pipe-worker exec --key K --cache-dir D`: runs one stage by its cache key (what
+//! `ugc-pipe-worker exec --key K --cache-dir D [--run R]`: runs one stage by its cache key (what
 //! the head process starts per stage; a cluster executor can run it on another machine
 //! against a shared cache).
 
@@ -43,12 +43,17 @@ pub fn init_exec_logging(verbose: u8) {
         .try_init();
 }
 
-pub fn exec(key: &str, cache_dir: &Path, force: bool) -> CliResult {
+pub fn exec(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliResult {
     let cache = open_cache(cache_dir)?;
     let registry = open_registry(&cache)?;
-    let job = Job::read(cache.root(), key).map_err(CliError::usage)?;
+    let job = Job::read(cache.root(), key, run).map_err(CliError::usage)?;
     let cancel = CancelToken::new();
-    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+    // SIGHUP too: a closed terminal or session asks the stage to checkpoint and stop.
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
         signal_hook::flag::register(sig, cancel.flag())
             .map_err(|e| CliError::failed(format!("signal handler: {e}")))?;
     }

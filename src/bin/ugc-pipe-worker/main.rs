@@ -31,7 +31,8 @@ fn main() {
             key,
             cache_dir,
             force,
-        } => exec::exec(&key, &cache_dir, force),
+            run,
+        } => exec::exec(&key, &cache_dir, force, run),
         Verb::Profile { arch, input, json } => model::profile(&arch, &input, json),
         Verb::Infer {
             arch,

@@ -151,6 +151,11 @@ pub struct RecordMeta {
     pub duration_ms: u64,
     pub host: String,
     pub device: String,
+    /// The registry run whose stage process committed this record: lets the registry's
+    /// rows be recovered from the record (the commit point) if the process died before
+    /// writing them. Absent in records of runs without a registry and in older records.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub run_id: Option<i64>,
     /// Whether the stage checked every byte of its inputs against their digests before it
     /// ran ([`Cache::check_input`]). Records written before that check existed read as
     /// `false`; [`derived_records`] distrusts only those.

@@ -20,6 +20,7 @@ fn meta() -> RecordMeta {
         duration_ms: 5,
         host: "h".into(),
         device: "cpu".into(),
+        run_id: None,
         inputs_verified: true,
     }
 }
