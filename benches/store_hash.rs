@@ -114,6 +114,7 @@ fn input_check(
         duration_ms: 0,
         host: String::new(),
         device: "cpu".into(),
+        run_id: None,
         inputs_verified: true,
     };
     let record = cache.commit(staging, &material, meta)?;
