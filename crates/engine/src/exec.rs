@@ -219,6 +219,9 @@ pub fn exec_job(
             KeyLock::acquire(cache.root(), &key)?
         }
     };
+    // Whatever the stage starts holds the key locked too, so no later attempt overlaps a
+    // process of this one that survives it (docs/engine.md, "Processes and signals").
+    _lock.share_with_child_processes()?;
     if !force && let Some(record) = cache.lookup(&key)? {
         row.status = "cached".into();
         row.ended_unix_ms = now_ms();

@@ -406,8 +406,8 @@ fn cancel_all(
     }
     let pids: Vec<u32> = running.values().filter_map(|r| r.child_pid).collect();
     for &pid in &pids {
-        // Each stage process leads its own process group: signal the group so that user
-        // commands it started stop too.
+        // Each stage process leads its own process group; it forwards the signal to the
+        // group of any user command it runs.
         // SAFETY: plain kill(2) on a pid we started.
         unsafe {
             libc::kill(-(pid as i32), sig);
@@ -490,11 +490,19 @@ fn spawn_stage(
     if let Some(run) = opts.run_id {
         cmd.arg("--run").arg(run.to_string());
     }
-    // SAFETY: prctl is async-signal-safe; it makes the stage die with the head (kill -9 of
-    // the head must not leave stages running unsupervised).
+    // The stage process dies with the head: `kill -9` of the head must not leave stages
+    // running unsupervised. What a stage started in turn dies with the stage process (the
+    // `command` kind's guardian, src/bin/ugc-pipe-worker/group.rs). The parent check covers
+    // a head that died before the prctl took effect.
+    let head = std::process::id() as libc::pid_t;
+    // SAFETY: prctl and getppid are async-signal-safe, and the error is built without
+    // allocating.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != head {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
             Ok(())
         });
     }

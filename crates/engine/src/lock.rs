@@ -11,6 +11,7 @@
 
 use std::fs::{File, OpenOptions, TryLockError};
 use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -122,6 +123,25 @@ impl ExclusiveFile {
         }
     }
 
+    /// Clears close-on-exec on the lock's descriptor: every process started from now on
+    /// shares the open file description, so the `flock` stays held while any of them lives.
+    fn share_with_child_processes(&self) -> Result<(), LockError> {
+        let fd = self.file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this struct owns; F_GETFD/F_SETFD touch only its flags.
+        let rc = unsafe {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags < 0 {
+                flags
+            } else {
+                libc::fcntl(fd, libc::F_SETFD, flags & !libc::FD_CLOEXEC)
+            }
+        };
+        if rc < 0 {
+            return Err(io_err(&self.path)(std::io::Error::last_os_error()));
+        }
+        Ok(())
+    }
+
     fn write_owner(&mut self) -> Result<(), LockError> {
         let text = serde_json::to_string(&LockOwner::current()).expect("owner serializes");
         self.file.set_len(0).map_err(io_err(&self.path))?;
@@ -202,6 +222,16 @@ impl KeyLock {
 
     pub fn key(&self) -> &CacheKey {
         &self.key
+    }
+
+    /// Makes every process this one starts from now on (and their descendants) hold the
+    /// lock too. A stage process calls it before running the stage: if it is killed with
+    /// `-9` while a process its stage started still lives, the key stays locked until that
+    /// process is gone too, so a later attempt can never run (and write the key's scratch)
+    /// alongside a survivor of an earlier one. The release on drop is unchanged: the file
+    /// is unlinked, so a survivor of a stage that ended normally locks nothing.
+    pub fn share_with_child_processes(&self) -> Result<(), LockError> {
+        self._file.share_with_child_processes()
     }
 }
 
@@ -326,28 +356,45 @@ mod tests {
         let key: CacheKey = std::env::var("UGC_LOCK_TEST_KEY").unwrap().parse().unwrap();
         let marker = PathBuf::from(std::env::var("UGC_LOCK_TEST_MARKER").unwrap());
         let lock = KeyLock::acquire(&root, &key).unwrap();
-        std::fs::write(&marker, b"locked").unwrap();
+        // With SHARE: a child that outlives this process if it is killed, as a stage's
+        // command may.
+        let mut child = None;
+        if std::env::var_os("UGC_LOCK_TEST_SHARE").is_some() {
+            lock.share_with_child_processes().unwrap();
+            let c = Command::new("sleep").arg("120").spawn().unwrap();
+            std::fs::write(&marker, c.id().to_string()).unwrap();
+            child = Some(c);
+        } else {
+            std::fs::write(&marker, b"locked").unwrap();
+        }
         let mut sink = Vec::new();
         let _ = std::io::stdin().read_to_end(&mut sink);
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
         drop(lock);
     }
 
     fn spawn_holder(root: &Path, key: &CacheKey, marker: &Path) -> std::process::Child {
-        Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "lock::tests::helper_hold_lock",
-                "--ignored",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("UGC_LOCK_TEST_ROOT", root)
-            .env("UGC_LOCK_TEST_KEY", key.as_str())
-            .env("UGC_LOCK_TEST_MARKER", marker)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap()
+        holder_command(root, key, marker).spawn().unwrap()
+    }
+
+    fn holder_command(root: &Path, key: &CacheKey, marker: &Path) -> Command {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.args([
+            "--exact",
+            "lock::tests::helper_hold_lock",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("UGC_LOCK_TEST_ROOT", root)
+        .env("UGC_LOCK_TEST_KEY", key.as_str())
+        .env("UGC_LOCK_TEST_MARKER", marker)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null());
+        cmd
     }
 
     fn wait_for(path: &Path, secs: u64) -> bool {
@@ -416,6 +463,35 @@ mod tests {
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].owner, Some(stale));
         assert!(!path.exists());
+    }
+
+    #[test]
+    fn shared_lock_stays_held_while_a_child_of_a_killed_holder_lives() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key('e');
+        let marker = dir.path().join("marker");
+        let mut holder = holder_command(dir.path(), &k, &marker)
+            .env("UGC_LOCK_TEST_SHARE", "1")
+            .spawn()
+            .unwrap();
+        assert!(wait_for(&marker, 30));
+        let text = std::fs::read_to_string(&marker).unwrap();
+        let survivor: libc::pid_t = text.trim().parse().unwrap();
+        holder.kill().unwrap(); // SIGKILL: the holder's own descriptor is gone...
+        holder.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+        // ...but its child still shares it, so the key is not free.
+        assert!(
+            KeyLock::try_acquire(dir.path(), &k).unwrap().is_none(),
+            "the lock was free while a child of the killed holder lived"
+        );
+        // SAFETY: kill(2) on the pid the helper reported; it is alive (it holds the lock).
+        unsafe { libc::kill(survivor, libc::SIGKILL) };
+        let freed = KeyLock::acquire_timeout(dir.path(), &k, Duration::from_secs(10)).unwrap();
+        assert!(
+            freed.is_some(),
+            "the lock stayed held after its last holder died"
+        );
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! The `command` stage kind: a user shell command as a cached stage (the DVC-style escape
-//! hatch). The command runs with the fresh output directory as its working directory;
-//! cancellation reaches it as SIGTERM, and after a grace period SIGKILL.
+//! hatch). The command runs with the fresh output directory as its working directory, in a
+//! process group of its own that dies with the stage (`group.rs`): cancellation reaches
+//! the whole group as SIGTERM, and after a grace period SIGKILL; when the command ends,
+//! whatever it left running is killed before its outputs are checked.
 
 use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -10,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+
+use crate::group::CommandGroup;
 
 #[derive(Debug, Deserialize)]
 struct CommandParams {
@@ -95,10 +99,21 @@ impl StageKind for CommandStage {
             };
             cmd.env(k, v);
         }
-        // SAFETY: prctl is async-signal-safe; the command dies with its stage process.
+        let mut group = CommandGroup::start().map_err(|e| {
+            StageError::io("starting the guardian of the command's process group", e)
+        })?;
+        cmd.process_group(group.pgid());
+        let stage_process = std::process::id() as libc::pid_t;
+        // SAFETY: prctl and getppid are async-signal-safe, and the error is built without
+        // allocating. The shell dies at once with the stage process (its descendants die
+        // through the guardian); the parent check covers a stage process that died before
+        // the prctl took effect.
         unsafe {
-            cmd.pre_exec(|| {
+            cmd.pre_exec(move || {
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                if libc::getppid() != stage_process {
+                    return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+                }
                 Ok(())
             });
         }
@@ -117,18 +132,20 @@ impl StageKind for CommandStage {
             if ctx.cancel.is_cancelled() {
                 match term_sent {
                     None => {
-                        // SAFETY: kill(2) on our own child.
-                        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+                        group.signal(libc::SIGTERM);
                         term_sent = Some(Instant::now());
                     }
                     Some(t) if t.elapsed() > Duration::from_secs(10) => {
-                        let _ = child.kill();
+                        group.signal(libc::SIGKILL);
                     }
                     _ => {}
                 }
             }
             std::thread::sleep(Duration::from_millis(20));
         };
+        // Nothing the command left running may write into the output while it is checked
+        // and committed, or into scratch after the stage.
+        group.end();
         if ctx.cancel.is_cancelled() {
             return Err(StageError::Cancelled);
         }

@@ -6,6 +6,7 @@
 mod command;
 mod data;
 mod exec;
+mod group;
 mod kinds;
 mod metrics;
 mod model;
