@@ -529,6 +529,307 @@ fn corrupted_object_is_found_by_verify_and_recomputed() {
     assert!(o.status.success(), "{}", stdout(&o));
 }
 
+/// Whether `pid` is a process that still runs (a zombie waiting to be reaped runs nothing;
+/// pid 1 of a container may never reap it).
+fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, t)| t.trim_start().to_string()))
+        .is_some_and(|t| !t.starts_with(['Z', 'X', 'x']))
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`; `None` once it is gone.
+fn stat_field(pid: i32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, tail) = stat.rsplit_once(')')?;
+    tail.split_ascii_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// The process group of `pid`.
+fn pgrp(pid: i32) -> i32 {
+    stat_field(pid, 5).unwrap() as i32
+}
+
+/// Processes a test started through a stage: SIGKILLed on drop if still running, so a
+/// failing test leaves no endless loop behind. Each is known by pid and start time, so a
+/// reused pid is left alone.
+#[derive(Default)]
+struct Reap(Vec<(i32, u64)>);
+
+impl Reap {
+    fn add(&mut self, pids: &[i32]) {
+        for &pid in pids {
+            if let Some(start) = stat_field(pid, 22) {
+                self.0.push((pid, start));
+            }
+        }
+    }
+}
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for &(pid, start) in &self.0 {
+            if runs(pid) && stat_field(pid, 22) == Some(start) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+/// Pids written one per line into `file` by a stage command.
+fn pids(file: &std::path::Path) -> Vec<i32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| l.trim().parse().unwrap())
+        .collect()
+}
+
+/// Waits up to `secs` for every pid in `pids` to stop running; returns those still running.
+fn still_running(pids: &[i32], secs: u64) -> Vec<i32> {
+    let start = std::time::Instant::now();
+    loop {
+        let left: Vec<i32> = pids.iter().copied().filter(|&p| runs(p)).collect();
+        if left.is_empty() || start.elapsed().as_secs() >= secs {
+            return left;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The file `name` of a committed output (a view of the cache).
+fn committed(p: &Project, name: &str) -> String {
+    let found: Vec<_> = walkdir(&p.cache().join("views"))
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == name))
+        .collect();
+    assert_eq!(found.len(), 1, "{name} in the views: {found:?}");
+    std::fs::read_to_string(&found[0]).unwrap()
+}
+
+/// A resumable 12-step loop that a `command` stage runs as a background grandchild (the
+/// shape that raced a resumed run in issue 19): steps go to `$UGC_SCRATCH/log.txt`, the
+/// last step to `$UGC_SCRATCH/step`. Until `counts/release` exists the loop stops after
+/// step 4 and waits. Every process of the stage appends its pid to `counts/pids`; the
+/// stage process (the shell's parent) writes its pid to `counts/worker.pid`.
+fn orphan_pipeline(p: &Project) -> std::path::PathBuf {
+    let counts = p.path("counts");
+    std::fs::create_dir_all(&counts).unwrap();
+    p.write(
+        "orphan.yaml",
+        &format!(
+            r#"
+stages:
+  steps:
+    kind: command
+    params:
+      cmd: |
+        echo $$ >> {c}/pids
+        echo $PPID > {c}/worker.pid
+        sleep 300 &
+        echo $! >> {c}/pids
+        (
+          i=$(cat $UGC_SCRATCH/step 2>/dev/null || echo 0)
+          while [ $i -lt 12 ]; do
+            if [ $i -eq 4 ] && [ ! -f {c}/release ]; then
+              touch {c}/blocked
+              while [ ! -f {c}/release ]; do sleep 0.05; done
+            fi
+            i=$((i+1))
+            echo "step $i" >> $UGC_SCRATCH/log.txt
+            echo $i > $UGC_SCRATCH/step
+          done
+        ) &
+        loop=$!
+        echo $loop >> {c}/pids
+        wait $loop
+        cp $UGC_SCRATCH/log.txt log.txt
+      outputs: [log.txt]
+"#,
+            c = counts.display()
+        ),
+    )
+}
+
+/// `kill -9` of the head (`head: true`) or of the stage process, mid-stage: within a few
+/// seconds no process of the stage runs (shell, background grandchildren, guardian), and
+/// the resumed run commits exactly steps 1 to 12, each once.
+fn orphan_trial(head: bool) {
+    let p = Project::new();
+    orphan_pipeline(&p);
+    let mut run = p.spawn(&["run", "orphan.yaml", "--json"]);
+    assert!(
+        wait_for(&p.path("counts/blocked"), 60),
+        "stage never reached step 4"
+    );
+    let mut stage = pids(&p.path("counts/pids"));
+    assert_eq!(stage.len(), 3, "{stage:?}");
+    let worker: i32 = std::fs::read_to_string(p.path("counts/worker.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The shell's group is led by the guardian, which must go too.
+    stage.push(pgrp(stage[0]));
+    stage.push(worker);
+    let mut reap = Reap::default();
+    reap.add(&stage);
+    assert_eq!(still_running(&stage, 0), stage, "all alive before the kill");
+    if head {
+        run.kill().unwrap(); // SIGKILL
+        run.wait().unwrap();
+    } else {
+        unsafe { libc::kill(worker, libc::SIGKILL) };
+        let out = run.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    }
+    let left = still_running(&stage, 5);
+    assert!(
+        left.is_empty(),
+        "still running 5 s after the kill: {left:?}"
+    );
+
+    std::fs::write(p.path("counts/release"), "").unwrap();
+    let o = p.run(&["run", "orphan.yaml", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 1);
+    let expected: String = (1..=12).map(|i| format!("step {i}\n")).collect();
+    assert_eq!(committed(&p, "log.txt"), expected);
+    // The resumed attempt's `sleep 300 &` ended with its stage too.
+    let all = pids(&p.path("counts/pids"));
+    reap.add(&all);
+    assert_eq!(all.len(), 6, "{all:?}");
+    assert_eq!(still_running(&all, 5), Vec::<i32>::new());
+}
+
+#[test]
+fn kill_9_of_the_head_leaves_no_process_of_the_stage_and_the_resume_is_exact() {
+    orphan_trial(true);
+}
+
+#[test]
+fn kill_9_of_the_stage_process_leaves_no_process_of_the_stage_and_the_resume_is_exact() {
+    orphan_trial(false);
+}
+
+/// A process that left the stage's process group (`setsid`) and outlived a killed stage
+/// process still holds the key's lock: the next attempt waits for it instead of running
+/// beside it in the same scratch.
+#[test]
+fn an_escaped_survivor_of_a_killed_stage_keeps_the_next_attempt_waiting() {
+    let p = Project::new();
+    let c = p.path("counts");
+    std::fs::create_dir_all(&c).unwrap();
+    p.write(
+        "esc.yaml",
+        &format!(
+            r#"
+stages:
+  esc:
+    kind: command
+    params:
+      cmd: |
+        echo $PPID > {c}/worker.pid
+        if [ ! -f {c}/release ]; then
+          echo $$ > {c}/shell.pid
+          setsid sh -c 'echo $$ > {c}/escapee.tmp; mv {c}/escapee.tmp {c}/escapee.pid; exec sleep 300' &
+          while :; do sleep 0.05; done
+        fi
+        touch {c}/second.started
+        echo done > out.txt
+"#,
+            c = c.display()
+        ),
+    );
+    let run = p.spawn(&["run", "esc.yaml"]);
+    assert!(wait_for(&p.path("counts/escapee.pid"), 60), "no escapee");
+    let read = |f: &str| -> i32 {
+        std::fs::read_to_string(p.path(f))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    let (worker, escapee) = (read("counts/worker.pid"), read("counts/escapee.pid"));
+    let mut reap = Reap::default();
+    reap.add(&[escapee, read("counts/shell.pid")]);
+    assert_ne!(pgrp(escapee), pgrp(worker));
+    unsafe { libc::kill(worker, libc::SIGKILL) };
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(runs(escapee), "the escapee should have survived its stage");
+
+    std::fs::write(p.path("counts/release"), "").unwrap();
+    let second = p.spawn(&["run", "esc.yaml", "--json"]);
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(
+        !p.path("counts/second.started").exists(),
+        "the next attempt ran beside a live process of the killed one"
+    );
+    unsafe { libc::kill(escapee, libc::SIGKILL) };
+    let o = second.wait_with_output().unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 1);
+    assert!(p.path("counts/second.started").exists());
+    assert_eq!(committed(&p, "out.txt"), "done\n");
+}
+
+/// SIGHUP, to the head or to the stage process, is a cancellation like SIGTERM: the
+/// command gets SIGTERM and can checkpoint into scratch, nothing is committed, and the
+/// next run resumes from the checkpoint.
+#[test]
+fn sighup_lets_a_command_checkpoint_and_the_next_run_resumes() {
+    for to_head in [true, false] {
+        let p = Project::new();
+        let c = p.path("counts");
+        std::fs::create_dir_all(&c).unwrap();
+        p.write(
+            "hup.yaml",
+            &format!(
+                r#"
+stages:
+  long:
+    kind: command
+    params:
+      cmd: |
+        if [ -f $UGC_SCRATCH/ckpt ]; then cp $UGC_SCRATCH/ckpt resumed.txt; exit 0; fi
+        trap 'echo saved > $UGC_SCRATCH/ckpt; exit 143' TERM
+        echo $PPID > {c}/worker.tmp
+        mv {c}/worker.tmp {c}/worker.pid
+        while :; do sleep 0.05; done
+"#,
+                c = c.display()
+            ),
+        );
+        let run = p.spawn(&["run", "hup.yaml", "--json"]);
+        assert!(wait_for(&p.path("counts/worker.pid"), 60), "never started");
+        let target = if to_head {
+            run.id() as i32
+        } else {
+            std::fs::read_to_string(p.path("counts/worker.pid"))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
+        };
+        unsafe { libc::kill(target, libc::SIGHUP) };
+        let out = run.wait_with_output().unwrap();
+        if to_head {
+            assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+        }
+        assert_eq!(
+            summary(&out)["cancelled"],
+            1,
+            "head {to_head}: {}",
+            stdout(&out)
+        );
+        assert_eq!(p.records(), 0, "head {to_head}");
+        let o = p.run(&["run", "hup.yaml", "--json"]);
+        assert!(o.status.success(), "{}", stderr(&o));
+        assert_eq!(committed(&p, "resumed.txt"), "saved\n", "head {to_head}");
+    }
+}
+
 fn walkdir(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
