@@ -15,7 +15,7 @@ use petgraph::graph::{DiGraph, NodeIndex};
 use serde_json::Value;
 
 use crate::spec::refs::{collect_refs, paths_overlap};
-use crate::spec::resolve::{merged, point_params, resolve_stage};
+use crate::spec::resolve::{ResolveBudget, merged, point_params, resolve_stage};
 use crate::spec::{Pipeline, SourcePos, SpecError};
 use crate::stage::KindRegistry;
 
@@ -129,6 +129,7 @@ impl Dag {
         let mut deps: Vec<Vec<NodeIndex>> = Vec::new();
         let mut by_id: HashMap<String, NodeIndex> = HashMap::new();
         let mut edges: HashSet<(NodeIndex, NodeIndex)> = HashSet::new();
+        let mut budget = ResolveBudget::new();
         for point in matrix_points(&p.matrix) {
             let params = point_params(p, &point);
             let mut at_point: Vec<Option<NodeIndex>> = vec![None; p.stages.len()];
@@ -144,7 +145,7 @@ impl Dag {
                     Some(&n) => n,
                     None => {
                         let schema = kinds.schema(&s.kind).expect("checked above");
-                        let r = resolve_stage(p, s, schema, &params)?;
+                        let r = resolve_stage(p, s, schema, &params, &mut budget)?;
                         let n = graph.add_node(Node {
                             id: id.clone(),
                             stage: s.name.clone(),

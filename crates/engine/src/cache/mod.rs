@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use digest::{RACY_WINDOW_MS, StatSig, tree_digest};
+pub(crate) use key::write_canonical;
 pub use key::{CacheKey, InvalidKey, KEY_SCHEMA_VERSION, KeyChange, KeyMaterial};
 
 use crate::lock::{KeyLock, LockError};

@@ -15,7 +15,7 @@ mod tests;
 pub(crate) mod testutil;
 mod yaml;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use serde_json::{Map, Value};
@@ -28,6 +28,10 @@ use yaml::{YNode, YValue};
 /// Most matrix points accepted: each one is resolved when the DAG is built, so a matrix of
 /// many long lists would otherwise hang the loader.
 pub const MAX_MATRIX_POINTS: usize = 10_000;
+
+/// Most matrix variables accepted. Lists of one value keep the point count at 1, so the
+/// point limit alone does not bound them, and each point carries every variable.
+pub const MAX_MATRIX_VARS: usize = 1_000;
 
 /// How to load a pipeline: `--set` overrides and the limits that refuse pathological input.
 #[derive(Debug, Clone)]
@@ -213,10 +217,10 @@ pub fn load_pipeline_str(
             max_nodes: opts.max_nodes,
         },
     )?;
-    let mut p = parse_pipeline(&root, file, abs, dir, kinds)?;
+    let mut p = parse_pipeline(&root, file, abs, dir, kinds, opts.max_depth)?;
     check_cycles(&p)?;
     for flag in &opts.overrides {
-        overrides::apply(&mut p, flag, kinds)?;
+        overrides::apply(&mut p, flag, kinds, opts.max_depth)?;
     }
     crate::graph::Dag::build(&p, kinds)?;
     Ok(p)
@@ -269,6 +273,7 @@ fn parse_pipeline(
     path: PathBuf,
     dir: PathBuf,
     kinds: &KindRegistry,
+    max_depth: usize,
 ) -> Result<Pipeline, SpecError> {
     let top = entries(root, file, "pipeline file")?;
     let (mut params_node, mut matrix_node, mut stages_node) = (None, None, None);
@@ -318,19 +323,8 @@ fn parse_pipeline(
     let (matrix, matrix_pos) = match matrix_node {
         None => (Vec::new(), Vec::new()),
         Some(v) if matches!(v.value, YValue::Null) => (Vec::new(), Vec::new()),
-        Some(v) => parse_matrix(v, file)?,
+        Some(v) => parse_matrix(v, file, max_depth)?,
     };
-    let points = matrix
-        .iter()
-        .fold(1usize, |acc, (_, values)| acc.saturating_mul(values.len()));
-    if points > MAX_MATRIX_POINTS {
-        return Err(SpecError::Limit {
-            pos: matrix_pos[0].clone(),
-            message: format!(
-                "the matrix has {points} points, more than the limit of {MAX_MATRIX_POINTS}"
-            ),
-        });
-    }
 
     let stages_node = stages_node.ok_or_else(|| SpecError::MissingKey {
         pos: root.pos(file),
@@ -411,15 +405,59 @@ fn reject_refs_in_params(node: &YNode, file: &Path) -> Result<(), SpecError> {
 
 type MatrixParts = (Vec<(String, Vec<Value>)>, Vec<SourcePos>);
 
-fn parse_matrix(node: &YNode, file: &Path) -> Result<MatrixParts, SpecError> {
+/// Refuses a matrix of more than [`MAX_MATRIX_VARS`] variables or [`MAX_MATRIX_POINTS`]
+/// points from the counts alone, before any value is converted or compared (both checks
+/// compare pairs), so that a huge matrix is refused at once.
+fn check_matrix_size(written: &[(YNode, YNode)], file: &Path) -> Result<(), SpecError> {
+    if let Some((k, _)) = written.get(MAX_MATRIX_VARS) {
+        return Err(SpecError::Limit {
+            pos: k.pos(file),
+            message: format!(
+                "the matrix has {} variables, more than the limit of {MAX_MATRIX_VARS}",
+                written.len()
+            ),
+        });
+    }
+    let points = written
+        .iter()
+        .filter_map(|(_, v)| match &v.value {
+            YValue::Seq(items) => Some(items.len()),
+            _ => None,
+        })
+        .fold(1usize, usize::saturating_mul);
+    match written.first() {
+        Some((k, _)) if points > MAX_MATRIX_POINTS => Err(SpecError::Limit {
+            pos: k.pos(file),
+            message: format!(
+                "the matrix has {points} points, more than the limit of {MAX_MATRIX_POINTS}"
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn parse_matrix(node: &YNode, file: &Path, max_depth: usize) -> Result<MatrixParts, SpecError> {
+    let written = entries(node, file, "`matrix`")?;
+    check_matrix_size(written, file)?;
     let mut matrix: Vec<(String, Vec<Value>)> = Vec::new();
     let mut positions = Vec::new();
-    for (k, v) in entries(node, file, "`matrix`")? {
+    for (k, v) in written {
         let var = k.key_text(file)?;
         if var.is_empty() || var.split('.').any(str::is_empty) {
             return Err(SpecError::Invalid {
                 pos: k.pos(file),
                 message: format!("matrix variable `{var}` is not a dotted param path"),
+            });
+        }
+        // Each segment is a level of params nesting once the point's value is written.
+        let depth = var.split('.').count();
+        if depth > max_depth {
+            return Err(SpecError::Limit {
+                pos: k.pos(file),
+                message: format!(
+                    "matrix variable `{}` has {depth} segments, deeper than {max_depth} levels",
+                    abbreviate(&var)
+                ),
             });
         }
         if let Some((other, _)) = matrix.iter().find(|(o, _)| refs::paths_overlap(o, &var)) {
@@ -442,10 +480,15 @@ fn parse_matrix(node: &YNode, file: &Path) -> Result<MatrixParts, SpecError> {
                 message: format!("matrix variable `{var}` has an empty list of values"),
             });
         }
-        let mut values: Vec<Value> = Vec::new();
+        // Two values are the same point when they key alike: compared by their canonical
+        // JSON in a hash set (comparing every pair was quadratic in the list's length).
+        let mut seen = HashSet::with_capacity(items.len());
+        let mut values: Vec<Value> = Vec::with_capacity(items.len());
         for item in items {
             let value = item.to_json(file)?;
-            if values.contains(&value) {
+            let mut canonical = String::new();
+            crate::cache::write_canonical(&value, &mut canonical);
+            if !seen.insert(canonical) {
                 return Err(SpecError::Invalid {
                     pos: item.pos(file),
                     message: format!("matrix variable `{var}` lists `{value}` twice"),
@@ -457,6 +500,14 @@ fn parse_matrix(node: &YNode, file: &Path) -> Result<MatrixParts, SpecError> {
         positions.push(k.pos(file));
     }
     Ok((matrix, positions))
+}
+
+/// `s` cut to its first 40 characters, for messages about names that can be megabytes long.
+pub(crate) fn abbreviate(s: &str) -> String {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &s[..i]),
+        None => s.to_string(),
+    }
 }
 
 fn valid_stage_name(name: &str) -> bool {
@@ -521,9 +572,11 @@ fn parse_stage(
                         got: v.type_name().into(),
                     });
                 };
+                // A set, not `deps.contains`: a stage may list thousands of deps.
+                let mut listed = HashSet::with_capacity(items.len());
                 for item in items {
                     let dep = string_of(item, file, &format!("`deps` entry of {section}"))?;
-                    if deps.contains(&dep) {
+                    if !listed.insert(dep.clone()) {
                         return Err(SpecError::Invalid {
                             pos: item.pos(file),
                             message: format!("{section} lists dep `{dep}` twice"),

@@ -14,7 +14,14 @@ use super::{Pipeline, SourcePos, SpecError, yaml};
 use crate::stage::KindRegistry;
 
 /// Applies one `--set` flag to the loaded pipeline.
-pub(crate) fn apply(p: &mut Pipeline, flag: &str, kinds: &KindRegistry) -> Result<(), SpecError> {
+/// `max_depth` bounds the path's segments as the file's nesting is bounded: each one can
+/// create a level of params.
+pub(crate) fn apply(
+    p: &mut Pipeline,
+    flag: &str,
+    kinds: &KindRegistry,
+    max_depth: usize,
+) -> Result<(), SpecError> {
     let err = |message: String| SpecError::Override {
         flag: flag.to_string(),
         message,
@@ -25,6 +32,13 @@ pub(crate) fn apply(p: &mut Pipeline, flag: &str, kinds: &KindRegistry) -> Resul
     let segs: Vec<&str> = lhs.trim().split('.').collect();
     if segs.iter().any(|s| s.is_empty()) {
         return Err(err(format!("`{lhs}` is not a dotted path")));
+    }
+    if segs.len() > max_depth {
+        return Err(err(format!(
+            "`{}` has {} segments, deeper than {max_depth} levels",
+            super::abbreviate(lhs),
+            segs.len()
+        )));
     }
     let value = parse_value(rhs).map_err(err)?;
     // Positions of overridden values name the flag, so a later type error says which flag.

@@ -18,6 +18,70 @@ pub(crate) struct Resolved {
     pub external_inputs: Vec<(String, PathBuf)>,
 }
 
+/// Most bytes the resolved parameters of all nodes of a DAG may take together, as
+/// [`ResolveBudget`] counts them. References and the matrix multiply what is written: a
+/// 200 KB file (one long list referenced thousands of times) expanded to gigabytes, so such
+/// a file is refused, as an alias bomb is. Real pipelines resolve to well under 1 MiB.
+pub const MAX_RESOLVED_BYTES: usize = 64 << 20;
+
+/// What is left of [`MAX_RESOLVED_BYTES`] while one DAG is expanded: each value produced
+/// costs 32 bytes (a `serde_json::Value`) plus the text of its string or key.
+pub(crate) struct ResolveBudget {
+    left: usize,
+}
+
+impl ResolveBudget {
+    pub fn new() -> Self {
+        ResolveBudget {
+            left: MAX_RESOLVED_BYTES,
+        }
+    }
+
+    fn take(&mut self, bytes: usize) -> Result<(), Spent> {
+        self.left = self.left.checked_sub(bytes).ok_or(Spent)?;
+        Ok(())
+    }
+
+    /// Charges a copy of `v` before it is made, walking `v` only as far as the budget lasts.
+    fn take_value(&mut self, v: &Value) -> Result<(), Spent> {
+        let mut stack = vec![v];
+        while let Some(v) = stack.pop() {
+            self.take(VALUE_BYTES)?;
+            match v {
+                Value::String(s) => self.take(s.len())?,
+                Value::Array(items) => stack.extend(items),
+                Value::Object(m) => {
+                    for (k, item) in m {
+                        self.take(k.len())?;
+                        stack.push(item);
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+/// [`ResolveBudget`] ran out; the error is made where the position is known.
+struct Spent;
+
+impl Spent {
+    fn at(self, pos: SourcePos) -> SpecError {
+        SpecError::Limit {
+            pos,
+            message: format!(
+                "the stages' parameters, references and matrix points expanded, come to more \
+                 than {} MiB",
+                MAX_RESOLVED_BYTES >> 20
+            ),
+        }
+    }
+}
+
+/// What one value costs [`ResolveBudget`] besides its text: the size of a `Value`.
+const VALUE_BYTES: usize = 32;
+
 /// The pipeline params with the matrix point's values written at their variable paths.
 pub(crate) fn point_params(p: &Pipeline, point: &[(String, Value)]) -> Map<String, Value> {
     let mut params = p.params.clone();
@@ -97,12 +161,13 @@ pub(crate) fn merged(
     Ok(out)
 }
 
-/// Resolves `stage` against the point's `params`.
+/// Resolves `stage` against the point's `params`, charging what it produces to `budget`.
 pub(crate) fn resolve_stage(
     p: &Pipeline,
     stage: &StageSpec,
     schema: &KindSchema,
     params: &Map<String, Value>,
+    budget: &mut ResolveBudget,
 ) -> Result<Resolved, SpecError> {
     let empty = Map::new();
     let written = stage.params.as_object().unwrap_or(&empty);
@@ -120,7 +185,7 @@ pub(crate) fn resolve_stage(
             }
         };
         let mut path = vec![name.clone()];
-        let value = substitute(&value, params, &mut path, &pos_of)?;
+        let value = substitute(&value, params, &mut path, &pos_of, budget)?;
         let value = check_type(stage, &name, ps, value, &pos_of(&path))?;
         let value = if ps.ty == ParamType::Path {
             match value {
@@ -222,7 +287,11 @@ fn substitute(
     params: &Map<String, Value>,
     path: &mut Vec<String>,
     pos_of: &dyn Fn(&[String]) -> SourcePos,
+    budget: &mut ResolveBudget,
 ) -> Result<Value, SpecError> {
+    budget
+        .take(VALUE_BYTES)
+        .map_err(|spent| spent.at(pos_of(path)))?;
     Ok(match v {
         Value::String(s) => {
             let pieces = refs::parse_template(s).map_err(|message| SpecError::Invalid {
@@ -245,13 +314,31 @@ fn substitute(
                 })
             };
             match pieces.as_slice() {
-                [Piece::Ref(name)] => lookup(name)?.clone(),
+                [Piece::Ref(name)] => {
+                    let found = lookup(name)?;
+                    budget
+                        .take_value(found)
+                        .map_err(|spent| spent.at(pos_of(path)))?;
+                    found.clone()
+                }
                 _ => {
                     let mut text = String::new();
                     for piece in &pieces {
                         match piece {
-                            Piece::Text(t) => text.push_str(t),
-                            Piece::Ref(name) => text.push_str(&refs::as_text(lookup(name)?)),
+                            Piece::Text(t) => {
+                                budget
+                                    .take(t.len())
+                                    .map_err(|spent| spent.at(pos_of(path)))?;
+                                text.push_str(t)
+                            }
+                            Piece::Ref(name) => {
+                                // Its text is at least as long as its strings: charged first.
+                                let found = lookup(name)?;
+                                budget
+                                    .take_value(found)
+                                    .map_err(|spent| spent.at(pos_of(path)))?;
+                                text.push_str(&refs::as_text(found))
+                            }
                         }
                     }
                     Value::String(text)
@@ -262,7 +349,7 @@ fn substitute(
             let mut out = Vec::with_capacity(items.len());
             for (i, item) in items.iter().enumerate() {
                 path.push(i.to_string());
-                out.push(substitute(item, params, path, pos_of)?);
+                out.push(substitute(item, params, path, pos_of, budget)?);
                 path.pop();
             }
             Value::Array(out)
@@ -270,8 +357,11 @@ fn substitute(
         Value::Object(m) => {
             let mut out = Map::new();
             for (k, item) in m {
+                budget
+                    .take(k.len())
+                    .map_err(|spent| spent.at(pos_of(path)))?;
                 path.push(k.clone());
-                out.insert(k.clone(), substitute(item, params, path, pos_of)?);
+                out.insert(k.clone(), substitute(item, params, path, pos_of, budget)?);
                 path.pop();
             }
             Value::Object(out)
@@ -282,19 +372,12 @@ fn substitute(
 
 /// "int 3", "string \"abc\"", "map": what a value is, for type errors.
 pub(crate) fn describe(v: &Value) -> String {
-    let short = |s: String| {
-        if s.chars().count() > 40 {
-            format!("{}...", s.chars().take(40).collect::<String>())
-        } else {
-            s
-        }
-    };
     match v {
         Value::Null => "null".into(),
         Value::Bool(b) => format!("bool {b}"),
         Value::Number(n) if n.is_f64() => format!("float {n}"),
         Value::Number(n) => format!("int {n}"),
-        Value::String(s) => format!("string {}", short(format!("{s:?}"))),
+        Value::String(s) => format!("string {}", super::abbreviate(&format!("{s:?}"))),
         Value::Array(_) => "list".into(),
         Value::Object(_) => "map".into(),
     }

@@ -582,6 +582,148 @@ fn a_huge_matrix_is_refused() {
     );
 }
 
+/// Refused by the point limit from the list's length, before its values are compared.
+/// (The duplicate check ran first and compared every pair: 16.9 s for this list.)
+#[test]
+fn a_100k_value_matrix_list_is_refused_by_the_point_limit() {
+    let list = (0..100_000)
+        .map(|i| i.to_string())
+        .collect::<Vec<_>>()
+        .join(", ");
+    let text = format!(
+        "matrix:\n  a: [{list}]\nstages:\n  d: {{kind: synth, params: {{task: edges2photo}}}}\n"
+    );
+    let e = load(&text).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        format!("{FILE}:2:3: refused: the matrix has 100000 points, more than the limit of 10000")
+    );
+}
+
+#[test]
+fn matrix_duplicates_are_found_by_canonical_value() {
+    let base = "stages:\n  d: {kind: synth, params: {task: edges2photo}}\nmatrix:\n";
+    let e = err(&format!(
+        "{base}  x: [{{a: 1, b: [2]}}, 3, {{b: [2], a: 1}}]\n"
+    ));
+    assert_eq!(
+        e,
+        format!("{FILE}:4:26: matrix variable `x` lists `{{\"b\":[2],\"a\":1}}` twice")
+    );
+    // Values that key differently are different points: 1, 1.0 and "1".
+    let p = load(&format!("{base}  x: [1, 1.0, \"1\"]\n")).unwrap();
+    assert_eq!(p.matrix[0].1, vec![json!(1), json!(1.0), json!("1")]);
+}
+
+#[test]
+fn overlapping_matrix_variables_name_the_earliest_one() {
+    let base = "stages:\n  d: {kind: synth, params: {task: edges2photo}}\nmatrix:\n";
+    let cases = [
+        (
+            "  a: [1]\n  a.b: [2]\n",
+            "5:3: matrix variable `a.b` overlaps `a`",
+        ),
+        (
+            "  a.b: [1]\n  a: [2]\n",
+            "5:3: matrix variable `a` overlaps `a.b`",
+        ),
+        (
+            "  a.b: [1]\n  a.c: [1]\n  a: [2]\n",
+            "6:3: matrix variable `a` overlaps `a.b`",
+        ),
+        (
+            "  x.y: [1]\n  x.y: [2]\n",
+            "5:3: matrix variable `x.y` overlaps `x.y`",
+        ),
+    ];
+    for (vars, want) in cases {
+        assert_eq!(
+            err(&format!("{base}{vars}")),
+            format!("{FILE}:{want}"),
+            "{vars}"
+        );
+    }
+    // Sharing a prefix of text, or of segments, is not overlapping.
+    let p = load(&format!(
+        "{base}  a.b: [1]\n  a.bc: [2]\n  a.c.d: [3]\n  ab: [4]\n"
+    ))
+    .unwrap();
+    assert_eq!(p.matrix.len(), 4);
+}
+
+/// Lists of one value keep the point count at 1: the variable count has its own limit,
+/// checked before the pairwise overlap check (and the DAG's points, which carry every one).
+#[test]
+fn matrix_variables_are_limited_in_number_and_depth() {
+    let stages = "stages:\n  d: {kind: synth, params: {task: edges2photo}}\n";
+    let vars = |n: usize| -> String { (0..n).map(|i| format!("  v{i}.x: [{i}]\n")).collect() };
+    let p = load(&format!("matrix:\n{}{stages}", vars(MAX_MATRIX_VARS))).unwrap();
+    assert_eq!(p.matrix.len(), MAX_MATRIX_VARS);
+    let e = err(&format!("matrix:\n{}{stages}", vars(50_000)));
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:1002:3: refused: the matrix has 50000 variables, more than the limit of 1000"
+        )
+    );
+    let deep = vec!["a"; 65].join(".");
+    let e = err(&format!("matrix:\n  {deep}: [1]\n{stages}"));
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:2:3: refused: matrix variable `{}...` has 65 segments, deeper than 64 levels",
+            &deep[..40]
+        )
+    );
+    let e = load_with(GOOD, &[&format!("task.{deep}=1")])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("has 66 segments, deeper than 64 levels"), "{e}");
+}
+
+/// References and the matrix multiply what is written; a file that expands past the budget
+/// is refused as an alias bomb is. Each of these went to gigabytes before the budget.
+#[test]
+fn reference_and_matrix_bombs_are_refused() {
+    let list = |n: usize| (0..n).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+    let head = format!(
+        "params:\n  big: [{}]\nstages:\n  t:\n    kind: train\n",
+        list(20_000)
+    );
+    let uses = vec!["\"${big}\""; 20_000].join(", ");
+    let by_value = format!("{head}    params: {{opt: {{x: [{uses}]}}}}\n");
+    let by_text = format!(
+        "{head}    params: {{tag: \"{}\"}}\n",
+        "${big}".repeat(2_000)
+    );
+    let by_matrix = format!(
+        "matrix:\n  m: [{}]\nstages:\n  t:\n    kind: train\n    params: {{tag: \"${{m}}\", opt: {{l: [{}]}}}}\n",
+        (0..MAX_MATRIX_POINTS)
+            .map(|i| format!("s{i}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        list(5_000)
+    );
+    for (what, text) in [
+        ("value", by_value),
+        ("text", by_text),
+        ("matrix", by_matrix),
+    ] {
+        let e = err(&text);
+        assert!(
+            e.starts_with(&format!("{FILE}:"))
+                && e.ends_with(
+                    "refused: the stages' parameters, references and matrix points expanded, \
+                     come to more than 64 MiB"
+                ),
+            "{what}: {e}"
+        );
+    }
+    // Under the budget, the same shapes load.
+    let uses = vec!["\"${big}\""; 20].join(", ");
+    assert!(load(&format!("{head}    params: {{opt: {{x: [{uses}]}}}}\n")).is_ok());
+}
+
 #[test]
 fn unknown_env_like_ref_suggests_the_escape() {
     let e = err("stages:\n  c: {kind: command, params: {cmd: \"ls ${UGC_OUT}\"}}\n");
