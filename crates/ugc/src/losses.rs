@@ -10,19 +10,29 @@ use tch::{Kind, Tensor};
 
 use crate::error::MethodError;
 
+/// The kind reductions accumulate in: float32 (also for bf16/f16 under autocast), or
+/// float64 for float64 inputs, so that the losses can be checked against float64
+/// references without float32 rounding.
+fn acc(t: &Tensor) -> Kind {
+    match t.kind() {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    }
+}
+
 /// Hinge loss of the discriminator for one prediction map: real side `relu(1 - D(real))`.
 pub fn hinge_d_real(pred: &Tensor) -> Tensor {
-    (pred.neg() + 1.0).relu().mean(Kind::Float)
+    (pred.neg() + 1.0).relu().mean(acc(pred))
 }
 
 /// Hinge loss of the discriminator for one prediction map: fake side `relu(1 + D(fake))`.
 pub fn hinge_d_fake(pred: &Tensor) -> Tensor {
-    (pred + 1.0).relu().mean(Kind::Float)
+    (pred + 1.0).relu().mean(acc(pred))
 }
 
 /// Hinge loss of the generator for one prediction map: `-mean(D(fake))`.
 pub fn hinge_g(pred: &Tensor) -> Tensor {
-    -pred.mean(Kind::Float)
+    -pred.mean(acc(pred))
 }
 
 /// The prediction maps of a discriminator output (the last element of every scale).
@@ -48,7 +58,7 @@ pub fn over_scales(d_out: &[Vec<Tensor>], f: impl Fn(&Tensor) -> Tensor) -> Tens
 
 /// Mean absolute error.
 pub fn l1(a: &Tensor, b: &Tensor) -> Tensor {
-    (a - b).abs().mean(Kind::Float)
+    (a - b).abs().mean(acc(a))
 }
 
 /// Size of the SSIM gaussian window and its standard deviation (Wang et al. 2004, as in
@@ -57,13 +67,13 @@ pub const SSIM_WINDOW: i64 = 11;
 pub const SSIM_SIGMA: f64 = 1.5;
 
 /// The normalised 1-D gaussian of the SSIM window.
-fn gaussian_1d(size: i64, sigma: f64) -> Vec<f32> {
+fn gaussian_1d(size: i64, sigma: f64) -> Vec<f64> {
     let c = (size / 2) as f64;
     let g: Vec<f64> = (0..size)
         .map(|i| (-((i as f64 - c).powi(2)) / (2.0 * sigma * sigma)).exp())
         .collect();
     let s: f64 = g.iter().sum();
-    g.into_iter().map(|v| (v / s) as f32).collect()
+    g.into_iter().map(|v| v / s).collect()
 }
 
 /// Mean SSIM of two `[N, C, H, W]` images in [-1, 1], computed on `(x + 1) / 2` (data range
@@ -77,7 +87,9 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Result<Tensor, MethodError> {
         )));
     }
     let c = sa[1];
-    let g = Tensor::from_slice(&gaussian_1d(SSIM_WINDOW, SSIM_SIGMA)).to_device(a.device());
+    let g = Tensor::from_slice(&gaussian_1d(SSIM_WINDOW, SSIM_SIGMA))
+        .to_kind(acc(a))
+        .to_device(a.device());
     let w2 = g.unsqueeze(1).matmul(&g.unsqueeze(0)); // [11, 11]
     let window = w2
         .expand([c, 1, SSIM_WINDOW, SSIM_WINDOW], false)
@@ -98,7 +110,7 @@ pub fn ssim(a: &Tensor, b: &Tensor) -> Result<Tensor, MethodError> {
     let (c1, c2) = (0.01f64.powi(2), 0.03f64.powi(2));
     let num = (mu_xy * 2.0 + c1) * (s_xy * 2.0 + c2);
     let den = (mu_x2 + mu_y2 + c1) * (s_x + s_y + c2);
-    Ok((num / den).mean(Kind::Float))
+    Ok((num / den).mean(acc(a)))
 }
 
 /// Gram matrix of a `[N, C, H, W]` feature map, normalised by `C * H * W`: `[N, C, C]`.
@@ -138,7 +150,7 @@ pub fn total_variation(x: &Tensor) -> Tensor {
     let (h, w) = (s[2], s[3]);
     let dh = x.narrow(2, 1, h - 1) - x.narrow(2, 0, h - 1);
     let dw = x.narrow(3, 1, w - 1) - x.narrow(3, 0, w - 1);
-    dh.abs().sum(Kind::Float) + dw.abs().sum(Kind::Float)
+    dh.abs().sum(acc(x)) + dw.abs().sum(acc(x))
 }
 
 /// Weights of the OMGD student loss against one teacher (DESIGN §2 defaults).

@@ -293,7 +293,14 @@ fn search_then_teachers_then_adf() {
             .unwrap();
         let want = sup.forward(&x, sub, Mode::Eval).unwrap();
         let diff = (y - want).abs().max().double_value(&[]);
-        assert!(diff < 1e-5, "{role}: {diff}");
+        // Two float32 evaluations of one mobile ResNet (ngf 8, 4 blocks) with the weights in
+        // another layout: 22 convolutions of at most 7x7x8 = 392 terms, at most 21 instance
+        // norms over <= 32x32 values; outputs within [-1, 1] (ugc-tolerance).
+        let bound = ugc_tolerance::ErrorBudget::new()
+            .products(392, 22)
+            .sums(32 * 32, 2 * 21)
+            .bound(ugc_tolerance::Precision::F32, 1.0);
+        assert!(diff <= bound, "{role}: {diff} > {bound}");
         assert_eq!(
             ugc_nn::profile(&meta.arch, None, INPUT).unwrap().macs,
             role_macs(&c, role)
