@@ -969,6 +969,19 @@ fn cache_verbs_refuse_a_cache_dir_that_does_not_exist_and_an_unknown_run() {
     assert!(stderr(&o).contains("no run 42"), "{}", stderr(&o));
 }
 
+#[test]
+fn zero_jobs_is_a_usage_error_naming_the_value() {
+    let p = Project::new();
+    chain(&p, "one");
+    for args in [["-j", "0"], ["--jobs", "0"]] {
+        let o = p.run(&["run", "pipe.yaml", args[0], args[1]]);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let e = stderr(&o);
+        assert!(e.contains("'0'") && e.contains("--jobs"), "{args:?}: {e}");
+        assert_eq!(p.records(), 0, "{args:?} ran something");
+    }
+}
+
 /// The object of the only file of `node`'s only committed record, and the record.
 fn object_of(p: &Project, node: &str) -> (std::path::PathBuf, serde_json::Value) {
     let mut found = records_of(p, node);

@@ -32,3 +32,26 @@ pub struct ArchArgs {
     #[arg(long)]
     pub config: Option<String>,
 }
+
+/// `-j/--jobs`: a positive count. Zero stages at a time cannot run a pipeline, so it is
+/// refused as a usage error naming the value instead of being taken silently.
+pub fn parse_jobs(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(0) => Err("0 stages at a time would run nothing; give 1 or more".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("`{s}` is not a positive whole number ({e})")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_jobs;
+
+    #[test]
+    fn jobs_must_be_positive() {
+        assert_eq!(parse_jobs("3"), Ok(3));
+        assert!(parse_jobs("0").unwrap_err().contains("0 stages"));
+        assert!(parse_jobs("-1").unwrap_err().contains("`-1`"));
+        assert!(parse_jobs("two").unwrap_err().contains("`two`"));
+    }
+}

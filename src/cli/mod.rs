@@ -107,7 +107,7 @@ pub enum Verb {
         #[arg(long)]
         keep_going: bool,
         /// Stages run at the same time (at most one per GPU). Default: number of CPUs.
-        #[arg(long, short = 'j')]
+        #[arg(long, short = 'j', value_parser = args::parse_jobs)]
         jobs: Option<usize>,
         /// Machine-readable output: one JSON object per line on stdout.
         #[arg(long)]
