@@ -1,7 +1,32 @@
 #!/usr/bin/env bash
 # Runs the whole test suite: installs what the build needs (scripts/setup.sh), then
-# `cargo test` over the workspace. Extra arguments go to cargo test.
+# `cargo test` over the workspace with --no-fail-fast (one failing binary never hides the
+# others). Extra arguments go to that cargo test.
+#
+# Then the numeric fixture comparisons run again with oneDNN capped at AVX2
+# (ONEDNN_MAX_CPU_ISA=AVX2) and at SSE4.1: oneDNN picks its kernels by CPU (AVX2 on AMD
+# Zen 3, AVX-512 on Zen 4 and Xeon, AMX on Sapphire Rapids), each summing in its own order,
+# so one machine checks that the tolerances (derived in crates/tolerance) hold for the
+# other kernels too. On a CPU without AVX-512 the AVX2 pass repeats the first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
-cargo test --workspace --locked "$@"
+
+status=0
+cargo test --workspace --locked --no-fail-fast "$@" || status=$?
+
+# The test binaries that compare against float reference fixtures.
+fixture_test_sets=(
+    "-p ugc-nn --test hd_gaugan --test pix2pix_interop --test pix2pix_supernet"
+    "-p ugc-metrics --test architectures --test reference"
+    "-p ugc-method --test core"
+    "-p ugc-eval --test it export"
+)
+for isa in AVX2 SSE41; do
+    echo "== fixture comparisons with ONEDNN_MAX_CPU_ISA=$isa"
+    for set in "${fixture_test_sets[@]}"; do
+        # shellcheck disable=SC2086 # each set is a list of cargo arguments
+        ONEDNN_MAX_CPU_ISA=$isa cargo test --locked --no-fail-fast $set || status=$?
+    done
+done
+exit "$status"
