@@ -204,8 +204,9 @@ mod tests {
         };
         assert_eq!(s.at(0), 1.0);
         assert_eq!(s.at(5), 1.0);
-        assert!((s.at(6) - 0.8).abs() < 1e-12);
-        assert!((s.at(9) - 0.2).abs() < 1e-12);
+        // A linear decay in float64: a few roundings of values <= 1.
+        assert!((s.at(6) - 0.8).abs() <= 4.0 * f64::EPSILON);
+        assert!((s.at(9) - 0.2).abs() <= 4.0 * f64::EPSILON);
         let c = LrSchedule {
             base: 0.5,
             steps: 10,
