@@ -170,7 +170,10 @@ fn metrics_miou_on_label_pngs() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
     let want = (0.5 + 2.0 / 3.0) / 2.0;
     // Integer counts, two divisions and a mean of 2 in float64, then JSON: a few ulps of 1.
-    assert!((v["value"].as_f64().unwrap() - want).abs() <= 8.0 * f64::EPSILON, "{v}");
+    assert!(
+        (v["value"].as_f64().unwrap() - want).abs() <= 8.0 * f64::EPSILON,
+        "{v}"
+    );
 }
 
 #[test]
