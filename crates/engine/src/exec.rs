@@ -455,21 +455,7 @@ mod tests {
         let mut kinds = KindRegistry::new();
         kinds.register(Arc::new(Touch(schema)));
         let run_id = registry.begin_run("p.yaml", &["test".into()]).unwrap();
-        let material = KeyMaterial::new("touch", 1, json!({}));
-        let job = Job {
-            schema: crate::job::JOB_SCHEMA_VERSION,
-            key: material.key().to_string(),
-            material,
-            pipeline: "p.yaml".into(),
-            node: "t".into(),
-            stage: "t".into(),
-            kind: "touch".into(),
-            params: json!({}),
-            inputs: vec![],
-            device: DeviceKind::Cuda(1),
-            env: BTreeMap::new(),
-            run_id: Some(run_id),
-        };
+        let job = Job::for_test(Some(run_id), DeviceKind::Cuda(1));
         let gpu = FakeGpu(AtomicU32::new(0));
         let cancel = CancelToken::new();
         let out = exec_job(

@@ -51,6 +51,26 @@ pub enum JobError {
 }
 
 impl Job {
+    /// A job of a parameterless `touch` kind, for the engine's unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(run_id: Option<i64>, device: DeviceKind) -> Job {
+        let material = crate::cache::KeyMaterial::new("touch", 1, serde_json::json!({}));
+        Job {
+            schema: JOB_SCHEMA_VERSION,
+            key: material.key().to_string(),
+            material,
+            pipeline: "p.yaml".into(),
+            node: "t".into(),
+            stage: "t".into(),
+            kind: "touch".into(),
+            params: serde_json::json!({}),
+            inputs: vec![],
+            device,
+            env: BTreeMap::new(),
+            run_id,
+        }
+    }
+
     /// `jobs/<run>/<key>.json`, or `jobs/<key>.json` for a job of no run.
     pub fn path(cache_root: &Path, key: &str, run_id: Option<i64>) -> PathBuf {
         let jobs = cache_root.join("jobs");
@@ -137,24 +157,9 @@ fn fmt_run(run: Option<i64>) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     fn job(run_id: Option<i64>, device: DeviceKind) -> Job {
-        let material = KeyMaterial::new("touch", 1, json!({}));
-        Job {
-            schema: JOB_SCHEMA_VERSION,
-            key: material.key().to_string(),
-            material,
-            pipeline: "p.yaml".into(),
-            node: "t".into(),
-            stage: "t".into(),
-            kind: "touch".into(),
-            params: json!({}),
-            inputs: vec![],
-            device,
-            env: BTreeMap::new(),
-            run_id,
-        }
+        Job::for_test(run_id, device)
     }
 
     #[test]
