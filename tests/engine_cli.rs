@@ -529,22 +529,6 @@ fn corrupted_object_is_found_by_verify_and_recomputed() {
     assert!(o.status.success(), "{}", stdout(&o));
 }
 
-/// Whether `pid` is a process that still runs (a zombie waiting to be reaped runs nothing;
-/// pid 1 of a container may never reap it).
-fn runs(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, t)| t.trim_start().to_string()))
-        .is_some_and(|t| !t.starts_with(['Z', 'X', 'x']))
-}
-
-/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`; `None` once it is gone.
-fn stat_field(pid: i32, n: usize) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let (_, tail) = stat.rsplit_once(')')?;
-    tail.split_ascii_whitespace().nth(n - 3)?.parse().ok()
-}
-
 /// The process group of `pid`.
 fn pgrp(pid: i32) -> i32 {
     stat_field(pid, 5).unwrap() as i32

@@ -92,3 +92,61 @@ pub fn wait_for(path: &Path, secs: u64) -> bool {
     }
     false
 }
+
+/// Whether `pid` is a process that still runs (a zombie waiting to be reaped runs nothing;
+/// pid 1 of a container may never reap it).
+pub fn runs(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| s.rsplit_once(')').map(|(_, t)| t.trim_start().to_string()))
+        .is_some_and(|t| !t.starts_with(['Z', 'X', 'x']))
+}
+
+/// Field `n` (1-based, as in proc(5)) of `/proc/<pid>/stat`; `None` once it is gone.
+pub fn stat_field(pid: i32, n: usize) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, tail) = stat.rsplit_once(')')?;
+    tail.split_ascii_whitespace().nth(n - 3)?.parse().ok()
+}
+
+/// Every pid in `/proc` that still runs.
+pub fn running_pids() -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .filter(|&pid| runs(pid))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The running children of `parent` whose command name (`/proc/<pid>/comm`) is `name`.
+pub fn children_named(parent: i32, name: &str) -> Vec<i32> {
+    running_pids()
+        .into_iter()
+        .filter(|&pid| stat_field(pid, 4) == Some(parent as u64))
+        .filter(|&pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .collect()
+}
+
+/// The running processes whose environment holds `entry` (`NAME=value`), with their
+/// command lines: everything descended from a process started with that variable, since a
+/// child inherits its parent's environment.
+pub fn running_with_env(entry: &str) -> Vec<(i32, String)> {
+    running_pids()
+        .into_iter()
+        .filter(|&pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|&b| b == 0).any(|e| e == entry.as_bytes()))
+        })
+        .map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (pid, cmdline.trim_end().to_string())
+        })
+        .filter(|&(pid, _)| runs(pid))
+        .collect()
+}
