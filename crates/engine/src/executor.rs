@@ -196,9 +196,13 @@ pub async fn run_dag(
                 let key = material.key();
                 let forced = opts.forced.contains(&idx);
                 if !forced && let Some(record) = cache.lookup(&key)? {
-                    // The run that committed it may have died before its registry row.
+                    // The run that committed it may have died before its registry row, or
+                    // before clearing its scratch.
                     if let Err(e) = register_record(cache, registry, &record) {
                         tracing::warn!("run registry: {e}");
+                    }
+                    if let Err(e) = cache.clear_leftover_scratch(&key) {
+                        tracing::warn!("{e} (`ugc-pipe gc` removes it)");
                     }
                     record_cached(registry, opts, &node.id, &node.kind, &key);
                     let _ = registry.set_node_key(&opts.pipeline, &node.id, &key, &material);
@@ -300,6 +304,10 @@ pub async fn run_dag(
                                 if outcome == NodeOutcome::Executed
                                     && let Err(e) = register_record(cache, registry, &record) {
                                     tracing::warn!("run registry: {e}");
+                                }
+                                // A stage process killed after its commit left its scratch.
+                                if let Err(e) = cache.clear_leftover_scratch(&r.key) {
+                                    tracing::warn!("{e} (`ugc-pipe gc` removes it)");
                                 }
                                 let _ = registry.set_node_key(&opts.pipeline, &node.id, &r.key, &record.material);
                                 done.insert(idx, record);

@@ -995,6 +995,22 @@ impl Cache {
         remove_path(&self.root.join("scratch").join(key.as_str()))
     }
 
+    /// Removes the scratch area of a committed `key` left by a stage process killed between
+    /// its commit and its own clean-up; only if the key's lock is free, so a `--force`
+    /// re-run that is using the scratch right now keeps it. Nothing to do (one `stat`) in
+    /// the usual case. Returns whether a leftover was removed.
+    pub fn clear_leftover_scratch(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        let dir = self.root.join("scratch").join(key.as_str());
+        if std::fs::symlink_metadata(&dir).is_err() {
+            return Ok(false);
+        }
+        let Some(_lock) = KeyLock::try_acquire(&self.root, key)? else {
+            return Ok(false);
+        };
+        self.clear_scratch(key)?;
+        Ok(true)
+    }
+
     // ---- records, verify, gc ------------------------------------------------------------
 
     /// Every readable record, sorted by key (without checking objects; see `lookup`).

@@ -469,6 +469,26 @@ fn scratch_survives_until_cleared() {
     cache.clear_scratch(&k).unwrap();
 }
 
+#[test]
+fn leftover_scratch_is_cleared_only_when_its_key_is_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Cache::open(dir.path()).unwrap();
+    let k = material(0.1).key();
+    assert!(
+        !cache.clear_leftover_scratch(&k).unwrap(),
+        "nothing to clear"
+    );
+    let s = cache.scratch_dir(&k).unwrap();
+    std::fs::write(s.join("ckpt.bin"), b"1").unwrap();
+    // A holder of the key (a `--force` re-run using its scratch) keeps it.
+    let held = KeyLock::acquire(dir.path(), &k).unwrap();
+    assert!(!cache.clear_leftover_scratch(&k).unwrap());
+    assert!(s.join("ckpt.bin").exists());
+    drop(held);
+    assert!(cache.clear_leftover_scratch(&k).unwrap());
+    assert!(!s.exists());
+}
+
 /// Helper process for `killed_stage_leaves_nothing_served`: stages outputs for a key, says
 /// where, then waits to be killed before committing.
 #[test]
