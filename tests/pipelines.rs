@@ -220,6 +220,74 @@ fn checkpoint_resumes(p: &Project, runs: u64) -> u64 {
         .sum()
 }
 
+/// The registry after a trial's runs: `runs` gives every run the end it had (a killed
+/// head's run `dead`, never `running`), and `show` lists every stage with the metrics of
+/// the uninterrupted run, including stages whose stage process was killed after its commit
+/// (rows recovered from the record).
+fn check_registry(p: &Project, reference: &Path, ends: &[Ended]) -> Result<(), String> {
+    let o = p.run(&["runs", "--json"]);
+    let runs: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .map_err(|e| format!("runs --json: {e}: {}{}", stdout(&o), stderr(&o)))?;
+    let runs = runs.as_array().cloned().unwrap_or_default();
+    if runs.len() != ends.len() {
+        return Err(format!(
+            "runs lists {} runs, {} were started: {runs:?}",
+            runs.len(),
+            ends.len()
+        ));
+    }
+    for (i, ended) in ends.iter().enumerate() {
+        let id = i as u64 + 1;
+        let run = runs.iter().find(|r| r["id"] == id);
+        let status = run.and_then(|r| r["status"].as_str()).unwrap_or("absent");
+        let fits = match ended {
+            Ended::Completed | Ended::WorkerKilled { completed: true } => status == "ok",
+            Ended::WorkerKilled { completed: false } => status == "failed",
+            // A head killed just after it recorded its end is not dead; never "running".
+            Ended::HeadKilled => ["dead", "ok", "failed"].contains(&status),
+        };
+        if !fits {
+            return Err(format!(
+                "run {id} ended {ended:?}; runs says {status}: {runs:?}"
+            ));
+        }
+    }
+    let (want, got) = (show_metrics(p, reference)?, show_metrics(p, &p.cache())?);
+    if want != got {
+        return Err(format!(
+            "show differs from the uninterrupted run's:\n  want {want:?}\n  got  {got:?}"
+        ));
+    }
+    Ok(())
+}
+
+/// `show --json` of the crash pipeline on `cache`: each stage's metrics, by stage name.
+fn show_metrics(
+    p: &Project,
+    cache: &Path,
+) -> Result<std::collections::BTreeMap<String, serde_json::Value>, String> {
+    let o = p.run(&[
+        "show",
+        CRASH_PIPELINE,
+        "--json",
+        "--cache-dir",
+        cache.to_str().unwrap(),
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o))
+        .map_err(|e| format!("show --json: {e}: {}{}", stdout(&o), stderr(&o)))?;
+    Ok(v["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                r["node"].as_str().unwrap_or("?").to_string(),
+                r["metrics"].clone(),
+            )
+        })
+        .collect())
+}
+
 /// The keys of the committed records of `cache`.
 fn record_keys(cache: &Path) -> Vec<String> {
     let mut keys: Vec<String> = std::fs::read_dir(cache.join("records"))
@@ -258,6 +326,8 @@ fn trial_runs(
     let limit = ref_time * 20 + Duration::from_secs(120);
     let kills = 1 + rng.next_u64() % MAX_KILLS;
     let mut n = 0;
+    // How each run ended, by run id (a fresh cache numbers its runs from 1).
+    let mut ends = Vec::new();
     // Run time already done by killed runs: a resume has about the rest of the reference's
     // duration left, so its kill time is drawn over that (at least 1 s: a resume's own
     // start and cache hits), and a late draw tests the finish.
@@ -281,16 +351,18 @@ fn trial_runs(
         if let Some(Kill::Head(at) | Kill::Worker(at)) = kill {
             done += at;
         }
-        match ended {
+        let last = matches!(
+            ended,
+            Ended::Completed | Ended::WorkerKilled { completed: true }
+        );
+        ends.push(ended);
+        match ends.last().unwrap() {
             Ended::HeadKilled => tally.head_kills += 1,
             Ended::WorkerKilled { .. } => tally.worker_kills += 1,
             Ended::Completed if kill.is_some() => tally.ended_before_kill += 1,
             Ended::Completed => {}
         }
-        if matches!(
-            ended,
-            Ended::Completed | Ended::WorkerKilled { completed: true }
-        ) {
+        if last {
             break;
         }
     }
@@ -355,6 +427,7 @@ fn trial_runs(
             ));
         }
     }
+    check_registry(p, reference, &ends)?;
     tally.trials += 1;
     Ok(())
 }
