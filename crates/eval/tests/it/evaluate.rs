@@ -3,6 +3,16 @@ use ugc_engine::StageError;
 
 use crate::common::*;
 
+/// The row of `metric` in an eval.json's `metrics` list.
+fn metric_row<'a>(eval: &'a serde_json::Value, metric: &str) -> &'a serde_json::Value {
+    eval["metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["metric"] == metric)
+        .unwrap_or_else(|| panic!("no {metric} row in {eval}"))
+}
+
 #[test]
 fn reference_mode_reaches_every_ceiling() {
     let out = tempfile::tempdir().unwrap();
@@ -39,12 +49,7 @@ fn reference_mode_reaches_every_ceiling() {
     assert_eq!(e["device"], "cpu");
     assert_eq!(e["metrics"][0]["metric"], "psnr");
     assert_eq!(e["metrics"][0]["evaluator"]["images_at_cap"], 8);
-    let seg = e["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["metric"] == "seg_fd")
-        .unwrap();
+    let seg = metric_row(&e, "seg_fd");
     assert_eq!(seg["evaluator"]["metric_name"], "seg_fd");
     assert_eq!(
         seg["evaluator"]["weights"]["blake3"]
@@ -239,12 +244,7 @@ fn fid_is_computed_when_inception_weights_are_configured() {
     // As seg_fd above: identical features, only the float64 square root is inexact.
     assert!(m["fid"].as_f64().unwrap().abs() < 1e-6, "real vs real: {m}");
     let e = read_json(&out.path().join("eval.json"));
-    let fid = e["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["metric"] == "fid")
-        .unwrap();
+    let fid = metric_row(&e, "fid");
     assert_eq!(fid["evaluator"]["metric_name"], "fid");
     assert_eq!(
         fid["evaluator"]["weights"]["blake3"]
@@ -293,11 +293,6 @@ fn evaluate_commits_the_same_bytes_wherever_its_inputs_lie() {
     ugc_engine::testing::assert_same_tree(outs[0].path(), outs[1].path());
     let e = read_json(&outs[0].path().join("eval.json"));
     assert_eq!(e["split"]["manifest_blake3"].as_str().unwrap().len(), 64);
-    let seg = e["metrics"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["metric"] == "seg_fd")
-        .unwrap();
+    let seg = metric_row(&e, "seg_fd");
     assert_eq!(seg["evaluator"]["weights"]["path"], "model.safetensors");
 }
