@@ -97,18 +97,50 @@ impl Dag {
         let order = stage_order(p, &index)?;
 
         // Which matrix variables each stage depends on, directly or through ancestors.
+        // Every problem of the pipeline is collected, not the first: see SpecError::several.
+        let mut problems = Vec::new();
         let mut vars: Vec<BTreeSet<String>> = vec![BTreeSet::new(); p.stages.len()];
         for &i in &order {
             let s = &p.stages[i];
-            let schema = kinds
-                .schema(&s.kind)
-                .ok_or_else(|| SpecError::UnknownKind {
+            let Some(schema) = kinds.schema(&s.kind) else {
+                problems.push(SpecError::UnknownKind {
                     pos: s.pos.clone(),
                     kind: s.kind.clone(),
                     known: kinds.names().map(str::to_string).collect(),
-                })?;
+                });
+                continue;
+            };
+            for needed in &schema.deps.required {
+                let has = s
+                    .deps
+                    .iter()
+                    .any(|d| p.stages[index[d.as_str()]].kind == *needed);
+                if !has {
+                    problems.push(SpecError::Invalid {
+                        pos: s.pos.clone(),
+                        message: format!(
+                            "stage `{}` (kind {}) needs a `{needed}` stage among its deps \
+                             (deps: {})",
+                            s.name,
+                            s.kind,
+                            if s.deps.is_empty() {
+                                "none".to_string()
+                            } else {
+                                s.deps.join(", ")
+                            }
+                        ),
+                    });
+                }
+            }
+            let merged = match merged(s, schema) {
+                Ok(m) => m,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
             let mut names = Vec::new();
-            collect_refs(&Value::Object(merged(s, schema)?), &mut names);
+            collect_refs(&Value::Object(merged), &mut names);
             let mut own: BTreeSet<String> = p
                 .matrix
                 .iter()
@@ -123,6 +155,9 @@ impl Dag {
                 }
             }
             vars[i] = own;
+        }
+        if !problems.is_empty() {
+            return Err(SpecError::several(problems));
         }
 
         let mut graph = DiGraph::new();
@@ -145,7 +180,15 @@ impl Dag {
                     Some(&n) => n,
                     None => {
                         let schema = kinds.schema(&s.kind).expect("checked above");
-                        let r = resolve_stage(p, s, schema, &params, &mut budget)?;
+                        let r = match resolve_stage(p, s, schema, kinds, &params, &mut budget) {
+                            Ok(r) => r,
+                            // A spent budget ends expansion; other problems are collected.
+                            Err(e @ SpecError::Limit { .. }) => return Err(e),
+                            Err(e) => {
+                                problems.push(e);
+                                continue;
+                            }
+                        };
                         let n = graph.add_node(Node {
                             id: id.clone(),
                             stage: s.name.clone(),
@@ -164,13 +207,19 @@ impl Dag {
                 };
                 at_point[i] = Some(n);
                 for d in &s.deps {
-                    let dn = at_point[index[d.as_str()]].expect("deps come first in stage order");
+                    // A dep that failed to resolve has no node; its problem is reported.
+                    let Some(dn) = at_point[index[d.as_str()]] else {
+                        continue;
+                    };
                     if edges.insert((dn, n)) {
                         graph.add_edge(dn, n, ());
                         deps[n.index()].push(dn);
                     }
                 }
             }
+        }
+        if !problems.is_empty() {
+            return Err(SpecError::several(problems));
         }
         Ok(Dag { graph, deps })
     }

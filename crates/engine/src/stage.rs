@@ -34,7 +34,11 @@ pub enum ParamType {
     Any,
 }
 
-/// One parameter of a stage kind, as declared in `stages/<kind>.yaml`.
+/// One parameter of a stage kind, as declared in its schema.
+///
+/// Everything here is checked by the head at plan time, for every node, with the position
+/// of the offending value ([`crate::spec`]); the kind's typed parameters are tied to these
+/// declarations by a test in `ugc-kinds`, so a stage never sees a value its schema refuses.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ParamSchema {
@@ -48,11 +52,144 @@ pub struct ParamSchema {
     /// For `type: string`: the allowed values, if the set is closed.
     #[serde(default, rename = "enum")]
     pub choices: Option<Vec<String>>,
+    /// For `int` and `float`: the interval the value must lie in, written as in mathematics,
+    /// e.g. `"[1, inf)"` or `"(0, 1]"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub range: Option<Range>,
+    /// For `int` and `float`: the value may not exceed this sibling parameter's value
+    /// (e.g. `lr_decay_steps` at most `steps`); skipped while either is null.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<String>,
+    /// For `type: list`: the schema of every item.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub items: Option<Box<ParamSchema>>,
+    /// Least number of items of a `list`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_items: Option<usize>,
+    /// For `type: map`: the closed set of keys, each with its schema. A written map replaces
+    /// the default whole, so keys it leaves out take their own `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<BTreeMap<String, ParamSchema>>,
+    /// A value that satisfies the schema, for a required parameter without a default: used
+    /// by the generated tests and shown in the kinds' reference (docs/stage-kinds.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub example: Option<Value>,
+    /// For an external input: what the file is and how to get or convert it (names the
+    /// doc section), printed when the file is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub how_to_get: Option<String>,
     #[serde(default)]
     pub doc: String,
 }
 
-/// What a stage kind declares about itself (`stages/<kind>.yaml`).
+/// A closed, open or half-open interval of numbers, as `"[1, inf)"`, `"(0, 1]"`,
+/// `"[0, 1]"` or `"(-inf, 0)"`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Range {
+    pub min: Option<f64>,
+    pub min_inclusive: bool,
+    pub max: Option<f64>,
+    pub max_inclusive: bool,
+}
+
+impl Range {
+    /// Whether `x` lies in the interval (NaN never does).
+    pub fn contains(&self, x: f64) -> bool {
+        if x.is_nan() {
+            return false;
+        }
+        let above = match self.min {
+            None => true,
+            Some(m) if self.min_inclusive => x >= m,
+            Some(m) => x > m,
+        };
+        let below = match self.max {
+            None => true,
+            Some(m) if self.max_inclusive => x <= m,
+            Some(m) => x < m,
+        };
+        above && below
+    }
+}
+
+impl std::fmt::Display for Range {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let num = |v: Option<f64>, inf: &str| v.map_or(inf.to_string(), |v| v.to_string());
+        write!(
+            f,
+            "{}{}, {}{}",
+            if self.min_inclusive { '[' } else { '(' },
+            num(self.min, "-inf"),
+            num(self.max, "inf"),
+            if self.max_inclusive { ']' } else { ')' },
+        )
+    }
+}
+
+impl std::str::FromStr for Range {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("range `{s}`: expected an interval such as `[1, inf)` or `(0, 1]`");
+        let t = s.trim();
+        let (open, rest) = t.split_at_checked(1).ok_or_else(bad)?;
+        let (body, close) = rest
+            .split_at_checked(rest.len().saturating_sub(1))
+            .ok_or_else(bad)?;
+        let (lo, hi) = body.split_once(',').ok_or_else(bad)?;
+        let bound = |b: &str, inf: &str| -> Result<Option<f64>, String> {
+            let b = b.trim();
+            if b == inf {
+                return Ok(None);
+            }
+            b.parse::<f64>().map(Some).map_err(|_| bad())
+        };
+        let r = Range {
+            min: bound(lo, "-inf")?,
+            min_inclusive: match open {
+                "[" => true,
+                "(" => false,
+                _ => return Err(bad()),
+            },
+            max: bound(hi, "inf")?,
+            max_inclusive: match close {
+                "]" => true,
+                ")" => false,
+                _ => return Err(bad()),
+            },
+        };
+        if (r.min.is_none() && r.min_inclusive) || (r.max.is_none() && r.max_inclusive) {
+            return Err(format!("range `{s}`: an infinite end must be open"));
+        }
+        Ok(r)
+    }
+}
+
+impl Serialize for Range {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Range {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// The deps a kind needs, by kind: checked at plan time against the stage's `deps`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DepsSchema {
+    /// Kinds of which the stage needs one among its direct deps.
+    #[serde(default)]
+    pub required: Vec<String>,
+    /// Kinds the stage uses when present (documentation; never an error).
+    #[serde(default)]
+    pub optional: Vec<String>,
+}
+
+/// What a stage kind declares about itself (its `schema.yaml` in `ugc-kinds`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KindSchema {
@@ -72,8 +209,33 @@ pub struct KindSchema {
     /// Dotted parameter paths that never enter the cache key (e.g. `log_every`).
     #[serde(default)]
     pub not_in_key: Vec<String>,
+    /// The kinds of deps the stage reads.
+    #[serde(default)]
+    pub deps: DepsSchema,
     pub params: BTreeMap<String, ParamSchema>,
 }
+
+/// One problem with a stage's resolved parameters, found by its kind's own check (the
+/// cross-field rules a schema cannot state). `param` is the dotted path of the value to
+/// point at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParamProblem {
+    pub param: String,
+    pub message: String,
+}
+
+impl ParamProblem {
+    pub fn new(param: impl Into<String>, message: impl Into<String>) -> Self {
+        ParamProblem {
+            param: param.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A kind's cross-field check of its resolved parameters (a JSON object that already
+/// satisfies the schema): every problem, not the first.
+pub type ParamCheck = fn(&Value) -> Vec<ParamProblem>;
 
 impl KindSchema {
     /// Parses a `stages/<kind>.yaml` document.
@@ -249,6 +411,7 @@ pub trait StageKind: Send + Sync {
 #[derive(Default, Clone)]
 pub struct KindRegistry {
     schemas: BTreeMap<String, KindSchema>,
+    checks: BTreeMap<String, ParamCheck>,
     kinds: BTreeMap<String, Arc<dyn StageKind>>,
 }
 
@@ -266,6 +429,14 @@ impl KindRegistry {
     /// and keyed here, and its stages run in a process that has its code.
     pub fn register_schema(&mut self, schema: KindSchema) {
         self.schemas.insert(schema.kind.clone(), schema);
+    }
+    /// Registers the cross-field check of a kind, run at plan time on every node of it.
+    pub fn register_check(&mut self, kind: &str, check: ParamCheck) {
+        self.checks.insert(kind.to_string(), check);
+    }
+    /// The cross-field check of a kind, if it has one.
+    pub fn check(&self, name: &str) -> Option<ParamCheck> {
+        self.checks.get(name).copied()
     }
     /// The code of a kind, when this process can run it.
     pub fn get(&self, name: &str) -> Option<&Arc<dyn StageKind>> {

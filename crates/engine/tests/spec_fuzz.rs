@@ -108,12 +108,19 @@ impl Sandbox {
             overrides: sets.to_vec(),
             ..LoadOptions::default()
         };
+        // Every problem of a refusal (one, or all of them at once) must say where.
         let refused = |e: SpecError| {
-            let msg = e.to_string();
-            if msg.starts_with(&self.file.display().to_string()) || msg.starts_with("--set ") {
-                Outcome::Refused
-            } else {
-                Outcome::Unplaced(msg)
+            let placed = |msg: &str| {
+                msg.starts_with(&self.file.display().to_string()) || msg.starts_with("--set ")
+            };
+            match e
+                .problems()
+                .into_iter()
+                .map(|p| p.to_string())
+                .find(|m| !placed(m))
+            {
+                None => Outcome::Refused,
+                Some(msg) => Outcome::Unplaced(msg),
             }
         };
         let loaded = match std::str::from_utf8(text) {

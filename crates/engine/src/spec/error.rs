@@ -130,13 +130,49 @@ pub enum SpecError {
     /// Any other malformed value, with its position.
     #[error("{pos}: {message}")]
     Invalid { pos: SourcePos, message: String },
+    /// Every problem found in one pass (two or more), in file order, one per line.
+    #[error("{} problems:\n{}", .0.len(), .0.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<SpecError>),
 }
 
 impl SpecError {
+    /// One error for a list of problems: flattened, deduplicated (a stage at several matrix
+    /// points repeats its problems), sorted by position; a single problem stays itself.
+    ///
+    /// # Panics
+    /// If `errors` is empty (a caller bug).
+    pub fn several(errors: Vec<SpecError>) -> SpecError {
+        let mut flat = Vec::new();
+        for e in errors {
+            match e {
+                SpecError::Several(inner) => flat.extend(inner),
+                other => flat.push(other),
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        flat.retain(|e| seen.insert(e.to_string()));
+        flat.sort_by(|a, b| a.pos().cmp(&b.pos()));
+        assert!(!flat.is_empty(), "SpecError::several of no error");
+        if flat.len() == 1 {
+            flat.pop().expect("one error")
+        } else {
+            SpecError::Several(flat)
+        }
+    }
+
+    /// Every single problem this error stands for.
+    pub fn problems(&self) -> Vec<&SpecError> {
+        match self {
+            SpecError::Several(all) => all.iter().collect(),
+            other => vec![other],
+        }
+    }
+
     /// The position the error points at, where it has one.
     pub fn pos(&self) -> Option<&SourcePos> {
         match self {
             SpecError::Io { .. } | SpecError::TooLarge { .. } | SpecError::Override { .. } => None,
+            SpecError::Several(all) => all.first().and_then(SpecError::pos),
             SpecError::Yaml { pos, .. }
             | SpecError::Limit { pos, .. }
             | SpecError::UnknownKey { pos, .. }

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 
 use super::refs::{self, Piece};
 use super::{Pipeline, SourcePos, SpecError, StageSpec};
-use crate::stage::{KindSchema, ParamSchema, ParamType};
+use crate::stage::{KindRegistry, KindSchema, ParamSchema, ParamType};
 
 /// A stage's parameters at one matrix point.
 #[derive(Debug, Clone)]
@@ -136,8 +136,9 @@ pub(crate) fn merged(
 ) -> Result<Map<String, Value>, SpecError> {
     let empty = Map::new();
     let written = stage.params.as_object().unwrap_or(&empty);
-    if let Some(unknown) = written.keys().find(|k| !schema.params.contains_key(*k)) {
-        return Err(SpecError::UnknownParam {
+    let mut problems = Vec::new();
+    for unknown in written.keys().filter(|k| !schema.params.contains_key(*k)) {
+        problems.push(SpecError::UnknownParam {
             pos: stage.param_pos.at(std::slice::from_ref(unknown)).clone(),
             stage: stage.name.clone(),
             param: unknown.clone(),
@@ -151,14 +152,18 @@ pub(crate) fn merged(
         } else if let Some(d) = &ps.default {
             out.insert(name.clone(), d.clone());
         } else if ps.required {
-            return Err(SpecError::MissingParam {
+            problems.push(SpecError::MissingParam {
                 pos: stage.pos.clone(),
                 stage: stage.name.clone(),
                 param: name.clone(),
             });
         }
     }
-    Ok(out)
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(SpecError::several(problems))
+    }
 }
 
 /// Resolves `stage` against the point's `params`, charging what it produces to `budget`.
@@ -166,6 +171,7 @@ pub(crate) fn resolve_stage(
     p: &Pipeline,
     stage: &StageSpec,
     schema: &KindSchema,
+    kinds: &KindRegistry,
     params: &Map<String, Value>,
     budget: &mut ResolveBudget,
 ) -> Result<Resolved, SpecError> {
@@ -173,20 +179,22 @@ pub(crate) fn resolve_stage(
     let written = stage.params.as_object().unwrap_or(&empty);
     let merged = merged(stage, schema)?;
     let mut out = Map::new();
+    // Every problem of every value, not the first: the user fixes them in one go.
+    let mut problems = Vec::new();
+    // Defaults come from the kind's schema: point at the stage that uses them.
+    let pos_of = |path: &[String]| -> SourcePos {
+        if path.first().is_some_and(|name| written.contains_key(name)) {
+            stage.param_pos.at(path).clone()
+        } else {
+            stage.pos.clone()
+        }
+    };
     for (name, value) in merged {
         let ps = &schema.params[&name];
-        let from_file = written.contains_key(&name);
-        // Defaults come from the kind's schema: point at the stage that uses them.
-        let pos_of = |path: &[String]| -> SourcePos {
-            if from_file {
-                stage.param_pos.at(path).clone()
-            } else {
-                stage.pos.clone()
-            }
-        };
         let mut path = vec![name.clone()];
         let value = substitute(&value, params, &mut path, &pos_of, budget)?;
-        let value = check_type(stage, &name, ps, value, &pos_of(&path))?;
+        let what = format!("stage `{}` parameter `{name}`", stage.name);
+        let value = check_value(&what, ps, value, &mut path, &pos_of, &mut problems);
         let value = if ps.ty == ParamType::Path {
             match value {
                 Value::String(s) => Value::String(absolute_in(&p.dir, &s)),
@@ -196,6 +204,25 @@ pub(crate) fn resolve_stage(
             value
         };
         out.insert(name, value);
+    }
+
+    check_at_most(stage, schema, &out, &pos_of, &mut problems);
+    if problems.is_empty()
+        && let Some(check) = kinds.check(&stage.kind)
+    {
+        for pb in check(&Value::Object(out.clone())) {
+            let segs: Vec<String> = pb.param.split('.').map(str::to_string).collect();
+            problems.push(SpecError::Invalid {
+                pos: pos_of(&segs),
+                message: format!(
+                    "stage `{}` parameter `{}`: {}",
+                    stage.name, pb.param, pb.message
+                ),
+            });
+        }
+    }
+    if !problems.is_empty() {
+        return Err(SpecError::several(problems));
     }
 
     let mut external_inputs = Vec::new();
@@ -383,19 +410,34 @@ pub(crate) fn describe(v: &Value) -> String {
     }
 }
 
-/// Checks `v` against the parameter's declared type; floats accept (and widen) integers
-/// so that `lr: 1` and `lr: 1.0` resolve, and key, identically.
-fn check_type(
-    stage: &StageSpec,
-    name: &str,
+/// What a parameter of `ty` must be, for type errors.
+fn expected(ty: ParamType) -> &'static str {
+    match ty {
+        ParamType::Bool => "bool",
+        ParamType::Int => "int",
+        ParamType::Float => "float",
+        ParamType::String => "string",
+        ParamType::Path => "path (a non-empty string)",
+        ParamType::List => "list",
+        ParamType::Map => "map",
+        ParamType::Any => "anything",
+    }
+}
+
+/// Checks `v` (at `path`) against its schema: type, allowed values, range, list items and
+/// map keys, pushing every problem found. Floats accept (and widen) integers so that
+/// `lr: 1` and `lr: 1.0` resolve, and key, identically. Returns the (widened) value.
+fn check_value(
+    what: &str,
     ps: &ParamSchema,
     v: Value,
-    pos: &SourcePos,
-) -> Result<Value, SpecError> {
-    let what = || format!("stage `{}` parameter `{name}`", stage.name);
+    path: &mut Vec<String>,
+    pos_of: &dyn Fn(&[String]) -> SourcePos,
+    problems: &mut Vec<SpecError>,
+) -> Value {
     // An explicit null unsets an optional parameter.
     if v.is_null() && !ps.required {
-        return Ok(v);
+        return v;
     }
     let ok = match ps.ty {
         ParamType::Bool => v.is_boolean(),
@@ -408,38 +450,130 @@ fn check_type(
         ParamType::Any => true,
     };
     if !ok {
-        let expected = match ps.ty {
-            ParamType::Bool => "bool",
-            ParamType::Int => "int",
-            ParamType::Float => "float",
-            ParamType::String => "string",
-            ParamType::Path => "path (a non-empty string)",
-            ParamType::List => "list",
-            ParamType::Map => "map",
-            ParamType::Any => "anything",
-        };
-        return Err(SpecError::WrongType {
-            pos: pos.clone(),
-            what: what(),
-            expected: expected.into(),
+        problems.push(SpecError::WrongType {
+            pos: pos_of(path),
+            what: what.to_string(),
+            expected: expected(ps.ty).into(),
             got: describe(&v),
         });
+        return v;
     }
     if let (Some(choices), Value::String(s)) = (&ps.choices, &v)
         && !choices.contains(s)
     {
-        return Err(SpecError::NotAllowed {
-            pos: pos.clone(),
-            what: what(),
+        problems.push(SpecError::NotAllowed {
+            pos: pos_of(path),
+            what: what.to_string(),
             value: s.clone(),
             allowed: choices.clone(),
         });
     }
-    if ps.ty == ParamType::Float
-        && !v.is_f64()
-        && let Some(f) = v.as_f64()
+    if let (Some(range), Some(x)) = (&ps.range, v.as_f64())
+        && !range.contains(x)
     {
-        return Ok(Value::from(f));
+        problems.push(SpecError::Invalid {
+            pos: pos_of(path),
+            message: format!("{what}: {v} is outside the allowed range {range}"),
+        });
     }
-    Ok(v)
+    match v {
+        Value::Number(_) if ps.ty == ParamType::Float && !v.is_f64() => {
+            v.as_f64().map_or(v, Value::from)
+        }
+        Value::Array(items) => {
+            if let Some(min) = ps.min_items
+                && items.len() < min
+            {
+                problems.push(SpecError::Invalid {
+                    pos: pos_of(path),
+                    message: format!("{what}: has {} item(s), needs at least {min}", items.len()),
+                });
+            }
+            let Some(item_schema) = &ps.items else {
+                return Value::Array(items);
+            };
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.into_iter().enumerate() {
+                path.push(i.to_string());
+                let what = format!("{what} item {i}");
+                out.push(check_value(
+                    &what,
+                    item_schema,
+                    item,
+                    path,
+                    pos_of,
+                    problems,
+                ));
+                path.pop();
+            }
+            Value::Array(out)
+        }
+        Value::Object(map) => {
+            let Some(keys) = &ps.keys else {
+                return Value::Object(map);
+            };
+            if let Some(unknown) = map.keys().find(|k| !keys.contains_key(*k)) {
+                path.push(unknown.clone());
+                problems.push(SpecError::NotAllowed {
+                    pos: pos_of(path),
+                    what: format!("{what}: key"),
+                    value: unknown.clone(),
+                    allowed: keys.keys().cloned().collect(),
+                });
+                path.pop();
+            }
+            for (k, ks) in keys {
+                if ks.required && ks.default.is_none() && !map.contains_key(k) {
+                    problems.push(SpecError::Invalid {
+                        pos: pos_of(path),
+                        message: format!("{what}: the key `{k}` is required"),
+                    });
+                }
+            }
+            let mut out = Map::new();
+            for (k, item) in map {
+                let item = match keys.get(&k) {
+                    Some(ks) => {
+                        path.push(k.clone());
+                        let what = format!("{what} key `{k}`");
+                        let item = check_value(&what, ks, item, path, pos_of, problems);
+                        path.pop();
+                        item
+                    }
+                    None => item,
+                };
+                out.insert(k, item);
+            }
+            Value::Object(out)
+        }
+        other => other,
+    }
+}
+
+/// `at_most: other`: a value may not exceed its sibling's (both numbers; null skips).
+fn check_at_most(
+    stage: &StageSpec,
+    schema: &KindSchema,
+    resolved: &Map<String, Value>,
+    pos_of: &dyn Fn(&[String]) -> SourcePos,
+    problems: &mut Vec<SpecError>,
+) {
+    for (name, ps) in &schema.params {
+        let Some(other) = &ps.at_most else { continue };
+        let (Some(x), Some(limit)) = (
+            resolved.get(name).and_then(Value::as_f64),
+            resolved.get(other).and_then(Value::as_f64),
+        ) else {
+            continue;
+        };
+        if x > limit {
+            problems.push(SpecError::Invalid {
+                pos: pos_of(std::slice::from_ref(name)),
+                message: format!(
+                    "stage `{}` parameter `{name}`: {} exceeds `{other}` ({})",
+                    stage.name, resolved[name], resolved[other]
+                ),
+            });
+        }
+    }
 }
