@@ -1,6 +1,6 @@
 //! In-process mutation fuzzer of the pipeline loader: the same load, expand and plan steps
 //! that `ugc-pipe run --dry-run` runs (`load_pipeline`, `Dag::build`, `plan`), on mutations
-//! of the project's own pipelines (`pipelines/*.yaml`) and stage schemas (`stages/*.yaml`),
+//! of the project's own pipelines (`pipelines/*.yaml`) and stage schemas (`crates/kinds/src/*/schema.yaml`),
 //! with the stage kinds registered from those schemas as the CLI registers them.
 //!
 //! It fails on any panic and on any input that takes longer than [`BUDGET`]; each such
@@ -631,7 +631,19 @@ fn mutated_pipelines_never_panic_and_never_take_over_a_second() {
         .into_iter()
         .map(|(_, t)| t.into_bytes())
         .collect();
-    let schemas = yaml_files(&root.join("stages"));
+    // One folder per kind, each with its schema.yaml (crates/kinds, docs/architecture.md).
+    let kinds_dir = root.join("crates/kinds/src");
+    let mut schemas: Vec<(String, String)> = std::fs::read_dir(&kinds_dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", kinds_dir.display()))
+        .map(|e| e.expect("directory entry").path().join("schema.yaml"))
+        .filter(|p| p.is_file())
+        .map(|p| {
+            let text =
+                std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            (p.display().to_string(), text)
+        })
+        .collect();
+    schemas.sort();
     assert!(
         !pipelines.is_empty() && !schemas.is_empty(),
         "no seeds under {}",

@@ -11,8 +11,7 @@ use ugc_engine::{
 use ugc_report::{ReportParams, ReportStage, TableKind, build_report, load_records, tables};
 
 fn schema() -> KindSchema {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../stages/report.yaml");
-    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+    ugc_kinds::Kind::Report.schema()
 }
 
 /// Schema defaults merged with `over` (what the engine hands a stage).

@@ -20,10 +20,10 @@ use ugc_method::teachers::TeachersStage;
 use ugc_nn::{Arch, ArchConfig, DiscConfig, Mode, SpaceSpec, SubnetConfig};
 
 fn schema(name: &str) -> KindSchema {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../stages")
-        .join(format!("{name}.yaml"));
-    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let name = name.trim_end_matches(".yaml");
+    ugc_kinds::Kind::from_name(name)
+        .unwrap_or_else(|| panic!("no kind `{name}`"))
+        .schema()
 }
 
 fn run_with(

@@ -12,10 +12,10 @@ use ugc_engine::{
 use ugc_method::supernet::SupernetStage;
 
 fn schema(name: &str) -> KindSchema {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../stages")
-        .join(name);
-    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let name = name.trim_end_matches(".yaml");
+    ugc_kinds::Kind::from_name(name)
+        .unwrap_or_else(|| panic!("no kind `{name}`"))
+        .schema()
 }
 
 fn input(kind: &str, dir: &Path) -> StageInput {

@@ -6,10 +6,10 @@ use ugc_engine::testing::{run_stage, with_defaults};
 use ugc_engine::{CancelToken, KindSchema, NullProgress, StageError, StageInput, StageKind};
 
 fn schema(name: &str) -> KindSchema {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../stages")
-        .join(name);
-    KindSchema::from_yaml(&std::fs::read_to_string(path).unwrap()).unwrap()
+    let name = name.trim_end_matches(".yaml");
+    ugc_kinds::Kind::from_name(name)
+        .unwrap_or_else(|| panic!("no kind `{name}`"))
+        .schema()
 }
 
 fn run(
