@@ -851,9 +851,11 @@ stages:
   use: {kind: command, params: {cmd: "cat $UGC_PIPELINE_DIR/data.txt > out", inputs: [data.txt]}}
 "#,
     );
+    // The plan is printed, and the dry run says it cannot run (exit 2).
     let o = p.run(&["run", "in.yaml", "--dry-run"]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
     assert!(stdout(&o).contains("does not exist yet"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("plan: cannot run"), "{}", stdout(&o));
     let o = p.run(&["run", "in.yaml"]);
     assert_eq!(o.status.code(), Some(2));
     assert!(
@@ -1097,4 +1099,90 @@ fn verify_drops_what_an_unchecked_stage_computed_from_rotten_bytes() {
         (2, 2, 1)
     );
     assert!(p.run(&["verify"]).status.success());
+}
+
+#[test]
+fn every_missing_external_input_is_listed_at_once_with_what_it_is() {
+    let p = Project::new();
+    p.write(
+        "in.yaml",
+        r#"
+stages:
+  a: {kind: command, params: {cmd: "true", inputs: [one.txt, two.txt]}}
+  b: {kind: command, params: {cmd: "true", inputs: [one.txt]}}
+  c: {kind: command, deps: [a], params: {cmd: "true", inputs: [three.txt]}}
+"#,
+    );
+    for args in [
+        &["run", "in.yaml"][..],
+        &["run", "in.yaml", "--dry-run"][..],
+    ] {
+        let o = p.run(args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("3 external input(s) missing"), "{err}");
+        for (file, at) in [
+            ("one.txt", "in.yaml:3:"),
+            ("one.txt", "in.yaml:4:"),
+            ("two.txt", "in.yaml:3:"),
+            ("three.txt", "in.yaml:5:"),
+        ] {
+            assert!(
+                err.contains(file) && err.contains(at),
+                "{file} at {at}: {err}"
+            );
+        }
+        assert!(
+            err.contains("what: Files or folders the command reads"),
+            "{err}"
+        );
+    }
+    assert_eq!(p.records(), 0, "nothing may run while inputs are missing");
+    // `status` reports (exit 0) and names what `run` would refuse.
+    let o = p.run(&["status", "in.yaml"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("cannot run: 3 external input(s) missing"),
+        "{}",
+        stdout(&o)
+    );
+}
+
+#[test]
+fn every_bad_value_of_a_pipeline_is_refused_at_plan_time_with_its_position() {
+    let p = Project::new();
+    p.write(
+        "bad.yaml",
+        r#"
+stages:
+  a:
+    kind: command
+    params: {cmd: 3, outputs: oops}
+  b:
+    kind: command
+    deps: [a]
+    params: {cmd: "true", nope: 1}
+"#,
+    );
+    for verb in [
+        &["run", "bad.yaml"][..],
+        &["run", "bad.yaml", "--dry-run"][..],
+        &["status", "bad.yaml"][..],
+    ] {
+        let o = p.run(verb);
+        assert_eq!(o.status.code(), Some(2), "{verb:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("3 problems"), "{err}");
+        for (at, what) in [
+            ("bad.yaml:5:20", "parameter `cmd`"),
+            ("bad.yaml:5:32", "parameter `outputs`"),
+            ("bad.yaml:9:31", "no parameter `nope`"),
+        ] {
+            assert!(
+                err.contains(&format!("{at}: ")) && err.contains(what),
+                "{at} {what}: {err}"
+            );
+        }
+    }
+    assert_eq!(p.records(), 0);
 }

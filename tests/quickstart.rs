@@ -75,3 +75,35 @@ fn quickstart_runs_every_stage_and_reruns_nothing() {
         assert!(out.join(f).is_file(), "{f} missing in {}", out.display());
     }
 }
+
+/// Issue 12's reproduction: two bad values given with `--set` are both refused, with their
+/// flags, before any stage runs, by `run`, `run --dry-run` and `status`.
+#[test]
+fn bad_set_values_are_all_refused_before_any_stage_runs() {
+    let p = Project::new();
+    let pipeline =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.yaml");
+    let pipeline = pipeline.to_str().unwrap();
+    let bad = [
+        "--set",
+        "distill.batch_size=0",
+        "--set",
+        "search.population=0",
+    ];
+    for verb in [&["run"][..], &["run", "--dry-run"][..], &["status"][..]] {
+        let mut args = verb.to_vec();
+        args.push(pipeline);
+        args.extend_from_slice(&bad);
+        let o = p.run(&args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(err.contains("2 problems"), "{err}");
+        for flag in ["--set distill.batch_size=0", "--set search.population=0"] {
+            assert!(
+                err.lines().any(|l| l.trim_start().starts_with(flag)),
+                "{flag} not named: {err}"
+            );
+        }
+    }
+    assert_eq!(p.records(), 0, "no stage may run");
+}

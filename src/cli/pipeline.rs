@@ -1,6 +1,6 @@
 //! Verbs that read a pipeline: run, status, dag, explain, show.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use ugc_engine::KindRegistry;
@@ -209,20 +209,81 @@ pub fn run(
 
 /// Refuses to start when a dataset or weights file a stage names is missing: better now
 /// than after hours of upstream training.
-fn check_external_inputs(s: &Session) -> Result<(), CliError> {
+/// Every external input (dataset, weights file) of the pipeline that does not exist, one
+/// entry per file: where each stage names it, what it is and how to get it.
+fn missing_external_inputs(s: &Session) -> Vec<String> {
+    struct Missing {
+        uses: Vec<String>,
+        what: String,
+        how: Option<String>,
+    }
+    let one_line = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut by_path: BTreeMap<PathBuf, Missing> = BTreeMap::new();
     for (_, node) in s.dag.nodes() {
         for (param, path) in &node.external_inputs {
-            if !path.exists() {
-                return Err(CliError::usage(format!(
-                    "{}: stage `{}` input `{param}` = {} does not exist",
-                    node.pos,
-                    node.id,
-                    path.display()
-                )));
+            if path.exists() {
+                continue;
+            }
+            let segs: Vec<String> = param.split('.').map(str::to_string).collect();
+            let pos = s
+                .pipeline
+                .stage(&node.stage)
+                .map_or(node.pos.clone(), |st| st.param_pos.at(&segs).clone());
+            let ps = s
+                .kinds
+                .schema(&node.kind)
+                .and_then(|k| k.params.get(&segs[0]));
+            let entry = by_path.entry(path.clone()).or_insert_with(|| Missing {
+                uses: Vec::new(),
+                // The first sentence says what it is; the doc has the rest.
+                what: ps.map_or(String::new(), |ps| {
+                    let doc = one_line(&ps.doc);
+                    doc.split_inclusive(". ")
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string()
+                }),
+                how: ps.and_then(|ps| ps.how_to_get.as_deref().map(one_line)),
+            });
+            let usage = format!("{pos} (stage `{}`, `{param}`)", node.stage);
+            if !entry.uses.contains(&usage) {
+                entry.uses.push(usage);
             }
         }
     }
-    Ok(())
+    by_path
+        .into_iter()
+        .map(|(path, m)| {
+            let mut text = format!("{} does not exist", path.display());
+            text.push_str(&format!("\n      named at: {}", m.uses.join(", ")));
+            if !m.what.is_empty() {
+                text.push_str(&format!("\n      what: {}", m.what));
+            }
+            if let Some(how) = m.how {
+                text.push_str(&format!("\n      how to get it: {how}"));
+            }
+            text
+        })
+        .collect()
+}
+
+/// The refusal of a pipeline whose external inputs are missing: all of them at once.
+fn missing_inputs_error(missing: &[String]) -> CliError {
+    CliError::usage(format!(
+        "the plan cannot run: {} external input(s) missing:\n  {}",
+        missing.len(),
+        missing.join("\n  ")
+    ))
+}
+
+fn check_external_inputs(s: &Session) -> Result<(), CliError> {
+    let missing = missing_external_inputs(s);
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(missing_inputs_error(&missing))
+    }
 }
 
 fn plan_of(
@@ -248,11 +309,23 @@ fn print_plan(s: &Session, forced: &BTreeSet<petgraph::graph::NodeIndex>, json: 
             "why": why, "key": st.key().map(|k| k.to_string())}),
         );
     }
+    let missing = missing_external_inputs(s);
     if json {
-        println!("{}", serde_json::json!({"plan": rows}));
+        println!(
+            "{}",
+            serde_json::json!({"plan": rows, "runnable": missing.is_empty(), "missing_inputs": missing})
+        );
     } else {
         let n_run = rows.iter().filter(|r| r["action"] == "run").count();
-        println!("plan: {n_run} to run, {} cached", rows.len() - n_run);
+        if missing.is_empty() {
+            println!("plan: {n_run} to run, {} cached", rows.len() - n_run);
+        } else {
+            println!(
+                "plan: cannot run ({} external input(s) missing); {n_run} would run, {} cached",
+                missing.len(),
+                rows.len() - n_run
+            );
+        }
         for r in &rows {
             let why = r["why"].as_str().unwrap_or("");
             println!(
@@ -263,7 +336,11 @@ fn print_plan(s: &Session, forced: &BTreeSet<petgraph::graph::NodeIndex>, json: 
             );
         }
     }
-    Ok(0)
+    if missing.is_empty() {
+        Ok(0)
+    } else {
+        Err(missing_inputs_error(&missing))
+    }
 }
 
 pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
@@ -297,7 +374,11 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
         );
     }
     if json {
-        println!("{}", serde_json::json!({"stages": rows}));
+        let missing = missing_external_inputs(&s);
+        println!(
+            "{}",
+            serde_json::json!({"stages": rows, "runnable": missing.is_empty(), "missing_inputs": missing})
+        );
     } else {
         for r in &rows {
             println!(
@@ -305,6 +386,15 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
                 r["status"].as_str().unwrap_or(""),
                 r["node"].as_str().unwrap_or(""),
                 r["why"].as_str().unwrap_or("")
+            );
+        }
+        // Status reports; it does not refuse. The list says what `run` would refuse.
+        let missing = missing_external_inputs(&s);
+        if !missing.is_empty() {
+            println!(
+                "cannot run: {} external input(s) missing:\n  {}",
+                missing.len(),
+                missing.join("\n  ")
             );
         }
     }
