@@ -1,15 +1,14 @@
 //! Supernet behaviour of the pix2pix families: shapes, profiler table, export equivalence,
 //! gradients into sliced weights, BN recalibration, errors for wrong weights.
 
-use std::path::PathBuf;
-
 use rand::SeedableRng;
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_nn::export::{check_weights, export_subnet, load_model, load_weights};
 use ugc_nn::{
     Arch, ArchConfig, Mode, NnError, SubnetConfig, build_generator, profile, recalibrate_bn,
 };
-use ugc_tolerance::{ErrorBudget, Precision};
+
+use crate::common::{ErrorBudget, Precision, fixture, max_abs_diff};
 
 fn tiny(arch: Arch) -> ArchConfig {
     let c = ArchConfig::new(arch);
@@ -53,12 +52,6 @@ fn tiny_budget(arch: Arch) -> ErrorBudget {
 
 fn input(n: i64) -> Tensor {
     Tensor::rand([n, 3, 32, 32], (Kind::Float, Device::Cpu)) * 2.0 - 1.0
-}
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
 }
 
 #[test]
@@ -192,7 +185,7 @@ fn exported_subnet_equals_supernet_output_and_profile() {
             let y_small =
                 tch::no_grad(|| small.forward(&x, &small.search_space().largest(), Mode::Eval))
                     .unwrap();
-            let d = (&y_super - &y_small).abs().max().double_value(&[]);
+            let d = max_abs_diff(&y_super, &y_small);
             let bound = tiny_budget(arch).bound(Precision::F32, 1.0);
             assert!(d <= bound, "{arch} {sub}: max |diff| {d} > bound {bound}");
             let c_sub = profile(&cfg, Some(&sub), [3, 32, 32]).unwrap();

@@ -2,12 +2,9 @@
 //! official-name loading against PyTorch fixtures (`fixtures/official_hd_gaugan.py`),
 //! export equivalence, gradients through sliced weights, BN recalibration, input errors.
 
-mod common;
-
 use std::collections::HashMap;
-use std::path::PathBuf;
 
-use common::{ErrorBudget, assert_matches_reference, convert_vars, max_abs_diff};
+use crate::common::{ErrorBudget, assert_matches_reference, convert_vars, fixture, max_abs_diff};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_nn::disc::{DiscConfig, build_discriminator};
 use ugc_nn::spade::fold_spectral_norm;
@@ -16,10 +13,9 @@ use ugc_nn::{
     recalibrate_bn,
 };
 
-fn fixture(name: &str) -> Vec<(String, Tensor)> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name);
+/// The tensors of fixture file `name`.
+fn fixture_tensors(name: &str) -> Vec<(String, Tensor)> {
+    let p = fixture(name);
     Tensor::read_safetensors(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
 
@@ -176,7 +172,7 @@ fn run_generator(cfg: &ArchConfig, model: &[(String, Tensor)], x: &Tensor, kind:
 
 #[test]
 fn pix2pixhd_loads_official_names_and_matches_pytorch() {
-    let (model, io) = split_fixture(fixture("pix2pixhd_tiny.safetensors"));
+    let (model, io) = split_fixture(fixture_tensors("pix2pixhd_tiny.safetensors"));
     let cfg = hd_cfg(9, 4, 2, 2);
     // stem 7x7x9 = 441 terms, 2 downs, 2 blocks of 2 convs, 2 ups, head: 10 convolutions;
     // 9 instance norms, two sums each over at most 32x64 values.
@@ -189,7 +185,7 @@ fn pix2pixhd_loads_official_names_and_matches_pytorch() {
 
 #[test]
 fn gaugan_loads_official_names_and_matches_pytorch() {
-    let (model, io) = split_fixture(fixture("gaugan_tiny.safetensors"));
+    let (model, io) = split_fixture(fixture_tensors("gaugan_tiny.safetensors"));
     let cfg = gaugan_fixture_cfg(Upsampling::More);
     let want = &io["__output__"];
     assert_eq!(want.size(), vec![1, 3, 64, 128]);
@@ -210,7 +206,7 @@ fn gaugan_loads_official_names_and_matches_pytorch() {
 
 #[test]
 fn gaugan_spectral_checkpoint_folds_and_matches_pytorch() {
-    let (raw, io) = split_fixture(fixture("gaugan_tiny_spectral.safetensors"));
+    let (raw, io) = split_fixture(fixture_tensors("gaugan_tiny_spectral.safetensors"));
     assert!(raw.iter().any(|(n, _)| n == "up_0.conv_s.weight_orig"));
     // Folding runs in the precision of the tensors it is given, so each run folds its own
     // converted copy (folding in float32 first would put float32 rounding in the weights).
@@ -247,7 +243,7 @@ fn gaugan_spectral_checkpoint_folds_and_matches_pytorch() {
     );
 
     // An incomplete triple is reported by name.
-    let mut broken: Vec<(String, Tensor)> = fixture("gaugan_tiny_spectral.safetensors")
+    let mut broken: Vec<(String, Tensor)> = fixture_tensors("gaugan_tiny_spectral.safetensors")
         .into_iter()
         .filter(|(n, _)| n != "head_0.conv_1.weight_v")
         .collect();
@@ -257,8 +253,7 @@ fn gaugan_spectral_checkpoint_folds_and_matches_pytorch() {
 
 #[test]
 fn spectral_checkpoint_file_converts_and_loads_through_export_api() {
-    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/gaugan_tiny_spectral.safetensors");
+    let src = fixture("gaugan_tiny_spectral.safetensors");
     let dir = tempfile::tempdir().unwrap();
     let dst = dir.path().join("plain.safetensors");
     let cfg = ArchConfig {
@@ -309,7 +304,7 @@ fn multiscale_discriminator_loads_official_names_and_matches_pytorch() {
             Mode::Train,
         ),
     ] {
-        let (model, io) = split_fixture(fixture(file));
+        let (model, io) = split_fixture(fixture_tensors(file));
         let before = |name: &str| -> &Tensor {
             let n = name.strip_prefix("__after__.").unwrap();
             &model.iter().find(|(m, _)| m == n).unwrap().1

@@ -1,19 +1,9 @@
 //! Official-name loading for the pix2pix families: fixtures made by
 //! `tests/fixtures/make_pix2pix.py` from torch modules that mirror the official classes.
 
-mod common;
-
-use std::path::PathBuf;
-
-use common::{ErrorBudget, assert_matches_reference};
+use crate::common::{ErrorBudget, assert_matches_reference, convert_vars, fixture};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_nn::{Arch, ArchConfig, Mode, NormKind, build_generator};
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
 
 fn io(name: &str) -> (Tensor, Tensor) {
     let t = Tensor::read_safetensors(fixture(&format!("{name}_io.safetensors"))).unwrap();
@@ -37,7 +27,7 @@ fn check_generator(cfg: ArchConfig, name: &str, budget: ErrorBudget) {
         let mut vs = VarStore::new(Device::Cpu);
         let g = build_generator(&vs.root(), &cfg).unwrap();
         vs.load(&weights).unwrap();
-        common::convert_vars(&mut vs, kind);
+        convert_vars(&mut vs, kind);
         let out =
             tch::no_grad(|| g.forward(&x.to_kind(kind), &g.search_space().largest(), Mode::Eval))
                 .unwrap();
@@ -99,7 +89,7 @@ fn patchgan_loads_official_names_and_matches_pytorch() {
         let d = ugc_nn::build_discriminator(&vs.root(), &cfg).unwrap();
         vs.load(fixture("patchgan_tiny.safetensors")).unwrap();
         assert_eq!(vs.variables().len(), 22);
-        common::convert_vars(&mut vs, kind);
+        convert_vars(&mut vs, kind);
         let out = tch::no_grad(|| d.forward(&x.to_kind(kind), Mode::Eval));
         assert_eq!(out.len(), 1);
         vec![out[0].last().unwrap().shallow_clone()]

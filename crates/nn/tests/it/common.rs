@@ -1,8 +1,17 @@
 //! What the ugc-nn integration tests share: comparisons against float64 fixtures with
 //! tolerances derived by `ugc-tolerance`, not tuned to one CPU's kernels.
 
+use std::path::PathBuf;
+
 use tch::{Kind, Tensor};
 pub use ugc_tolerance::{ErrorBudget, Precision};
+
+/// A file of `tests/fixtures/` (written there by its `*.py` script).
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
 
 /// Largest absolute difference, computed in float64; NaN anywhere gives NaN, which fails
 /// every `<=` check.
