@@ -99,6 +99,8 @@ impl Dag {
         // Which matrix variables each stage depends on, directly or through ancestors.
         // Every problem of the pipeline is collected, not the first: see SpecError::several.
         let mut problems = Vec::new();
+        // Stages whose parameters cannot even be merged: no node, and no further problems.
+        let mut failed = vec![false; p.stages.len()];
         let mut vars: Vec<BTreeSet<String>> = vec![BTreeSet::new(); p.stages.len()];
         for &i in &order {
             let s = &p.stages[i];
@@ -108,6 +110,7 @@ impl Dag {
                     kind: s.kind.clone(),
                     known: kinds.names().map(str::to_string).collect(),
                 });
+                failed[i] = true;
                 continue;
             };
             for needed in &schema.deps.required {
@@ -136,6 +139,7 @@ impl Dag {
                 Ok(m) => m,
                 Err(e) => {
                     problems.push(e);
+                    failed[i] = true;
                     continue;
                 }
             };
@@ -156,9 +160,6 @@ impl Dag {
             }
             vars[i] = own;
         }
-        if !problems.is_empty() {
-            return Err(SpecError::several(problems));
-        }
 
         let mut graph = DiGraph::new();
         let mut deps: Vec<Vec<NodeIndex>> = Vec::new();
@@ -169,6 +170,9 @@ impl Dag {
             let params = point_params(p, &point);
             let mut at_point: Vec<Option<NodeIndex>> = vec![None; p.stages.len()];
             for &i in &order {
+                if failed[i] {
+                    continue;
+                }
                 let s = &p.stages[i];
                 let matrix_point: BTreeMap<String, Value> = point
                     .iter()

@@ -217,13 +217,27 @@ pub fn load_pipeline_str(
             max_nodes: opts.max_nodes,
         },
     )?;
-    let mut p = parse_pipeline(&root, file, abs, dir, kinds, opts.max_depth)?;
+    // Problems that leave the pipeline plannable (an unknown parameter, a bad `--set`) are
+    // collected and reported together with the planner's: every problem at once.
+    let mut problems = Vec::new();
+    let mut p = parse_pipeline(&root, file, abs, dir, kinds, opts.max_depth, &mut problems)?;
     check_cycles(&p)?;
     for flag in &opts.overrides {
-        overrides::apply(&mut p, flag, kinds, opts.max_depth)?;
+        if let Err(e) = overrides::apply(&mut p, flag, kinds, opts.max_depth) {
+            match e {
+                SpecError::Override { .. } | SpecError::Several(_) => problems.push(e),
+                other => return Err(other),
+            }
+        }
     }
-    crate::graph::Dag::build(&p, kinds)?;
-    Ok(p)
+    if let Err(e) = crate::graph::Dag::build(&p, kinds) {
+        problems.push(e);
+    }
+    if problems.is_empty() {
+        Ok(p)
+    } else {
+        Err(SpecError::several(problems))
+    }
 }
 
 /// `path` made absolute against the current directory, `.`/`..` folded lexically.
@@ -274,6 +288,7 @@ fn parse_pipeline(
     dir: PathBuf,
     kinds: &KindRegistry,
     max_depth: usize,
+    problems: &mut Vec<SpecError>,
 ) -> Result<Pipeline, SpecError> {
     let top = entries(root, file, "pipeline file")?;
     let (mut params_node, mut matrix_node, mut stages_node) = (None, None, None);
@@ -343,7 +358,7 @@ fn parse_pipeline(
             });
         }
         by_name.insert(name.clone(), stages.len());
-        stages.push(parse_stage(name, k, v, file, kinds)?);
+        stages.push(parse_stage(name, k, v, file, kinds, problems)?);
     }
     if stages.is_empty() {
         return Err(SpecError::Invalid {
@@ -351,16 +366,22 @@ fn parse_pipeline(
             message: "`stages` is empty".into(),
         });
     }
+    let mut unknown_deps = Vec::new();
     for s in &stages {
         for (dep, pos) in s.deps.iter().zip(&s.dep_pos) {
             if !by_name.contains_key(dep) {
-                return Err(SpecError::UnknownDep {
+                unknown_deps.push(SpecError::UnknownDep {
                     pos: pos.clone(),
                     stage: s.name.clone(),
                     dep: dep.clone(),
                 });
             }
         }
+    }
+    if !unknown_deps.is_empty() {
+        // The DAG cannot be built without its deps: report them with what else was found.
+        unknown_deps.append(problems);
+        return Err(SpecError::several(unknown_deps));
     }
     Ok(Pipeline {
         path,
@@ -523,6 +544,7 @@ fn parse_stage(
     node: &YNode,
     file: &Path,
     kinds: &KindRegistry,
+    problems: &mut Vec<SpecError>,
 ) -> Result<StageSpec, SpecError> {
     let pos = key.pos(file);
     if !valid_stage_name(&name) {
@@ -620,12 +642,16 @@ fn parse_stage(
         for (k, _) in written {
             let param = k.key_text(file)?;
             if !schema.params.contains_key(&param) {
-                return Err(SpecError::UnknownParam {
+                // Reported (at the key), then dropped so that the rest still plans.
+                problems.push(SpecError::UnknownParam {
                     pos: k.pos(file),
-                    stage: name,
-                    param,
+                    stage: name.clone(),
+                    param: param.clone(),
                     valid: schema.params.keys().cloned().collect(),
                 });
+                if let Some(m) = params.as_object_mut() {
+                    m.remove(&param);
+                }
             }
         }
     }

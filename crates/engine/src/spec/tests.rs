@@ -153,7 +153,9 @@ fn unknown_kind_lists_known_kinds() {
     let e = err("stages:\n  data:\n    kind: synthh\n");
     assert_eq!(
         e,
-        format!("{FILE}:3:11: unknown stage kind `synthh` (known: command, split, synth, train)")
+        format!(
+            "{FILE}:3:11: unknown stage kind `synthh` (known: command, ranged, split, synth, train)"
+        )
     );
 }
 
@@ -732,4 +734,89 @@ fn unknown_env_like_ref_suggests_the_escape() {
         e.contains("write `$${UGC_OUT}` for a literal `${UGC_OUT}`"),
         "{e}"
     );
+}
+
+const RANGED: &str = "stages:\n  s:\n    kind: split\n    params: {label_ratio: 0.5}\n  r:\n    kind: ranged\n    deps: [s]\n    params:\n";
+
+#[test]
+fn declared_constraints_are_checked_with_positions() {
+    let ok = load(&format!("{RANGED}      steps: 5\n")).unwrap();
+    assert_eq!(ok.stages.len(), 2);
+    // The written value is on line 9, after `      <name>: `.
+    for (line, want) in [
+        (
+            "steps: 0",
+            "9:14: stage `r` parameter `steps`: 0 is outside the allowed range [1, inf)",
+        ),
+        (
+            "ratio: 0",
+            "9:14: stage `r` parameter `ratio`: 0 is outside the allowed range (0, 1]",
+        ),
+        (
+            "ratio: 1.5",
+            "9:14: stage `r` parameter `ratio`: 1.5 is outside the allowed range (0, 1]",
+        ),
+        (
+            "decay: 11",
+            "9:14: stage `r` parameter `decay`: 11 exceeds `steps` (10)",
+        ),
+        (
+            "metrics: []",
+            "9:16: stage `r` parameter `metrics`: has 0 item(s), needs at least 1",
+        ),
+        (
+            "metrics: [psnr, lpips]",
+            "9:23: stage `r` parameter `metrics` item 1: value `lpips` is not allowed",
+        ),
+        (
+            "weights: {a: -1}",
+            "9:20: stage `r` parameter `weights` key `a`: -1 is outside",
+        ),
+        (
+            "weights: {c: 1}",
+            "stage `r` parameter `weights`: key: value `c` is not allowed (allowed: a, b)",
+        ),
+        ("odd: 2", "9:12: stage `r` parameter `odd`: must be odd"),
+    ] {
+        let text = format!("{RANGED}      {line}\n");
+        let e = err(&text);
+        assert!(e.contains(want), "{line}: {e}");
+    }
+}
+
+#[test]
+fn every_problem_of_a_pipeline_is_reported_at_once() {
+    let text = "stages:\n  s:\n    kind: split\n    params: {label_ratio: x, nope: 1}\n  r:\n    kind: ranged\n    deps: [s]\n    params: {steps: 0, ratio: 2, odd: 2}\n  t:\n    kind: ranged\n    params: {}\n";
+    let e = load_with(text, &["r.decay=oops"]).unwrap_err();
+    let all: Vec<String> = e.problems().iter().map(|p| p.to_string()).collect();
+    let want = [
+        "--set r.decay=oops",
+        "4:30: stage `s` has no parameter `nope`",
+        "4:27: stage `s` parameter `label_ratio`: expected float",
+        "8:21: stage `r` parameter `steps`",
+        "8:31: stage `r` parameter `ratio`",
+        "stage `t` (kind ranged) needs a `split` stage among its deps",
+    ];
+    for w in want {
+        assert!(all.iter().any(|p| p.contains(w)), "missing `{w}` in:\n{e}");
+    }
+    // The cross-field check runs only once the schema's own checks pass.
+    assert!(!all.iter().any(|p| p.contains("must be odd")), "{e}");
+    assert!(
+        e.to_string()
+            .starts_with(&format!("{} problems:", all.len())),
+        "{e}"
+    );
+}
+
+#[test]
+fn ranges_parse_and_refuse_nonsense() {
+    let r: crate::stage::Range = "(0, 1]".parse().unwrap();
+    assert!(!r.contains(0.0) && r.contains(1.0) && r.contains(0.5) && !r.contains(f64::NAN));
+    assert_eq!(r.to_string(), "(0, 1]");
+    let r: crate::stage::Range = "[2, inf)".parse().unwrap();
+    assert!(r.contains(2.0) && !r.contains(1.999) && r.contains(1e300));
+    for bad in ["0, 1", "[0, inf]", "[a, 1]", "(1)", "", "[-inf, 0)"] {
+        assert!(bad.parse::<crate::stage::Range>().is_err(), "{bad}");
+    }
 }

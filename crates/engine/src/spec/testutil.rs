@@ -58,7 +58,32 @@ params:
   data: {type: map}
   env: {type: map}
 "#,
+    r#"
+kind: ranged
+version: 1
+deps: {required: [split]}
+params:
+  steps: {type: int, default: 10, range: "[1, inf)"}
+  decay: {type: int, default: 0, range: "[0, inf)", at_most: steps}
+  ratio: {type: float, default: 0.5, range: "(0, 1]"}
+  metrics: {type: list, default: [psnr], min_items: 1, items: {type: string, enum: [psnr, ssim]}}
+  weights:
+    type: map
+    default: {a: 1.0, b: 2.0}
+    keys:
+      a: {type: float, default: 1.0, range: "[0, inf)"}
+      b: {type: float, default: 2.0}
+  odd: {type: int, default: 1}
+"#,
 ];
+
+/// The cross-field check of `ranged`: `odd` must be odd.
+fn odd_check(params: &serde_json::Value) -> Vec<crate::stage::ParamProblem> {
+    match params["odd"].as_i64() {
+        Some(n) if n % 2 == 0 => vec![crate::stage::ParamProblem::new("odd", "must be odd")],
+        _ => Vec::new(),
+    }
+}
 
 pub(crate) fn kinds() -> KindRegistry {
     let mut reg = KindRegistry::new();
@@ -66,6 +91,7 @@ pub(crate) fn kinds() -> KindRegistry {
         let schema = KindSchema::from_yaml(text).expect("test schema parses");
         reg.register(Arc::new(TestKind(schema)));
     }
+    reg.register_check("ranged", odd_check);
     reg
 }
 
