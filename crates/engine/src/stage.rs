@@ -1,7 +1,7 @@
 //! The contract between the engine and the code of a stage kind.
 //!
 //! A stage kind (`synth`, `split`, `supernet`, `command`, ...) is registered with the engine
-//! as a [`StageKind`]. Its parameter schema and defaults come from `stages/<kind>.yaml`
+//! as a [`StageKind`]. Its parameter schema and defaults come from its `schema.yaml` in `ugc-kinds`
 //! ([`KindSchema`]); the engine validates and resolves parameters, computes the cache key,
 //! hands the stage a [`StageContext`] with a fresh output directory, and commits what the
 //! stage wrote only when [`StageKind::run`] returns `Ok`.
@@ -238,7 +238,7 @@ impl ParamProblem {
 pub type ParamCheck = fn(&Value) -> Vec<ParamProblem>;
 
 impl KindSchema {
-    /// Parses a `stages/<kind>.yaml` document.
+    /// Parses a kind's `schema.yaml` document.
     pub fn from_yaml(text: &str) -> Result<Self, String> {
         serde_saphyr::from_str(text).map_err(|e| e.to_string())
     }
@@ -398,7 +398,7 @@ impl StageError {
 
 /// The code of one stage kind.
 pub trait StageKind: Send + Sync {
-    /// The parsed `stages/<kind>.yaml`.
+    /// The parsed `schema.yaml` of the kind.
     fn schema(&self) -> &KindSchema;
     /// Runs the stage. On `Ok` the engine commits everything under `ctx.out_dir`.
     /// A top-level `metrics.json` (a flat JSON object of numbers) is also recorded in the
