@@ -2,24 +2,15 @@
 //! PyTorch definitions, forward passes against PyTorch with formula weights, and refusal
 //! of wrong or missing weights files.
 
-mod common;
-
 use std::collections::BTreeMap;
 
-use common::{fixture, formula_image, max_abs_diff, name_list, write_formula_weights};
+use crate::common::{formula_image, max_abs_diff, name_list, npy_tensor, write_formula_weights};
 use tch::{Device, Kind, Tensor};
 use ugc_metrics::MetricsError;
 use ugc_metrics::drn::{DrnConfig, DrnSeg, bilinear_up_kernel};
 use ugc_metrics::features::FeatureExtractor;
 use ugc_metrics::inception::FidInception;
-use ugc_metrics::npy::read_npy;
 use ugc_tolerance::{ErrorBudget, Precision};
-
-fn npy_tensor(name: &str) -> Tensor {
-    let a = read_npy(&fixture(name)).unwrap();
-    let shape: Vec<i64> = a.shape.iter().map(|&v| v as i64).collect();
-    Tensor::from_slice(&a.data).reshape(shape.as_slice())
-}
 
 /// Checks `ours` (computed in float64, then in float32) against the float64 reference
 /// `want`: in float64 within the worst-case bound of `budget` (the implementation check),

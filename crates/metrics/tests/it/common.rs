@@ -1,15 +1,23 @@
 //! Shared helpers of the integration tests: fixture paths and the deterministic
 //! "formula" weights that `fixtures/make_fixtures.py` also builds.
-#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
 use tch::{Kind, Tensor};
+use ugc_metrics::npy::read_npy;
 
+/// A file of `tests/fixtures/` (written there by `make_fixtures.py` or `make_pil_fixtures.py`).
 pub fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name)
+}
+
+/// The `.npy` fixture `name` as a tensor of its shape.
+pub fn npy_tensor(name: &str) -> Tensor {
+    let a = read_npy(&fixture(name)).unwrap();
+    let shape: Vec<i64> = a.shape.iter().map(|&v| v as i64).collect();
+    Tensor::from_slice(&a.data).reshape(shape.as_slice())
 }
 
 pub fn expected() -> serde_json::Value {

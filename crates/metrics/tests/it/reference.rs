@@ -1,8 +1,6 @@
 //! Agreement with the Python reference computations of `fixtures/make_fixtures.py`.
 
-mod common;
-
-use common::{expected, fixture};
+use crate::common::{expected, fixture, npy_tensor};
 use tch::{Kind, Tensor};
 use ugc_metrics::frechet::{
     DEFAULT_EPS, GaussianStats, frechet_distance, frechet_from_npy, frechet_with_offset,
@@ -127,17 +125,11 @@ fn kid_matches_clean_fid_estimator() {
     assert!(rel(r.mean, want) <= within, "{within}");
 }
 
-fn load_images(name: &str) -> Tensor {
-    let arr = read_npy(&fixture(name)).unwrap();
-    let shape: Vec<i64> = arr.shape.iter().map(|&v| v as i64).collect();
-    Tensor::from_slice(&arr.data).reshape(shape.as_slice())
-}
-
 #[test]
 fn ssim_and_psnr_match_numpy_scipy() {
     let exp = expected();
-    let x = load_images("img_x.npy");
-    let y = load_images("img_y.npy");
+    let x = npy_tensor("img_x.npy");
+    let y = npy_tensor("img_y.npy");
     let s = ssim(&x, &y, 1.0, &SsimConfig::default()).unwrap();
     let p = psnr(&x, &y, 1.0).unwrap();
     for i in 0..2 {

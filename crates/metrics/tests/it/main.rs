@@ -1,0 +1,5 @@
+//! Integration tests of ugc-metrics, in one binary (each test binary links libtorch).
+
+mod architectures;
+mod common;
+mod reference;
