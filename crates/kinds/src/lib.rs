@@ -17,6 +17,8 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use ugc_engine::{KindRegistry, KindSchema, ParamCheck, ParamProblem};
 
+pub mod arch;
+pub mod common;
 mod reference;
 pub mod testing;
 
