@@ -1,35 +1,20 @@
 //! End-to-end tests of the report on synthetic evaluate outputs written here.
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde_json::{Value, json};
-use ugc_engine::{
-    CancelToken, DeviceKind, KindSchema, NullProgress, StageContext, StageError, StageInput,
-    StageKind,
-};
+use ugc_engine::testing::{input, with_defaults};
+use ugc_engine::{CancelToken, KindSchema, NullProgress, StageError, StageInput};
 use ugc_report::{ReportParams, ReportStage, TableKind, build_report, load_records, tables};
 
 fn schema() -> KindSchema {
     ugc_kinds::Kind::Report.schema()
 }
 
-/// Schema defaults merged with `over` (what the engine hands a stage).
-fn with_defaults(over: Value) -> Value {
-    let mut m = serde_json::Map::new();
-    for (k, p) in &schema().params {
-        if let Some(d) = &p.default {
-            m.insert(k.clone(), d.clone());
-        }
-    }
-    for (k, v) in over.as_object().unwrap() {
-        m.insert(k.clone(), v.clone());
-    }
-    Value::Object(m)
-}
-
+/// Schema defaults merged with `over` (what the engine hands a stage), typed.
 fn params(over: Value) -> ReportParams {
-    serde_json::from_value(with_defaults(over)).unwrap()
+    serde_json::from_value(with_defaults(&schema(), over)).unwrap()
 }
 
 /// One fake evaluate output, in the format the `evaluate` stage writes.
@@ -412,25 +397,21 @@ fn missing_metrics_file_names_the_node() {
     );
 }
 
+/// Runs the report stage on `inputs` with `p` over the schema's defaults.
 fn run_stage(p: Value, inputs: &[StageInput], out: &Path) -> Result<(), StageError> {
-    let stage = ReportStage::new(schema());
+    let schema = schema();
+    let params = with_defaults(&schema, p);
     let scratch = tempfile::tempdir().unwrap();
-    let env = BTreeMap::new();
-    let cancel = CancelToken::new();
-    let params = with_defaults(p);
-    let ctx = StageContext {
-        node: "report",
-        kind: "report",
-        params: &params,
+    let stage = ReportStage::new(schema);
+    ugc_engine::testing::run_stage(
+        &stage,
+        &params,
         inputs,
-        out_dir: out,
-        scratch_dir: scratch.path(),
-        device: DeviceKind::Cpu,
-        progress: &NullProgress,
-        cancel: &cancel,
-        env: &env,
-    };
-    stage.run(&ctx)
+        out,
+        scratch.path(),
+        &NullProgress,
+        &CancelToken::new(),
+    )
 }
 
 fn non_white(img: &image::RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> usize {
@@ -575,13 +556,7 @@ fn ablation_report_plots_only_the_default_points() {
 #[test]
 fn a_report_without_evaluate_deps_is_refused() {
     let out = tempfile::tempdir().unwrap();
-    let inputs = vec![StageInput {
-        name: "split".into(),
-        node: "split".into(),
-        point: BTreeMap::new(),
-        kind: "split".into(),
-        dir: PathBuf::from("/nonexistent"),
-    }];
+    let inputs = vec![input("split", "split", Path::new("/nonexistent"))];
     let err = run_stage(json!({}), &inputs, out.path())
         .unwrap_err()
         .to_string();
@@ -634,13 +609,7 @@ fn reference_evaluation_is_listed_without_cost_and_not_plotted() {
     )
     .unwrap();
     std::fs::write(dir.join("eval.json"), r#"{"model": {"reference": true}}"#).unwrap();
-    inputs.push(StageInput {
-        name: "eval_real".into(),
-        node: "eval_real".into(),
-        point: BTreeMap::new(),
-        kind: "evaluate".into(),
-        dir,
-    });
+    inputs.push(input("eval_real", "evaluate", &dir));
     let records = load_records(&inputs, "label_ratio").unwrap();
     let p = params(json!({}));
     let t = tables::models_table(&records, &p).unwrap();

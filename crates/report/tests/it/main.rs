@@ -1,0 +1,3 @@
+//! Integration tests of ugc-report, in one binary, as in the other crates.
+
+mod report;
