@@ -83,6 +83,35 @@ impl EvalError {
     }
 }
 
+/// The training core's errors as the evaluator's: a cancel stays a cancel, a bad
+/// checkpoint is a bad file, a non-finite loss a failed check.
+impl From<ugc_train::TrainError> for EvalError {
+    fn from(e: ugc_train::TrainError) -> Self {
+        use ugc_train::TrainError as T;
+        match e {
+            T::Param {
+                param,
+                value,
+                reason,
+            } => EvalError::Param {
+                param,
+                value,
+                reason,
+            },
+            T::Checkpoint { path, reason } => EvalError::BadFile { path, reason },
+            T::Io { path, source } => EvalError::Io { path, source },
+            T::Json { path, source } => EvalError::BadFile {
+                path,
+                reason: format!("invalid JSON: {source}"),
+            },
+            T::Torch { context, source } => EvalError::Torch { context, source },
+            T::Data(d) => EvalError::Data(d),
+            T::Numeric(m) => EvalError::Check(m),
+            T::Cancelled => EvalError::Cancelled,
+        }
+    }
+}
+
 impl From<EvalError> for StageError {
     fn from(e: EvalError) -> Self {
         match e {

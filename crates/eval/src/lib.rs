@@ -14,7 +14,6 @@ pub mod error;
 pub mod evaluator;
 pub mod labels;
 pub mod model_source;
-pub mod optim;
 pub mod samples;
 pub mod segnet;
 pub mod stages;

@@ -10,7 +10,7 @@
 //!   (checkpoint, then cancelled), reseeding, progress, an exact `log.csv`, samples,
 //!   periodic checkpoints, batched reads of logged device values.
 //! - [`stream`]: [`BatchStream`], batches positionable for an exact resume.
-//! - [`error`]: [`TrainError`].
+//! - [`error`]: the typed [`TrainError`].
 
 pub mod checkpoint;
 pub mod error;

@@ -6,6 +6,10 @@ use serde::Deserialize;
 use tch::{Kind, Reduction, Tensor, nn};
 use ugc_data::{Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_train::{
+    Adam, AdamConfig, AdamUpdate, BatchStream, LogValue, LoopConfig, StepLog, TrainTask,
+    checkpoint::store_state, run_loop,
+};
 
 use crate::error::{EvalError, Result};
 use crate::evaluator::{
@@ -13,7 +17,6 @@ use crate::evaluator::{
     labeled_data_digest, test_miou,
 };
 use crate::labels::{IGNORE, LabelSpec};
-use crate::optim::Adam;
 use crate::segnet::{SegNet, SegNetConfig};
 use crate::util::{finite, tch_device, write_json};
 
@@ -44,8 +47,6 @@ struct Params {
 fn one() -> usize {
     1
 }
-
-const CKPT: &str = "evaluator-ckpt.safetensors";
 
 impl Params {
     fn check(&self) -> Result<()> {
@@ -86,6 +87,46 @@ impl StageKind for EvaluatorStage {
     }
 }
 
+/// One evaluator step: cross-entropy of the net's logits against the batch's label map,
+/// averaged over the labelled (not ignored) pixels, and one Adam update.
+struct EvaluatorTask<'a> {
+    vs: &'a nn::VarStore,
+    net: &'a SegNet,
+    labels: &'a LabelSpec,
+    opt: Adam,
+    data: BatchStream,
+}
+
+impl TrainTask for EvaluatorTask<'_> {
+    type Error = EvalError;
+
+    fn state(&self) -> Vec<(String, Tensor)> {
+        let mut s = store_state("net", self.vs);
+        s.extend(self.opt.state("opt"));
+        s
+    }
+
+    fn seek(&mut self, step: u64) -> Result<()> {
+        Ok(self.data.seek(step)?)
+    }
+
+    fn step(&mut self, _step: u64) -> Result<StepLog> {
+        let batch = self.data.next_batch()?;
+        let target = self.labels.labels_of(&batch)?;
+        let photo = batch.target.as_ref().ok_or_else(|| {
+            EvalError::Input("a labeled pair without its photo reached the evaluator".into())
+        })?;
+        let out = self.net.forward(photo)?;
+        let valid = target.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
+        let loss = out
+            .logits
+            .cross_entropy_loss(&target, None::<Tensor>, Reduction::Sum, IGNORE, 0.0)
+            / valid;
+        self.opt.backward_step(&loss)?;
+        Ok(vec![("loss".into(), LogValue::of(&loss))])
+    }
+}
+
 fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Path) -> Result<()> {
     let manifest = SplitManifest::load(split_dir)?;
     let labels = LabelSpec::for_split(&manifest, p.foreground_threshold as u8)?;
@@ -97,7 +138,16 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
     };
     let mut vs = nn::VarStore::new(device);
     let net = SegNet::new(&vs.root(), &arch)?;
-    let mut opt = Adam::new(&vs, p.lr);
+    // The evaluator's Adam since its first release: beta1 0.9, the composed update.
+    let opt = Adam::over(
+        &vs,
+        AdamConfig {
+            lr: p.lr,
+            beta1: 0.9,
+            update: AdamUpdate::Composed,
+            ..AdamConfig::default()
+        },
+    )?;
 
     let cfg = LoaderConfig {
         threads: p.threads.max(1),
@@ -112,73 +162,27 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
             split_dir.display()
         )));
     }
-    let per_epoch = loader.batches_per_epoch() as u64;
-
-    let ckpt = ctx.scratch_dir.join(CKPT);
-    let mut step = 0u64;
-    let tail_from = p.steps - (p.steps / 10).max(1);
-    let (mut tail_sum, mut tail_n) = (0.0, 0u64);
-    if ckpt.is_file() {
-        let (s, extra) = opt.load(&ckpt)?;
-        step = s.min(p.steps);
-        tail_sum = extra.get("tail_sum").copied().unwrap_or(0.0);
-        tail_n = extra.get("tail_n").copied().unwrap_or(0.0) as u64;
-        ctx.progress
-            .message(&format!("resuming evaluator training at step {step}"));
-    }
-    ctx.progress.start("train", p.steps);
-    ctx.progress.set(step);
-    'outer: while step < p.steps {
-        let epoch = step / per_epoch;
-        let skip = (step % per_epoch) as usize;
-        for batch in loader.epoch(epoch).skip(skip) {
-            if ctx.cancel.is_cancelled() {
-                opt.save(
-                    &ckpt,
-                    step,
-                    &[("tail_sum", tail_sum), ("tail_n", tail_n as f64)],
-                )?;
-                return Err(EvalError::Cancelled);
-            }
-            let batch = batch?;
-            let target = labels.labels_of(&batch)?;
-            let photo = batch
-                .target
-                .as_ref()
-                .expect("labeled pairs always carry targets");
-            let out = net.forward(photo)?;
-            let valid = target.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
-            let loss =
-                out.logits
-                    .cross_entropy_loss(&target, None::<Tensor>, Reduction::Sum, IGNORE, 0.0)
-                    / valid;
-            let lv = loss.double_value(&[]);
-            if !lv.is_finite() {
-                return Err(EvalError::Check(format!(
-                    "evaluator loss is not finite at step {step} ({lv}); lower `lr`"
-                )));
-            }
-            opt.backward_step(&loss);
-            if step >= tail_from {
-                tail_sum += lv;
-                tail_n += 1;
-            }
-            step += 1;
-            ctx.progress.set(step);
-            if p.checkpoint_every > 0 && step.is_multiple_of(p.checkpoint_every) && step < p.steps {
-                opt.save(
-                    &ckpt,
-                    step,
-                    &[("tail_sum", tail_sum), ("tail_n", tail_n as f64)],
-                )?;
-            }
-            if step >= p.steps {
-                break 'outer;
-            }
-        }
-    }
-    // The loss tail is checkpointed with the weights, so a resumed run reports the same.
-    let final_loss = tail_sum / tail_n.max(1) as f64;
+    let n_images = loader.len();
+    let mut task = EvaluatorTask {
+        vs: &vs,
+        net: &net,
+        labels: &labels,
+        opt,
+        data: BatchStream::new(loader, "labeled")?,
+    };
+    let loop_cfg = LoopConfig {
+        steps: p.steps,
+        checkpoint_every: p.checkpoint_every,
+        seed: p.seed,
+        // The reported loss: the mean of the last tenth of the steps.
+        tail: (p.steps / 10).max(1) as usize,
+        ..LoopConfig::default()
+    };
+    let outcome = run_loop(ctx, &loop_cfg, &mut task)?;
+    drop(task);
+    let final_loss = outcome
+        .tail_of("loss")
+        .ok_or_else(|| EvalError::Check("the training loop logged no loss".into()))?;
 
     let dir = ctx.out_dir.join(EVALUATOR_DIR);
     std::fs::create_dir_all(&dir).map_err(|e| EvalError::io(&dir, e))?;
@@ -191,7 +195,7 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
         batch_size: p.batch_size,
         lr: p.lr,
         seed: p.seed,
-        n_images: loader.len(),
+        n_images,
         data_digest: labeled_data_digest(&manifest),
         label_ratio: manifest.label_ratio,
         final_loss,
@@ -225,9 +229,8 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
         "evaluator_final_loss".into(),
         finite("evaluator_final_loss", final_loss)?.into(),
     );
-    metrics.insert("train_images".into(), (loader.len() as u64).into());
+    metrics.insert("train_images".into(), (n_images as u64).into());
     metrics.insert("test_images".into(), (report.num_images as u64).into());
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
-    let _ = std::fs::remove_file(&ckpt);
     Ok(())
 }

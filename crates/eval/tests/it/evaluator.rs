@@ -9,8 +9,9 @@ use crate::common::*;
 
 #[test]
 fn schemas_parse_and_document_every_parameter() {
-    // export 2: its check compares in float64.
-    for (k, version) in [("evaluator", 1), ("evaluate", 1), ("export", 2)] {
+    // evaluator 2: its output gained log.csv (the shared training loop); export 2: its
+    // check compares in float64.
+    for (k, version) in [("evaluator", 2), ("evaluate", 1), ("export", 2)] {
         let s = schema(k);
         assert_eq!(s.kind, k);
         assert_eq!(s.version, version, "{k}");
@@ -126,7 +127,7 @@ fn evaluator_resumes_bit_identically_after_a_cancel() {
     )
     .unwrap_err();
     assert!(matches!(e, StageError::Cancelled), "{e}");
-    assert!(scratch.path().join("evaluator-ckpt.safetensors").is_file());
+    assert!(scratch.path().join("ckpt/latest.json").is_file());
     let second = tempfile::tempdir().unwrap();
     run_with(
         &evaluator_stage(),
@@ -138,7 +139,9 @@ fn evaluator_resumes_bit_identically_after_a_cancel() {
         &CancelToken::new(),
     )
     .unwrap();
-    // Every committed byte (weights, evaluator.json with the loss tail, metrics.json).
+    // Every committed byte (weights, evaluator.json with the loss tail, metrics.json, the
+    // training log).
+    assert!(second.path().join("log.csv").is_file());
     ugc_engine::testing::assert_same_tree(whole.path(), second.path());
 }
 
