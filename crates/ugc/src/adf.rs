@@ -26,15 +26,8 @@ use ugc_nn::{DiscConfig, Discriminator, Mode, build_discriminator};
 use crate::search::{data_err, input_encoding, io_err, nn_err, read_json, write_json};
 use crate::teachers::{TeacherEntry, load_teachers_json};
 
-/// How pseudo-labels are scored.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Criterion {
-    /// `agreement` with two or more teachers, `discriminator` otherwise.
-    Auto,
-    Agreement,
-    Discriminator,
-}
+pub use ugc_kinds::adf::Criterion;
+use ugc_kinds::adf::{Params as AdfParams, Threshold};
 
 /// How the threshold adapts to the scores.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -270,35 +263,12 @@ impl Teachers {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct AdfParams {
-    #[serde(default)]
-    torch_threads: i32,
-    enabled: bool,
-    criterion: Criterion,
-    threshold: String,
-    k: f64,
-    bins: usize,
-    batch_size: usize,
-    write_pseudo: bool,
-    #[serde(default)]
-    image_size: Option<u32>,
-}
-
-/// Parses `threshold` + `k` / `bins`; errors name the parameter.
-pub fn threshold_rule(name: &str, k: f64, bins: usize) -> Result<ThresholdRule, StageError> {
-    match name {
-        "mad" if k.is_finite() && k >= 0.0 => Ok(ThresholdRule::Mad { k }),
-        "mad" => Err(StageError::Config(format!(
-            "parameter `k` = {k}: must be a finite number >= 0"
-        ))),
-        "otsu" if bins >= 2 => Ok(ThresholdRule::Otsu { bins }),
-        "otsu" => Err(StageError::Config(format!(
-            "parameter `bins` = {bins}: must be at least 2"
-        ))),
-        other => Err(StageError::Config(format!(
-            "parameter `threshold` = {other}: expected mad or otsu"
-        ))),
+/// The rule of `threshold` with its parameter (`k` for mad, `bins` for otsu; their ranges
+/// are the schema's).
+pub fn threshold_rule(threshold: Threshold, k: f64, bins: usize) -> ThresholdRule {
+    match threshold {
+        Threshold::Mad => ThresholdRule::Mad { k },
+        Threshold::Otsu => ThresholdRule::Otsu { bins },
     }
 }
 
@@ -323,12 +293,7 @@ impl StageKind for AdfStage {
         if p.torch_threads > 0 {
             tch::set_num_threads(p.torch_threads);
         }
-        let rule = threshold_rule(&p.threshold, p.k, p.bins)?;
-        if p.batch_size == 0 {
-            return Err(StageError::Config(
-                "parameter `batch_size` = 0: must be at least 1".into(),
-            ));
-        }
+        let rule = threshold_rule(p.threshold, p.k, p.bins);
         let device = crate::device::tch_device(ctx.device)?;
         let teachers_dir = ctx.require_input("teachers")?.dir.clone();
         let split_dir = ctx.require_input("split")?.dir.clone();
@@ -543,11 +508,13 @@ mod tests {
             resolve_criterion(Criterion::Auto, 1).unwrap(),
             Criterion::Discriminator
         );
-        assert!(
-            threshold_rule("median", 1.0, 8)
-                .unwrap_err()
-                .to_string()
-                .contains("threshold")
+        assert_eq!(
+            threshold_rule(Threshold::Otsu, 1.0, 8),
+            ThresholdRule::Otsu { bins: 8 }
+        );
+        assert_eq!(
+            threshold_rule(Threshold::Mad, 1.5, 8),
+            ThresholdRule::Mad { k: 1.5 }
         );
     }
 }

@@ -20,9 +20,8 @@
 //! given, the discriminator's intermediate features otherwise.
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use serde::Deserialize;
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_data::augment::AugmentConfig;
 use ugc_data::{Batch, InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
@@ -44,36 +43,8 @@ use crate::search::{
 };
 use crate::trainer::{BatchStream, LogValue, LoopConfig, StepLog, TrainTask, run_loop};
 
-#[derive(Debug, Deserialize)]
-struct DistillParams {
-    steps: u64,
-    batch_size: usize,
-    unlabeled_batch_size: usize,
-    lr: f64,
-    beta1: f64,
-    lr_decay_steps: u64,
-    lambda_gan: f64,
-    lambda_l1: f64,
-    #[serde(default)]
-    distill_weights: DistillWeights,
-    #[serde(default)]
-    torch_threads: i32,
-    #[serde(default)]
-    vgg_weights: Option<PathBuf>,
-    adf_every: u64,
-    #[serde(default)]
-    image_size: Option<u32>,
-    #[serde(default)]
-    crop: Option<u32>,
-    flip: bool,
-    checkpoint_every: u64,
-    sample_every: u64,
-    threads: usize,
-    seed: u64,
-    amp: bool,
-    amp_dtype: String,
-    channels_last: bool,
-}
+/// `distill` parameters (`crates/kinds/src/distill/`).
+use ugc_kinds::distill::Params as DistillParams;
 
 /// The `distill` stage kind (`stages/distill.yaml`).
 pub struct DistillStage {
@@ -522,11 +493,6 @@ impl StageKind for DistillStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let p: DistillParams = ctx.typed_params()?;
-        if p.batch_size == 0 || p.unlabeled_batch_size == 0 {
-            return Err(StageError::Config(
-                "parameters `batch_size` and `unlabeled_batch_size` must be at least 1".into(),
-            ));
-        }
         let device = crate::device::tch_device(ctx.device)?;
         if p.torch_threads > 0 {
             tch::set_num_threads(p.torch_threads);
@@ -659,7 +625,7 @@ impl StageKind for DistillStage {
         .map(|b| b.input)
         .ok_or_else(|| StageError::Config("the split has no labeled pairs".into()))?;
 
-        let accel = Accel::new(device, p.amp, &p.amp_dtype, p.channels_last)?;
+        let accel = Accel::new(device, p.amp, p.amp_dtype.as_str(), p.channels_last)?;
         for vs in std::iter::once(&student_vs)
             .chain(teachers.models.iter().map(|m| &m.vs))
             .chain(std::iter::once(&disc_vs))

@@ -5,7 +5,6 @@
 //! Images are generator outputs in [-1, 1]. Every function returns a scalar tensor that
 //! carries gradients to its inputs.
 
-use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::MethodError;
@@ -153,30 +152,9 @@ pub fn total_variation(x: &Tensor) -> Tensor {
     dh.abs().sum(acc(x)) + dw.abs().sum(acc(x))
 }
 
-/// Weights of the OMGD student loss against one teacher (DESIGN §2 defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DistillWeights {
-    /// On `1 - SSIM(student, teacher)`.
-    pub ssim: f64,
-    /// On the Gram-matrix L1 of perceptual features.
-    pub style: f64,
-    /// On the feature L1 of perceptual features.
-    pub feature: f64,
-    /// On the total variation of the student output.
-    pub tv: f64,
-}
-
-impl Default for DistillWeights {
-    fn default() -> Self {
-        DistillWeights {
-            ssim: 10.0,
-            style: 1e4,
-            feature: 10.0,
-            tv: 1e-5,
-        }
-    }
-}
+/// Weights of the OMGD student loss against one teacher: a stage parameter, so it lives
+/// with the kinds' typed parameters.
+pub use ugc_kinds::common::DistillWeights;
 
 /// The weighted terms of one student-vs-teacher loss (values for logging, `total` for
 /// backward).

@@ -414,22 +414,19 @@ pub fn pareto_front(cands: &[Candidate]) -> Vec<bool> {
         .collect()
 }
 
-/// The configured hold-out metric.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Metric {
-    /// Mean absolute error in [-1, 1] units; the score is its negation.
-    L1,
-    /// PSNR in dB on [-1, 1] images (data range 2).
-    Psnr,
-    /// SSIM (Gaussian window 11, sigma 1.5) on [-1, 1] images (data range 2).
-    Ssim,
-}
+/// The configured hold-out metric (a stage parameter, so it lives with the kind's typed
+/// parameters); [`MetricScore`] scores with it.
+pub use ugc_kinds::search::Metric;
 
-impl Metric {
+/// Scoring with a [`Metric`] (a trait: the enum lives in libtorch-free `ugc-kinds`).
+pub trait MetricScore {
     /// Higher-is-better score of `pred` against `target` (`[N, C, H, W]`, [-1, 1]): the mean
     /// over images.
-    pub fn score(self, pred: &Tensor, target: &Tensor) -> Result<f64, String> {
+    fn score(self, pred: &Tensor, target: &Tensor) -> Result<f64, String>;
+}
+
+impl MetricScore for Metric {
+    fn score(self, pred: &Tensor, target: &Tensor) -> Result<f64, String> {
         if pred.size() != target.size() {
             return Err(format!(
                 "output shape {:?} differs from target shape {:?}",
@@ -598,30 +595,7 @@ pub fn restore_running_stats(saved: &[(Tensor, Tensor)]) {
 // The `search` stage kind.
 // ---------------------------------------------------------------------------------------
 
-#[derive(Debug, Deserialize)]
-struct SearchParams {
-    #[serde(default)]
-    torch_threads: i32,
-    #[serde(default)]
-    budget_macs: Option<f64>,
-    budget_ratio: f64,
-    wide_budget_ratio: f64,
-    deep_budget_ratio: f64,
-    #[serde(default)]
-    input_size: Option<Vec<i64>>,
-    population: usize,
-    generations: usize,
-    parent_ratio: f64,
-    mutation_ratio: f64,
-    mutate_prob: f64,
-    metric: Metric,
-    batch_size: usize,
-    eval_batches: usize,
-    calib_batches: usize,
-    #[serde(default)]
-    image_size: Option<u32>,
-    seed: u64,
-}
+use ugc_kinds::search::Params as SearchParams;
 
 /// Candidate scores already computed for this cache key, kept in the scratch directory so
 /// that a search interrupted by a crash or cancel replays them instead of scoring again.
@@ -720,13 +694,9 @@ impl SearchStage {
     }
 }
 
-fn ratio_budget(largest: u64, ratio: f64, param: &str) -> Result<u64, StageError> {
-    if !(ratio > 0.0 && ratio <= 1.0) {
-        return Err(StageError::Config(format!(
-            "parameter `{param}` = {ratio}: must be in (0, 1]"
-        )));
-    }
-    Ok((largest as f64 * ratio).floor() as u64)
+/// `ratio` (in (0, 1], the schema's range) of the largest sub-net's MACs.
+fn ratio_budget(largest: u64, ratio: f64) -> u64 {
+    (largest as f64 * ratio).floor() as u64
 }
 
 impl StageKind for SearchStage {
@@ -753,19 +723,10 @@ impl StageKind for SearchStage {
                 ctx.node
             )));
         }
-        if p.batch_size == 0 || p.eval_batches == 0 {
-            return Err(StageError::Config(
-                "parameters `batch_size` and `eval_batches` must be at least 1".into(),
-            ));
-        }
-        let input_chw: [i64; 3] = match &p.input_size {
-            None => [sup.arch.input_nc, 256, 256],
-            Some(v) if v.len() == 3 && v.iter().all(|&x| x >= 1) => [v[0], v[1], v[2]],
-            Some(v) => {
-                return Err(StageError::Config(format!(
-                    "parameter `input_size` = {v:?}: expected [C, H, W] with positive integers"
-                )));
-            }
+        // Three positive integers: the schema and `Params::check` saw to it at plan time.
+        let input_chw: [i64; 3] = match p.input_size.as_deref() {
+            Some(&[c, h, w]) => [c, h, w],
+            _ => [sup.arch.input_nc, 256, 256],
         };
         let arch = sup.arch.clone();
         let space = sup.generator.search_space();
@@ -774,21 +735,14 @@ impl StageKind for SearchStage {
             StageError::Config(format!("parameter `input_size` = {input_chw:?}: {e}"))
         })?;
         let (budget, budget_param) = match p.budget_macs {
-            Some(b) if b.is_finite() && b >= 1.0 => (b.floor() as u64, "budget_macs"),
-            Some(b) => {
-                return Err(StageError::Config(format!(
-                    "parameter `budget_macs` = {b}: must be a positive number of MACs"
-                )));
-            }
+            Some(b) => (b.floor() as u64, "budget_macs"),
             None => (
-                ratio_budget(largest_cost.macs, p.budget_ratio, "budget_ratio")?,
+                ratio_budget(largest_cost.macs, p.budget_ratio),
                 "budget_ratio",
             ),
         };
-        let wide_budget =
-            ratio_budget(largest_cost.macs, p.wide_budget_ratio, "wide_budget_ratio")?;
-        let deep_budget =
-            ratio_budget(largest_cost.macs, p.deep_budget_ratio, "deep_budget_ratio")?;
+        let wide_budget = ratio_budget(largest_cost.macs, p.wide_budget_ratio);
+        let deep_budget = ratio_budget(largest_cost.macs, p.deep_budget_ratio);
         let evo = EvoConfig {
             population: p.population,
             generations: p.generations,

@@ -53,7 +53,7 @@ pub fn arch_from_param(
         .get("arch")
         .and_then(Value::as_str)
         .ok_or_else(|| MethodError::param(&format!("{param}.arch"), v, "is required"))?;
-    let family: Arch = name.parse().map_err(|e: ugc_nn::NnError| {
+    let family: Arch = name.parse().map_err(|e: ugc_nn::ArchError| {
         MethodError::param(&format!("{param}.arch"), name, e.to_string())
     })?;
     let mut base = serde_json::to_value(ArchConfig::new(family))

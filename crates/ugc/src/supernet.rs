@@ -6,68 +6,35 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
 use serde_json::{Map, Value};
 use tch::nn::VarStore;
 use ugc_data::Subset;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_kinds::common::Disc;
 use ugc_nn::{ArchConfig, DiscArch, DiscConfig, build_discriminator, build_generator};
 
 use crate::device::{Accel, step_seed, tch_device};
 use crate::error::MethodError;
 use crate::gan::{GanLossWeights, GanTask, SubnetSchedule};
-use crate::losses::DistillWeights;
 use crate::optim::{Adam, AdamConfig, LrSchedule};
 use crate::perceptual::Vgg16;
 use crate::setup::{self, DataParams, SplitData};
 use crate::trainer::{BatchStream, LoopConfig, LoopOutcome, run_loop};
 
-/// Parameters shared by `supernet` and `train` (see `stages/supernet.yaml`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct CommonParams {
-    pub steps: u64,
-    pub batch_size: usize,
-    pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub lr_decay_steps: u64,
-    pub image_size: Option<u32>,
-    pub crop: Option<u32>,
-    pub flip: bool,
-    pub lambda_l1: f64,
-    pub disc: String,
-    pub ndf: i64,
-    pub checkpoint_every: u64,
-    pub sample_every: u64,
-    pub seed: u64,
-    pub amp: bool,
-    /// Autocast dtype when `amp` is on: `bf16` (no loss scaling needed) or `fp16`.
-    pub amp_dtype: String,
-    /// Channels-last (NHWC) weights and inputs on CUDA.
-    pub channels_last: bool,
-    pub threads: usize,
-    /// libtorch intra-op threads (0 = libtorch's default). Process-wide.
-    #[serde(default)]
-    pub torch_threads: i32,
+pub use ugc_kinds::common::CommonParams;
+/// `supernet` parameters (`crates/kinds/src/supernet/`).
+pub use ugc_kinds::supernet::Params as SupernetParams;
+
+/// What the training code derives from [`CommonParams`] (a trait: the struct lives in
+/// `ugc-kinds`, which knows nothing of loaders and discriminators).
+pub(crate) trait CommonParamsExt {
+    fn data(&self) -> DataParams;
+    /// The discriminator config: `auto` follows the family (DESIGN §2).
+    fn disc_config(&self, arch: &ArchConfig) -> DiscConfig;
 }
 
-/// `supernet` parameters.
-/// (Unknown keys are refused by the engine against `stages/supernet.yaml`; serde cannot
-/// deny them together with `flatten`.)
-#[derive(Debug, Clone, Deserialize)]
-pub struct SupernetParams {
-    pub arch: Value,
-    #[serde(flatten)]
-    pub common: CommonParams,
-    pub lambda_distill: f64,
-    pub distill_weights: DistillWeights,
-    pub unlabeled: bool,
-    pub sandwich: bool,
-    pub vgg_weights: Option<PathBuf>,
-}
-
-impl CommonParams {
-    pub(crate) fn data(&self) -> DataParams {
+impl CommonParamsExt for CommonParams {
+    fn data(&self) -> DataParams {
         DataParams {
             batch_size: self.batch_size,
             image_size: self.image_size,
@@ -77,47 +44,14 @@ impl CommonParams {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), MethodError> {
-        if self.steps == 0 {
-            return Err(MethodError::param("steps", 0, "must be at least 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(MethodError::param("batch_size", 0, "must be at least 1"));
-        }
-        if self.ndf < 1 {
-            return Err(MethodError::param("ndf", self.ndf, "must be at least 1"));
-        }
-        if !(self.lambda_l1.is_finite() && self.lambda_l1 >= 0.0) {
-            return Err(MethodError::param(
-                "lambda_l1",
-                self.lambda_l1,
-                "must be >= 0",
-            ));
-        }
-        if self.lr_decay_steps > self.steps {
-            return Err(MethodError::param(
-                "lr_decay_steps",
-                self.lr_decay_steps,
-                format!("must not exceed steps ({})", self.steps),
-            ));
-        }
-        Ok(())
-    }
-
-    /// The discriminator config: `auto` follows the family (DESIGN §2).
-    pub(crate) fn disc_config(&self, arch: &ArchConfig) -> Result<DiscConfig, MethodError> {
+    fn disc_config(&self, arch: &ArchConfig) -> DiscConfig {
         let auto = setup::default_disc(arch, self.ndf);
         let nc = arch.input_nc + arch.output_nc;
-        match self.disc.as_str() {
-            "auto" => Ok(auto),
-            "patchgan" if auto.arch == DiscArch::Patchgan => Ok(auto),
-            "patchgan" => Ok(DiscConfig::patchgan(nc, self.ndf)),
-            "multiscale" => Ok(DiscConfig::multiscale(nc, self.ndf)),
-            other => Err(MethodError::param(
-                "disc",
-                other,
-                "expected auto, patchgan or multiscale",
-            )),
+        match self.disc {
+            Disc::Auto => auto,
+            Disc::Patchgan if auto.arch == DiscArch::Patchgan => auto,
+            Disc::Patchgan => DiscConfig::patchgan(nc, self.ndf),
+            Disc::Multiscale => DiscConfig::multiscale(nc, self.ndf),
         }
     }
 }
@@ -143,7 +77,6 @@ pub(crate) fn build_task(
     vgg: Option<&PathBuf>,
     init: Option<&std::path::Path>,
 ) -> Result<Built, MethodError> {
-    common.validate()?;
     let device = tch_device(ctx.device)?;
     if common.torch_threads > 0 {
         // Tiny CPU nets on a busy machine run several times faster on one thread than with
@@ -162,7 +95,7 @@ pub(crate) fn build_task(
             reason: format!("cannot initialise the generator: {e}"),
         })?;
     }
-    let disc_cfg = common.disc_config(arch)?;
+    let disc_cfg = common.disc_config(arch);
     let vs_d = VarStore::new(device);
     let disc = build_discriminator(&vs_d.root(), &disc_cfg)?;
     let adam = AdamConfig {
@@ -177,7 +110,12 @@ pub(crate) fn build_task(
             .filter(|(_, t)| t.requires_grad())
             .collect()
     };
-    let accel = Accel::new(device, common.amp, &common.amp_dtype, common.channels_last)?;
+    let accel = Accel::new(
+        device,
+        common.amp,
+        common.amp_dtype.as_str(),
+        common.channels_last,
+    )?;
     accel.prepare(&vs_g)?;
     accel.prepare(&vs_d)?;
     let opt_g = Adam::new(trainable(&vs_g), adam)?;
@@ -316,15 +254,8 @@ impl SupernetStage {
     fn run_inner(&self, ctx: &StageContext<'_>) -> Result<(), MethodError> {
         let p: SupernetParams = serde_json::from_value(ctx.params.clone())
             .map_err(|e| MethodError::param("params", ctx.node, e.to_string()))?;
-        if !(p.lambda_distill.is_finite() && p.lambda_distill >= 0.0) {
-            return Err(MethodError::param(
-                "lambda_distill",
-                p.lambda_distill,
-                "must be >= 0",
-            ));
-        }
         let split = setup::open_split(ctx)?;
-        let arch = setup::arch_from_param("arch", &p.arch, &split.manifest)?;
+        let arch = setup::arch_from_param("arch", &Value::Object(p.arch.clone()), &split.manifest)?;
         let schedule = if p.sandwich {
             SubnetSchedule::Sandwich
         } else {

@@ -19,53 +19,15 @@ use crate::search::{
     read_batches, read_json, write_json,
 };
 
-/// Which teachers to use.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Strategy {
-    Largest,
-    Wide,
-    Deep,
-    Multi,
-}
+use ugc_kinds::teachers::Params as TeachersParams;
+pub use ugc_kinds::teachers::{Role, Strategy};
 
-/// A teacher's role; also its folder name under `teachers/`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Largest,
-    Wide,
-    Deep,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Largest => "largest",
-            Role::Wide => "wide",
-            Role::Deep => "deep",
-        }
-    }
-}
-
-impl Strategy {
-    /// The roles a strategy uses, in a fixed order.
-    pub fn roles(self) -> Vec<Role> {
-        match self {
-            Strategy::Largest => vec![Role::Largest],
-            Strategy::Wide => vec![Role::Wide],
-            Strategy::Deep => vec![Role::Deep],
-            Strategy::Multi => vec![Role::Wide, Role::Deep],
-        }
-    }
-
-    /// The searched config of `role`.
-    pub fn config_of(role: Role, c: &SearchConfigs) -> &ChosenConfig {
-        match role {
-            Role::Largest => &c.largest,
-            Role::Wide => &c.wide_teacher,
-            Role::Deep => &c.deep_teacher,
-        }
+/// The searched config of `role`.
+pub fn config_of(role: Role, c: &SearchConfigs) -> &ChosenConfig {
+    match role {
+        Role::Largest => &c.largest,
+        Role::Wide => &c.wide_teacher,
+        Role::Deep => &c.deep_teacher,
     }
 }
 
@@ -88,15 +50,6 @@ pub fn load_teachers_json(dir: &Path) -> Result<Vec<TeacherEntry>, StageError> {
         )));
     }
     Ok(v)
-}
-
-#[derive(Debug, Deserialize)]
-struct TeachersParams {
-    strategy: Strategy,
-    batch_size: usize,
-    calib_batches: usize,
-    #[serde(default)]
-    image_size: Option<u32>,
 }
 
 /// The `teachers` stage kind (`stages/teachers.yaml`).
@@ -162,7 +115,7 @@ impl StageKind for TeachersStage {
         let mut entries = Vec::new();
         let mut metrics = serde_json::Map::new();
         for (i, role) in roles.into_iter().enumerate() {
-            let chosen = Strategy::config_of(role, &configs);
+            let chosen = config_of(role, &configs);
             let sub: SubnetConfig = chosen.config.parse().map_err(|e| {
                 StageError::Data(format!(
                     "{}: {} config: {e}",

@@ -5,7 +5,6 @@
 
 use std::path::PathBuf;
 
-use serde::Deserialize;
 use serde_json::Value;
 use tch::Device;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
@@ -16,27 +15,11 @@ use crate::error::MethodError;
 use crate::gan::{GanLossWeights, SubnetSchedule};
 use crate::losses::DistillWeights;
 use crate::setup;
-use crate::supernet::{CommonParams, build_task, metrics, sample_chw};
+use crate::supernet::{build_task, metrics, sample_chw};
 use crate::trainer::run_loop;
 
-/// `train` parameters (see `stages/train.yaml`).
-#[derive(Debug, Clone, Deserialize)]
-pub struct TrainParams {
-    /// Architecture map (as `supernet.arch`); optional when `from_dep` is given.
-    #[serde(default)]
-    pub arch: Option<Value>,
-    /// A sub-net config string of `arch`: the model trained is that sub-net as a standalone
-    /// compact network.
-    #[serde(default)]
-    pub config: Option<String>,
-    /// Name of a dep whose `model/` directory supplies the architecture.
-    #[serde(default)]
-    pub from_dep: Option<String>,
-    /// Start from `from_dep`'s weights instead of a fresh initialisation.
-    pub init_weights: bool,
-    #[serde(flatten)]
-    pub common: CommonParams,
-}
+/// `train` parameters (`crates/kinds/src/train/`).
+pub use ugc_kinds::train::Params as TrainParams;
 
 /// The `train` stage kind.
 pub struct TrainStage {
@@ -55,13 +38,6 @@ impl TrainStage {
         manifest: &ugc_data::SplitManifest,
     ) -> Result<(ArchConfig, Option<PathBuf>), MethodError> {
         if let Some(dep) = &p.from_dep {
-            if p.arch.is_some() || p.config.is_some() {
-                return Err(MethodError::param(
-                    "from_dep",
-                    dep,
-                    "give either `from_dep` or `arch` (+ `config`), not both",
-                ));
-            }
             let input = ctx.inputs.iter().find(|i| &i.name == dep).ok_or_else(|| {
                 MethodError::param("from_dep", dep, "is not among this stage's deps")
             })?;
@@ -70,17 +46,10 @@ impl TrainStage {
             let init = p.init_weights.then(|| dir.join(WEIGHTS_FILE));
             return Ok((meta.arch, init));
         }
-        if p.init_weights {
-            return Err(MethodError::param(
-                "init_weights",
-                true,
-                "needs `from_dep` (a dep with a model/ directory)",
-            ));
-        }
         let v = p.arch.as_ref().ok_or_else(|| {
             MethodError::param("arch", "null", "give `arch` (a map) or `from_dep`")
         })?;
-        let full = setup::arch_from_param("arch", v, manifest)?;
+        let full = setup::arch_from_param("arch", &Value::Object(v.clone()), manifest)?;
         let Some(cs) = &p.config else {
             return Ok((full, None));
         };
