@@ -17,8 +17,8 @@ cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 
 # The test binaries that compare against float reference fixtures.
 fixture_test_sets=(
-    "-p ugc-nn --test hd_gaugan --test pix2pix_interop --test pix2pix_supernet"
-    "-p ugc-metrics --test architectures --test reference"
+    "-p ugc-nn --test it"
+    "-p ugc-metrics --test it"
     "-p ugc-method --test core"
     "-p ugc-eval --test it export"
 )
