@@ -723,10 +723,16 @@ impl StageKind for SearchStage {
                 ctx.node
             )));
         }
-        // Three positive integers: the schema and `Params::check` saw to it at plan time.
+        // The planner refuses any other length (`Params::check`); a stage run without the
+        // planner still must not fall back to the default silently.
         let input_chw: [i64; 3] = match p.input_size.as_deref() {
+            None => [sup.arch.input_nc, 256, 256],
             Some(&[c, h, w]) => [c, h, w],
-            _ => [sup.arch.input_nc, 256, 256],
+            Some(v) => {
+                return Err(StageError::Config(format!(
+                    "parameter `input_size` = {v:?}: expected [C, H, W]"
+                )));
+            }
         };
         let arch = sup.arch.clone();
         let space = sup.generator.search_space();
