@@ -111,11 +111,12 @@ pub fn write_formula_weights(
     Tensor::write_safetensors(&tensors, path).unwrap();
 }
 
+/// Largest absolute difference of two equally shaped tensors, computed in float64 by
+/// [`ugc_tolerance::max_abs_diff`]: NaN anywhere gives NaN, which fails every `<=` check.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
-    f64::try_from(
-        (a.to_kind(Kind::Double) - b.to_kind(Kind::Double))
-            .abs()
-            .max(),
-    )
-    .unwrap()
+    assert_eq!(a.size(), b.size(), "compared tensors differ in shape");
+    let flat = |t: &Tensor| -> Vec<f64> {
+        Vec::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("a float64 vector")
+    };
+    ugc_tolerance::max_abs_diff(&flat(a), &flat(b))
 }

@@ -13,15 +13,14 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// Largest absolute difference, computed in float64; NaN anywhere gives NaN, which fails
-/// every `<=` check.
+/// Largest absolute difference of two equally shaped tensors, computed in float64 by
+/// [`ugc_tolerance::max_abs_diff`]: NaN anywhere gives NaN, which fails every `<=` check.
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f64 {
     assert_eq!(a.size(), b.size(), "compared tensors differ in shape");
-    let d = (a.to_kind(Kind::Double) - b.to_kind(Kind::Double)).abs();
-    if d.isnan().any().int64_value(&[]) != 0 {
-        return f64::NAN;
-    }
-    d.max().double_value(&[])
+    let flat = |t: &Tensor| -> Vec<f64> {
+        Vec::try_from(t.to_kind(Kind::Double).flatten(0, -1)).expect("a float64 vector")
+    };
+    ugc_tolerance::max_abs_diff(&flat(a), &flat(b))
 }
 
 /// The tensor kind a test runs a model in.
