@@ -15,21 +15,9 @@ use crate::classes::ClassTable;
 use crate::error::{DataError, FileProblem, Result};
 use crate::image_io::list_images;
 
-/// On-disk layout of a paired dataset.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Format {
-    Aligned,
-    Cityscapes,
-}
-
-/// Which half of an aligned `A|B` image is the input.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub enum Direction {
-    #[default]
-    AtoB,
-    BtoA,
-}
+/// The layout and direction enums live with the `split` kind's typed parameters
+/// (`ugc-kinds`), whose `dataset.format` / `dataset.direction` they are.
+pub use ugc_kinds::split::{Direction, Format};
 
 /// Left or right half of an aligned image.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -39,13 +27,11 @@ pub enum Half {
     Right,
 }
 
-impl Direction {
-    /// (input half, target half).
-    pub fn halves(self) -> (Half, Half) {
-        match self {
-            Direction::AtoB => (Half::Left, Half::Right),
-            Direction::BtoA => (Half::Right, Half::Left),
-        }
+/// (input half, target half) of an aligned image read in `direction`.
+pub fn halves(direction: Direction) -> (Half, Half) {
+    match direction {
+        Direction::AtoB => (Half::Left, Half::Right),
+        Direction::BtoA => (Half::Right, Half::Left),
     }
 }
 

@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 
 use ugc_engine::Progress;
 
-use crate::dataset::{DatasetIndex, Direction, ExtraInput, Half, Sample, SampleFiles};
+use crate::dataset::{DatasetIndex, Direction, ExtraInput, Half, Sample, SampleFiles, halves};
 use crate::error::{DataError, FileProblem, Result};
 use crate::image_io::{decode_rgb, digest, png_rgb, read, write};
 use crate::manifest::{
@@ -158,7 +158,7 @@ fn copy_pair(s: &Sample, role: Role, direction: Direction, out: &Path) -> Copied
     match &s.files {
         SampleFiles::Aligned { file } => {
             let e = copy_in(file, out, rel(role, &s.id, "", file), role)?;
-            let (ih, th) = direction.halves();
+            let (ih, th) = halves(direction);
             let pair = LabeledPair {
                 id: s.id.clone(),
                 input: InputRef::AlignedHalf {
@@ -220,7 +220,7 @@ fn copy_unlabeled(s: &Sample, direction: Direction, out: &Path) -> Copied<Unlabe
         SampleFiles::Aligned { file } => {
             // Only the input half is written: the target half never enters the split output.
             let im = decode_rgb(file, &read(file)?)?;
-            let bytes = png_rgb(&crop_half(&im, direction.halves().0));
+            let bytes = png_rgb(&crop_half(&im, halves(direction).0));
             let r = PathBuf::from("data")
                 .join(role.dir())
                 .join(format!("{}.png", s.id));

@@ -1,14 +1,13 @@
-//! The `synth` and `split` stage kinds (schemas in `stages/synth.yaml`, `stages/split.yaml`).
+//! The `synth` and `split` stage kinds; their schemas and typed parameters are in
+//! `ugc-kinds` (`crates/kinds/src/{synth,split}/`).
 
-use std::path::PathBuf;
-
-use serde::Deserialize;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_kinds::split::Dataset;
 
-use crate::dataset::{DatasetInfo, DatasetSpec, Direction, Format, read_dataset};
+use crate::dataset::{DatasetInfo, DatasetSpec, read_dataset};
 use crate::error::DataError;
 use crate::split::{SplitParams, split_dataset};
-use crate::synth::{SynthConfig, SynthTask, synth_with};
+use crate::synth::{SynthConfig, synth_with};
 use crate::validate::default_threads;
 
 fn write_json(ctx: &StageContext<'_>, name: &str, v: &serde_json::Value) -> Result<(), StageError> {
@@ -28,25 +27,15 @@ impl SynthStage {
     }
 }
 
-#[derive(Debug, Deserialize)]
-struct SynthParams {
-    task: String,
-    n: usize,
-    n_test: usize,
-    size: u32,
-    seed: u64,
-    classes: usize,
-}
-
 impl StageKind for SynthStage {
     fn schema(&self) -> &KindSchema {
         &self.schema
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: SynthParams = ctx.typed_params()?;
+        let p: ugc_kinds::synth::Params = ctx.typed_params()?;
         let cfg = SynthConfig {
-            task: p.task.parse::<SynthTask>()?,
+            task: p.task,
             n: p.n,
             n_test: p.n_test,
             size: p.size,
@@ -79,44 +68,9 @@ impl SplitStage {
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct DatasetParams {
-    #[serde(default)]
-    format: Option<Format>,
-    #[serde(default)]
-    root: Option<PathBuf>,
-    #[serde(default)]
-    direction: Option<Direction>,
-    #[serde(default)]
-    train_split: Option<String>,
-    #[serde(default)]
-    test_split: Option<String>,
-    #[serde(default)]
-    extra_unlabeled: Option<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-struct SplitStageParams {
-    #[serde(default)]
-    dataset: Option<serde_json::Value>,
-    label_ratio: f64,
-    holdout: f64,
-    seed: u64,
-    #[serde(default)]
-    skip_bad: bool,
-}
-
-fn resolve_dataset(
-    ctx: &StageContext<'_>,
-    raw: Option<serde_json::Value>,
-) -> Result<DatasetSpec, StageError> {
-    let d: DatasetParams = match raw {
-        None | Some(serde_json::Value::Null) => DatasetParams::default(),
-        Some(v) => serde_json::from_value(v).map_err(|e| {
-            StageError::Config(format!("stage `{}` parameter `dataset`: {e}", ctx.node))
-        })?,
-    };
+/// The dataset `d` names, with what it leaves out taken from the root's `dataset.json` or
+/// a `synth` dep (the root must exist: it is data on disk).
+fn resolve_dataset(ctx: &StageContext<'_>, d: Dataset) -> Result<DatasetSpec, StageError> {
     let root = match (d.root, ctx.input_of_kind("synth")) {
         (Some(r), _) => r,
         (None, Some(s)) => s.dir.clone(),
@@ -171,7 +125,7 @@ impl StageKind for SplitStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: SplitStageParams = ctx.typed_params()?;
+        let p: ugc_kinds::split::Params = ctx.typed_params()?;
         let params = SplitParams {
             label_ratio: p.label_ratio,
             holdout: p.holdout,
@@ -179,8 +133,7 @@ impl StageKind for SplitStage {
             skip_bad: p.skip_bad,
             threads: default_threads(),
         };
-        params.check()?;
-        let spec = resolve_dataset(ctx, p.dataset)?;
+        let spec = resolve_dataset(ctx, p.dataset.unwrap_or_default())?;
         let index = read_dataset(&spec)?;
         if ctx.cancel.is_cancelled() {
             return Err(StageError::Cancelled);

@@ -24,35 +24,8 @@ use crate::image_io::{png_ids, png_rgb, write};
 use crate::rng::Rng;
 use crate::validate::{default_threads, par_map};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum SynthTask {
-    Labels2photo,
-    Edges2photo,
-}
-
-impl std::str::FromStr for SynthTask {
-    type Err = DataError;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "labels2photo" => Ok(SynthTask::Labels2photo),
-            "edges2photo" => Ok(SynthTask::Edges2photo),
-            other => Err(DataError::param(
-                "task",
-                format!("unknown synthetic task `{other}` (labels2photo | edges2photo)"),
-            )),
-        }
-    }
-}
-
-impl std::fmt::Display for SynthTask {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            SynthTask::Labels2photo => "labels2photo",
-            SynthTask::Edges2photo => "edges2photo",
-        })
-    }
-}
+/// The task enum lives with the `synth` kind's typed parameters (`ugc-kinds`).
+pub use ugc_kinds::synth::SynthTask;
 
 /// What to generate.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
