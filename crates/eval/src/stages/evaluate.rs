@@ -11,16 +11,17 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use serde_json::{Map, Value, json};
 use tch::Tensor;
 use ugc_data::{InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_kinds::evaluate::Params;
 use ugc_metrics::frechet::{DEFAULT_EPS, GaussianStats, frechet_distance};
 use ugc_metrics::image_metrics::{SsimConfig, mean, psnr, ssim};
 use ugc_metrics::inception::FidInception;
 use ugc_metrics::latency::{LatencyConfig, measure_latency};
-use ugc_metrics::{FeatureExtractor, MiouReport};
+use ugc_metrics::{ConfusionMatrix, FeatureExtractor, MiouReport};
 use ugc_nn::export::{LoadedModel, ModelMeta, load_model};
 use ugc_nn::{Mode, SubnetConfig, profile};
 
@@ -32,7 +33,7 @@ use crate::model_source::{ModelSource, find_model};
 use crate::samples::{colorize, write_strips};
 use crate::util::{file_digest, finite, tch_device, write_json};
 
-/// Evaluates a model on the test split (`stages/evaluate.yaml`).
+/// Evaluates a model on the test split (schema and parameters: `ugc_kinds::evaluate`).
 pub struct EvaluateStage {
     schema: KindSchema,
 }
@@ -43,58 +44,6 @@ impl EvaluateStage {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct Params {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    role: Option<String>,
-    reference: bool,
-    batch_size: usize,
-    n_samples: usize,
-    psnr_cap_db: f64,
-    #[serde(default)]
-    fid_inception_weights: Option<PathBuf>,
-    #[serde(default)]
-    drn_weights: Option<PathBuf>,
-    latency: bool,
-    latency_warmup: usize,
-    latency_runs: usize,
-    #[serde(default = "one")]
-    threads: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl Params {
-    fn check(&self) -> Result<()> {
-        if self.batch_size == 0 {
-            return Err(EvalError::param(
-                "batch_size",
-                self.batch_size,
-                "must be >= 1",
-            ));
-        }
-        if !(self.psnr_cap_db.is_finite() && self.psnr_cap_db > 0.0) {
-            return Err(EvalError::param(
-                "psnr_cap_db",
-                self.psnr_cap_db,
-                "must be a positive number",
-            ));
-        }
-        if self.latency && self.latency_runs == 0 {
-            return Err(EvalError::param(
-                "latency_runs",
-                0,
-                "must be >= 1 when latency is on",
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl StageKind for EvaluateStage {
     fn schema(&self) -> &KindSchema {
         &self.schema
@@ -102,7 +51,6 @@ impl StageKind for EvaluateStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
         let p: Params = ctx.typed_params()?;
-        p.check()?;
         evaluate(ctx, &p).map_err(StageError::from)
     }
 }
@@ -186,7 +134,47 @@ struct MetricRecord {
     evaluator: Value,
 }
 
+/// Everything the measurement needs, set up (and every configuration problem found)
+/// before the first image is evaluated.
+struct Setup {
+    split_dir: PathBuf,
+    manifest: SplitManifest,
+    inception: Option<FidInception>,
+    subject: Subject,
+    evaluator: Option<Evaluator>,
+    drn: Option<DrnMiou>,
+    encoding: InputEncoding,
+    loader: Loader,
+}
+
+/// What the pass over the test set gathered.
+struct Measured {
+    psnrs: Vec<f64>,
+    ssims: Vec<f64>,
+    /// Images whose PSNR reached `psnr_cap_db`.
+    capped: usize,
+    cm: Option<ConfusionMatrix>,
+    seg_feats: FeaturePair,
+    fid_feats: FeaturePair,
+    samples: Vec<String>,
+    /// The first test input (batch 1), for latency.
+    first_input: Option<Tensor>,
+    /// The evaluation resolution `[H, W]`.
+    size: Option<[i64; 2]>,
+    ssim_cfg: SsimConfig,
+    /// Images evaluated.
+    n: usize,
+}
+
 fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
+    let mut setup = build(ctx, p)?;
+    let measured = measure(ctx, p, &mut setup)?;
+    write_outputs(ctx, p, &setup, measured)
+}
+
+/// Loads the split, the weights files, the model (or the reference), the evaluator and
+/// the test loader, refusing every misconfiguration before any work is done.
+fn build(ctx: &StageContext<'_>, p: &Params) -> Result<Setup> {
     let split = ctx
         .require_input("split")
         .map_err(|e| EvalError::Input(e.to_string()))?;
@@ -211,7 +199,7 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
     let subject = if p.reference {
         Subject::Reference
     } else {
-        let source = find_model(ctx, p.model.as_deref(), p.role.as_deref())?;
+        let source = find_model(ctx, p.model.as_deref(), p.role.map(|r| r.name()))?;
         let (meta, model) = load_model(&source.dir, device)?;
         let sub = model.generator.search_space().largest();
         Subject::Model(Box::new(UnderTest {
@@ -250,7 +238,7 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
 
     // Cityscapes mIoU by the pretrained DRN-D-105, when configured (and then instead of an
     // evaluator's: both would report `miou`).
-    let mut drn = match drn_path {
+    let drn = match drn_path {
         None => None,
         Some(path) => {
             if evaluator.is_some() {
@@ -267,7 +255,7 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
 
     let encoding = encoding_for(&manifest, input_nc)?;
     let cfg = LoaderConfig {
-        threads: p.threads.max(1),
+        threads: p.threads,
         encoding,
         device,
         ..LoaderConfig::eval(p.batch_size)
@@ -279,24 +267,42 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
             split_dir.display()
         )));
     }
+    Ok(Setup {
+        split_dir,
+        manifest,
+        inception,
+        subject,
+        evaluator,
+        drn,
+        encoding,
+        loader,
+    })
+}
 
-    ctx.progress.start("evaluate", loader.len() as u64);
-    let (mut psnrs, mut ssims) = (Vec::new(), Vec::new());
-    let mut capped = 0usize;
-    let mut cm = evaluator.as_ref().map(|e| e.confusion()).transpose()?;
-    let (mut seg_feats, mut fid_feats) = (FeaturePair::default(), FeaturePair::default());
-    let mut samples = Vec::new();
-    let mut first_input: Option<Tensor> = None;
-    let mut size: Option<[i64; 2]> = None;
-    let ssim_cfg = SsimConfig::default();
-    let mut n = 0usize;
-    for batch in loader.epoch(0) {
+/// One pass over the test set: per-image PSNR and SSIM, the segmenters' confusion
+/// matrices, the features of the Fréchet distances, and the sample strips.
+fn measure(ctx: &StageContext<'_>, p: &Params, s: &mut Setup) -> Result<Measured> {
+    ctx.progress.start("evaluate", s.loader.len() as u64);
+    let mut m = Measured {
+        psnrs: Vec::new(),
+        ssims: Vec::new(),
+        capped: 0,
+        cm: s.evaluator.as_ref().map(|e| e.confusion()).transpose()?,
+        seg_feats: FeaturePair::default(),
+        fid_feats: FeaturePair::default(),
+        samples: Vec::new(),
+        first_input: None,
+        size: None,
+        ssim_cfg: SsimConfig::default(),
+        n: 0,
+    };
+    for batch in s.loader.epoch(0) {
         if ctx.cancel.is_cancelled() {
             return Err(EvalError::Cancelled);
         }
         let b = batch?;
         let target = b.target.as_ref().expect("test pairs have targets");
-        let out = subject.output(&b.input, target)?;
+        let out = s.subject.output(&b.input, target)?;
         let real = real_to_unit(target);
         if out.size() != real.size() {
             return Err(EvalError::Check(format!(
@@ -306,42 +312,42 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
                 b.ids
             )));
         }
-        let s = real.size();
-        match size {
-            None => size = Some([s[2], s[3]]),
-            Some(prev) if prev != [s[2], s[3]] => {
+        let sz = real.size();
+        match m.size {
+            None => m.size = Some([sz[2], sz[3]]),
+            Some(prev) if prev != [sz[2], sz[3]] => {
                 return Err(EvalError::Check(format!(
                     "test images have different sizes ({prev:?} and {:?}); MACs and latency need one evaluation resolution",
-                    [s[2], s[3]]
+                    [sz[2], sz[3]]
                 )));
             }
             Some(_) => {}
         }
-        if first_input.is_none() {
-            first_input = Some(b.input.narrow(0, 0, 1));
+        if m.first_input.is_none() {
+            m.first_input = Some(b.input.narrow(0, 0, 1));
         }
         for v in psnr(&out, &real, 1.0)? {
             if v > p.psnr_cap_db {
-                capped += 1;
+                m.capped += 1;
             }
-            psnrs.push(v.min(p.psnr_cap_db));
+            m.psnrs.push(v.min(p.psnr_cap_db));
         }
-        ssims.extend(ssim(&out, &real, 1.0, &ssim_cfg)?);
-        if let (Some(ev), Some(cm)) = (&evaluator, cm.as_mut()) {
+        m.ssims.extend(ssim(&out, &real, 1.0, &m.ssim_cfg)?);
+        if let (Some(ev), Some(cm)) = (&s.evaluator, m.cm.as_mut()) {
             let labels = ev.meta.labels.labels_of(&b)?;
             ev.accumulate(cm, &out, &labels)?;
-            seg_feats.push(ev, &out, &real)?;
+            m.seg_feats.push(ev, &out, &real)?;
         }
-        if let Some(d) = drn.as_mut() {
+        if let Some(d) = s.drn.as_mut() {
             d.accumulate(&out, &b)?;
         }
-        if let Some(inc) = &inception {
-            fid_feats.push(inc, &out, &real)?;
+        if let Some(inc) = &s.inception {
+            m.fid_feats.push(inc, &out, &real)?;
         }
-        if samples.len() < p.n_samples {
-            let k = (p.n_samples - samples.len()).min(b.ids.len());
+        if m.samples.len() < p.n_samples {
+            let k = (p.n_samples - m.samples.len()).min(b.ids.len());
             // One-hot inputs are shown as the colour map of their labels.
-            let shown_input = match (encoding, &manifest.classes, &b.labels) {
+            let shown_input = match (s.encoding, &s.manifest.classes, &b.labels) {
                 (InputEncoding::OneHot { .. }, Some(t), Some(l)) => {
                     colorize(&l.narrow(0, 0, k as i64), t)
                 }
@@ -354,35 +360,42 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
                 &out.narrow(0, 0, k as i64),
                 &real.narrow(0, 0, k as i64),
             )?;
-            samples.extend(names);
+            m.samples.extend(names);
         }
-        n += b.ids.len();
-        ctx.progress.set(n as u64);
+        m.n += b.ids.len();
+        ctx.progress.set(m.n as u64);
     }
-    let [h, w] = size.expect("the loader is not empty");
+    Ok(m)
+}
+
+/// Turns the measurements into `metrics.json` (flat numbers) and `eval.json` (each value
+/// with what computed it), timing the model's latency on the way.
+fn write_outputs(ctx: &StageContext<'_>, p: &Params, s: &Setup, m: Measured) -> Result<()> {
+    let n = m.n;
+    let [h, w] = m.size.expect("the loader is not empty");
 
     let mut metrics = Map::new();
     let mut records: Vec<MetricRecord> = Vec::new();
     let full_ref = json!({"name": "full-reference", "data_range": 1.0,
         "images": "8-bit outputs (tensor2im truncation) vs 8-bit ground truth, in [0, 1]"});
-    let psnr_v = mean(&psnrs).expect("at least one image");
-    let ssim_v = mean(&ssims).expect("at least one image");
+    let psnr_v = mean(&m.psnrs).expect("at least one image");
+    let ssim_v = mean(&m.ssims).expect("at least one image");
     metrics.insert("psnr".into(), finite("psnr", psnr_v)?.into());
     metrics.insert("ssim".into(), finite("ssim", ssim_v)?.into());
     records.push(MetricRecord {
         metric: "psnr",
         value: psnr_v,
-        evaluator: json!({"name": "psnr", "cap_db": p.psnr_cap_db, "images_at_cap": capped,
+        evaluator: json!({"name": "psnr", "cap_db": p.psnr_cap_db, "images_at_cap": m.capped,
             "protocol": full_ref}),
     });
     records.push(MetricRecord {
         metric: "ssim",
         value: ssim_v,
-        evaluator: json!({"name": "ssim-gaussian", "config": ssim_cfg, "protocol": full_ref}),
+        evaluator: json!({"name": "ssim-gaussian", "config": m.ssim_cfg, "protocol": full_ref}),
     });
 
     let mut miou_report: Option<MiouReport> = None;
-    if let (Some(ev), Some(cm)) = (&evaluator, &cm) {
+    if let (Some(ev), Some(cm)) = (&s.evaluator, &m.cm) {
         let r = MiouReport::from_matrix(cm, n)?;
         let id = serde_json::to_value(ev.identity()).unwrap_or(Value::Null);
         metrics.insert("miou".into(), finite("miou", r.value)?.into());
@@ -398,7 +411,7 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
             evaluator: id.clone(),
         });
         if n >= 2 {
-            let fd = seg_feats.distance("seg_fd")?;
+            let fd = m.seg_feats.distance("seg_fd")?;
             metrics.insert("seg_fd".into(), finite("seg_fd", fd)?.into());
             records.push(MetricRecord {
                 metric: "seg_fd",
@@ -408,7 +421,7 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
         }
         miou_report = Some(r);
     }
-    if let Some(d) = &drn {
+    if let Some(d) = &s.drn {
         let r = d.report(n)?;
         metrics.insert("miou".into(), finite("miou", r.value)?.into());
         records.push(MetricRecord {
@@ -418,8 +431,8 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
         });
         miou_report = Some(r);
     }
-    if let Some(inc) = &inception {
-        let fid = fid_feats.distance("fid")?;
+    if let Some(inc) = &s.inception {
+        let fid = m.fid_feats.distance("fid")?;
         metrics.insert("fid".into(), finite("fid", fid)?.into());
         records.push(MetricRecord {
             metric: "fid",
@@ -429,19 +442,19 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
     }
 
     let mut model_json = json!({"reference": p.reference});
-    if let Subject::Model(m) = &subject {
+    if let Subject::Model(under_test) = &s.subject {
         let UnderTest {
             source,
             meta,
             model,
             sub,
-        } = m.as_ref();
+        } = under_test.as_ref();
         let cost = profile(&meta.arch, None, [meta.arch.input_nc, h, w])?;
         metrics.insert("macs".into(), cost.macs.into());
         metrics.insert("params".into(), cost.params.into());
         let mut latency = Value::Null;
         if p.latency {
-            let x = first_input.as_ref().expect("set with the first batch");
+            let x = m.first_input.as_ref().expect("set with the first batch");
             let rep = measure_latency(
                 x,
                 &LatencyConfig {
@@ -477,14 +490,15 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
         });
     }
     metrics.insert("n_images".into(), (n as u64).into());
-    metrics.insert("label_fraction".into(), manifest.label_ratio.into());
+    metrics.insert("label_fraction".into(), s.manifest.label_ratio.into());
 
     // The split by the digest of its manifest (which holds every file's digest), not by
     // its folder: an output naming a cache path would differ between cache locations.
+    let manifest = &s.manifest;
     let eval = json!({
         "split": {
             "subset": "test",
-            "manifest_blake3": file_digest(&split_dir.join(ugc_data::manifest::MANIFEST_FILE))?,
+            "manifest_blake3": file_digest(&s.split_dir.join(ugc_data::manifest::MANIFEST_FILE))?,
             "label_fraction": manifest.label_ratio,
             "labeled": manifest.counts.labeled,
             "unlabeled": manifest.counts.unlabeled,
@@ -496,8 +510,8 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
         "model": model_json,
         "metrics": records,
         "miou_detail": miou_report,
-        "samples": samples,
-        "not_computed": not_computed(&evaluator, drn.is_some(), &inception, p),
+        "samples": m.samples,
+        "not_computed": not_computed(&s.evaluator, s.drn.is_some(), &s.inception, p),
     });
     write_json(&ctx.out_dir.join("eval.json"), &eval)?;
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;

@@ -2,10 +2,10 @@
 //! split's real labeled photos (never on generated images), then measures its own mIoU on
 //! the real test photos (the upper bound for any generator under this evaluator).
 
-use serde::Deserialize;
 use tch::{Kind, Reduction, Tensor, nn};
 use ugc_data::{Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_kinds::evaluator::Params;
 use ugc_train::{
     Adam, AdamConfig, AdamUpdate, BatchStream, LogValue, LoopConfig, StepLog, TrainTask,
     checkpoint::store_state, run_loop,
@@ -20,7 +20,7 @@ use crate::labels::{IGNORE, LabelSpec};
 use crate::segnet::{SegNet, SegNetConfig};
 use crate::util::{finite, tch_device, write_json};
 
-/// Trains a segmentation evaluator (`stages/evaluator.yaml`).
+/// Trains a segmentation evaluator (schema and parameters: `ugc_kinds::evaluator`).
 pub struct EvaluatorStage {
     schema: KindSchema,
 }
@@ -31,49 +31,6 @@ impl EvaluatorStage {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-struct Params {
-    width: i64,
-    steps: u64,
-    batch_size: usize,
-    lr: f64,
-    seed: u64,
-    foreground_threshold: i64,
-    checkpoint_every: u64,
-    #[serde(default = "one")]
-    threads: usize,
-}
-
-fn one() -> usize {
-    1
-}
-
-impl Params {
-    fn check(&self) -> Result<()> {
-        if self.steps == 0 {
-            return Err(EvalError::param("steps", self.steps, "must be >= 1"));
-        }
-        if self.batch_size == 0 {
-            return Err(EvalError::param(
-                "batch_size",
-                self.batch_size,
-                "must be >= 1",
-            ));
-        }
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            return Err(EvalError::param("lr", self.lr, "must be a positive number"));
-        }
-        if !(1..=255).contains(&self.foreground_threshold) {
-            return Err(EvalError::param(
-                "foreground_threshold",
-                self.foreground_threshold,
-                "must be in 1..=255",
-            ));
-        }
-        Ok(())
-    }
-}
-
 impl StageKind for EvaluatorStage {
     fn schema(&self) -> &KindSchema {
         &self.schema
@@ -81,7 +38,6 @@ impl StageKind for EvaluatorStage {
 
     fn run(&self, ctx: &StageContext<'_>) -> std::result::Result<(), StageError> {
         let p: Params = ctx.typed_params()?;
-        p.check()?;
         let split = ctx.require_input("split")?;
         train_evaluator(ctx, &p, &split.dir).map_err(StageError::from)
     }

@@ -3,18 +3,20 @@
 //! exported model is loaded back and must reproduce the source model's output on a fixed
 //! random input (seeded), within `tolerance`.
 
-use serde::Deserialize;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::export::{WEIGHTS_FILE, export_subnet, load_model};
 use ugc_nn::{Mode, profile};
 
+use ugc_kinds::export::Params;
+
 use crate::error::{EvalError, Result};
 use crate::model_source::find_model;
 use crate::util::{file_digest, write_json};
 
-/// Re-exports a model as a standalone compact model (`stages/export.yaml`).
+/// Re-exports a model as a standalone compact model (schema and parameters:
+/// `ugc_kinds::export`).
 pub struct ExportStage {
     schema: KindSchema,
 }
@@ -23,17 +25,6 @@ impl ExportStage {
     pub fn new(schema: KindSchema) -> Self {
         ExportStage { schema }
     }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-struct Params {
-    #[serde(default)]
-    model: Option<String>,
-    #[serde(default)]
-    role: Option<String>,
-    size: i64,
-    seed: u64,
-    tolerance: f64,
 }
 
 impl StageKind for ExportStage {
@@ -48,13 +39,7 @@ impl StageKind for ExportStage {
 }
 
 fn export(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
-    if p.size < 1 {
-        return Err(EvalError::param("size", p.size, "must be >= 1"));
-    }
-    if !(p.tolerance.is_finite() && p.tolerance >= 0.0) {
-        return Err(EvalError::param("tolerance", p.tolerance, "must be >= 0"));
-    }
-    let source = find_model(ctx, p.model.as_deref(), p.role.as_deref())?;
+    let source = find_model(ctx, p.model.as_deref(), p.role.map(|r| r.name()))?;
     // The check runs on the CPU: it is about the weights and the architecture, and CPU
     // results are deterministic.
     let (meta, mut src) = load_model(&source.dir, Device::Cpu)?;

@@ -3,10 +3,22 @@
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// PLACEHOLDER until the kind's typed parameters move here (issue 12): accepts anything,
-/// so the drift test fails for this kind.
+/// How an `evaluator` stage trains its segmentation network (ranges in `schema.yaml`).
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
-#[serde(transparent)]
-pub struct Params(pub serde_json::Value);
+#[serde(deny_unknown_fields)]
+pub struct Params {
+    /// Channels of the first level.
+    pub width: i64,
+    pub steps: u64,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub seed: u64,
+    /// Aligned data only: darkest-channel value below which a real pixel is foreground.
+    pub foreground_threshold: i64,
+    /// Steps between checkpoints into scratch (0 = never).
+    pub checkpoint_every: u64,
+    /// Loader worker threads.
+    pub threads: usize,
+}
 
 impl crate::KindParams for Params {}
