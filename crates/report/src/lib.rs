@@ -15,7 +15,7 @@ pub mod table;
 pub mod tables;
 
 pub use error::ReportError;
-pub use params::{ReportParams, TableKind};
+pub use params::{Metric, ReportParams, TableKind};
 pub use record::{EvalRecord, load_records};
 pub use stage::{ReportStage, ReportSummary, build_report};
 pub use table::Table;

@@ -7,6 +7,7 @@ use std::path::Path;
 
 use serde_json::{Map, Value};
 use ugc_engine::{KindSchema, StageContext, StageError, StageInput, StageKind};
+use ugc_kinds::KindParams;
 
 use crate::error::ReportError;
 use crate::grid::{self, GridColumn};
@@ -16,7 +17,7 @@ use crate::record::{EvalRecord, load_records, value_text};
 use crate::table::Table;
 use crate::tables::{self, cmp_values, curve_of};
 
-/// `report` (registered by the CLI with the embedded `stages/report.yaml`).
+/// `report` (its schema and typed parameters are `ugc_kinds::report`).
 pub struct ReportStage {
     schema: KindSchema,
 }
@@ -72,7 +73,14 @@ pub fn build_report(
     inputs: &[StageInput],
     out: &Path,
 ) -> Result<ReportSummary, ReportError> {
-    params.validate()?;
+    // The planner refuses these before the stage runs; a caller of the library that builds
+    // its own parameters gets the same refusal.
+    if let Some(p) = params.check().into_iter().next() {
+        return Err(ReportError::Param {
+            param: p.param,
+            msg: p.message,
+        });
+    }
     let records = load_records(inputs, &params.label_var)?;
     let mut summary = ReportSummary {
         inputs: records.len(),

@@ -159,7 +159,7 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
         name: "models".into(),
         caption: format!(
             "MACs, params and {} of each model (shape of Tables 1-2)",
-            metric_display(&params.metric)
+            metric_display(params.metric.key())
         ),
         ..Table::default()
     };
@@ -171,7 +171,7 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
         .extend(["Model", "Arch", "MACs", "Params"].map(String::from));
     t.md_header.push(params.metric_header());
     t.md_header
-        .extend(params.extra_metrics.iter().map(|m| metric_display(m)));
+        .extend(params.extra_metrics.iter().map(|m| metric_display(m.key())));
     t.csv_header.push("label_fraction".into());
     t.csv_header.extend(vars.iter().cloned());
     t.csv_header
@@ -183,7 +183,7 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
     t.csv_header.extend(["n", "nodes"].map(String::from));
 
     for row in &rows {
-        let m = summary(&row.members, &params.metric)?;
+        let m = summary(&row.members, params.metric.key())?;
         let p = if first_is_reference(&row.members) {
             f64::NAN
         } else {
@@ -192,7 +192,7 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
         let extras = params
             .extra_metrics
             .iter()
-            .map(|k| summary(&row.members, k))
+            .map(|k| summary(&row.members, k.key()))
             .collect::<Result<Vec<_>, _>>()?;
         let first = row.members[0];
         let mut md = Vec::new();
@@ -374,7 +374,7 @@ pub fn ablation_table(
             match groups.index.get(&vec![v.clone(), c.clone()]) {
                 Some(&i) => {
                     let members = &groups.members[i];
-                    let s = summary(members, &params.metric)?;
+                    let s = summary(members, params.metric.key())?;
                     md.push(format::metric(&s, params.metric_decimals));
                     t.csv_rows.push(vec![
                         v.clone(),
@@ -468,7 +468,7 @@ pub fn tradeoff(
         name: "tradeoff".into(),
         caption: format!(
             "MACs vs {} per curve (data of the trade-off plot, shape of Figure 1)",
-            metric_display(&params.metric)
+            metric_display(params.metric.key())
         ),
         md_header: ["Curve", "Model", "Labels", "MACs", "Params"]
             .map(String::from)
@@ -492,7 +492,7 @@ pub fn tradeoff(
     t.md_header.push(params.metric_header());
     let mut rows = Vec::new();
     for (key, members) in groups.keys.iter().zip(&groups.members) {
-        let m = summary(members, &params.metric)?;
+        let m = summary(members, params.metric.key())?;
         let macs = summary(members, "macs")?.mean;
         let p = summary(members, "params")?.mean;
         let si = series_order.iter().position(|s| s == &key[0]).unwrap_or(0);
