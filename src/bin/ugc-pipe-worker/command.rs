@@ -4,27 +4,14 @@
 //! the whole group as SIGTERM, and after a grace period SIGKILL; when the command ends,
 //! whatever it left running is killed before its outputs are checked.
 
-use std::collections::BTreeMap;
 use std::os::unix::process::{CommandExt, ExitStatusExt};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
+use ugc_kinds::command::{Params, env_value};
 
 use crate::group::CommandGroup;
-
-#[derive(Debug, Deserialize)]
-struct CommandParams {
-    cmd: String,
-    #[serde(default)]
-    inputs: Vec<PathBuf>,
-    #[serde(default)]
-    outputs: Vec<String>,
-    #[serde(default)]
-    env: BTreeMap<String, serde_json::Value>,
-}
 
 pub struct CommandStage {
     schema: KindSchema,
@@ -57,7 +44,7 @@ impl StageKind for CommandStage {
     }
 
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: CommandParams = ctx.typed_params()?;
+        let p: Params = ctx.typed_params()?;
         for input in &p.inputs {
             if !input.exists() {
                 return Err(StageError::Config(format!(
@@ -93,11 +80,7 @@ impl StageKind for CommandStage {
             .map_err(|e| StageError::Failed(format!("encoding UGC_INPUTS: {e}")))?;
         cmd.env("UGC_INPUTS", inputs);
         for (k, v) in &p.env {
-            let v = match v {
-                serde_json::Value::String(s) => s.clone(),
-                other => other.to_string(),
-            };
-            cmd.env(k, v);
+            cmd.env(k, env_value(v));
         }
         let mut group = CommandGroup::start().map_err(|e| {
             StageError::io("starting the guardian of the command's process group", e)
