@@ -44,13 +44,12 @@ use ugc_method::gan::{GanLossWeights, GanTask, SubnetSchedule};
 use ugc_method::losses::{
     DistillWeights, distill_loss, hinge_d_fake, hinge_d_real, hinge_g, l1, over_scales,
 };
-use ugc_method::optim::{Adam, AdamConfig, LrSchedule};
 use ugc_method::perceptual::{DiscriminatorFeatures, FeatureNet};
-use ugc_method::trainer::{BatchStream, TrainTask};
 use ugc_nn::{
     Arch, ArchConfig, DiscConfig, Discriminator, Generator, Mode, SubnetConfig,
     build_discriminator, build_generator,
 };
+use ugc_train::{Adam, AdamConfig, BatchStream, LrSchedule, TrainTask};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 

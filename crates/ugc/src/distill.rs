@@ -27,6 +27,9 @@ use ugc_data::augment::AugmentConfig;
 use ugc_data::{Batch, InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::{Discriminator, Generator, Mode, SubnetConfig, build_generator};
+use ugc_train::{
+    Adam, AdamConfig, BatchStream, LogValue, LoopConfig, LrSchedule, StepLog, TrainTask, run_loop,
+};
 
 use crate::adf::{
     AdfDecision, Criterion, Teachers, ThresholdRule, adaptive_threshold, keep_decisions,
@@ -35,13 +38,11 @@ use crate::adf::{
 use crate::device::Accel;
 use crate::error::MethodError;
 use crate::losses::{self, DistillWeights};
-use crate::optim::{Adam, AdamConfig, LrSchedule};
 use crate::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
 use crate::search::{
     EvalSpec, SearchConfigs, data_err, input_encoding, load_supernet, nn_err, read_batches,
     write_json,
 };
-use crate::trainer::{BatchStream, LogValue, LoopConfig, StepLog, TrainTask, run_loop};
 
 /// `distill` parameters (`crates/kinds/src/distill/`).
 use ugc_kinds::distill::Params as DistillParams;
@@ -323,6 +324,8 @@ impl DistillTask<'_> {
 }
 
 impl TrainTask for DistillTask<'_> {
+    type Error = MethodError;
+
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut v = prefixed(&self.student_vs, "student");
         for (m, e) in self.teachers.models.iter().zip(&self.teachers.entries) {
@@ -457,33 +460,13 @@ impl DistillTask<'_> {
     }
 }
 
-/// The resolved parameters that change results, as the checkpoint fingerprint: settings
-/// outside the cache key (checkpoint/sample cadence, thread counts) may change between a
-/// crash and the resume without invalidating the checkpoint.
-fn fingerprint(params: &serde_json::Value) -> String {
-    let mut p = params.clone();
-    if let Some(o) = p.as_object_mut() {
-        for k in [
-            "checkpoint_every",
-            "sample_every",
-            "threads",
-            "torch_threads",
-        ] {
-            o.remove(k);
-        }
-    }
-    serde_json::to_string(&p).unwrap_or_default()
-}
-
 fn adam(params: Vec<(String, Tensor)>, lr: f64, beta1: f64) -> Result<Adam, MethodError> {
-    Adam::new(
-        params,
-        AdamConfig {
-            lr,
-            beta1,
-            ..AdamConfig::default()
-        },
-    )
+    let cfg = AdamConfig {
+        lr,
+        beta1,
+        ..AdamConfig::default()
+    };
+    Ok(Adam::new(params, cfg)?)
 }
 
 impl StageKind for DistillStage {
@@ -544,7 +527,7 @@ impl StageKind for DistillStage {
             train_cfg(p.batch_size, p.seed),
         )
         .map_err(data_err("labeled loader"))?;
-        let labeled = BatchStream::new(labeled, "labeled")?;
+        let labeled = BatchStream::new(labeled, "labeled").map_err(MethodError::from)?;
         let n_unl = manifest.unlabeled().len();
         // The unlabeled stream keeps a short last batch, so a few unlabeled inputs (fewer
         // than `unlabeled_batch_size`) are still used.
@@ -559,7 +542,7 @@ impl StageKind for DistillStage {
                 },
             )
             .map_err(data_err("unlabeled loader"))?;
-            Some(BatchStream::new(l, "unlabeled")?)
+            Some(BatchStream::new(l, "unlabeled").map_err(MethodError::from)?)
         } else {
             None
         };
@@ -672,8 +655,8 @@ impl StageKind for DistillStage {
             checkpoint_every: p.checkpoint_every,
             sample_every: p.sample_every,
             seed: p.seed,
-            fingerprint: fingerprint(ctx.params),
             phase: "distill".into(),
+            ..LoopConfig::default()
         };
         let outcome = run_loop(ctx, &loop_cfg, &mut task)?;
         for vs in std::iter::once(&task.student_vs)

@@ -77,6 +77,32 @@ impl MethodError {
     }
 }
 
+/// The training core's errors as the method's, variant for variant (a cancel stays
+/// [`MethodError::Cancelled`]).
+impl From<ugc_train::TrainError> for MethodError {
+    fn from(e: ugc_train::TrainError) -> Self {
+        use ugc_train::TrainError as T;
+        match e {
+            T::Param {
+                param,
+                value,
+                reason,
+            } => MethodError::Param {
+                param,
+                value,
+                reason,
+            },
+            T::Checkpoint { path, reason } => MethodError::Checkpoint { path, reason },
+            T::Io { path, source } => MethodError::Io { path, source },
+            T::Json { path, source } => MethodError::Json { path, source },
+            T::Torch { context, source } => MethodError::Torch { context, source },
+            T::Data(d) => MethodError::Data(d),
+            T::Numeric(m) => MethodError::Numeric(m),
+            T::Cancelled => MethodError::Cancelled,
+        }
+    }
+}
+
 impl From<MethodError> for StageError {
     fn from(e: MethodError) -> Self {
         match e {

@@ -8,13 +8,12 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 use ugc_nn::{Discriminator, Generator, Mode, SearchSpace, SubnetConfig};
+use ugc_train::{Adam, BatchStream, LogValue, LrSchedule, StepLog, TrainTask, step_seed};
 
-use crate::device::{Accel, step_seed};
+use crate::device::Accel;
 use crate::error::MethodError;
 use crate::losses::{self, DistillWeights};
-use crate::optim::{Adam, LrSchedule};
 use crate::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
-use crate::trainer::{BatchStream, LogValue, StepLog, TrainTask};
 
 /// Which sub-nets a step trains.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +128,8 @@ impl GanTask {
 }
 
 impl TrainTask for GanTask {
+    type Error = MethodError;
+
     fn state(&self) -> Vec<(String, Tensor)> {
         let mut out: Vec<(String, Tensor)> = Vec::new();
         let mut g: Vec<_> = self.vs_g.variables().into_iter().collect();

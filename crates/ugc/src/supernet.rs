@@ -12,14 +12,15 @@ use ugc_data::Subset;
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_kinds::common::Disc;
 use ugc_nn::{ArchConfig, DiscArch, DiscConfig, build_discriminator, build_generator};
+use ugc_train::{
+    Adam, AdamConfig, BatchStream, LoopConfig, LoopOutcome, LrSchedule, run_loop, step_seed,
+};
 
-use crate::device::{Accel, step_seed, tch_device};
+use crate::device::{Accel, tch_device};
 use crate::error::MethodError;
 use crate::gan::{GanLossWeights, GanTask, SubnetSchedule};
-use crate::optim::{Adam, AdamConfig, LrSchedule};
 use crate::perceptual::Vgg16;
 use crate::setup::{self, DataParams, SplitData};
-use crate::trainer::{BatchStream, LoopConfig, LoopOutcome, run_loop};
 
 pub use ugc_kinds::common::CommonParams;
 /// `supernet` parameters (`crates/kinds/src/supernet/`).
@@ -176,8 +177,7 @@ pub(crate) fn build_task(
         checkpoint_every: common.checkpoint_every,
         sample_every: common.sample_every,
         seed: common.seed,
-        fingerprint: settings_digest(&canonical(ctx.params, true).to_string()),
-        phase: "train".into(),
+        ..LoopConfig::default()
     };
     Ok(Built {
         task,
@@ -185,47 +185,6 @@ pub(crate) fn build_task(
         disc: disc_cfg,
         loop_cfg,
     })
-}
-
-/// Parameters that do not change what a run computes (the schemas' `not_in_key`): a
-/// resumed run may change them freely.
-const NOT_IN_FINGERPRINT: [&str; 4] = [
-    "checkpoint_every",
-    "sample_every",
-    "threads",
-    "torch_threads",
-];
-
-/// `v` with object keys sorted (and, at the top level, the non-result parameters removed),
-/// so the fingerprint does not depend on key order.
-fn canonical(v: &Value, top: bool) -> Value {
-    match v {
-        Value::Object(m) => {
-            let mut keys: Vec<&String> = m
-                .keys()
-                .filter(|k| !(top && NOT_IN_FINGERPRINT.contains(&k.as_str())))
-                .collect();
-            keys.sort();
-            let mut out = Map::new();
-            for k in keys {
-                out.insert(k.clone(), canonical(&m[k], false));
-            }
-            Value::Object(out)
-        }
-        Value::Array(a) => Value::Array(a.iter().map(|x| canonical(x, false)).collect()),
-        other => other.clone(),
-    }
-}
-
-/// A short, stable digest of the run's settings for the checkpoint fingerprint.
-fn settings_digest(s: &str) -> String {
-    // FNV-1a 64: enough to tell settings apart; no cryptographic need here.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in s.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    format!("{h:016x}")
 }
 
 /// Flat `metrics.json`: mean of each logged loss over the last steps, plus run figures

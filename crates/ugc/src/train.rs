@@ -16,7 +16,7 @@ use crate::gan::{GanLossWeights, SubnetSchedule};
 use crate::losses::DistillWeights;
 use crate::setup;
 use crate::supernet::{build_task, metrics, sample_chw};
-use crate::trainer::run_loop;
+use ugc_train::run_loop;
 
 /// `train` parameters (`crates/kinds/src/train/`).
 pub use ugc_kinds::train::Params as TrainParams;

@@ -5,9 +5,9 @@ use std::path::Path;
 
 use serde_json::Value;
 use tch::{Kind, Tensor};
-use ugc_method::checkpoint;
 use ugc_method::losses::{self, DistillWeights};
-use ugc_method::optim::{Adam, AdamConfig};
+use ugc_train::checkpoint;
+use ugc_train::{Adam, AdamConfig};
 use ugc_method::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
 use ugc_tolerance::{ErrorBudget, Precision};
 
@@ -214,10 +214,10 @@ fn checkpoint_round_trip_and_mismatch() {
     let mut live = vec![("g.w".to_string(), w.shallow_clone())];
     live.extend(opt.state("opt_g"));
     assert_eq!(
-        checkpoint::resume_or_start(dir.path(), 1, "fp", &live).unwrap(),
+        checkpoint::resume_or_start(dir.path(), 1, &live).unwrap(),
         0
     );
-    checkpoint::save(dir.path(), 7, 1, "fp", &live).unwrap();
+    checkpoint::save(dir.path(), 7, 1, &live).unwrap();
     let saved_w = w.detach().copy();
     let saved_m = live[1].1.copy();
     // Scramble the live state, then restore.
@@ -229,15 +229,15 @@ fn checkpoint_round_trip_and_mismatch() {
     let mut live2 = vec![("g.w".to_string(), w.shallow_clone())];
     live2.extend(opt2.state("opt_g"));
     assert_eq!(
-        checkpoint::resume_or_start(dir.path(), 1, "fp", &live2).unwrap(),
+        checkpoint::resume_or_start(dir.path(), 1, &live2).unwrap(),
         7
     );
     assert!(w.detach().equal(&saved_w));
     assert!(live2[1].1.equal(&saved_m));
     assert_eq!(opt2.steps_taken(), 1);
     opt2.zero_grad();
-    // Another seed or fingerprint is refused, naming latest.json.
-    let e = checkpoint::resume_or_start(dir.path(), 2, "fp", &live2)
+    // Another seed is refused, naming latest.json.
+    let e = checkpoint::resume_or_start(dir.path(), 2, &live2)
         .unwrap_err()
         .to_string();
     assert!(e.contains("latest.json"), "{e}");
@@ -246,7 +246,7 @@ fn checkpoint_round_trip_and_mismatch() {
         "g.w".to_string(),
         Tensor::zeros([2], (Kind::Float, tch::Device::Cpu)),
     )];
-    let e = checkpoint::resume_or_start(dir.path(), 1, "fp", &other)
+    let e = checkpoint::resume_or_start(dir.path(), 1, &other)
         .unwrap_err()
         .to_string();
     assert!(
@@ -254,7 +254,7 @@ fn checkpoint_round_trip_and_mismatch() {
         "{e}"
     );
     // Only the current tensor file is kept.
-    checkpoint::save(dir.path(), 8, 1, "fp", &live2).unwrap();
+    checkpoint::save(dir.path(), 8, 1, &live2).unwrap();
     let files: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .flatten()

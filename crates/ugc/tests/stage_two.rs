@@ -410,7 +410,9 @@ fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
         a_out.path(),
     );
     let params = json!({"steps": 4, "batch_size": 2, "unlabeled_batch_size": 2,
-                        "adf_every": 2, "checkpoint_every": 0, "threads": 1, "seed": 3});
+                        "adf_every": 2, "checkpoint_every": 0, "threads": 1, "seed": 3,
+                        "distill_weights": {"ssim": 10.0, "style": 10000.0,
+                                            "feature": 10.0, "tv": 0.00001}});
     let kind = DistillStage::new(schema("distill"));
 
     // Uninterrupted reference run.
@@ -441,9 +443,13 @@ fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
     assert!(!first.path().join("model").exists());
     let ckpt = json_of(&scratch.path().join("ckpt/latest.json"));
     assert_eq!(ckpt["step"], 3, "the resumed run continues from step 3");
-    // Settings outside the cache key (here the loader thread count) may change on resume.
+    // Settings outside the cache key (here the loader thread count) may change on resume,
+    // and so may the order of a nested map's keys (the same cache key, so the same scratch
+    // directory, must resume rather than be refused).
     let mut params = params;
     params["threads"] = json!(2);
+    params["distill_weights"] =
+        json!({"tv": 0.00001, "feature": 10.0, "style": 10000.0, "ssim": 10.0});
     let resumed = tempfile::tempdir().unwrap();
     run_with(
         &kind,
