@@ -40,7 +40,7 @@ use ugc_data::{
 };
 use ugc_engine::NullProgress;
 use ugc_method::device::Accel;
-use ugc_method::gan::{GanLossWeights, GanTask, SubnetSchedule};
+use ugc_method::gan::{GanConfig, GanData, GanLossWeights, GanNets, GanTask, SubnetSchedule};
 use ugc_method::losses::{
     DistillWeights, distill_loss, hinge_d_fake, hinge_d_real, hinge_g, l1, over_scales,
 };
@@ -532,29 +532,31 @@ fn main() -> Res<()> {
             let g = generator(&resnet(a.ngf, 9), dev, accel)?;
             let d = discriminator(&disc_cfg, dev, accel)?;
             let mut task = GanTask::new(
-                g.vs,
-                g.net,
-                d.vs,
-                d.net,
-                g.opt,
-                d.opt,
-                LrSchedule {
-                    base: 2e-4,
-                    steps: total_steps as u64,
-                    decay_steps: 0,
+                GanNets {
+                    vs_g: g.vs,
+                    gen_: g.net,
+                    vs_d: d.vs,
+                    disc: d.net,
+                    opt_g: g.opt,
+                    opt_d: d.opt,
+                    vgg: None,
                 },
-                labeled,
-                None,
-                SubnetSchedule::Sandwich,
-                GanLossWeights {
-                    l1: 100.0,
-                    distill: 1.0,
-                    distill_terms: DistillWeights::default(),
+                GanData {
+                    labeled,
+                    unlabeled: None,
+                    sample: None,
                 },
-                None,
-                0,
-                accel,
-                None,
+                GanConfig {
+                    lr: LrSchedule::constant(2e-4, total_steps as u64),
+                    schedule: SubnetSchedule::Sandwich,
+                    weights: GanLossWeights {
+                        l1: 100.0,
+                        distill: 1.0,
+                        distill_terms: DistillWeights::default(),
+                    },
+                    seed: 0,
+                    accel,
+                },
             )?;
             task.seek(0)?;
             setup = json!({"generator": "pix2pix-resnet supernet", "ngf": a.ngf, "n_blocks": 9,

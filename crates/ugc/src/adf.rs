@@ -367,29 +367,43 @@ impl StageKind for AdfStage {
         let keep = keep_decisions(&scores, threshold, p.enabled);
         write_decision(
             ctx.out_dir,
-            &ids,
-            &scores,
-            &keep,
-            p.enabled,
-            criterion,
-            rule,
-            threshold,
+            &Decision {
+                ids: &ids,
+                scores: &scores,
+                keep: &keep,
+                enabled: p.enabled,
+                criterion,
+                rule,
+                threshold,
+            },
         )
     }
 }
 
+/// One ADF decision to write. No `Default`: it records an outcome, every field of which
+/// was computed.
+pub struct Decision<'a> {
+    /// Unlabeled ids, with their score and keep flag at the same index.
+    pub ids: &'a [String],
+    pub scores: &'a [f64],
+    pub keep: &'a [bool],
+    pub enabled: bool,
+    pub criterion: Criterion,
+    pub rule: ThresholdRule,
+    pub threshold: Option<f64>,
+}
+
 /// Writes `scores.csv`, `adf.json` and `metrics.json` (shared with distill's online re-scoring).
-#[allow(clippy::too_many_arguments)]
-pub fn write_decision(
-    out: &Path,
-    ids: &[String],
-    scores: &[f64],
-    keep: &[bool],
-    enabled: bool,
-    criterion: Criterion,
-    rule: ThresholdRule,
-    threshold: Option<f64>,
-) -> Result<(), StageError> {
+pub fn write_decision(out: &Path, d: &Decision<'_>) -> Result<(), StageError> {
+    let &Decision {
+        ids,
+        scores,
+        keep,
+        enabled,
+        criterion,
+        rule,
+        threshold,
+    } = d;
     let mut csv = String::from("id,score,kept\n");
     for ((id, s), k) in ids.iter().zip(scores).zip(keep) {
         csv.push_str(&format!("{id},{s},{k}\n"));

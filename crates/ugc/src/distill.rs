@@ -28,11 +28,12 @@ use ugc_data::{Batch, InputEncoding, Loader, LoaderConfig, SplitManifest, Subset
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::{Discriminator, Generator, Mode, SubnetConfig, build_generator};
 use ugc_train::{
-    Adam, AdamConfig, BatchStream, LogValue, LoopConfig, LrSchedule, StepLog, TrainTask, run_loop,
+    Adam, AdamConfig, BatchStream, LogValue, LoopConfig, LoopOutcome, LrSchedule, StepLog,
+    TrainTask, run_loop,
 };
 
 use crate::adf::{
-    AdfDecision, Criterion, Teachers, ThresholdRule, adaptive_threshold, keep_decisions,
+    AdfDecision, Criterion, Decision, Teachers, ThresholdRule, adaptive_threshold, keep_decisions,
     load_discriminator, score_batch, write_decision,
 };
 use crate::device::Accel;
@@ -474,273 +475,319 @@ impl StageKind for DistillStage {
         &self.schema
     }
 
+    /// Build (models, data, optimisers), loop (the shared training core), write (outputs).
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let p: DistillParams = ctx.typed_params()?;
-        let device = crate::device::tch_device(ctx.device)?;
-        if p.torch_threads > 0 {
-            tch::set_num_threads(p.torch_threads);
-        }
-        tch::manual_seed(p.seed as i64);
-        let split_dir = ctx.require_input("split")?.dir.clone();
-        let teachers_dir = ctx.require_input("teachers")?.dir.clone();
-        let search_dir = ctx.require_input("search")?.dir.clone();
-        let sup_dir = ctx.require_input("supernet")?.dir.clone();
-        let adf_dir = ctx.input_of_kind("adf").map(|i| i.dir.clone());
+        let mut built = build(ctx, &p)?;
+        let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
+        write(ctx, &p, built, &outcome)
+    }
+}
 
-        let manifest = SplitManifest::load(&split_dir)
-            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
-        let configs = SearchConfigs::load(&search_dir)?;
-        let sup = load_supernet(&sup_dir, device)?;
-        let sub: SubnetConfig = configs.student.config.parse().map_err(|e| {
-            StageError::Data(format!(
-                "{}: student config: {e}",
-                search_dir.join("configs.json").display()
-            ))
-        })?;
-        let (student_vs, student) = student_from_supernet(sup.generator.as_ref(), &sub, device)?;
-        let arch = sup.arch.clone();
-        drop(sup);
-        let teachers = Teachers::load(&teachers_dir, device)?;
-        let (disc_vs, disc) = load_discriminator(&sup_dir, device)?;
-        let vgg = match &p.vgg_weights {
-            Some(path) => Some(Vgg16::load(path, device)?),
-            None => None,
-        };
-        let enc: InputEncoding = input_encoding(&arch, &manifest)?;
-        let augment = AugmentConfig {
-            load_size: p.image_size.map(|s| (s, s)),
-            crop_size: p.crop.map(|s| (s, s)),
-            random: true,
-            flip: p.flip,
-        };
-        let train_cfg = |bs: usize, seed: u64| LoaderConfig {
-            encoding: enc,
-            device,
-            threads: p.threads.max(1),
-            augment,
-            ..LoaderConfig::train(bs, seed)
-        };
-        let labeled = Loader::new(
+/// What [`build`] makes for the loop, and what [`write`] needs after it.
+struct Built<'a> {
+    task: DistillTask<'a>,
+    loop_cfg: LoopConfig,
+    manifest: SplitManifest,
+    split_dir: std::path::PathBuf,
+    configs: SearchConfigs,
+    enc: InputEncoding,
+    device: Device,
+}
+
+/// Loads the deps and builds the student, teachers, discriminator, data streams and
+/// optimisers (in the order that fixes the random initialisation).
+fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, StageError> {
+    let device = crate::device::tch_device(ctx.device)?;
+    if p.torch_threads > 0 {
+        tch::set_num_threads(p.torch_threads);
+    }
+    tch::manual_seed(p.seed as i64);
+    let split_dir = ctx.require_input("split")?.dir.clone();
+    let teachers_dir = ctx.require_input("teachers")?.dir.clone();
+    let search_dir = ctx.require_input("search")?.dir.clone();
+    let sup_dir = ctx.require_input("supernet")?.dir.clone();
+    let adf_dir = ctx.input_of_kind("adf").map(|i| i.dir.clone());
+
+    let manifest = SplitManifest::load(&split_dir)
+        .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
+    let configs = SearchConfigs::load(&search_dir)?;
+    let sup = load_supernet(&sup_dir, device)?;
+    let sub: SubnetConfig = configs.student.config.parse().map_err(|e| {
+        StageError::Data(format!(
+            "{}: student config: {e}",
+            search_dir.join("configs.json").display()
+        ))
+    })?;
+    let (student_vs, student) = student_from_supernet(sup.generator.as_ref(), &sub, device)?;
+    let arch = sup.arch.clone();
+    drop(sup);
+    let teachers = Teachers::load(&teachers_dir, device)?;
+    let (disc_vs, disc) = load_discriminator(&sup_dir, device)?;
+    let vgg = match &p.vgg_weights {
+        Some(path) => Some(Vgg16::load(path, device)?),
+        None => None,
+    };
+    let enc: InputEncoding = input_encoding(&arch, &manifest)?;
+    let augment = AugmentConfig {
+        load_size: p.image_size.map(|s| (s, s)),
+        crop_size: p.crop.map(|s| (s, s)),
+        random: true,
+        flip: p.flip,
+    };
+    let train_cfg = |bs: usize, seed: u64| LoaderConfig {
+        encoding: enc,
+        device,
+        threads: p.threads.max(1),
+        augment,
+        ..LoaderConfig::train(bs, seed)
+    };
+    let labeled = Loader::new(
+        &manifest,
+        &split_dir,
+        Subset::Labeled,
+        train_cfg(p.batch_size, p.seed),
+    )
+    .map_err(data_err("labeled loader"))?;
+    let labeled = BatchStream::new(labeled, "labeled").map_err(MethodError::from)?;
+    let n_unl = manifest.unlabeled().len();
+    // The unlabeled stream keeps a short last batch, so a few unlabeled inputs (fewer
+    // than `unlabeled_batch_size`) are still used.
+    let unlabeled = if n_unl > 0 {
+        let l = Loader::new(
             &manifest,
             &split_dir,
-            Subset::Labeled,
-            train_cfg(p.batch_size, p.seed),
+            Subset::Unlabeled,
+            LoaderConfig {
+                drop_last: false,
+                ..train_cfg(p.unlabeled_batch_size, p.seed.wrapping_add(1))
+            },
         )
-        .map_err(data_err("labeled loader"))?;
-        let labeled = BatchStream::new(labeled, "labeled").map_err(MethodError::from)?;
-        let n_unl = manifest.unlabeled().len();
-        // The unlabeled stream keeps a short last batch, so a few unlabeled inputs (fewer
-        // than `unlabeled_batch_size`) are still used.
-        let unlabeled = if n_unl > 0 {
-            let l = Loader::new(
+        .map_err(data_err("unlabeled loader"))?;
+        Some(BatchStream::new(l, "unlabeled").map_err(MethodError::from)?)
+    } else {
+        None
+    };
+
+    // Initial ADF decision: the adf stage's kept set (everything without an adf dep).
+    let ids: Vec<String> = manifest.unlabeled().iter().map(|u| u.id.clone()).collect();
+    let (mask, rule) = match &adf_dir {
+        None => (vec![1f32; ids.len()], None),
+        Some(dir) => {
+            let d = AdfDecision::load(dir)?;
+            let kept = d.kept_set();
+            let mask = ids
+                .iter()
+                .map(|i| {
+                    if !d.enabled || kept.contains(i) {
+                        1.0
+                    } else {
+                        0.0
+                    }
+                })
+                .collect();
+            (mask, d.enabled.then_some((d.criterion, d.threshold_rule)))
+        }
+    };
+    let adf_loader = if rule.is_some() && p.adf_every > 0 && n_unl > 0 {
+        Some(
+            Loader::new(
                 &manifest,
                 &split_dir,
                 Subset::Unlabeled,
                 LoaderConfig {
-                    drop_last: false,
-                    ..train_cfg(p.unlabeled_batch_size, p.seed.wrapping_add(1))
+                    encoding: enc,
+                    device,
+                    threads: 1,
+                    augment: AugmentConfig {
+                        load_size: p.image_size.map(|s| (s, s)),
+                        crop_size: None,
+                        random: false,
+                        flip: false,
+                    },
+                    ..LoaderConfig::eval(p.unlabeled_batch_size)
                 },
             )
-            .map_err(data_err("unlabeled loader"))?;
-            Some(BatchStream::new(l, "unlabeled").map_err(MethodError::from)?)
-        } else {
-            None
-        };
-
-        // Initial ADF decision: the adf stage's kept set (everything without an adf dep).
-        let ids: Vec<String> = manifest.unlabeled().iter().map(|u| u.id.clone()).collect();
-        let (mask, rule) = match &adf_dir {
-            None => (vec![1f32; ids.len()], None),
-            Some(dir) => {
-                let d = AdfDecision::load(dir)?;
-                let kept = d.kept_set();
-                let mask = ids
-                    .iter()
-                    .map(|i| {
-                        if !d.enabled || kept.contains(i) {
-                            1.0
-                        } else {
-                            0.0
-                        }
-                    })
-                    .collect();
-                (mask, d.enabled.then_some((d.criterion, d.threshold_rule)))
-            }
-        };
-        let adf_loader = if rule.is_some() && p.adf_every > 0 && n_unl > 0 {
-            Some(
-                Loader::new(
-                    &manifest,
-                    &split_dir,
-                    Subset::Unlabeled,
-                    LoaderConfig {
-                        encoding: enc,
-                        device,
-                        threads: 1,
-                        augment: AugmentConfig {
-                            load_size: p.image_size.map(|s| (s, s)),
-                            crop_size: None,
-                            random: false,
-                            flip: false,
-                        },
-                        ..LoaderConfig::eval(p.unlabeled_batch_size)
-                    },
-                )
-                .map_err(data_err("unlabeled loader"))?,
-            )
-        } else {
-            None
-        };
-        let sample_input = read_batches(
-            &manifest,
-            &split_dir,
-            Subset::Labeled,
-            1,
-            1,
-            &EvalSpec {
-                encoding: enc,
-                image_size: p.image_size,
-                device,
-            },
-        )?
-        .into_iter()
-        .next()
-        .map(|b| b.input)
-        .ok_or_else(|| StageError::Config("the split has no labeled pairs".into()))?;
-
-        let accel = Accel::new(device, p.amp, p.amp_dtype.as_str(), p.channels_last)?;
-        for vs in std::iter::once(&student_vs)
-            .chain(teachers.models.iter().map(|m| &m.vs))
-            .chain(std::iter::once(&disc_vs))
-        {
-            accel.prepare(vs)?;
-        }
-        let opt_s = adam(trainable(&student_vs), p.lr, p.beta1)?;
-        let opt_t = teachers
-            .models
-            .iter()
-            .map(|m| adam(trainable(&m.vs), p.lr, p.beta1))
-            .collect::<Result<Vec<_>, _>>()?;
-        let opt_d = adam(trainable(&disc_vs), p.lr, p.beta1)?;
-        let mut task = DistillTask {
-            device,
-            accel,
-            student,
-            student_vs,
-            teachers,
-            disc,
-            disc_vs,
-            vgg,
-            opt_s,
-            opt_t,
-            opt_d,
-            sched: LrSchedule {
-                base: p.lr,
-                steps: p.steps,
-                decay_steps: p.lr_decay_steps,
-            },
-            labeled,
-            unlabeled,
-            adf: OnlineAdf::new(rule, ids, &mask),
-            adf_loader,
-            adf_every: p.adf_every,
-            weights: p.distill_weights,
-            lambda_gan: p.lambda_gan,
-            lambda_l1: p.lambda_l1,
-            sample_input,
-            ctx_msg: ctx.progress,
-        };
-        let loop_cfg = LoopConfig {
-            steps: p.steps,
-            checkpoint_every: p.checkpoint_every,
-            sample_every: p.sample_every,
-            seed: p.seed,
-            phase: "distill".into(),
-            ..LoopConfig::default()
-        };
-        let outcome = run_loop(ctx, &loop_cfg, &mut task)?;
-        for vs in std::iter::once(&task.student_vs)
-            .chain(task.teachers.models.iter().map(|m| &m.vs))
-            .chain(std::iter::once(&task.disc_vs))
-        {
-            task.accel.finish(vs)?;
-        }
-
-        // Outputs: the compact student, the final teachers, the last online ADF decision.
-        let s_full = task.student.search_space().largest();
-        let meta = ugc_nn::export::export_subnet(
-            task.student.as_ref(),
-            &s_full,
-            &ctx.out_dir.join("model"),
+            .map_err(data_err("unlabeled loader"))?,
         )
-        .map_err(nn_err("exporting the student"))?;
-        for (m, e) in task.teachers.models.iter().zip(&task.teachers.entries) {
-            let g = &m.generator;
-            ugc_nn::export::export_subnet(
-                g.as_ref(),
-                &g.search_space().largest(),
-                &ctx.out_dir.join("teachers_final").join(e.role.name()),
-            )
-            .map_err(nn_err(format!("exporting the {} teacher", e.role.name())))?;
-        }
-        if let (Some((criterion, rule)), Some(Rescoring { scores, threshold })) =
-            (task.adf.rule, task.adf.last()?)
-        {
-            let dir = ctx.out_dir.join("adf_online");
-            std::fs::create_dir_all(&dir).map_err(crate::search::io_err(&dir))?;
-            let keep: Vec<bool> = scores
-                .iter()
-                .map(|s| threshold.is_none_or(|t| *s >= t))
-                .collect();
-            write_decision(
-                &dir,
-                &task.adf.ids,
-                &scores,
-                &keep,
-                true,
+    } else {
+        None
+    };
+    let sample_input = read_batches(
+        &manifest,
+        &split_dir,
+        Subset::Labeled,
+        1,
+        1,
+        &EvalSpec {
+            encoding: enc,
+            image_size: p.image_size,
+            device,
+        },
+    )?
+    .into_iter()
+    .next()
+    .map(|b| b.input)
+    .ok_or_else(|| StageError::Config("the split has no labeled pairs".into()))?;
+
+    let accel = Accel::new(device, p.amp, p.amp_dtype.as_str(), p.channels_last)?;
+    for vs in std::iter::once(&student_vs)
+        .chain(teachers.models.iter().map(|m| &m.vs))
+        .chain(std::iter::once(&disc_vs))
+    {
+        accel.prepare(vs)?;
+    }
+    let opt_s = adam(trainable(&student_vs), p.lr, p.beta1)?;
+    let opt_t = teachers
+        .models
+        .iter()
+        .map(|m| adam(trainable(&m.vs), p.lr, p.beta1))
+        .collect::<Result<Vec<_>, _>>()?;
+    let opt_d = adam(trainable(&disc_vs), p.lr, p.beta1)?;
+    let task = DistillTask {
+        device,
+        accel,
+        student,
+        student_vs,
+        teachers,
+        disc,
+        disc_vs,
+        vgg,
+        opt_s,
+        opt_t,
+        opt_d,
+        sched: LrSchedule {
+            base: p.lr,
+            steps: p.steps,
+            decay_steps: p.lr_decay_steps,
+        },
+        labeled,
+        unlabeled,
+        adf: OnlineAdf::new(rule, ids, &mask),
+        adf_loader,
+        adf_every: p.adf_every,
+        weights: p.distill_weights,
+        lambda_gan: p.lambda_gan,
+        lambda_l1: p.lambda_l1,
+        sample_input,
+        ctx_msg: ctx.progress,
+    };
+    let loop_cfg = LoopConfig {
+        steps: p.steps,
+        checkpoint_every: p.checkpoint_every,
+        sample_every: p.sample_every,
+        seed: p.seed,
+        phase: "distill".into(),
+        ..LoopConfig::default()
+    };
+    Ok(Built {
+        task,
+        loop_cfg,
+        manifest,
+        split_dir,
+        configs,
+        enc,
+        device,
+    })
+}
+
+/// Writes the compact student, the final teachers, the last online ADF decision and
+/// `metrics.json` (the loop already published `log.csv` and `samples/`).
+fn write(
+    ctx: &StageContext<'_>,
+    p: &DistillParams,
+    built: Built<'_>,
+    outcome: &LoopOutcome,
+) -> Result<(), StageError> {
+    let Built {
+        task,
+        manifest,
+        split_dir,
+        configs,
+        enc,
+        device,
+        ..
+    } = built;
+    for vs in std::iter::once(&task.student_vs)
+        .chain(task.teachers.models.iter().map(|m| &m.vs))
+        .chain(std::iter::once(&task.disc_vs))
+    {
+        task.accel.finish(vs)?;
+    }
+
+    // Outputs: the compact student, the final teachers, the last online ADF decision.
+    let s_full = task.student.search_space().largest();
+    let meta =
+        ugc_nn::export::export_subnet(task.student.as_ref(), &s_full, &ctx.out_dir.join("model"))
+            .map_err(nn_err("exporting the student"))?;
+    for (m, e) in task.teachers.models.iter().zip(&task.teachers.entries) {
+        let g = &m.generator;
+        ugc_nn::export::export_subnet(
+            g.as_ref(),
+            &g.search_space().largest(),
+            &ctx.out_dir.join("teachers_final").join(e.role.name()),
+        )
+        .map_err(nn_err(format!("exporting the {} teacher", e.role.name())))?;
+    }
+    if let (Some((criterion, rule)), Some(Rescoring { scores, threshold })) =
+        (task.adf.rule, task.adf.last()?)
+    {
+        let dir = ctx.out_dir.join("adf_online");
+        std::fs::create_dir_all(&dir).map_err(crate::search::io_err(&dir))?;
+        let keep: Vec<bool> = scores
+            .iter()
+            .map(|s| threshold.is_none_or(|t| *s >= t))
+            .collect();
+        write_decision(
+            &dir,
+            &Decision {
+                ids: &task.adf.ids,
+                scores: &scores,
+                keep: &keep,
+                enabled: true,
                 criterion,
                 rule,
                 threshold,
-            )?;
-        }
-        // Hold-out L1 of the student (the search's scoring set; never the test split).
-        let mut metrics = serde_json::Map::new();
-        let holdout = read_batches(
-            &manifest,
-            &split_dir,
-            Subset::Holdout,
-            p.batch_size,
-            usize::MAX,
-            &EvalSpec {
-                encoding: enc,
-                image_size: p.image_size,
-                device,
             },
         )?;
-        if !holdout.is_empty() {
-            let (mut sum, mut n) = (0.0, 0usize);
-            for b in &holdout {
-                if let Some(t) = &b.target {
-                    let y = tch::no_grad(|| task.student.forward(&b.input, &s_full, Mode::Eval))
-                        .map_err(nn_err("student on the hold-out"))?;
-                    sum += scalar(&(y - t).abs().mean(Kind::Double)) * b.ids.len() as f64;
-                    n += b.ids.len();
-                }
-            }
-            metrics.insert("distill.holdout_l1".into(), (sum / n.max(1) as f64).into());
-        }
-        for (k, v) in &outcome.tail_mean {
-            metrics.insert(format!("distill.{k}"), (*v).into());
-        }
-        metrics.insert("student.macs".into(), configs.student.macs.into());
-        metrics.insert("student.params".into(), meta.params.into());
-        metrics.insert(
-            "distill.adf_kept_final".into(),
-            scalar(&task.adf.mask.sum(Kind::Float)).into(),
-        );
-        write_json(
-            &ctx.out_dir.join("metrics.json"),
-            &serde_json::Value::Object(metrics),
-        )
     }
+    // Hold-out L1 of the student (the search's scoring set; never the test split).
+    let mut metrics = serde_json::Map::new();
+    let holdout = read_batches(
+        &manifest,
+        &split_dir,
+        Subset::Holdout,
+        p.batch_size,
+        usize::MAX,
+        &EvalSpec {
+            encoding: enc,
+            image_size: p.image_size,
+            device,
+        },
+    )?;
+    if !holdout.is_empty() {
+        let (mut sum, mut n) = (0.0, 0usize);
+        for b in &holdout {
+            if let Some(t) = &b.target {
+                let y = tch::no_grad(|| task.student.forward(&b.input, &s_full, Mode::Eval))
+                    .map_err(nn_err("student on the hold-out"))?;
+                sum += scalar(&(y - t).abs().mean(Kind::Double)) * b.ids.len() as f64;
+                n += b.ids.len();
+            }
+        }
+        metrics.insert("distill.holdout_l1".into(), (sum / n.max(1) as f64).into());
+    }
+    for (k, v) in &outcome.tail_mean {
+        metrics.insert(format!("distill.{k}"), (*v).into());
+    }
+    metrics.insert("student.macs".into(), configs.student.macs.into());
+    metrics.insert("student.params".into(), meta.params.into());
+    metrics.insert(
+        "distill.adf_kept_final".into(),
+        scalar(&task.adf.mask.sum(Kind::Float)).into(),
+    );
+    write_json(
+        &ctx.out_dir.join("metrics.json"),
+        &serde_json::Value::Object(metrics),
+    )
 }

@@ -60,26 +60,81 @@ pub struct GanTask {
     space: SearchSpace,
 }
 
+/// The networks of a [`GanTask`] and their optimisers.
+pub struct GanNets {
+    pub vs_g: VarStore,
+    pub gen_: Box<dyn Generator>,
+    pub vs_d: VarStore,
+    pub disc: Box<dyn Discriminator>,
+    pub opt_g: Adam,
+    pub opt_d: Adam,
+    /// VGG16 perceptual features when configured; the discriminator's otherwise.
+    pub vgg: Option<Vgg16>,
+}
+
+/// The data of a [`GanTask`].
+pub struct GanData {
+    pub labeled: BatchStream,
+    /// Unlabeled inputs, distilled from the largest sub-net's output (`None` = off).
+    pub unlabeled: Option<BatchStream>,
+    /// Fixed example (input, target) for sample images.
+    pub sample: Option<(Tensor, Option<Tensor>)>,
+}
+
+/// How a [`GanTask`] trains. The default is pix2pix's (lr 2e-4 constant, L1 x 100) under
+/// UGC's sandwich rule, no distillation, seed 0, no GPU settings; stages set every field
+/// from their parameters.
+#[derive(Debug, Clone)]
+pub struct GanConfig {
+    pub lr: LrSchedule,
+    pub schedule: SubnetSchedule,
+    pub weights: GanLossWeights,
+    pub seed: u64,
+    /// GPU settings (autocast dtype, channels-last); all off on the CPU.
+    pub accel: Accel,
+}
+
+impl Default for GanConfig {
+    fn default() -> Self {
+        GanConfig {
+            lr: LrSchedule::constant(2e-4, 1),
+            schedule: SubnetSchedule::Sandwich,
+            weights: GanLossWeights {
+                l1: 100.0,
+                distill: 0.0,
+                distill_terms: DistillWeights::default(),
+            },
+            seed: 0,
+            accel: Accel::default(),
+        }
+    }
+}
+
 impl GanTask {
-    /// Assembles a task; the search space comes from the generator.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        vs_g: VarStore,
-        gen_: Box<dyn Generator>,
-        vs_d: VarStore,
-        disc: Box<dyn Discriminator>,
-        opt_g: Adam,
-        opt_d: Adam,
-        lr: LrSchedule,
-        labeled: BatchStream,
-        unlabeled: Option<BatchStream>,
-        schedule: SubnetSchedule,
-        weights: GanLossWeights,
-        vgg: Option<Vgg16>,
-        seed: u64,
-        accel: Accel,
-        sample: Option<(Tensor, Option<Tensor>)>,
-    ) -> Result<Self, MethodError> {
+    /// Assembles a task; the search space comes from the generator (a fixed schedule's
+    /// sub-net must lie in it).
+    pub fn new(nets: GanNets, data: GanData, cfg: GanConfig) -> Result<Self, MethodError> {
+        let GanNets {
+            vs_g,
+            gen_,
+            vs_d,
+            disc,
+            opt_g,
+            opt_d,
+            vgg,
+        } = nets;
+        let GanData {
+            labeled,
+            unlabeled,
+            sample,
+        } = data;
+        let GanConfig {
+            lr,
+            schedule,
+            weights,
+            seed,
+            accel,
+        } = cfg;
         let space = gen_.search_space();
         if let SubnetSchedule::Fixed(s) = &schedule {
             space.check(s)?;

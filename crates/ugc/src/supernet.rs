@@ -4,7 +4,7 @@
 //! hinge GAN + L1 to ground truth, unlabeled inputs give OMGD's distillation loss from the
 //! largest sub-net's (detached) output. See `docs/method.md`.
 
-use std::path::PathBuf;
+use std::path::Path;
 
 use serde_json::{Map, Value};
 use tch::nn::VarStore;
@@ -18,7 +18,7 @@ use ugc_train::{
 
 use crate::device::{Accel, tch_device};
 use crate::error::MethodError;
-use crate::gan::{GanLossWeights, GanTask, SubnetSchedule};
+use crate::gan::{GanConfig, GanData, GanLossWeights, GanNets, GanTask, SubnetSchedule};
 use crate::perceptual::Vgg16;
 use crate::setup::{self, DataParams, SplitData};
 
@@ -65,19 +65,47 @@ pub(crate) struct Built {
     pub loop_cfg: LoopConfig,
 }
 
+/// What differs between the GAN training kinds (`supernet`, `train`) beyond their common
+/// parameters. The default: sandwich rule, labeled pairs only, pix2pix's L1 weight, the
+/// discriminator's perceptual features, freshly initialised weights.
+pub(crate) struct GanSetup<'a> {
+    pub schedule: SubnetSchedule,
+    /// Distil the largest sub-net into the others on the unlabeled inputs.
+    pub unlabeled: bool,
+    pub weights: GanLossWeights,
+    /// VGG16 weights for perceptual features.
+    pub vgg: Option<&'a Path>,
+    /// Generator weights to start from.
+    pub init: Option<&'a Path>,
+}
+
+impl Default for GanSetup<'_> {
+    fn default() -> Self {
+        GanSetup {
+            schedule: SubnetSchedule::Sandwich,
+            unlabeled: false,
+            weights: GanConfig::default().weights,
+            vgg: None,
+            init: None,
+        }
+    }
+}
+
 /// Builds generator (of `arch`), discriminator, optimisers and data streams.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn build_task(
     ctx: &StageContext<'_>,
     split: &SplitData,
     arch: &ArchConfig,
     common: &CommonParams,
-    schedule: SubnetSchedule,
-    unlabeled: bool,
-    weights: GanLossWeights,
-    vgg: Option<&PathBuf>,
-    init: Option<&std::path::Path>,
+    setup: GanSetup<'_>,
 ) -> Result<Built, MethodError> {
+    let GanSetup {
+        schedule,
+        unlabeled,
+        weights,
+        vgg,
+        init,
+    } = setup;
     let device = tch_device(ctx.device)?;
     if common.torch_threads > 0 {
         // Tiny CPU nets on a busy machine run several times faster on one thread than with
@@ -152,25 +180,31 @@ pub(crate) fn build_task(
         setup::check_disc_input(&disc_cfg, s[2], s[3])?;
     }
     let task = GanTask::new(
-        vs_g,
-        gen_,
-        vs_d,
-        disc,
-        opt_g,
-        opt_d,
-        LrSchedule {
-            base: common.lr,
-            steps: common.steps,
-            decay_steps: common.lr_decay_steps,
+        GanNets {
+            vs_g,
+            gen_,
+            vs_d,
+            disc,
+            opt_g,
+            opt_d,
+            vgg,
         },
-        labeled,
-        unlabeled,
-        schedule,
-        weights,
-        vgg,
-        common.seed,
-        accel,
-        sample,
+        GanData {
+            labeled,
+            unlabeled,
+            sample,
+        },
+        GanConfig {
+            lr: LrSchedule {
+                base: common.lr,
+                steps: common.steps,
+                decay_steps: common.lr_decay_steps,
+            },
+            schedule,
+            weights,
+            seed: common.seed,
+            accel,
+        },
     )?;
     let loop_cfg = LoopConfig {
         steps: common.steps,
@@ -225,17 +259,14 @@ impl SupernetStage {
             distill: p.lambda_distill,
             distill_terms: p.distill_weights,
         };
-        let mut built = build_task(
-            ctx,
-            &split,
-            &arch,
-            &p.common,
+        let setup = GanSetup {
             schedule,
-            p.unlabeled,
+            unlabeled: p.unlabeled,
             weights,
-            p.vgg_weights.as_ref(),
-            None,
-        )?;
+            vgg: p.vgg_weights.as_deref(),
+            ..GanSetup::default()
+        };
+        let mut built = build_task(ctx, &split, &arch, &p.common, setup)?;
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
         built.task.accel.finish(&built.task.vs_g)?;
         built.task.accel.finish(&built.task.vs_d)?;

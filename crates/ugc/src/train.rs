@@ -15,7 +15,7 @@ use crate::error::MethodError;
 use crate::gan::{GanLossWeights, SubnetSchedule};
 use crate::losses::DistillWeights;
 use crate::setup;
-use crate::supernet::{build_task, metrics, sample_chw};
+use crate::supernet::{GanSetup, build_task, metrics, sample_chw};
 use ugc_train::run_loop;
 
 /// `train` parameters (`crates/kinds/src/train/`).
@@ -77,17 +77,13 @@ impl TrainStage {
             distill: 0.0,
             distill_terms: DistillWeights::default(),
         };
-        let mut built = build_task(
-            ctx,
-            &split,
-            &arch,
-            &p.common,
-            SubnetSchedule::Fixed(largest.clone()),
-            false,
+        let setup = GanSetup {
+            schedule: SubnetSchedule::Fixed(largest.clone()),
             weights,
-            None,
-            init.as_deref(),
-        )?;
+            init: init.as_deref(),
+            ..GanSetup::default()
+        };
+        let mut built = build_task(ctx, &split, &arch, &p.common, setup)?;
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
         built.task.accel.finish(&built.task.vs_g)?;
         let meta = export_subnet(
