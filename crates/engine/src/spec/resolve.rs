@@ -212,12 +212,17 @@ pub(crate) fn resolve_stage(
     {
         for pb in check(&Value::Object(out.clone())) {
             let segs: Vec<String> = pb.param.split('.').map(str::to_string).collect();
-            problems.push(SpecError::Invalid {
-                pos: pos_of(&segs),
-                message: format!(
+            let message = if pb.param.is_empty() {
+                format!("stage `{}`: {}", stage.name, pb.message)
+            } else {
+                format!(
                     "stage `{}` parameter `{}`: {}",
                     stage.name, pb.param, pb.message
-                ),
+                )
+            };
+            problems.push(SpecError::Invalid {
+                pos: pos_of(&segs),
+                message,
             });
         }
     }
