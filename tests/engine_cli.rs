@@ -1174,9 +1174,9 @@ stages:
         let err = stderr(&o);
         assert!(err.contains("3 problems"), "{err}");
         for (at, what) in [
-            ("bad.yaml:5:20", "parameter `cmd`"),
-            ("bad.yaml:5:32", "parameter `outputs`"),
-            ("bad.yaml:9:31", "no parameter `nope`"),
+            ("bad.yaml:5:19", "parameter `cmd`"),
+            ("bad.yaml:5:31", "parameter `outputs`"),
+            ("bad.yaml:9:27", "no parameter `nope`"),
         ] {
             assert!(
                 err.contains(&format!("{at}: ")) && err.contains(what),
