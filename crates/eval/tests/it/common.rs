@@ -17,6 +17,18 @@ pub fn schema(name: &str) -> KindSchema {
         .schema()
 }
 
+/// libtorch's CPU generator is one per process. A stage seeds it and draws from it (weight
+/// init; the training loop reseeds it every step), and so do some tests; the tests of this
+/// binary run in parallel threads, so each holds this lock over its seed and draws, or a
+/// parallel test could move the generator in between (and e.g. a resumed evaluator would
+/// not start from the weights of the uninterrupted run). The pipeline runs each stage in
+/// its own process, so only tests need it.
+pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // A test that panicked holding it leaves nothing half-done that another could see.
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn run_with(
     kind: &dyn StageKind,
     over: Value,
@@ -27,6 +39,7 @@ pub fn run_with(
     cancel: &CancelToken,
 ) -> Result<(), StageError> {
     let params = with_defaults(kind.schema(), over);
+    let _rng = torch_rng();
     run_stage(kind, &params, inputs, out, scratch, progress, cancel)
 }
 
@@ -124,6 +137,7 @@ pub fn labels_evaluator() -> &'static Path {
 
 /// Writes a tiny random mobile-resnet (ngf 4, 3 blocks) as a model dir `<dir>/model/`.
 pub fn fake_model_stage(dir: &Path, seed: i64) -> ArchConfig {
+    let _rng = torch_rng();
     tch::manual_seed(seed);
     let cfg = ArchConfig {
         ngf: 4,

@@ -229,9 +229,12 @@ fn fid_is_computed_when_inception_weights_are_configured() {
     let data = make_split("edges2photo", 4, 2, 16, 1.0);
     let dir = tempfile::tempdir().unwrap();
     let weights = dir.path().join("inception.safetensors");
-    tch::manual_seed(0);
-    let net = ugc_metrics::inception::FidInception::random(tch::Device::Cpu);
-    net.var_store().save(&weights).unwrap();
+    {
+        let _rng = torch_rng();
+        tch::manual_seed(0);
+        let net = ugc_metrics::inception::FidInception::random(tch::Device::Cpu);
+        net.var_store().save(&weights).unwrap();
+    }
     let out = tempfile::tempdir().unwrap();
     run(
         &evaluate_stage(),

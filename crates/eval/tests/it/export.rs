@@ -34,8 +34,11 @@ fn export_writes_an_equivalent_standalone_model() {
     let (_, mut b) = load_model(&out.path().join("model"), Device::Cpu).unwrap();
     a.vs.double();
     b.vs.double();
-    tch::manual_seed(11);
-    let x = Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::Double);
+    let x = {
+        let _rng = torch_rng();
+        tch::manual_seed(11);
+        Tensor::randn([2, 3, 16, 16], (Kind::Float, Device::Cpu)).to_kind(Kind::Double)
+    };
     let ya = a
         .generator
         .forward(&x, &a.generator.search_space().largest(), Mode::Eval)
