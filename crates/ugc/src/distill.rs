@@ -27,9 +27,10 @@ use ugc_data::augment::AugmentConfig;
 use ugc_data::{Batch, InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::{Discriminator, Generator, Mode, SubnetConfig, build_generator};
+use ugc_train::checkpoint::store_state;
 use ugc_train::{
     Adam, AdamConfig, BatchStream, LogValue, LoopConfig, LoopOutcome, LrSchedule, StepLog,
-    TrainTask, run_loop,
+    TrainTask, run_loop, trainable,
 };
 
 use crate::adf::{
@@ -57,28 +58,6 @@ impl DistillStage {
     pub fn new(schema: KindSchema) -> Self {
         DistillStage { schema }
     }
-}
-
-/// All trainable parameters of a var store, by name (running statistics excluded).
-fn trainable(vs: &VarStore) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .filter(|(_, t)| t.requires_grad())
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
-/// Every variable of a var store (weights and buffers), prefixed, for checkpoints.
-fn prefixed(vs: &VarStore, prefix: &str) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = vs
-        .variables()
-        .into_iter()
-        .map(|(n, t)| (format!("{prefix}.{n}"), t))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
 }
 
 /// A compact generator whose weights are the slices of sub-net `sub` of `sup` ("NAS" init).
@@ -328,11 +307,11 @@ impl TrainTask for DistillTask<'_> {
     type Error = MethodError;
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut v = prefixed(&self.student_vs, "student");
+        let mut v = store_state("student", &self.student_vs);
         for (m, e) in self.teachers.models.iter().zip(&self.teachers.entries) {
-            v.extend(prefixed(&m.vs, &format!("teacher.{}", e.role.name())));
+            v.extend(store_state(&format!("teacher.{}", e.role.name()), &m.vs));
         }
-        v.extend(prefixed(&self.disc_vs, "disc"));
+        v.extend(store_state("disc", &self.disc_vs));
         v.extend(self.opt_s.state("opt.student"));
         for (o, e) in self.opt_t.iter().zip(&self.teachers.entries) {
             v.extend(o.state(&format!("opt.teacher.{}", e.role.name())));

@@ -8,6 +8,7 @@ use rand_chacha::ChaCha8Rng;
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 use ugc_nn::{Discriminator, Generator, Mode, SearchSpace, SubnetConfig};
+use ugc_train::checkpoint::store_state;
 use ugc_train::{Adam, BatchStream, LogValue, LrSchedule, StepLog, TrainTask, step_seed};
 
 use crate::device::Accel;
@@ -186,13 +187,8 @@ impl TrainTask for GanTask {
     type Error = MethodError;
 
     fn state(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = Vec::new();
-        let mut g: Vec<_> = self.vs_g.variables().into_iter().collect();
-        g.sort_by(|a, b| a.0.cmp(&b.0));
-        out.extend(g.into_iter().map(|(n, t)| (format!("g.{n}"), t)));
-        let mut d: Vec<_> = self.vs_d.variables().into_iter().collect();
-        d.sort_by(|a, b| a.0.cmp(&b.0));
-        out.extend(d.into_iter().map(|(n, t)| (format!("d.{n}"), t)));
+        let mut out = store_state("g", &self.vs_g);
+        out.extend(store_state("d", &self.vs_d));
         out.extend(self.opt_g.state("opt_g"));
         out.extend(self.opt_d.state("opt_d"));
         out

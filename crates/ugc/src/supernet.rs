@@ -133,12 +133,6 @@ pub(crate) fn build_task(
         beta2: common.beta2,
         ..AdamConfig::default()
     };
-    let trainable = |vs: &VarStore| -> Vec<(String, tch::Tensor)> {
-        vs.variables()
-            .into_iter()
-            .filter(|(_, t)| t.requires_grad())
-            .collect()
-    };
     let accel = Accel::new(
         device,
         common.amp,
@@ -147,8 +141,8 @@ pub(crate) fn build_task(
     )?;
     accel.prepare(&vs_g)?;
     accel.prepare(&vs_d)?;
-    let opt_g = Adam::new(trainable(&vs_g), adam)?;
-    let opt_d = Adam::new(trainable(&vs_d), adam)?;
+    let opt_g = Adam::over(&vs_g, adam)?;
+    let opt_d = Adam::over(&vs_d, adam)?;
     let labeled = BatchStream::new(
         setup::train_loader(split, Subset::Labeled, &data, encoding, common.seed, device)?,
         "labeled",
