@@ -6,10 +6,10 @@ use std::path::Path;
 use serde_json::Value;
 use tch::{Kind, Tensor};
 use ugc_method::losses::{self, DistillWeights};
-use ugc_train::checkpoint;
-use ugc_train::{Adam, AdamConfig};
 use ugc_method::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
 use ugc_tolerance::{ErrorBudget, Precision};
+use ugc_train::checkpoint;
+use ugc_train::{Adam, AdamConfig};
 
 fn refs() -> Value {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/refs.json");

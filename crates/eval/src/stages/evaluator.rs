@@ -74,10 +74,10 @@ impl TrainTask for EvaluatorTask<'_> {
         })?;
         let out = self.net.forward(photo)?;
         let valid = target.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
-        let loss = out
-            .logits
-            .cross_entropy_loss(&target, None::<Tensor>, Reduction::Sum, IGNORE, 0.0)
-            / valid;
+        let loss =
+            out.logits
+                .cross_entropy_loss(&target, None::<Tensor>, Reduction::Sum, IGNORE, 0.0)
+                / valid;
         self.opt.backward_step(&loss)?;
         Ok(vec![("loss".into(), LogValue::of(&loss))])
     }
