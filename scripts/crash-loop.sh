@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Long run of the crash-loop test (tests/pipelines.rs, crash_loop_...) in release:
+# Long run of the crash-loop test (tests/it/pipelines.rs, crash_loop_...) in release:
 #   scripts/crash-loop.sh 100             # 100 trials
 #   UGC_CRASH_SEED=7 scripts/crash-loop.sh 300
 # Each trial runs tests/fixtures/crash-loop.yaml on a fresh cache, kills the head or a
@@ -21,7 +21,7 @@ fi
 log=target/crash-loop.log
 mkdir -p target
 status=0
-UGC_CRASH_TRIALS="$n" cargo test --release --locked -p ugc-pipe --test pipelines crash_loop \
+UGC_CRASH_TRIALS="$n" cargo test --release --locked -p ugc-pipe --test it pipelines::crash_loop \
     -- --nocapture 2>&1 | tee "$log" || status=$?
 echo
 if [ "$status" -ne 0 ]; then

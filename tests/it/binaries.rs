@@ -1,9 +1,7 @@
 //! The head/worker split: `ugc-pipe` schedules without libtorch (so a cached re-run starts
 //! in milliseconds); `ugc-pipe-worker` links it and runs stages and model verbs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn needed_libs(bin: &str) -> String {
     let o = std::process::Command::new("ldd")

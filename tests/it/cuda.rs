@@ -1,12 +1,10 @@
-//! CUDA checks for a GPU machine (`cargo test --features cuda-tests --test cuda`; the
+//! CUDA checks for a GPU machine (`cargo test --features cuda-tests --test it cuda::`; the
 //! library-level ones are `cargo test -p ugc-torch-ext --features cuda-tests`): the
 //! quickstart at a reduced scale on `--device cuda` with bf16 autocast and channels-last in
 //! every training stage, and peak GPU memory recorded for the stages that used the GPU.
 #![cfg(feature = "cuda-tests")]
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn quickstart_on_cuda_with_bf16_and_channels_last_records_peak_gpu_memory() {

@@ -2,9 +2,7 @@
 //! every stage kind of the UGC chain runs, the report is written, and a re-run executes
 //! nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 #[test]
 fn quickstart_runs_every_stage_and_reruns_nothing() {

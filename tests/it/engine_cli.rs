@@ -2,9 +2,7 @@
 //! concurrency, corruption and interruption. All stages are `command` stages, so these
 //! tests need no model code.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 /// Three stages (b and c after a) that record each execution in counter files outside the
 /// cache; a's output is `a_param` (default `a`), b's reads `b_param`.

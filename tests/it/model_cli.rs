@@ -1,8 +1,6 @@
 //! The model, metrics and synth verbs through the built CLI.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 
 fn profile(p: &Project, args: &[&str]) -> (u64, u64) {
     let mut all = vec!["profile", "--json"];

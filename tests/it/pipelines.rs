@@ -3,13 +3,11 @@
 //! random points, head or stage process, resumes to the bytes of an uninterrupted run (the
 //! crash loop; `scripts/crash-loop.sh N` runs it at length).
 
-mod common;
-
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use rand_chacha::ChaCha8Rng;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 

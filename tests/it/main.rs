@@ -1,0 +1,10 @@
+//! The CLI integration tests of `ugc-pipe`, in one binary (one link with libtorch):
+//! `cargo test -p ugc-pipe --test it <file>::` runs one file's tests, e.g. `pipelines::`.
+
+mod binaries;
+mod common;
+mod cuda;
+mod engine_cli;
+mod model_cli;
+mod pipelines;
+mod quickstart;
