@@ -5,9 +5,14 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use tch::{Device, Kind, Tensor, nn::VarStore};
-use ugc_engine::StageError;
+use ugc_data::{Batch, SplitManifest, Subset};
+use ugc_engine::{CancelToken, StageContext, StageError};
+use ugc_nn::{Generator, Mode, SubnetConfig};
 
-use super::shared::io_err;
+use super::algorithm::SearchError;
+use super::shared::{
+    EvalSpec, LoadedSupernet, data_err, input_encoding, io_err, load_supernet, read_batches,
+};
 
 /// The configured hold-out metric (a stage parameter, so it lives with the kind's typed
 /// parameters); [`MetricScore`] scores with it.
@@ -90,16 +95,16 @@ pub fn restore_running_stats(saved: &[(Tensor, Tensor)]) {
 /// The scratch directory belongs to one cache key (same supernet, split and settings), and
 /// the evolution is deterministic given the scores, so the replay takes the same path.
 /// One line per score: `<config>\t<f64 bits as hex>` (exact); a torn last line is ignored.
-pub(super) struct ScoreLog {
+struct ScoreLog {
     path: PathBuf,
-    pub(super) known: HashMap<String, f64>,
+    known: HashMap<String, f64>,
     file: std::fs::File,
 }
 
 impl ScoreLog {
     const FILE: &'static str = "search_scores.tsv";
 
-    pub(super) fn open(scratch: &Path) -> Result<Self, StageError> {
+    fn open(scratch: &Path) -> Result<Self, StageError> {
         std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
         let path = scratch.join(Self::FILE);
         let mut known = HashMap::new();
@@ -124,13 +129,191 @@ impl ScoreLog {
         Ok(ScoreLog { path, known, file })
     }
 
-    pub(super) fn record(&mut self, config: &str, score: f64) -> Result<(), String> {
+    fn record(&mut self, config: &str, score: f64) -> Result<(), String> {
         use std::io::Write;
         // A torn line from a crash mid-write must not glue onto this one.
         writeln!(self.file, "\n{config}\t{:016x}", score.to_bits())
             .and_then(|_| self.file.flush())
             .map_err(|e| format!("writing {}: {e}", self.path.display()))?;
         self.known.insert(config.to_string(), score);
+        Ok(())
+    }
+}
+
+/// The supernet and the split a search reads (its `supernet` and `split` inputs).
+pub(super) struct SearchInputs {
+    pub(super) sup: LoadedSupernet,
+    pub(super) manifest: SplitManifest,
+    pub(super) split_dir: PathBuf,
+}
+
+impl SearchInputs {
+    /// Loads both; a split without a search hold-out is refused (candidates are never scored
+    /// on the test split).
+    pub(super) fn open(ctx: &StageContext<'_>, device: Device) -> Result<Self, StageError> {
+        let sup_dir = ctx.require_input("supernet")?.dir.clone();
+        let split_dir: PathBuf = ctx.require_input("split")?.dir.clone();
+        let sup = load_supernet(&sup_dir, device)?;
+        let manifest = SplitManifest::load(&split_dir)
+            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
+        if manifest.holdout().is_empty() {
+            return Err(StageError::Config(format!(
+                "stage `{}`: the split has no search hold-out (set the split's `holdout` > 0); \
+                 candidates are never scored on the test split",
+                ctx.node
+            )));
+        }
+        Ok(SearchInputs {
+            sup,
+            manifest,
+            split_dir,
+        })
+    }
+}
+
+/// How candidates are scored (the `search` schema's defaults in [`Default`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct ScoringConfig {
+    pub(super) metric: Metric,
+    pub(super) batch_size: usize,
+    /// Hold-out batches each candidate is scored on.
+    pub(super) eval_batches: usize,
+    /// Labeled and unlabeled batches (each) for per-candidate BN recalibration.
+    pub(super) calib_batches: usize,
+    /// Square resize before the networks (as the supernet trained); `None`: native size.
+    pub(super) image_size: Option<u32>,
+}
+
+impl Default for ScoringConfig {
+    fn default() -> Self {
+        ScoringConfig {
+            metric: Metric::L1,
+            batch_size: 8,
+            eval_batches: 4,
+            calib_batches: 2,
+            image_size: None,
+        }
+    }
+}
+
+/// Scores sub-nets of the supernet on the hold-out: the batches held in memory, BN
+/// recalibration per candidate (the supernet's own statistics restored after each), and
+/// the score log that lets an interrupted search replay its scores.
+pub(super) struct HoldoutScorer<'a> {
+    generator: &'a dyn Generator,
+    metric: Metric,
+    holdout: Vec<Batch>,
+    /// Recalibration inputs; empty unless the generator has batch norms.
+    calib: Vec<Tensor>,
+    has_bn: bool,
+    saved_stats: Vec<(Tensor, Tensor)>,
+    log: ScoreLog,
+    cancel: &'a CancelToken,
+}
+
+impl<'a> HoldoutScorer<'a> {
+    /// Reads the hold-out (and, for BN families, the labeled then unlabeled recalibration
+    /// batches), saves the supernet's BN statistics and opens the scratch score log.
+    pub(super) fn new(
+        inputs: &'a SearchInputs,
+        ctx: &StageContext<'a>,
+        device: Device,
+        cfg: &ScoringConfig,
+    ) -> Result<Self, StageError> {
+        let sup = &inputs.sup;
+        let spec = EvalSpec {
+            encoding: input_encoding(&sup.arch, &inputs.manifest)?,
+            image_size: cfg.image_size,
+            device,
+        };
+        let read = |subset, max_batches| {
+            read_batches(
+                &inputs.manifest,
+                &inputs.split_dir,
+                subset,
+                cfg.batch_size,
+                max_batches,
+                &spec,
+            )
+        };
+        let holdout = read(Subset::Holdout, cfg.eval_batches)?;
+        let has_bn = !sup.generator.batch_norms().is_empty();
+        let mut calib: Vec<Tensor> = Vec::new();
+        if has_bn {
+            for subset in [Subset::Labeled, Subset::Unlabeled] {
+                for b in read(subset, cfg.calib_batches)? {
+                    calib.push(b.input);
+                }
+            }
+        }
+        let saved_stats = snapshot_running_stats(&sup.vs);
+        let log = ScoreLog::open(ctx.scratch_dir)?;
+        if !log.known.is_empty() {
+            ctx.progress.message(&format!(
+                "resuming: {} candidate scores from an interrupted run",
+                log.known.len()
+            ));
+        }
+        Ok(HoldoutScorer {
+            generator: sup.generator.as_ref(),
+            metric: cfg.metric,
+            holdout,
+            calib,
+            has_bn,
+            saved_stats,
+            log,
+            cancel: ctx.cancel,
+        })
+    }
+
+    /// Hold-out score of `cfg` (higher is better): replayed from the log when known,
+    /// otherwise computed and logged. Checks the cancel token before computing.
+    pub(super) fn score(&mut self, cfg: &SubnetConfig) -> Result<f64, SearchError> {
+        let key = cfg.to_string();
+        if let Some(s) = self.log.known.get(&key) {
+            return Ok(*s);
+        }
+        if self.cancel.is_cancelled() {
+            return Err(SearchError::Cancelled);
+        }
+        let fail = |reason: String| SearchError::Score {
+            config: cfg.to_string(),
+            reason,
+        };
+        let gen_ = self.generator;
+        if self.has_bn {
+            ugc_nn::recalibrate_bn(gen_, cfg, self.calib.iter())
+                .map_err(|e| fail(e.to_string()))?;
+        }
+        let mut total = 0.0;
+        let mut n = 0usize;
+        for b in &self.holdout {
+            let target = b
+                .target
+                .as_ref()
+                .ok_or_else(|| fail("hold-out batch without targets".into()))?;
+            let y = tch::no_grad(|| gen_.forward(&b.input, cfg, Mode::Eval))
+                .map_err(|e| fail(e.to_string()))?;
+            let bs = b.ids.len();
+            total += self.metric.score(&y, target).map_err(fail)? * bs as f64;
+            n += bs;
+        }
+        if self.has_bn {
+            restore_running_stats(&self.saved_stats);
+        }
+        let score = total / n.max(1) as f64;
+        self.log.record(&key, score).map_err(fail)?;
+        Ok(score)
+    }
+
+    /// Leaves the supernet's BN statistics recalibrated for `cfg` (not restored), as the
+    /// exported sub-net must carry them; a no-op without batch norms.
+    pub(super) fn recalibrate_for_export(&self, cfg: &SubnetConfig) -> Result<(), StageError> {
+        if self.has_bn {
+            ugc_nn::recalibrate_bn(self.generator, cfg, self.calib.iter()).map_err(|e| {
+                StageError::Failed(format!("recalibrating the searched student: {e}"))
+            })?;
+        }
         Ok(())
     }
 }

@@ -1,22 +1,18 @@
 //! The `search` stage kind: three searches (student, wide and deep teacher) over the
 //! supernet's space, then `configs.json`, the Pareto logs, metrics and the searched student.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
-use tch::Tensor;
-use ugc_data::{SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
-use ugc_nn::{Mode, SubnetConfig};
+use ugc_kinds::search::Params as SearchParams;
+use ugc_nn::{ArchConfig, SearchSpace, SubnetConfig};
 
 use super::algorithm::{
     Candidate, DepthRule, Evaluator, EvoConfig, SearchError, SearchTask, evolve, pareto_front,
 };
-use super::inputs::{Metric, MetricScore, ScoreLog, restore_running_stats, snapshot_running_stats};
-use super::shared::{
-    EvalSpec, data_err, input_encoding, io_err, load_supernet, read_batches, read_json, write_json,
-};
-use ugc_kinds::search::Params as SearchParams;
+use super::inputs::{HoldoutScorer, Metric, ScoringConfig, SearchInputs};
+use super::shared::{io_err, read_json, write_json};
 
 /// `configs.json` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -54,7 +50,7 @@ impl SearchConfigs {
     }
 }
 
-/// The `search` stage kind (`stages/search.yaml`).
+/// The `search` stage kind (`crates/kinds/src/search/schema.yaml`).
 pub struct SearchStage {
     schema: KindSchema,
 }
@@ -65,39 +61,75 @@ impl SearchStage {
     }
 }
 
+impl From<&SearchParams> for EvoConfig {
+    fn from(p: &SearchParams) -> Self {
+        EvoConfig {
+            population: p.population,
+            generations: p.generations,
+            parent_ratio: p.parent_ratio,
+            mutation_ratio: p.mutation_ratio,
+            mutate_prob: p.mutate_prob,
+            ..EvoConfig::default()
+        }
+    }
+}
+
+impl From<&SearchParams> for ScoringConfig {
+    fn from(p: &SearchParams) -> Self {
+        ScoringConfig {
+            metric: p.metric,
+            batch_size: p.batch_size,
+            eval_batches: p.eval_batches,
+            calib_batches: p.calib_batches,
+            image_size: p.image_size,
+        }
+    }
+}
+
 /// `ratio` (in (0, 1], the schema's range) of the largest sub-net's MACs.
 fn ratio_budget(largest: u64, ratio: f64) -> u64 {
     (largest as f64 * ratio).floor() as u64
 }
 
-impl StageKind for SearchStage {
-    fn schema(&self) -> &KindSchema {
-        &self.schema
-    }
+/// The three searches' MACs budgets, and the largest sub-net's MACs that the ratios scale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Budgets {
+    student: u64,
+    wide_teacher: u64,
+    deep_teacher: u64,
+    largest: u64,
+}
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: SearchParams = ctx.typed_params()?;
-        if p.torch_threads > 0 {
-            tch::set_num_threads(p.torch_threads);
-        }
-        let device = crate::device::tch_device(ctx.device)?;
-        tch::manual_seed(p.seed as i64);
-        let sup_dir = ctx.require_input("supernet")?.dir.clone();
-        let split_dir: PathBuf = ctx.require_input("split")?.dir.clone();
-        let sup = load_supernet(&sup_dir, device)?;
-        let manifest = SplitManifest::load(&split_dir)
-            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
-        if manifest.holdout().is_empty() {
-            return Err(StageError::Config(format!(
-                "stage `{}`: the split has no search hold-out (set the split's `holdout` > 0); \
-                 candidates are never scored on the test split",
-                ctx.node
-            )));
-        }
+/// One of the three searches: its name (in progress messages), depth rule and budget, with
+/// the parameter that set the budget (for error messages).
+#[derive(Debug, Clone, Copy)]
+struct Search {
+    name: &'static str,
+    rule: DepthRule,
+    budget_macs: u64,
+    budget_param: &'static str,
+}
+
+/// What the generations loop runs, fixed before any candidate is scored: the space, the
+/// input MACs are counted at, the budgets and the evolution settings.
+struct SearchPlan {
+    input_chw: [i64; 3],
+    space: SearchSpace,
+    largest: SubnetConfig,
+    budgets: Budgets,
+    /// `budget_macs` when set, else `budget_ratio`: named when the student budget is too small.
+    student_budget_param: &'static str,
+    evo: EvoConfig,
+    seed: u64,
+}
+
+impl SearchPlan {
+    /// Counts the largest sub-net's MACs at `input_size` and derives the budgets from it.
+    fn new(p: &SearchParams, arch: &ArchConfig, space: SearchSpace) -> Result<Self, StageError> {
         // The planner refuses any other length (`Params::check`); a stage run without the
         // planner still must not fall back to the default silently.
         let input_chw: [i64; 3] = match p.input_size.as_deref() {
-            None => [sup.arch.input_nc, 256, 256],
+            None => [arch.input_nc, 256, 256],
             Some(&[c, h, w]) => [c, h, w],
             Some(v) => {
                 return Err(StageError::Config(format!(
@@ -105,174 +137,149 @@ impl StageKind for SearchStage {
                 )));
             }
         };
-        let arch = sup.arch.clone();
-        let space = sup.generator.search_space();
         let largest = space.largest();
-        let largest_cost = ugc_nn::profile(&arch, Some(&largest), input_chw).map_err(|e| {
+        let largest_cost = ugc_nn::profile(arch, Some(&largest), input_chw).map_err(|e| {
             StageError::Config(format!("parameter `input_size` = {input_chw:?}: {e}"))
         })?;
-        let (budget, budget_param) = match p.budget_macs {
+        let (student, student_budget_param) = match p.budget_macs {
             Some(b) => (b.floor() as u64, "budget_macs"),
             None => (
                 ratio_budget(largest_cost.macs, p.budget_ratio),
                 "budget_ratio",
             ),
         };
-        let wide_budget = ratio_budget(largest_cost.macs, p.wide_budget_ratio);
-        let deep_budget = ratio_budget(largest_cost.macs, p.deep_budget_ratio);
-        let evo = EvoConfig {
-            population: p.population,
-            generations: p.generations,
-            parent_ratio: p.parent_ratio,
-            mutation_ratio: p.mutation_ratio,
-            mutate_prob: p.mutate_prob,
-            ..EvoConfig::default()
+        let budgets = Budgets {
+            student,
+            wide_teacher: ratio_budget(largest_cost.macs, p.wide_budget_ratio),
+            deep_teacher: ratio_budget(largest_cost.macs, p.deep_budget_ratio),
+            largest: largest_cost.macs,
         };
+        let evo = EvoConfig::from(p);
         evo.validate()?;
+        Ok(SearchPlan {
+            input_chw,
+            space,
+            largest,
+            budgets,
+            student_budget_param,
+            evo,
+            seed: p.seed,
+        })
+    }
 
-        let enc = input_encoding(&arch, &manifest)?;
-        let holdout = read_batches(
-            &manifest,
-            &split_dir,
-            Subset::Holdout,
-            p.batch_size,
-            p.eval_batches,
-            &EvalSpec {
-                encoding: enc,
-                image_size: p.image_size,
-                device,
+    /// Student (free depth), wide teacher (minimal depth), deep teacher (maximal depth), in
+    /// this order: the order fixes each one's seed and which candidates the shared cache
+    /// already holds.
+    fn searches(&self) -> [Search; 3] {
+        [
+            Search {
+                name: "student",
+                rule: DepthRule::Free,
+                budget_macs: self.budgets.student,
+                budget_param: self.student_budget_param,
             },
-        )?;
-        let has_bn = !sup.generator.batch_norms().is_empty();
-        let mut calib: Vec<Tensor> = Vec::new();
-        if has_bn {
-            for subset in [Subset::Labeled, Subset::Unlabeled] {
-                for b in read_batches(
-                    &manifest,
-                    &split_dir,
-                    subset,
-                    p.batch_size,
-                    p.calib_batches,
-                    &EvalSpec {
-                        encoding: enc,
-                        image_size: p.image_size,
-                        device,
-                    },
-                )? {
-                    calib.push(b.input);
-                }
-            }
-        }
-        let saved_stats = snapshot_running_stats(&sup.vs);
-        let gen_ = &sup.generator;
-        let metric = p.metric;
-        let cancel = ctx.cancel;
-        let mut log = ScoreLog::open(ctx.scratch_dir)?;
-        if !log.known.is_empty() {
-            ctx.progress.message(&format!(
-                "resuming: {} candidate scores from an interrupted run",
-                log.known.len()
-            ));
-        }
-        let score = |cfg: &SubnetConfig| -> Result<f64, SearchError> {
-            let key = cfg.to_string();
-            if let Some(s) = log.known.get(&key) {
-                return Ok(*s);
-            }
-            if cancel.is_cancelled() {
-                return Err(SearchError::Cancelled);
-            }
-            let fail = |reason: String| SearchError::Score {
-                config: cfg.to_string(),
-                reason,
-            };
-            if has_bn {
-                ugc_nn::recalibrate_bn(gen_.as_ref(), cfg, calib.iter())
-                    .map_err(|e| fail(e.to_string()))?;
-            }
-            let mut total = 0.0;
-            let mut n = 0usize;
-            for b in &holdout {
-                let target = b
-                    .target
-                    .as_ref()
-                    .ok_or_else(|| fail("hold-out batch without targets".into()))?;
-                let y = tch::no_grad(|| gen_.forward(&b.input, cfg, Mode::Eval))
-                    .map_err(|e| fail(e.to_string()))?;
-                let bs = b.ids.len();
-                total += metric.score(&y, target).map_err(fail)? * bs as f64;
-                n += bs;
-            }
-            if has_bn {
-                restore_running_stats(&saved_stats);
-            }
-            let score = total / n.max(1) as f64;
-            log.record(&key, score).map_err(fail)?;
-            Ok(score)
-        };
-        let cost = |cfg: &SubnetConfig| {
-            ugc_nn::profile(&arch, Some(cfg), input_chw).map_err(|e| SearchError::Cost {
-                config: cfg.to_string(),
-                reason: e.to_string(),
-            })
-        };
-        let mut ev = Evaluator::new(cost, score);
-        let tasks = [
-            ("student", DepthRule::Free, budget, budget_param),
-            (
-                "wide_teacher",
-                DepthRule::Min,
-                wide_budget,
-                "wide_budget_ratio",
-            ),
-            (
-                "deep_teacher",
-                DepthRule::Max,
-                deep_budget,
-                "deep_budget_ratio",
-            ),
-        ];
-        let total = (tasks.len() * (evo.generations + 1)) as u64;
-        ctx.progress.start("search", total);
-        let mut best = Vec::new();
-        for (i, (name, rule, b, param)) in tasks.iter().enumerate() {
+            Search {
+                name: "wide_teacher",
+                rule: DepthRule::Min,
+                budget_macs: self.budgets.wide_teacher,
+                budget_param: "wide_budget_ratio",
+            },
+            Search {
+                name: "deep_teacher",
+                rule: DepthRule::Max,
+                budget_macs: self.budgets.deep_teacher,
+                budget_param: "deep_budget_ratio",
+            },
+        ]
+    }
+
+    /// The generations loop: the three searches (search `i` seeded `seed + i`) sharing
+    /// `ev`'s score cache, then the largest sub-net scored for reference. Reports progress
+    /// per generation and checks the cancel token between searches.
+    fn run<C, S>(
+        &self,
+        ev: &mut Evaluator<C, S>,
+        searches: &[Search; 3],
+        ctx: &StageContext<'_>,
+    ) -> Result<SearchConfigs, StageError>
+    where
+        C: FnMut(&SubnetConfig) -> Result<ugc_nn::Cost, SearchError>,
+        S: FnMut(&SubnetConfig) -> Result<f64, SearchError>,
+    {
+        let per_search = (self.evo.generations + 1) as u64;
+        ctx.progress
+            .start("search", searches.len() as u64 * per_search);
+        let mut best = Vec::with_capacity(searches.len());
+        for (i, s) in searches.iter().enumerate() {
             if ctx.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
             let task = SearchTask {
-                space: &space,
-                rule: *rule,
-                budget_macs: *b,
-                budget_param: param,
+                space: &self.space,
+                rule: s.rule,
+                budget_macs: s.budget_macs,
+                budget_param: s.budget_param,
             };
-            let seed = p.seed.wrapping_add(i as u64);
+            let seed = self.seed.wrapping_add(i as u64);
             let progress = ctx.progress;
-            let base = (i * (evo.generations + 1)) as u64;
-            let c = evolve(&mut ev, &task, &evo, seed, |g, best| {
+            let base = i as u64 * per_search;
+            let c = evolve(ev, &task, &self.evo, seed, |g, best| {
                 progress.set(base + g as u64 + 1);
                 progress.message(&format!(
-                    "{name} gen {g}: best {} ({} MACs, score {:.4})",
-                    best.config, best.macs, best.score
+                    "{} gen {g}: best {} ({} MACs, score {:.4})",
+                    s.name, best.config, best.macs, best.score
                 ));
             })?;
             best.push(c);
         }
-        let largest_c = ev.score(&largest)?;
-        let mut it = best.into_iter();
-        let configs = SearchConfigs {
-            student: it.next().expect("three searches").into(),
-            wide_teacher: it.next().expect("three searches").into(),
-            deep_teacher: it.next().expect("three searches").into(),
-            largest: largest_c.into(),
+        let largest = ev.score(&self.largest)?;
+        let [student, wide_teacher, deep_teacher]: [Candidate; 3] =
+            best.try_into().expect("three searches");
+        Ok(SearchConfigs {
+            student: student.into(),
+            wide_teacher: wide_teacher.into(),
+            deep_teacher: deep_teacher.into(),
+            largest: largest.into(),
+        })
+    }
+}
+
+impl StageKind for SearchStage {
+    fn schema(&self) -> &KindSchema {
+        &self.schema
+    }
+
+    /// Build (inputs, budgets, the evaluation closure), loop (the three searches), write
+    /// (`configs.json`, Pareto logs, metrics, the searched student under `model/`).
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: SearchParams = ctx.typed_params()?;
+        if p.torch_threads > 0 {
+            tch::set_num_threads(p.torch_threads);
+        }
+        let device = crate::device::tch_device(ctx.device)?;
+        tch::manual_seed(p.seed as i64);
+
+        // Build.
+        let inputs = SearchInputs::open(ctx, device)?;
+        let arch = &inputs.sup.arch;
+        let plan = SearchPlan::new(&p, arch, inputs.sup.generator.search_space())?;
+        let searches = plan.searches();
+        let metric = p.metric;
+        let mut scorer = HoldoutScorer::new(&inputs, ctx, device, &ScoringConfig::from(&p))?;
+        let input_chw = plan.input_chw;
+        let cost = |cfg: &SubnetConfig| {
+            ugc_nn::profile(arch, Some(cfg), input_chw).map_err(|e| SearchError::Cost {
+                config: cfg.to_string(),
+                reason: e.to_string(),
+            })
         };
-        write_outputs(
-            ctx.out_dir,
-            &configs,
-            &ev.evaluated,
-            metric,
-            [budget, wide_budget, deep_budget],
-            largest_cost.macs,
-        )?;
+        let mut ev = Evaluator::new(cost, |cfg: &SubnetConfig| scorer.score(cfg));
+
+        // Loop.
+        let configs = plan.run(&mut ev, &searches, ctx)?;
+
+        // Write.
+        write_outputs(ctx.out_dir, &configs, &ev.evaluated, metric, &plan.budgets)?;
         drop(ev);
         // The searched student as a sub-net of the supernet, before any distillation: the
         // "NAS" point of the seed's Figure 1, and the architecture a `train` stage can
@@ -280,24 +287,25 @@ impl StageKind for SearchStage {
         let student: SubnetConfig = configs.student.config.parse().map_err(|e| {
             StageError::Failed(format!("searched student config does not parse: {e}"))
         })?;
-        if has_bn {
-            ugc_nn::recalibrate_bn(gen_.as_ref(), &student, calib.iter()).map_err(|e| {
-                StageError::Failed(format!("recalibrating the searched student: {e}"))
-            })?;
-        }
-        ugc_nn::export::export_subnet(gen_.as_ref(), &student, &ctx.out_dir.join("model"))
-            .map_err(|e| StageError::Failed(format!("exporting the searched student: {e}")))?;
+        scorer.recalibrate_for_export(&student)?;
+        ugc_nn::export::export_subnet(
+            inputs.sup.generator.as_ref(),
+            &student,
+            &ctx.out_dir.join("model"),
+        )
+        .map_err(|e| StageError::Failed(format!("exporting the searched student: {e}")))?;
         Ok(())
     }
 }
 
+/// Writes `configs.json`, the Pareto logs (`pareto.csv`, `pareto.json`: every evaluated
+/// candidate) and `metrics.json`.
 fn write_outputs(
     out: &Path,
     configs: &SearchConfigs,
     evaluated: &[Candidate],
     metric: Metric,
-    budgets: [u64; 3],
-    largest_macs: u64,
+    budgets: &Budgets,
 ) -> Result<(), StageError> {
     write_json(&out.join("configs.json"), configs)?;
     let front = pareto_front(evaluated);
@@ -327,10 +335,10 @@ fn write_outputs(
         &serde_json::json!({
             "search.evaluated": evaluated.len(),
             "search.pareto": n_front,
-            "search.budget_macs": budgets[0],
-            "search.wide_budget_macs": budgets[1],
-            "search.deep_budget_macs": budgets[2],
-            "search.largest_macs": largest_macs,
+            "search.budget_macs": budgets.student,
+            "search.wide_budget_macs": budgets.wide_teacher,
+            "search.deep_budget_macs": budgets.deep_teacher,
+            "search.largest_macs": budgets.largest,
             "student.macs": configs.student.macs,
             "student.params": configs.student.params,
             "student.score": configs.student.score,
@@ -341,4 +349,72 @@ fn write_outputs(
             "largest.score": configs.largest.score,
         }),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The search schema's defaults, as the stage receives them.
+    fn schema_defaults() -> SearchParams {
+        let schema = ugc_kinds::Kind::Search.schema();
+        let params = ugc_kinds::testing::baseline_params(&schema);
+        serde_json::from_value(serde_json::Value::Object(params)).unwrap()
+    }
+
+    #[test]
+    fn config_defaults_are_the_schema_defaults() {
+        let p = schema_defaults();
+        assert_eq!(EvoConfig::from(&p), EvoConfig::default());
+        assert_eq!(ScoringConfig::from(&p), ScoringConfig::default());
+    }
+
+    #[test]
+    fn budgets_and_their_parameters_follow_budget_macs_or_budget_ratio() {
+        let arch = ArchConfig {
+            ngf: 8,
+            n_blocks: 6,
+            ..ArchConfig::new(ugc_nn::Arch::MobileResnet)
+        };
+        let space = || ugc_nn::search_space(&arch).unwrap();
+        let p = SearchParams {
+            input_size: Some(vec![3, 64, 64]),
+            ..schema_defaults()
+        };
+        let largest = ugc_nn::profile(&arch, None, [3, 64, 64]).unwrap().macs;
+        let plan = SearchPlan::new(&p, &arch, space()).unwrap();
+        assert_eq!(plan.budgets.largest, largest);
+        assert_eq!(plan.budgets.student, ratio_budget(largest, 0.25));
+        assert_eq!(plan.budgets.wide_teacher, ratio_budget(largest, 0.6));
+        let s = plan.searches();
+        assert_eq!(
+            s.map(|s| s.budget_param),
+            ["budget_ratio", "wide_budget_ratio", "deep_budget_ratio"]
+        );
+        assert_eq!(
+            s.map(|s| s.rule),
+            [DepthRule::Free, DepthRule::Min, DepthRule::Max]
+        );
+        let plan = SearchPlan::new(
+            &SearchParams {
+                budget_macs: Some(12345.7),
+                ..p.clone()
+            },
+            &arch,
+            space(),
+        )
+        .unwrap();
+        assert_eq!(plan.budgets.student, 12345);
+        assert_eq!(plan.searches()[0].budget_param, "budget_macs");
+        let bad = SearchPlan::new(
+            &SearchParams {
+                input_size: Some(vec![3, 64]),
+                ..p
+            },
+            &arch,
+            space(),
+        );
+        let e = bad.err().expect("two-value input_size").to_string();
+        assert!(e.contains("input_size"), "{e}");
+    }
 }
