@@ -19,7 +19,7 @@ cargo test --workspace --locked --no-fail-fast "$@" || status=$?
 fixture_test_sets=(
     "-p ugc-nn --test it"
     "-p ugc-metrics --test it"
-    "-p ugc-method --test core"
+    "-p ugc-method --test it core::"
     "-p ugc-eval --test it export"
 )
 for isa in AVX2 SSE41; do

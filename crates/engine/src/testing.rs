@@ -139,3 +139,63 @@ pub fn copy_tree(from: &Path, to: &Path) {
         std::fs::write(&dst, bytes).unwrap_or_else(|e| panic!("{}: {e}", dst.display()));
     }
 }
+
+/// Held by a test while it uses a process-wide random generator (libtorch's CPU generator
+/// is one per process): seeding it and then drawing from it, or running a stage that seeds
+/// it, while a parallel test in the same binary could move it in between. The pipeline
+/// runs each stage in its own process, so only tests need this. Re-entrant within a
+/// thread: a test holding it may call helpers that take it again.
+pub fn torch_rng() -> TorchRngGuard {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    thread_local! {
+        static DEPTH: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+    let depth = DEPTH.get();
+    DEPTH.set(depth + 1);
+    TorchRngGuard {
+        // A test that panicked holding it leaves nothing half-done another could see.
+        guard: (depth == 0).then(|| LOCK.lock().unwrap_or_else(|e| e.into_inner())),
+        depth: &DEPTH,
+    }
+}
+
+/// See [`torch_rng`]; releases the generator when the outermost guard of the thread drops.
+pub struct TorchRngGuard {
+    guard: Option<std::sync::MutexGuard<'static, ()>>,
+    depth: &'static std::thread::LocalKey<std::cell::Cell<usize>>,
+}
+
+impl Drop for TorchRngGuard {
+    fn drop(&mut self) {
+        self.depth.with(|d| d.set(d.get() - 1));
+        self.guard.take();
+    }
+}
+
+#[cfg(test)]
+mod torch_rng_tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    use super::torch_rng;
+
+    #[test]
+    fn torch_rng_is_reentrant_in_a_thread_and_exclusive_across_threads() {
+        let outer = torch_rng();
+        let inner = torch_rng(); // would deadlock if not re-entrant
+        drop(inner);
+        static TAKEN: AtomicBool = AtomicBool::new(false);
+        let other = std::thread::spawn(|| {
+            let _g = torch_rng();
+            TAKEN.store(true, Ordering::SeqCst);
+        });
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !TAKEN.load(Ordering::SeqCst),
+            "taken while this thread holds it"
+        );
+        drop(outer);
+        other.join().unwrap();
+        assert!(TAKEN.load(Ordering::SeqCst));
+    }
+}

@@ -17,17 +17,8 @@ pub fn schema(name: &str) -> KindSchema {
         .schema()
 }
 
-/// libtorch's CPU generator is one per process. A stage seeds it and draws from it (weight
-/// init; the training loop reseeds it every step), and so do some tests; the tests of this
-/// binary run in parallel threads, so each holds this lock over its seed and draws, or a
-/// parallel test could move the generator in between (and e.g. a resumed evaluator would
-/// not start from the weights of the uninterrupted run). The pipeline runs each stage in
-/// its own process, so only tests need it.
-pub fn torch_rng() -> std::sync::MutexGuard<'static, ()> {
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    // A test that panicked holding it leaves nothing half-done that another could see.
-    RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
+/// libtorch's generator is one per process: see `ugc_engine::testing::torch_rng`.
+pub use ugc_engine::testing::torch_rng;
 
 pub fn run_with(
     kind: &dyn StageKind,

@@ -3,54 +3,12 @@
 use std::path::Path;
 use std::sync::Mutex;
 
+use crate::common::{input, run, run_with, schema};
 use serde_json::{Value, json};
 use ugc_data::{SplitStage, SynthStage};
-use ugc_engine::testing::{self, run_stage, with_defaults};
-use ugc_engine::{
-    CancelToken, KindSchema, NullProgress, Progress, StageError, StageInput, StageKind,
-};
+use ugc_engine::testing::with_defaults;
+use ugc_engine::{CancelToken, Progress, StageError, StageInput, StageKind};
 use ugc_method::supernet::SupernetStage;
-
-fn schema(name: &str) -> KindSchema {
-    let name = name.trim_end_matches(".yaml");
-    ugc_kinds::Kind::from_name(name)
-        .unwrap_or_else(|| panic!("no kind `{name}`"))
-        .schema()
-}
-
-fn input(kind: &str, dir: &Path) -> StageInput {
-    testing::input(kind, kind, dir)
-}
-
-fn run_with(
-    kind: &dyn StageKind,
-    params: &Value,
-    inputs: &[StageInput],
-    out: &Path,
-    scratch: &Path,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<(), StageError> {
-    run_stage(kind, params, inputs, out, scratch, progress, cancel)
-}
-
-fn run(
-    kind: &dyn StageKind,
-    params: &Value,
-    inputs: &[StageInput],
-    out: &Path,
-) -> Result<(), StageError> {
-    let scratch = tempfile::tempdir().unwrap();
-    run_with(
-        kind,
-        params,
-        inputs,
-        out,
-        scratch.path(),
-        &NullProgress,
-        &CancelToken::new(),
-    )
-}
 
 /// A tiny edges2photo split (16 train + 4 test at 32 px, half labeled).
 fn tiny_split() -> (tempfile::TempDir, tempfile::TempDir) {

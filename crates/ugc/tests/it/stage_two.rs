@@ -5,61 +5,18 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use crate::common::{input, run, run_with, schema};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_data::{SplitManifest, SplitStage, SynthStage};
-use ugc_engine::testing::{run_stage, with_defaults};
 use ugc_engine::{
-    CancelToken, DeviceKind, KindSchema, NullProgress, Progress, StageContext, StageError,
-    StageInput, StageKind,
+    CancelToken, DeviceKind, NullProgress, Progress, StageContext, StageError, StageInput,
 };
 use ugc_method::adf::AdfStage;
 use ugc_method::distill::DistillStage;
 use ugc_method::search::{SearchConfigs, SearchStage};
 use ugc_method::teachers::TeachersStage;
 use ugc_nn::{Arch, ArchConfig, DiscConfig, Mode, SpaceSpec, SubnetConfig};
-
-fn schema(name: &str) -> KindSchema {
-    let name = name.trim_end_matches(".yaml");
-    ugc_kinds::Kind::from_name(name)
-        .unwrap_or_else(|| panic!("no kind `{name}`"))
-        .schema()
-}
-
-fn run_with(
-    kind: &dyn StageKind,
-    over: Value,
-    inputs: &[StageInput],
-    out: &Path,
-    scratch: &Path,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<(), StageError> {
-    let params = with_defaults(kind.schema(), over);
-    run_stage(kind, &params, inputs, out, scratch, progress, cancel)
-}
-
-fn run(
-    kind: &dyn StageKind,
-    over: Value,
-    inputs: &[StageInput],
-    out: &Path,
-) -> Result<(), StageError> {
-    let scratch = tempfile::tempdir().unwrap();
-    run_with(
-        kind,
-        over,
-        inputs,
-        out,
-        scratch.path(),
-        &NullProgress,
-        &CancelToken::new(),
-    )
-}
-
-fn input(kind: &str, dir: &Path) -> StageInput {
-    ugc_engine::testing::input(kind, kind, dir)
-}
 
 /// Runs `teachers` over a search output and a supernet (plus `extra` inputs) into a fresh
 /// directory.
@@ -179,6 +136,8 @@ fn fixture() -> Fixture {
 }
 
 fn fixture_with(label_ratio: f64) -> Fixture {
+    // Seeded draws for the random supernet: no parallel test may move the generator.
+    let _rng = ugc_engine::testing::torch_rng();
     tch::manual_seed(0);
     let (synth_dir, split_dir) = synth_and_split(
         json!({"task": "edges2photo", "n": 24, "n_test": 4, "size": 32}),
