@@ -36,20 +36,9 @@ impl fmt::Display for SynthTask {
 }
 
 /// A task name that is not one of [`SynthTask::ALL`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("parameter `task`: unknown synthetic task `{0}` (labels2photo | edges2photo)")]
 pub struct UnknownTask(pub String);
-
-impl fmt::Display for UnknownTask {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "parameter `task`: unknown synthetic task `{}` (labels2photo | edges2photo)",
-            self.0
-        )
-    }
-}
-
-impl std::error::Error for UnknownTask {}
 
 impl FromStr for SynthTask {
     type Err = UnknownTask;
