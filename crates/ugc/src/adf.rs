@@ -23,7 +23,8 @@ use ugc_data::{SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::{DiscConfig, Discriminator, Mode, build_discriminator};
 
-use crate::search::{data_err, input_encoding, io_err, nn_err, read_json, write_json};
+use crate::MethodError;
+use crate::setup::{encoding_for, read_json, write_json};
 use crate::teachers::{TeacherEntry, load_teachers_json};
 
 pub use ugc_kinds::adf::Criterion;
@@ -207,7 +208,7 @@ pub struct AdfDecision {
 
 impl AdfDecision {
     /// Reads `<dir>/adf.json` of an adf stage output.
-    pub fn load(dir: &Path) -> Result<Self, StageError> {
+    pub fn load(dir: &Path) -> Result<Self, MethodError> {
         read_json(&dir.join("adf.json"))
     }
 
@@ -220,14 +221,17 @@ impl AdfDecision {
 pub fn load_discriminator(
     sup_dir: &Path,
     device: Device,
-) -> Result<(VarStore, Box<dyn Discriminator>), StageError> {
+) -> Result<(VarStore, Box<dyn Discriminator>), MethodError> {
     let cfg: DiscConfig = read_json(&sup_dir.join("supernet/disc.json"))?;
     let mut vs = VarStore::new(device);
-    let d = build_discriminator(&vs.root(), &cfg)
-        .map_err(nn_err(sup_dir.join("supernet/disc.json").display()))?;
+    let d = build_discriminator(&vs.root(), &cfg).map_err(MethodError::nn_at(
+        sup_dir.join("supernet/disc.json").display(),
+    ))?;
     let w = sup_dir.join("supernet/discriminator.safetensors");
-    vs.load(&w)
-        .map_err(|e| StageError::Data(format!("{}: {e}", w.display())))?;
+    vs.load(&w).map_err(|e| MethodError::Weights {
+        path: w.clone(),
+        reason: e.to_string(),
+    })?;
     Ok((vs, d))
 }
 
@@ -311,9 +315,11 @@ impl StageKind for AdfStage {
         } else {
             None
         };
-        let manifest = SplitManifest::load(&split_dir)
-            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
-        let enc = input_encoding(&teachers.models[0].generator.arch().clone(), &manifest)?;
+        let manifest = SplitManifest::load(&split_dir).map_err(MethodError::data_at(format!(
+            "split of stage `{}`",
+            ctx.node
+        )))?;
+        let enc = encoding_for(&teachers.models[0].generator.arch().clone(), &manifest)?;
         let loader = ugc_data::Loader::new(
             &manifest,
             &split_dir,
@@ -331,9 +337,9 @@ impl StageKind for AdfStage {
                 ..ugc_data::LoaderConfig::eval(p.batch_size)
             },
         )
-        .map_err(data_err("unlabeled loader"))?;
+        .map_err(MethodError::data_at("unlabeled loader"))?;
         let pseudo_dir = ctx.out_dir.join("pseudo");
-        std::fs::create_dir_all(&pseudo_dir).map_err(io_err(&pseudo_dir))?;
+        std::fs::create_dir_all(&pseudo_dir).map_err(|e| MethodError::io(&pseudo_dir, e))?;
         ctx.progress.start("score", loader.len() as u64);
         let mut ids = Vec::new();
         let mut scores = Vec::new();
@@ -341,10 +347,10 @@ impl StageKind for AdfStage {
             if ctx.cancel.is_cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let b = b.map_err(data_err("unlabeled batch"))?;
+            let b = b.map_err(MethodError::data_at("unlabeled batch"))?;
             let outs = teachers
                 .outputs(&b.input)
-                .map_err(nn_err("running the teachers"))?;
+                .map_err(MethodError::nn_at("running the teachers"))?;
             let (s, pseudo) = score_batch(
                 criterion,
                 &b.input,
@@ -356,7 +362,7 @@ impl StageKind for AdfStage {
                 for (i, id) in b.ids.iter().enumerate() {
                     let path = pseudo_dir.join(format!("{id}.png"));
                     ugc_nn::infer::save_output(&pseudo.narrow(0, i as i64, 1), &path)
-                        .map_err(nn_err(path.display()))?;
+                        .map_err(MethodError::nn_at(path.display()))?;
                 }
             }
             ids.extend(b.ids.iter().cloned());
@@ -409,7 +415,7 @@ pub fn write_decision(out: &Path, d: &Decision<'_>) -> Result<(), StageError> {
         csv.push_str(&format!("{id},{s},{k}\n"));
     }
     let p = out.join("scores.csv");
-    std::fs::write(&p, csv).map_err(io_err(&p))?;
+    std::fs::write(&p, csv).map_err(|e| MethodError::io(&p, e))?;
     let kept: Vec<String> = ids
         .iter()
         .zip(keep)
@@ -445,7 +451,10 @@ pub fn write_decision(out: &Path, d: &Decision<'_>) -> Result<(), StageError> {
             dropped,
         },
     )?;
-    write_json(&out.join("metrics.json"), &serde_json::Value::Object(m))
+    Ok(write_json(
+        &out.join("metrics.json"),
+        &serde_json::Value::Object(m),
+    )?)
 }
 
 #[cfg(test)]

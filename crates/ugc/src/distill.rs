@@ -41,10 +41,8 @@ use crate::device::Accel;
 use crate::error::MethodError;
 use crate::losses::{self, DistillWeights};
 use crate::perceptual::{DiscriminatorFeatures, FeatureNet, Vgg16};
-use crate::search::{
-    EvalSpec, SearchConfigs, data_err, input_encoding, load_supernet, nn_err, read_batches,
-    write_json,
-};
+use crate::search::SearchConfigs;
+use crate::setup::{EvalSpec, encoding_for, load_supernet, read_batches, write_json};
 
 /// `distill` parameters (`crates/kinds/src/distill/`).
 use ugc_kinds::distill::Params as DistillParams;
@@ -488,8 +486,10 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
     let sup_dir = ctx.require_input("supernet")?.dir.clone();
     let adf_dir = ctx.input_of_kind("adf").map(|i| i.dir.clone());
 
-    let manifest = SplitManifest::load(&split_dir)
-        .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
+    let manifest = SplitManifest::load(&split_dir).map_err(MethodError::data_at(format!(
+        "split of stage `{}`",
+        ctx.node
+    )))?;
     let configs = SearchConfigs::load(&search_dir)?;
     let sup = load_supernet(&sup_dir, device)?;
     let sub: SubnetConfig = configs.student.config.parse().map_err(|e| {
@@ -507,7 +507,7 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
         Some(path) => Some(Vgg16::load(path, device)?),
         None => None,
     };
-    let enc: InputEncoding = input_encoding(&arch, &manifest)?;
+    let enc: InputEncoding = encoding_for(&arch, &manifest)?;
     let augment = AugmentConfig {
         load_size: p.image_size.map(|s| (s, s)),
         crop_size: p.crop.map(|s| (s, s)),
@@ -527,7 +527,7 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
         Subset::Labeled,
         train_cfg(p.batch_size, p.seed),
     )
-    .map_err(data_err("labeled loader"))?;
+    .map_err(MethodError::data_at("labeled loader"))?;
     let labeled = BatchStream::new(labeled, "labeled").map_err(MethodError::from)?;
     let n_unl = manifest.unlabeled().len();
     // The unlabeled stream keeps a short last batch, so a few unlabeled inputs (fewer
@@ -542,7 +542,7 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
                 ..train_cfg(p.unlabeled_batch_size, p.seed.wrapping_add(1))
             },
         )
-        .map_err(data_err("unlabeled loader"))?;
+        .map_err(MethodError::data_at("unlabeled loader"))?;
         Some(BatchStream::new(l, "unlabeled").map_err(MethodError::from)?)
     } else {
         None
@@ -587,7 +587,7 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
                     ..LoaderConfig::eval(p.unlabeled_batch_size)
                 },
             )
-            .map_err(data_err("unlabeled loader"))?,
+            .map_err(MethodError::data_at("unlabeled loader"))?,
         )
     } else {
         None
@@ -698,7 +698,7 @@ fn write(
     let s_full = task.student.search_space().largest();
     let meta =
         ugc_nn::export::export_subnet(task.student.as_ref(), &s_full, &ctx.out_dir.join("model"))
-            .map_err(nn_err("exporting the student"))?;
+            .map_err(MethodError::nn_at("exporting the student"))?;
     for (m, e) in task.teachers.models.iter().zip(&task.teachers.entries) {
         let g = &m.generator;
         ugc_nn::export::export_subnet(
@@ -706,13 +706,16 @@ fn write(
             &g.search_space().largest(),
             &ctx.out_dir.join("teachers_final").join(e.role.name()),
         )
-        .map_err(nn_err(format!("exporting the {} teacher", e.role.name())))?;
+        .map_err(MethodError::nn_at(format!(
+            "exporting the {} teacher",
+            e.role.name()
+        )))?;
     }
     if let (Some((criterion, rule)), Some(Rescoring { scores, threshold })) =
         (task.adf.rule, task.adf.last()?)
     {
         let dir = ctx.out_dir.join("adf_online");
-        std::fs::create_dir_all(&dir).map_err(crate::search::io_err(&dir))?;
+        std::fs::create_dir_all(&dir).map_err(|e| MethodError::io(&dir, e))?;
         let keep: Vec<bool> = scores
             .iter()
             .map(|s| threshold.is_none_or(|t| *s >= t))
@@ -749,7 +752,7 @@ fn write(
         for b in &holdout {
             if let Some(t) = &b.target {
                 let y = tch::no_grad(|| task.student.forward(&b.input, &s_full, Mode::Eval))
-                    .map_err(nn_err("student on the hold-out"))?;
+                    .map_err(MethodError::nn_at("student on the hold-out"))?;
                 sum += scalar(&(y - t).abs().mean(Kind::Double)) * b.ids.len() as f64;
                 n += b.ids.len();
             }
@@ -765,8 +768,8 @@ fn write(
         "distill.adf_kept_final".into(),
         scalar(&task.adf.mask.sum(Kind::Float)).into(),
     );
-    write_json(
+    Ok(write_json(
         &ctx.out_dir.join("metrics.json"),
         &serde_json::Value::Object(metrics),
-    )
+    )?)
 }

@@ -40,8 +40,22 @@ pub enum MethodError {
     },
     #[error(transparent)]
     Nn(#[from] ugc_nn::NnError),
+    /// A network error, with what was being done (which model, which file).
+    #[error("{context}: {source}")]
+    NnAt {
+        context: String,
+        #[source]
+        source: ugc_nn::NnError,
+    },
     #[error(transparent)]
     Data(#[from] ugc_data::DataError),
+    /// A data error, with what was being read (which split, which loader).
+    #[error("{context}: {source}")]
+    DataAt {
+        context: String,
+        #[source]
+        source: ugc_data::DataError,
+    },
     /// A loss became NaN/inf, a shape did not fit, etc.
     #[error("{0}")]
     Numeric(String),
@@ -64,6 +78,23 @@ impl MethodError {
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
         MethodError::Io {
             path: path.into(),
+            source,
+        }
+    }
+
+    /// A `map_err` adapter giving a [`ugc_nn::NnError`] its context ([`MethodError::NnAt`]).
+    pub fn nn_at(context: impl std::fmt::Display) -> impl FnOnce(ugc_nn::NnError) -> Self {
+        move |source| MethodError::NnAt {
+            context: context.to_string(),
+            source,
+        }
+    }
+
+    /// A `map_err` adapter giving a [`ugc_data::DataError`] its context
+    /// ([`MethodError::DataAt`]).
+    pub fn data_at(context: impl std::fmt::Display) -> impl FnOnce(ugc_data::DataError) -> Self {
+        move |source| MethodError::DataAt {
+            context: context.to_string(),
             source,
         }
     }
@@ -111,7 +142,8 @@ impl From<MethodError> for StageError {
             e @ (MethodError::Weights { .. }
             | MethodError::Checkpoint { .. }
             | MethodError::Json { .. }
-            | MethodError::Data(_)) => StageError::Data(e.to_string()),
+            | MethodError::Data(_)
+            | MethodError::DataAt { .. }) => StageError::Data(e.to_string()),
             MethodError::Io { path, source } => StageError::io(path.display().to_string(), source),
             e => StageError::Failed(e.to_string()),
         }

@@ -6,8 +6,9 @@
 //! - [`losses`]: hinge GAN, L1, SSIM, Gram, feature L1, TV and the OMGD student loss.
 //! - [`perceptual`]: [`perceptual::FeatureNet`] (VGG16 from a user file, or the
 //!   discriminator's features).
-//! - [`setup`]: the `split` dep, architecture maps, input encodings, loaders, default
-//!   discriminators, input-size checks, libtorch panic guard.
+//! - [`setup`]: the `split` dep, architecture maps, input encodings, loaders and evaluation
+//!   batches, default discriminators, input-size checks, libtorch panic guard, a saved
+//!   supernet, JSON files (for stage one and stage two alike).
 //! - [`gan`]: the GAN training task (D + G step over a sub-net schedule) shared by
 //!   `supernet` and `train`.
 //! - [`error`]: [`MethodError`] and its mapping to the engine's `StageError`.

@@ -1,15 +1,16 @@
-//! Shared set-up of the training stages: the split a stage trains on, the architecture from
-//! a parameter map, the input encoding the family needs, loaders and the discriminator.
+//! Shared set-up of the method's stages (stage one and stage two): the split a stage trains
+//! on, the architecture from a parameter map, the input encoding the family needs, loaders,
+//! evaluation batches, the discriminator, a saved supernet, and JSON files.
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tch::Device;
+use tch::{Device, nn::VarStore};
 use ugc_data::augment::AugmentConfig;
-use ugc_data::{InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
+use ugc_data::{Batch, InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::StageContext;
-use ugc_nn::{Arch, ArchConfig, DiscConfig};
+use ugc_nn::{Arch, ArchConfig, DiscConfig, Generator, build_generator};
 
 use crate::error::MethodError;
 
@@ -178,13 +179,66 @@ pub fn eval_loader(
     batch_size: usize,
     device: Device,
 ) -> Result<Loader, MethodError> {
+    let cfg = eval_loader_config(data.image_size, data.crop, encoding, batch_size, device);
+    Ok(Loader::new(&split.manifest, &split.dir, subset, cfg)?)
+}
+
+/// The loader settings of [`eval_loader`] and [`read_batches`]: fixed order, one thread, an
+/// optional square resize then an optional centred square crop.
+pub fn eval_loader_config(
+    image_size: Option<u32>,
+    crop: Option<u32>,
+    encoding: InputEncoding,
+    batch_size: usize,
+    device: Device,
+) -> LoaderConfig {
     let mut cfg = LoaderConfig::eval(batch_size);
     cfg.threads = 1;
-    cfg.augment.load_size = data.image_size.map(|s| (s, s));
-    cfg.augment.crop_size = data.crop.map(|s| (s, s));
+    cfg.augment.load_size = image_size.map(|s| (s, s));
+    cfg.augment.crop_size = crop.map(|s| (s, s));
     cfg.encoding = encoding;
     cfg.device = device;
-    Ok(Loader::new(&split.manifest, &split.dir, subset, cfg)?)
+    cfg
+}
+
+/// How stage two's evaluation batches are prepared: the generator's input encoding, an
+/// optional square resize (as the supernet trained; no crop), and the device.
+#[derive(Debug, Clone, Copy)]
+pub struct EvalSpec {
+    pub encoding: InputEncoding,
+    pub image_size: Option<u32>,
+    pub device: Device,
+}
+
+/// Reads up to `max_batches` batches of a subset (fixed order, no augmentation) into memory.
+pub fn read_batches(
+    manifest: &SplitManifest,
+    split_dir: &Path,
+    subset: Subset,
+    batch_size: usize,
+    max_batches: usize,
+    spec: &EvalSpec,
+) -> Result<Vec<Batch>, MethodError> {
+    let cfg = eval_loader_config(
+        spec.image_size,
+        None,
+        spec.encoding,
+        batch_size,
+        spec.device,
+    );
+    let loader = Loader::new(manifest, split_dir, subset, cfg).map_err(MethodError::data_at(
+        format!("{subset:?} loader of {}", split_dir.display()),
+    ))?;
+    loader
+        .epoch(0)
+        .take(max_batches)
+        .map(|b| {
+            b.map_err(MethodError::data_at(format!(
+                "{subset:?} batch of {}",
+                split_dir.display()
+            )))
+        })
+        .collect()
 }
 
 /// The discriminator DESIGN §2 pairs with a family: PatchGAN (3 layers) for the pix2pix
@@ -256,6 +310,41 @@ pub fn guard_panics<T>(
             )))
         }
     }
+}
+
+/// A supernet stage's weights, loaded: `supernet/arch.json` + `supernet/generator.safetensors`.
+pub struct LoadedSupernet {
+    pub arch: ArchConfig,
+    pub vs: VarStore,
+    pub generator: Box<dyn Generator>,
+}
+
+/// Loads the generator supernet from a `supernet` stage output folder.
+pub fn load_supernet(dir: &Path, device: Device) -> Result<LoadedSupernet, MethodError> {
+    let arch_file = dir.join("supernet/arch.json");
+    let arch: ArchConfig = read_json(&arch_file)?;
+    let mut vs = VarStore::new(device);
+    let generator =
+        build_generator(&vs.root(), &arch).map_err(MethodError::nn_at(arch_file.display()))?;
+    let w = dir.join("supernet/generator.safetensors");
+    vs.load(&w).map_err(|e| MethodError::Weights {
+        path: w.clone(),
+        reason: e.to_string(),
+    })?;
+    Ok(LoadedSupernet {
+        arch,
+        vs,
+        generator,
+    })
+}
+
+/// Reads a JSON file written by an earlier stage.
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, MethodError> {
+    let text = std::fs::read_to_string(path).map_err(|e| MethodError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| MethodError::Json {
+        path: path.to_path_buf(),
+        source: e,
+    })
 }
 
 /// Writes `value` as pretty JSON to `path`.

@@ -14,10 +14,9 @@ use ugc_data::{SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::SubnetConfig;
 
-use crate::search::{
-    ChosenConfig, EvalSpec, SearchConfigs, data_err, input_encoding, load_supernet, nn_err,
-    read_batches, read_json, write_json,
-};
+use crate::MethodError;
+use crate::search::{ChosenConfig, SearchConfigs};
+use crate::setup::{EvalSpec, encoding_for, load_supernet, read_batches, read_json, write_json};
 
 use ugc_kinds::teachers::Params as TeachersParams;
 pub use ugc_kinds::teachers::{Role, Strategy};
@@ -88,9 +87,11 @@ impl StageKind for TeachersStage {
                     ctx.node, sup.arch.arch
                 ))
             })?;
-            let m = SplitManifest::load(&split.dir)
-                .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
-            let enc = input_encoding(&sup.arch, &m)?;
+            let m = SplitManifest::load(&split.dir).map_err(MethodError::data_at(format!(
+                "split of stage `{}`",
+                ctx.node
+            )))?;
+            let enc = encoding_for(&sup.arch, &m)?;
             let mut v = Vec::new();
             for subset in [Subset::Labeled, Subset::Unlabeled] {
                 for b in read_batches(
@@ -132,12 +133,14 @@ impl StageKind for TeachersStage {
                 ))
             })?;
             if !calib.is_empty() {
-                ugc_nn::recalibrate_bn(sup.generator.as_ref(), &sub, calib.iter())
-                    .map_err(nn_err(format!("recalibrating the {} teacher", role.name())))?;
+                ugc_nn::recalibrate_bn(sup.generator.as_ref(), &sub, calib.iter()).map_err(
+                    MethodError::nn_at(format!("recalibrating the {} teacher", role.name())),
+                )?;
             }
             let dir = ctx.out_dir.join("teachers").join(role.name());
-            let meta = ugc_nn::export::export_subnet(sup.generator.as_ref(), &sub, &dir)
-                .map_err(nn_err(format!("exporting the {} teacher", role.name())))?;
+            let meta = ugc_nn::export::export_subnet(sup.generator.as_ref(), &sub, &dir).map_err(
+                MethodError::nn_at(format!("exporting the {} teacher", role.name())),
+            )?;
             metrics.insert(format!("{}.macs", role.name()), chosen.macs.into());
             metrics.insert(format!("{}.params", role.name()), meta.params.into());
             entries.push(TeacherEntry {
@@ -150,9 +153,9 @@ impl StageKind for TeachersStage {
         }
         metrics.insert("teachers.count".into(), entries.len().into());
         write_json(&ctx.out_dir.join("teachers.json"), &entries)?;
-        write_json(
+        Ok(write_json(
             &ctx.out_dir.join("metrics.json"),
             &serde_json::Value::Object(metrics),
-        )
+        )?)
     }
 }

@@ -10,9 +10,8 @@ use ugc_engine::{CancelToken, StageContext, StageError};
 use ugc_nn::{Generator, Mode, SubnetConfig};
 
 use super::algorithm::SearchError;
-use super::shared::{
-    EvalSpec, LoadedSupernet, data_err, input_encoding, io_err, load_supernet, read_batches,
-};
+use crate::MethodError;
+use crate::setup::{EvalSpec, LoadedSupernet, encoding_for, load_supernet, read_batches};
 
 /// The configured hold-out metric (a stage parameter, so it lives with the kind's typed
 /// parameters); [`MetricScore`] scores with it.
@@ -104,12 +103,12 @@ struct ScoreLog {
 impl ScoreLog {
     const FILE: &'static str = "search_scores.tsv";
 
-    fn open(scratch: &Path) -> Result<Self, StageError> {
-        std::fs::create_dir_all(scratch).map_err(io_err(scratch))?;
+    fn open(scratch: &Path) -> Result<Self, MethodError> {
+        std::fs::create_dir_all(scratch).map_err(|e| MethodError::io(scratch, e))?;
         let path = scratch.join(Self::FILE);
         let mut known = HashMap::new();
         if path.is_file() {
-            let text = std::fs::read_to_string(&path).map_err(io_err(&path))?;
+            let text = std::fs::read_to_string(&path).map_err(|e| MethodError::io(&path, e))?;
             for line in text.lines() {
                 let Some((cfg, bits)) = line.split_once('\t') else {
                     continue;
@@ -125,7 +124,7 @@ impl ScoreLog {
             .create(true)
             .append(true)
             .open(&path)
-            .map_err(io_err(&path))?;
+            .map_err(|e| MethodError::io(&path, e))?;
         Ok(ScoreLog { path, known, file })
     }
 
@@ -154,8 +153,10 @@ impl SearchInputs {
         let sup_dir = ctx.require_input("supernet")?.dir.clone();
         let split_dir: PathBuf = ctx.require_input("split")?.dir.clone();
         let sup = load_supernet(&sup_dir, device)?;
-        let manifest = SplitManifest::load(&split_dir)
-            .map_err(data_err(format!("split of stage `{}`", ctx.node)))?;
+        let manifest = SplitManifest::load(&split_dir).map_err(MethodError::data_at(format!(
+            "split of stage `{}`",
+            ctx.node
+        )))?;
         if manifest.holdout().is_empty() {
             return Err(StageError::Config(format!(
                 "stage `{}`: the split has no search hold-out (set the split's `holdout` > 0); \
@@ -222,7 +223,7 @@ impl<'a> HoldoutScorer<'a> {
     ) -> Result<Self, StageError> {
         let sup = &inputs.sup;
         let spec = EvalSpec {
-            encoding: input_encoding(&sup.arch, &inputs.manifest)?,
+            encoding: encoding_for(&sup.arch, &inputs.manifest)?,
             image_size: cfg.image_size,
             device,
         };

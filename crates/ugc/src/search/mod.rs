@@ -18,13 +18,10 @@
 
 mod algorithm;
 mod inputs;
-mod shared;
 mod stage;
 
 pub use algorithm::{
     Candidate, DepthRule, Evaluator, EvoConfig, SearchError, SearchTask, evolve, pareto_front,
 };
 pub use inputs::{Metric, MetricScore, restore_running_stats, snapshot_running_stats};
-pub use shared::{EvalSpec, LoadedSupernet, input_encoding, load_supernet, read_batches};
-pub(crate) use shared::{data_err, io_err, nn_err, read_json, write_json};
 pub use stage::{ChosenConfig, SearchConfigs, SearchStage};

@@ -12,7 +12,8 @@ use super::algorithm::{
     Candidate, DepthRule, Evaluator, EvoConfig, SearchError, SearchTask, evolve, pareto_front,
 };
 use super::inputs::{HoldoutScorer, Metric, ScoringConfig, SearchInputs};
-use super::shared::{io_err, read_json, write_json};
+use crate::MethodError;
+use crate::setup::{read_json, write_json};
 
 /// `configs.json` entry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -45,7 +46,7 @@ pub struct SearchConfigs {
 
 impl SearchConfigs {
     /// Reads `<dir>/configs.json` of a search stage output.
-    pub fn load(dir: &Path) -> Result<Self, StageError> {
+    pub fn load(dir: &Path) -> Result<Self, MethodError> {
         read_json(&dir.join("configs.json"))
     }
 }
@@ -306,7 +307,7 @@ fn write_outputs(
     evaluated: &[Candidate],
     metric: Metric,
     budgets: &Budgets,
-) -> Result<(), StageError> {
+) -> Result<(), MethodError> {
     write_json(&out.join("configs.json"), configs)?;
     let front = pareto_front(evaluated);
     let mut rows: Vec<(&Candidate, bool)> = evaluated.iter().zip(front).collect();
@@ -324,7 +325,7 @@ fn write_outputs(
         }));
     }
     let p = out.join("pareto.csv");
-    std::fs::write(&p, csv).map_err(io_err(&p))?;
+    std::fs::write(&p, csv).map_err(|e| MethodError::io(&p, e))?;
     write_json(
         &out.join("pareto.json"),
         &serde_json::json!({ "metric": metric, "higher_is_better": true, "candidates": json_rows }),
