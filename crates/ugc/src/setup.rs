@@ -355,3 +355,49 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), MethodError
     })?;
     std::fs::write(path, text).map_err(|e| MethodError::io(path, e))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ugc_engine::StageError;
+
+    #[test]
+    fn stage_two_file_errors_keep_their_context_and_stage_error_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        // A supernet folder without arch.json: an I/O error naming the file.
+        let e = StageError::from(load_supernet(dir.path(), Device::Cpu).err().unwrap());
+        assert!(
+            matches!(&e, StageError::Io { .. }) && e.to_string().contains("arch.json"),
+            "{e:?}"
+        );
+        // Unparsable JSON: a data error naming the file.
+        let p = dir.path().join("bad.json");
+        std::fs::write(&p, "{").unwrap();
+        let e = StageError::from(read_json::<Value>(&p).unwrap_err());
+        assert!(
+            matches!(&e, StageError::Data(m) if m.contains("bad.json")),
+            "{e:?}"
+        );
+        // Context adapters: same text as the message, data -> Data, networks -> Failed.
+        let io = || std::io::Error::other("gone");
+        let data = ugc_data::DataError::Io {
+            path: "x.png".into(),
+            source: io(),
+        };
+        let e = StageError::from(MethodError::data_at("unlabeled loader")(data));
+        assert!(
+            matches!(&e, StageError::Data(m) if m == "unlabeled loader: x.png: gone"),
+            "{e:?}"
+        );
+        let nn = ugc_nn::NnError::InvalidConfig {
+            field: "ngf".into(),
+            value: "0".into(),
+            reason: "must be > 0".into(),
+        };
+        let e = StageError::from(MethodError::nn_at("exporting the student")(nn));
+        assert!(
+            matches!(&e, StageError::Failed(m) if m.starts_with("exporting the student: invalid architecture config: ngf")),
+            "{e:?}"
+        );
+    }
+}
