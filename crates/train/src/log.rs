@@ -165,4 +165,3 @@ fn join(v: &[f64]) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
-

@@ -123,7 +123,10 @@ pub struct LoopOutcome {
 impl LoopOutcome {
     /// The tail mean of the column `name`, if the task logged one.
     pub fn tail_of(&self, name: &str) -> Option<f64> {
-        self.tail_mean.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+        self.tail_mean
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| *v)
     }
 }
 

@@ -63,9 +63,10 @@ impl BatchStream {
             self.iter = Some(self.loader.epoch(self.epoch));
         }
         loop {
-            let it = self.iter.as_mut().ok_or_else(|| {
-                TrainError::Numeric(format!("{} stream has no epoch", self.name))
-            })?;
+            let it = self
+                .iter
+                .as_mut()
+                .ok_or_else(|| TrainError::Numeric(format!("{} stream has no epoch", self.name)))?;
             match it.next() {
                 Some(b) => return Ok(b?),
                 None => {
@@ -81,7 +82,6 @@ impl BatchStream {
         self.per_epoch
     }
 }
-
 
 impl BatchStream {
     /// The loader behind the stream (its example count, for records).

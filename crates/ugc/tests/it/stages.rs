@@ -215,7 +215,7 @@ fn supernet_errors_name_the_parameter() {
     let p = supernet_params(2, json!({"batch_size": 100}));
     let e = run(&kind, &p, &inputs, out.path()).unwrap_err().to_string();
     assert!(e.contains("batch_size"), "{e}");
-    let e = run(&kind, &supernet_params(2, json!({})), &[], out.path()).unwrap_err();
+    let e = run(&kind, supernet_params(2, json!({})), &[], out.path()).unwrap_err();
     assert!(e.to_string().contains("split"), "{e}");
 }
 
@@ -313,7 +313,7 @@ fn too_small_images_for_the_patchgan_are_refused_by_name() {
     let out = tempfile::tempdir().unwrap();
     let e = run(
         &kind,
-        &supernet_params(2, json!({})),
+        supernet_params(2, json!({})),
         &[input("split", sp.path())],
         out.path(),
     )
@@ -375,7 +375,7 @@ fn one_random_subnet_per_step_without_sandwich_and_labels_only_without_unlabeled
     let out = tempfile::tempdir().unwrap();
     run(
         &kind,
-        &supernet_params(2, json!({"sandwich": false})),
+        supernet_params(2, json!({"sandwich": false})),
         &inputs,
         out.path(),
     )
@@ -397,7 +397,7 @@ fn one_random_subnet_per_step_without_sandwich_and_labels_only_without_unlabeled
     let out = tempfile::tempdir().unwrap();
     run(
         &kind,
-        &supernet_params(2, json!({"unlabeled": false})),
+        supernet_params(2, json!({"unlabeled": false})),
         &inputs,
         out.path(),
     )
@@ -448,7 +448,7 @@ fn supernet_distills_through_a_configured_vgg16() {
     let out2 = tempfile::tempdir().unwrap();
     run(
         &kind,
-        &supernet_params(1, json!({})),
+        supernet_params(1, json!({})),
         &[input("split", split.path())],
         out2.path(),
     )
