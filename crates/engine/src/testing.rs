@@ -77,6 +77,44 @@ pub fn run_stage(
     kind.run(&ctx)
 }
 
+/// [`run_stage`] with `over` merged over the kind's schema defaults ([`with_defaults`];
+/// already merged parameters pass through unchanged), holding [`torch_rng`] for the run.
+pub fn run_with_defaults(
+    kind: &dyn StageKind,
+    over: impl std::borrow::Borrow<Value>,
+    inputs: &[StageInput],
+    out: &Path,
+    scratch: &Path,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(), StageError> {
+    let params = with_defaults(kind.schema(), over.borrow().clone());
+    let _rng = torch_rng();
+    run_stage(kind, &params, inputs, out, scratch, progress, cancel)
+}
+
+/// [`run_with_defaults`] with a fresh scratch folder, no progress and no cancel.
+///
+/// # Panics
+/// If no temporary folder can be made (a test environment problem).
+pub fn run_quick(
+    kind: &dyn StageKind,
+    over: impl std::borrow::Borrow<Value>,
+    inputs: &[StageInput],
+    out: &Path,
+) -> Result<(), StageError> {
+    let scratch = tempfile::tempdir().expect("temp dir for the scratch folder");
+    run_with_defaults(
+        kind,
+        over,
+        inputs,
+        out,
+        scratch.path(),
+        &crate::stage::NullProgress,
+        &CancelToken::new(),
+    )
+}
+
 /// Every file under `dir` (recursively) by its path relative to `dir`, with its bytes: what
 /// a stage committed, for "resumed / relocated runs commit the same bytes" checks.
 ///

@@ -1,33 +1,13 @@
-use std::path::Path;
-
 use serde_json::json;
 use ugc_data::{SplitManifest, SplitStage, SynthStage};
-use ugc_engine::testing::{run_stage, with_defaults};
-use ugc_engine::{CancelToken, KindSchema, NullProgress, StageError, StageInput, StageKind};
+use ugc_engine::testing::{run_quick as run, with_defaults};
+use ugc_engine::{KindSchema, StageError, StageInput, StageKind};
 
 fn schema(name: &str) -> KindSchema {
     let name = name.trim_end_matches(".yaml");
     ugc_kinds::Kind::from_name(name)
         .unwrap_or_else(|| panic!("no kind `{name}`"))
         .schema()
-}
-
-fn run(
-    kind: &dyn StageKind,
-    params: serde_json::Value,
-    inputs: &[StageInput],
-    out: &Path,
-) -> Result<(), StageError> {
-    let scratch = tempfile::tempdir().unwrap();
-    run_stage(
-        kind,
-        &params,
-        inputs,
-        out,
-        scratch.path(),
-        &NullProgress,
-        &CancelToken::new(),
-    )
 }
 
 #[test]

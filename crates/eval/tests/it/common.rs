@@ -3,10 +3,8 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 use tch::{Device, nn::VarStore};
 use ugc_data::{SplitStage, SynthStage};
-pub use ugc_engine::testing::{copy_tree, input, run_stage, with_defaults};
-use ugc_engine::{
-    CancelToken, KindSchema, NullProgress, Progress, StageError, StageInput, StageKind,
-};
+pub use ugc_engine::testing::{copy_tree, input};
+use ugc_engine::{CancelToken, KindSchema, Progress, StageInput};
 use ugc_eval::{EvaluateStage, EvaluatorStage, ExportStage};
 use ugc_nn::{Arch, ArchConfig, build_generator};
 
@@ -20,37 +18,7 @@ pub fn schema(name: &str) -> KindSchema {
 /// libtorch's generator is one per process: see `ugc_engine::testing::torch_rng`.
 pub use ugc_engine::testing::torch_rng;
 
-pub fn run_with(
-    kind: &dyn StageKind,
-    over: Value,
-    inputs: &[StageInput],
-    out: &Path,
-    scratch: &Path,
-    progress: &dyn Progress,
-    cancel: &CancelToken,
-) -> Result<(), StageError> {
-    let params = with_defaults(kind.schema(), over);
-    let _rng = torch_rng();
-    run_stage(kind, &params, inputs, out, scratch, progress, cancel)
-}
-
-pub fn run(
-    kind: &dyn StageKind,
-    over: Value,
-    inputs: &[StageInput],
-    out: &Path,
-) -> Result<(), StageError> {
-    let scratch = tempfile::tempdir().unwrap();
-    run_with(
-        kind,
-        over,
-        inputs,
-        out,
-        scratch.path(),
-        &NullProgress,
-        &CancelToken::new(),
-    )
-}
+pub use ugc_engine::testing::{run_quick as run, run_with_defaults as run_with};
 
 pub fn evaluator_stage() -> EvaluatorStage {
     EvaluatorStage::new(schema("evaluator"))

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 use ugc_engine::testing::{input, with_defaults};
-use ugc_engine::{CancelToken, KindSchema, NullProgress, StageError, StageInput};
+use ugc_engine::{KindSchema, StageError, StageInput};
 use ugc_report::{ReportParams, ReportStage, TableKind, build_report, load_records, tables};
 
 fn schema() -> KindSchema {
@@ -399,19 +399,7 @@ fn missing_metrics_file_names_the_node() {
 
 /// Runs the report stage on `inputs` with `p` over the schema's defaults.
 fn run_stage(p: Value, inputs: &[StageInput], out: &Path) -> Result<(), StageError> {
-    let schema = schema();
-    let params = with_defaults(&schema, p);
-    let scratch = tempfile::tempdir().unwrap();
-    let stage = ReportStage::new(schema);
-    ugc_engine::testing::run_stage(
-        &stage,
-        &params,
-        inputs,
-        out,
-        scratch.path(),
-        &NullProgress,
-        &CancelToken::new(),
-    )
+    ugc_engine::testing::run_quick(&ReportStage::new(schema()), p, inputs, out)
 }
 
 fn non_white(img: &image::RgbImage, x0: u32, y0: u32, x1: u32, y1: u32) -> usize {
