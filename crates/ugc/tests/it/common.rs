@@ -18,3 +18,19 @@ pub fn input(kind: &str, dir: &Path) -> StageInput {
 }
 
 pub use ugc_engine::testing::{run_quick as run, run_with_defaults as run_with};
+
+/// torchvision `vgg16().features` conv layers up to relu4_3 as (index, c_in, c_out): the
+/// tests' own statement of torchvision's layout (deliberately not the crate's constant, so a
+/// mistake there is caught), for writing random VGG16 weights files.
+pub const TORCHVISION_VGG16_CONVS: [(usize, i64, i64); 10] = [
+    (0, 3, 64),
+    (2, 64, 64),
+    (5, 64, 128),
+    (7, 128, 128),
+    (10, 128, 256),
+    (12, 256, 256),
+    (14, 256, 256),
+    (17, 256, 512),
+    (19, 512, 512),
+    (21, 512, 512),
+];

@@ -291,18 +291,7 @@ fn vgg16_errors_name_file_and_tensors() {
 fn vgg16_loads_torchvision_names_and_taps_four_layers() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vgg16.safetensors");
-    let convs = [
-        (0, 3, 64),
-        (2, 64, 64),
-        (5, 64, 128),
-        (7, 128, 128),
-        (10, 128, 256),
-        (12, 256, 256),
-        (14, 256, 256),
-        (17, 256, 512),
-        (19, 512, 512),
-        (21, 512, 512),
-    ];
+    let convs = crate::common::TORCHVISION_VGG16_CONVS;
     let mut ts = Vec::new();
     for (i, ci, co) in convs {
         ts.push((

@@ -415,18 +415,7 @@ fn supernet_distills_through_a_configured_vgg16() {
     let (_s, split) = tiny_split();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vgg16.safetensors");
-    let convs = [
-        (0, 3, 64),
-        (2, 64, 64),
-        (5, 64, 128),
-        (7, 128, 128),
-        (10, 128, 256),
-        (12, 256, 256),
-        (14, 256, 256),
-        (17, 256, 512),
-        (19, 512, 512),
-        (21, 512, 512),
-    ];
+    let convs = crate::common::TORCHVISION_VGG16_CONVS;
     let cpu = (tch::Kind::Float, tch::Device::Cpu);
     let mut ts = Vec::new();
     for (i, ci, co) in convs {
