@@ -515,6 +515,8 @@ mod tests {
 
     #[test]
     fn agreement_orders_by_teacher_disagreement() {
+        // Draws from libtorch's one generator: not while another test depends on it.
+        let _rng = ugc_engine::testing::torch_rng();
         let base = Tensor::rand([3, 3, 8, 8], (Kind::Float, Device::Cpu));
         let noise = Tensor::from_slice(&[0.0f32, 0.1, 0.5]).view([3, 1, 1, 1]);
         let other = &base + &noise;

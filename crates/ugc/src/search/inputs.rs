@@ -326,6 +326,8 @@ mod tests {
 
     #[test]
     fn bn_statistics_are_restored_after_a_candidate_recalibration() {
+        // Draws from libtorch's one generator: not while another test depends on it.
+        let _rng = ugc_engine::testing::torch_rng();
         let arch = ArchConfig {
             ngf: 4,
             num_downs: 5,
