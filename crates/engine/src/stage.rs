@@ -70,8 +70,9 @@ pub struct ParamSchema {
     /// the default whole, so keys it leaves out take their own `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keys: Option<BTreeMap<String, ParamSchema>>,
-    /// A value that satisfies the schema, for a required parameter without a default: used
-    /// by the generated tests and shown in the kinds' reference (docs/stage-kinds.md).
+    /// A value that satisfies the schema, for a required parameter without a default (or
+    /// one whose default plans only together with another parameter): used by the
+    /// generated tests and shown in the kinds' reference (docs/stage-kinds.md).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub example: Option<Value>,
     /// For an external input: what the file is and how to get or convert it (names the

@@ -182,16 +182,17 @@ fn compare(what: &str, ps: &ParamSchema, rust: &Shape, out: &mut Vec<String>) {
     }
 }
 
-/// The parameters every test starts from: each default, and the `example` of each
-/// required parameter without one.
+/// The parameters every test starts from: each parameter's `example` where it has one
+/// (a required parameter, or one whose default alone does not plan, like `train.arch`),
+/// else its default.
 pub fn baseline_params(schema: &KindSchema) -> Map<String, Value> {
     schema
         .params
         .iter()
         .filter_map(|(name, ps)| {
-            ps.default
+            ps.example
                 .clone()
-                .or_else(|| ps.example.clone())
+                .or_else(|| ps.default.clone())
                 .map(|v| (name.clone(), v))
         })
         .collect()

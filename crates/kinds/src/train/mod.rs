@@ -51,6 +51,12 @@ impl crate::KindParams for Params {
                 "config",
                 "is a sub-net of `arch`: give `arch`",
             ));
+        } else if self.arch.is_none() && self.from_dep.is_none() {
+            // Nothing says what to train: found now, not after the upstream stages ran.
+            out.push(ParamProblem::new(
+                "arch",
+                "give `arch` (an architecture map) or `from_dep` (a dep with a model/ directory)",
+            ));
         }
         if let Some(arch) = &self.arch {
             out.extend(check_arch_param("arch", &Value::Object(arch.clone())));
@@ -86,7 +92,16 @@ mod tests {
 
     #[test]
     fn config_without_arch_is_refused() {
-        assert_refused(Kind::Train, json!({"config": "w=8;d=1"}), "config");
+        assert_refused(
+            Kind::Train,
+            json!({"arch": null, "config": "w=8;d=1"}),
+            "config",
+        );
+    }
+
+    #[test]
+    fn neither_arch_nor_from_dep_is_refused() {
+        assert_refused(Kind::Train, json!({"arch": null}), "arch");
     }
 
     #[test]
