@@ -153,14 +153,32 @@ pub fn assert_same_tree(a: &Path, b: &Path) {
         names(&tb),
         "the two outputs hold different files"
     );
+    // Every differing file, and the text of the small text ones: a flaky difference is then
+    // diagnosable from the one failing run.
+    let mut report = Vec::new();
     for (name, bytes) in &ta {
-        assert!(
-            *bytes == tb[name],
-            "{name} differs between {} and {}",
-            a.display(),
-            b.display()
-        );
+        if *bytes == tb[name] {
+            continue;
+        }
+        let mut line = format!("{name} differs");
+        if let (Ok(x), Ok(y)) = (std::str::from_utf8(bytes), std::str::from_utf8(&tb[name]))
+            && x.len() + y.len() <= 16 << 10
+        {
+            line.push_str(&format!(
+                ":\n--- {}\n{x}\n+++ {}\n{y}",
+                a.display(),
+                b.display()
+            ));
+        }
+        report.push(line);
     }
+    assert!(
+        report.is_empty(),
+        "the outputs under {} and {} differ:\n{}",
+        a.display(),
+        b.display(),
+        report.join("\n")
+    );
 }
 
 /// Copies every file under `from` into `to` (created as needed): a stage output moved

@@ -15,6 +15,7 @@ fn metric_row<'a>(eval: &'a serde_json::Value, metric: &str) -> &'a serde_json::
 
 #[test]
 fn reference_mode_reaches_every_ceiling() {
+    let _rng = ugc_engine::testing::torch_rng();
     let out = tempfile::tempdir().unwrap();
     run(
         &evaluate_stage(),
@@ -76,6 +77,7 @@ fn reference_mode_reaches_every_ceiling() {
 
 #[test]
 fn evaluates_a_model_with_cost_latency_and_samples() {
+    let _rng = ugc_engine::testing::torch_rng();
     let model = tempfile::tempdir().unwrap();
     let cfg = fake_model_stage(model.path(), 1);
     let out = tempfile::tempdir().unwrap();
@@ -116,6 +118,7 @@ fn evaluates_a_model_with_cost_latency_and_samples() {
 
 #[test]
 fn evaluate_refuses_missing_models_and_missing_inception_weights() {
+    let _rng = ugc_engine::testing::torch_rng();
     let empty = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let e = run(
@@ -193,6 +196,7 @@ fn evaluate_refuses_missing_models_and_missing_inception_weights() {
 
 #[test]
 fn evaluates_a_teacher_role() {
+    let _rng = ugc_engine::testing::torch_rng();
     let teachers = tempfile::tempdir().unwrap();
     // `fake_model_stage` writes `<dir>/model`; a teachers stage has `<dir>/teachers/<role>`.
     let tmp = tempfile::tempdir().unwrap();
@@ -224,6 +228,7 @@ fn evaluates_a_teacher_role() {
 #[test]
 #[ignore = "slow on a shared CPU (~40 s: 23M-parameter Inception-v3 written, hashed, loaded and run at 299x299); run with `cargo test -p ugc-eval -- --ignored`"]
 fn fid_is_computed_when_inception_weights_are_configured() {
+    let _rng = ugc_engine::testing::torch_rng();
     // Weights of the right architecture (random values, written by the metrics crate's own
     // network) stand in for the user's pytorch-fid file: this tests the wiring, not FID values.
     let data = make_split("edges2photo", 4, 2, 16, 1.0);
@@ -261,6 +266,7 @@ fn fid_is_computed_when_inception_weights_are_configured() {
 
 #[test]
 fn evaluate_commits_the_same_bytes_wherever_its_inputs_lie() {
+    let _rng = ugc_engine::testing::torch_rng();
     let model = tempfile::tempdir().unwrap();
     fake_model_stage(model.path(), 4);
     // The split, evaluator and model copied under two cache roots, as when a cache moves.

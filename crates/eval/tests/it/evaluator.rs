@@ -9,6 +9,7 @@ use crate::common::*;
 
 #[test]
 fn schemas_parse_and_document_every_parameter() {
+    let _rng = ugc_engine::testing::torch_rng();
     // evaluator 2: its output gained log.csv (the shared training loop); export 2: its
     // check compares in float64.
     for (k, version) in [("evaluator", 2), ("evaluate", 1), ("export", 2)] {
@@ -51,6 +52,7 @@ fn majority_fraction(split: &std::path::Path) -> f64 {
 
 #[test]
 fn evaluator_learns_labels2photo_beyond_chance() {
+    let _rng = ugc_engine::testing::torch_rng();
     let dir = labels_evaluator();
     let meta = read_json(&dir.join("evaluator/evaluator.json"));
     let metrics = read_json(&dir.join("metrics.json"));
@@ -73,6 +75,7 @@ fn evaluator_learns_labels2photo_beyond_chance() {
 
 #[test]
 fn evaluator_on_edges2photo_uses_foreground_masks() {
+    let _rng = ugc_engine::testing::torch_rng();
     let data = make_split("edges2photo", 16, 4, 32, 1.0);
     let out = tempfile::tempdir().unwrap();
     run(
@@ -98,6 +101,7 @@ fn evaluator_on_edges2photo_uses_foreground_masks() {
 
 #[test]
 fn evaluator_resumes_bit_identically_after_a_cancel() {
+    let _rng = ugc_engine::testing::torch_rng();
     let data = make_split("edges2photo", 8, 2, 16, 1.0);
     let p = json!({"width": 4, "steps": 12, "batch_size": 4, "checkpoint_every": 4});
     let whole = tempfile::tempdir().unwrap();
@@ -147,6 +151,7 @@ fn evaluator_resumes_bit_identically_after_a_cancel() {
 
 #[test]
 fn evaluator_errors_name_the_problem() {
+    let _rng = ugc_engine::testing::torch_rng();
     let out = tempfile::tempdir().unwrap();
     let e = run(&evaluator_stage(), json!({}), &[], out.path()).unwrap_err();
     assert!(

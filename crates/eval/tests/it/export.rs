@@ -8,6 +8,7 @@ use crate::common::*;
 
 #[test]
 fn export_writes_an_equivalent_standalone_model() {
+    let _rng = ugc_engine::testing::torch_rng();
     let src = tempfile::tempdir().unwrap();
     let cfg = fake_model_stage(src.path(), 5);
     let out = tempfile::tempdir().unwrap();
@@ -53,6 +54,7 @@ fn export_writes_an_equivalent_standalone_model() {
 
 #[test]
 fn export_refuses_a_dep_without_a_model() {
+    let _rng = ugc_engine::testing::torch_rng();
     let empty = tempfile::tempdir().unwrap();
     let out = tempfile::tempdir().unwrap();
     let e = run(

@@ -56,6 +56,7 @@ fn within(budget: &ErrorBudget, kind: Kind, amplification: f64) -> f64 {
 
 #[test]
 fn losses_match_pytorch_references() {
+    let _rng = ugc_engine::testing::torch_rng();
     let r = refs();
     let a32 = tensor(&r["a"], &r["shape"]);
     let b32 = tensor(&r["b"], &r["shape"]);
@@ -137,6 +138,7 @@ fn losses_match_pytorch_references() {
 
 #[test]
 fn ssim_loss_has_gradients() {
+    let _rng = ugc_engine::testing::torch_rng();
     let a = Tensor::rand([1, 3, 16, 16], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     let b = Tensor::rand([1, 3, 16, 16], (Kind::Float, tch::Device::Cpu));
     let l = losses::ssim(&a, &b).unwrap().neg() + 1.0;
@@ -146,6 +148,7 @@ fn ssim_loss_has_gradients() {
 
 #[test]
 fn hinge_losses_by_hand() {
+    let _rng = ugc_engine::testing::torch_rng();
     let p = Tensor::from_slice(&[-2.0f32, 0.5, 1.5, 0.0]);
     // relu(1 - p) = [3, 0.5, 0, 1] -> 1.125 ; relu(1 + p) = [0, 1.5, 2.5, 1] -> 1.25
     close(scalar(&losses::hinge_d_real(&p)), 1.125, 1e-7);
@@ -165,6 +168,7 @@ fn hinge_losses_by_hand() {
 
 #[test]
 fn adam_matches_torch_optim_adam() {
+    let _rng = ugc_engine::testing::torch_rng();
     let r = refs();
     let a = &r["adam"];
     let f = |k: &str| -> Vec<f32> {
@@ -206,6 +210,7 @@ fn adam_matches_torch_optim_adam() {
 
 #[test]
 fn checkpoint_round_trip_and_mismatch() {
+    let _rng = ugc_engine::testing::torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let w = Tensor::randn([3, 4], (Kind::Float, tch::Device::Cpu)).set_requires_grad(true);
     let mut opt = Adam::new(vec![("w".into(), w.shallow_clone())], AdamConfig::default()).unwrap();
@@ -266,6 +271,7 @@ fn checkpoint_round_trip_and_mismatch() {
 
 #[test]
 fn vgg16_errors_name_file_and_tensors() {
+    let _rng = ugc_engine::testing::torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let missing = dir.path().join("vgg16.safetensors");
     let e = Vgg16::load(&missing, tch::Device::Cpu)
@@ -289,6 +295,7 @@ fn vgg16_errors_name_file_and_tensors() {
 
 #[test]
 fn vgg16_loads_torchvision_names_and_taps_four_layers() {
+    let _rng = ugc_engine::testing::torch_rng();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vgg16.safetensors");
     let convs = crate::common::TORCHVISION_VGG16_CONVS;
@@ -326,6 +333,7 @@ fn vgg16_loads_torchvision_names_and_taps_four_layers() {
 
 #[test]
 fn discriminator_features_exclude_predictions() {
+    let _rng = ugc_engine::testing::torch_rng();
     let vs = tch::nn::VarStore::new(tch::Device::Cpu);
     let d = ugc_nn::build_discriminator(&vs.root(), &ugc_nn::DiscConfig::patchgan(6, 4)).unwrap();
     let cond = Tensor::rand([2, 3, 32, 32], (Kind::Float, tch::Device::Cpu));

@@ -165,6 +165,7 @@ fn search(f: &Fixture, out: &Path, seed: u64) {
 
 #[test]
 fn search_then_teachers_then_adf() {
+    let _rng = ugc_engine::testing::torch_rng();
     let f = fixture();
     let s_out = tempfile::tempdir().unwrap();
     search(&f, s_out.path(), 0);
@@ -356,6 +357,7 @@ impl Progress for CancelAt {
 
 #[test]
 fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
+    let _rng = ugc_engine::testing::torch_rng();
     let f = fixture();
     let s_out = tempfile::tempdir().unwrap();
     search(&f, s_out.path(), 1);
@@ -472,6 +474,7 @@ fn distill_runs_resumes_after_cancel_and_exports_the_searched_student() {
 #[test]
 #[ignore]
 fn quickstart_scale_timings() {
+    let _rng = ugc_engine::testing::torch_rng();
     use std::time::Instant;
     let (_synth_dir, split_dir) = synth_and_split(
         json!({"task": "labels2photo", "n": 160, "n_test": 40, "size": 32}),
@@ -527,6 +530,7 @@ fn quickstart_scale_timings() {
 /// (UNet: per-candidate and per-teacher BN recalibration paths).
 #[test]
 fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
+    let _rng = ugc_engine::testing::torch_rng();
     use ugc_method::supernet::SupernetStage;
     let f = fixture();
     let sup_out = tempfile::tempdir().unwrap();
@@ -638,6 +642,7 @@ fn supernet_stage_output_feeds_search_teachers_adf_distill_on_a_bn_family() {
 #[test]
 #[ignore]
 fn distill_lowers_the_student_holdout_l1() {
+    let _rng = ugc_engine::testing::torch_rng();
     use std::time::Instant;
     use ugc_method::supernet::SupernetStage;
     let (_synth_dir, split_dir) = synth_and_split(
@@ -722,6 +727,7 @@ fn distill_lowers_the_student_holdout_l1() {
 /// run every stage in topological order.
 #[test]
 fn pipeline_yaml_with_stage_two_kinds_resolves_and_runs() {
+    let _rng = ugc_engine::testing::torch_rng();
     use std::sync::Arc;
     use ugc_engine::graph::Dag;
     use ugc_engine::spec::{LoadOptions, load_pipeline_str};
@@ -840,6 +846,7 @@ stages:
 /// labeled pairs only and still checkpoints (an empty ADF mask included).
 #[test]
 fn all_labeled_split_runs_adf_and_distill() {
+    let _rng = ugc_engine::testing::torch_rng();
     let f = fixture_with(1.0);
     assert!(
         SplitManifest::load(&f.split)
@@ -880,6 +887,7 @@ fn all_labeled_split_runs_adf_and_distill() {
 /// as an uninterrupted search, and no candidate is scored twice.
 #[test]
 fn cancelled_search_resumes_from_its_scored_candidates() {
+    let _rng = ugc_engine::testing::torch_rng();
     let f = fixture();
     let params = json!({"budget_ratio": 0.5, "wide_budget_ratio": 0.7, "deep_budget_ratio": 0.7,
                         "input_size": INPUT, "population": 8, "generations": 2, "batch_size": 4,

@@ -59,6 +59,7 @@ fn read_log(path: &Path) -> (Vec<String>, Vec<Vec<f64>>) {
 
 #[test]
 fn schemas_parse_and_document_every_parameter() {
+    let _rng = ugc_engine::testing::torch_rng();
     for (file, kind) in [("supernet.yaml", "supernet"), ("train.yaml", "train")] {
         let s = schema(file);
         assert_eq!(s.kind, kind);
@@ -71,6 +72,7 @@ fn schemas_parse_and_document_every_parameter() {
 
 #[test]
 fn supernet_trains_and_its_l1_decreases() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_split();
     let kind = SupernetStage::new(schema("supernet.yaml"));
     let out = tempfile::tempdir().unwrap();
@@ -140,6 +142,7 @@ impl Progress for CancelAt {
 
 #[test]
 fn crash_resume_gives_the_same_weights_as_an_uninterrupted_run() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_split();
     let kind = SupernetStage::new(schema("supernet.yaml"));
     let inputs = [input("split", split.path())];
@@ -199,6 +202,7 @@ fn crash_resume_gives_the_same_weights_as_an_uninterrupted_run() {
 
 #[test]
 fn supernet_errors_name_the_parameter() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_split();
     let kind = SupernetStage::new(schema("supernet.yaml"));
     let inputs = [input("split", split.path())];
@@ -221,6 +225,7 @@ fn supernet_errors_name_the_parameter() {
 
 #[test]
 fn train_writes_a_loadable_model_of_the_chosen_subnet() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_split();
     let kind = ugc_method::train::TrainStage::new(schema("train.yaml"));
     let inputs = [input("split", split.path())];
@@ -298,6 +303,7 @@ fn train_writes_a_loadable_model_of_the_chosen_subnet() {
 
 #[test]
 fn too_small_images_for_the_patchgan_are_refused_by_name() {
+    let _rng = ugc_engine::testing::torch_rng();
     let synth = SynthStage::new(schema("synth.yaml"));
     let split = SplitStage::new(schema("split.yaml"));
     let sdir = tempfile::tempdir().unwrap();
@@ -340,6 +346,7 @@ fn tiny_label_split() -> (tempfile::TempDir, tempfile::TempDir) {
 
 #[test]
 fn supernet_runs_bn_unet_and_one_hot_families() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_label_split();
     let kind = SupernetStage::new(schema("supernet.yaml"));
     let inputs = [input("split", split.path())];
@@ -369,6 +376,7 @@ fn supernet_runs_bn_unet_and_one_hot_families() {
 
 #[test]
 fn one_random_subnet_per_step_without_sandwich_and_labels_only_without_unlabeled() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_split();
     let kind = SupernetStage::new(schema("supernet.yaml"));
     let inputs = [input("split", split.path())];
@@ -412,6 +420,7 @@ fn one_random_subnet_per_step_without_sandwich_and_labels_only_without_unlabeled
 
 #[test]
 fn supernet_distills_through_a_configured_vgg16() {
+    let _rng = ugc_engine::testing::torch_rng();
     let (_s, split) = tiny_split();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("vgg16.safetensors");
@@ -448,6 +457,7 @@ fn supernet_distills_through_a_configured_vgg16() {
 
 #[test]
 fn fewer_unlabeled_inputs_than_a_batch_are_still_used() {
+    let _rng = ugc_engine::testing::torch_rng();
     let synth = SynthStage::new(schema("synth.yaml"));
     let split = SplitStage::new(schema("split.yaml"));
     let sdir = tempfile::tempdir().unwrap();
