@@ -363,6 +363,8 @@ mod tests {
 
     #[test]
     fn stage_two_file_errors_keep_their_context_and_stage_error_kind() {
+        // load_supernet may build a network (a draw from libtorch's one generator).
+        let _rng = ugc_engine::testing::torch_rng();
         let dir = tempfile::tempdir().unwrap();
         // A supernet folder without arch.json: an I/O error naming the file.
         let e = StageError::from(load_supernet(dir.path(), Device::Cpu).err().unwrap());
