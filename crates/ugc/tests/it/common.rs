@@ -34,3 +34,27 @@ pub const TORCHVISION_VGG16_CONVS: [(usize, i64, i64); 10] = [
     (19, 512, 512),
     (21, 512, 512),
 ];
+
+/// synth -> split with `synth` and `split` over their defaults: (synth output, split output).
+pub fn synth_and_split(
+    synth: serde_json::Value,
+    split: serde_json::Value,
+) -> (tempfile::TempDir, tempfile::TempDir) {
+    let synth_dir = tempfile::tempdir().unwrap();
+    run(
+        &ugc_data::SynthStage::new(schema("synth")),
+        synth,
+        &[],
+        synth_dir.path(),
+    )
+    .unwrap();
+    let split_dir = tempfile::tempdir().unwrap();
+    run(
+        &ugc_data::SplitStage::new(schema("split")),
+        split,
+        &[input("synth", synth_dir.path())],
+        split_dir.path(),
+    )
+    .unwrap();
+    (synth_dir, split_dir)
+}

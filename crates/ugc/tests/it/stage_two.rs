@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::common::{input, run, run_with, schema};
+use crate::common::{input, run, run_with, schema, synth_and_split};
 use serde_json::{Value, json};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 use ugc_data::{SplitManifest, SplitStage, SynthStage};
@@ -65,27 +65,6 @@ fn distill_inputs(
         input("supernet", supernet),
         input("adf", adf),
     ]
-}
-
-/// Runs `synth` then `split` into two fresh directories.
-fn synth_and_split(synth: Value, split: Value) -> (tempfile::TempDir, tempfile::TempDir) {
-    let synth_dir = tempfile::tempdir().unwrap();
-    run(
-        &SynthStage::new(schema("synth")),
-        synth,
-        &[],
-        synth_dir.path(),
-    )
-    .unwrap();
-    let split_dir = tempfile::tempdir().unwrap();
-    run(
-        &SplitStage::new(schema("split")),
-        split,
-        &[input("synth", synth_dir.path())],
-        split_dir.path(),
-    )
-    .unwrap();
-    (synth_dir, split_dir)
 }
 
 /// A randomly initialised supernet of `a` with a PatchGAN of `ndf`, in the `supernet`

@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Mutex;
 
-use crate::common::{input, run, run_with, schema};
+use crate::common::{input, run, run_with, schema, synth_and_split};
 use serde_json::{Value, json};
 use ugc_data::{SplitStage, SynthStage};
 use ugc_engine::testing::with_defaults;
@@ -12,18 +12,10 @@ use ugc_method::supernet::SupernetStage;
 
 /// A tiny edges2photo split (16 train + 4 test at 32 px, half labeled).
 fn tiny_split() -> (tempfile::TempDir, tempfile::TempDir) {
-    let synth = SynthStage::new(schema("synth.yaml"));
-    let split = SplitStage::new(schema("split.yaml"));
-    let sdir = tempfile::tempdir().unwrap();
-    let p = with_defaults(
-        synth.schema(),
+    synth_and_split(
         json!({"task": "edges2photo", "n": 16, "n_test": 4, "size": 32}),
-    );
-    run(&synth, &p, &[], sdir.path()).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let p = with_defaults(split.schema(), json!({"label_ratio": 0.5, "holdout": 0.0}));
-    run(&split, &p, &[input("synth", sdir.path())], out.path()).unwrap();
-    (sdir, out)
+        json!({"label_ratio": 0.5, "holdout": 0.0}),
+    )
 }
 
 fn supernet_params(steps: u64, extra: Value) -> Value {
@@ -330,18 +322,10 @@ fn too_small_images_for_the_patchgan_are_refused_by_name() {
 
 /// A tiny labels2photo split (Cityscapes layout, class table) at 32 px.
 fn tiny_label_split() -> (tempfile::TempDir, tempfile::TempDir) {
-    let synth = SynthStage::new(schema("synth.yaml"));
-    let split = SplitStage::new(schema("split.yaml"));
-    let sdir = tempfile::tempdir().unwrap();
-    let p = with_defaults(
-        synth.schema(),
+    synth_and_split(
         json!({"task": "labels2photo", "n": 8, "n_test": 2, "size": 32}),
-    );
-    run(&synth, &p, &[], sdir.path()).unwrap();
-    let out = tempfile::tempdir().unwrap();
-    let p = with_defaults(split.schema(), json!({"label_ratio": 0.5, "holdout": 0.0}));
-    run(&split, &p, &[input("synth", sdir.path())], out.path()).unwrap();
-    (sdir, out)
+        json!({"label_ratio": 0.5, "holdout": 0.0}),
+    )
 }
 
 #[test]
