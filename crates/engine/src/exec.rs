@@ -256,6 +256,7 @@ pub fn exec_job(
             progress,
             cancel,
             env: &job.env,
+            rank: None,
         };
         kind.run(&ctx)
     };

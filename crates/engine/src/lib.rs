@@ -7,6 +7,7 @@
 //! - [`registry`]: SQLite run registry (runs, executions, metrics).
 //! - [`executor`]: schedules nodes, runs one stage by key, commits.
 //! - [`stage`]: the contract with the code of each stage kind.
+//! - [`rank`]: a process's place in a data-parallel stage (torchrun's variables).
 
 pub mod cache;
 pub mod events;
@@ -16,6 +17,7 @@ pub mod graph;
 pub mod job;
 pub mod lock;
 pub mod plan;
+pub mod rank;
 pub mod registry;
 pub mod spec;
 pub mod sqlite;

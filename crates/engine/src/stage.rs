@@ -340,6 +340,9 @@ pub struct StageContext<'a> {
     pub cancel: &'a CancelToken,
     /// Extra environment for subprocesses the stage starts (the `command` kind passes it on).
     pub env: &'a BTreeMap<String, String>,
+    /// This process's rank when the stage runs as several data-parallel processes
+    /// (`resources: {devices: N}`); `None` for one process.
+    pub rank: Option<&'a crate::rank::RankEnv>,
 }
 
 impl StageContext<'_> {

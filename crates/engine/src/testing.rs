@@ -73,6 +73,7 @@ pub fn run_stage(
         progress,
         cancel,
         env: &env,
+        rank: None,
     };
     kind.run(&ctx)
 }

@@ -360,6 +360,7 @@ mod tests {
             progress,
             cancel,
             env: &env,
+            rank: None,
         };
         let cfg = LoopConfig {
             steps,

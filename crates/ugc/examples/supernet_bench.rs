@@ -50,6 +50,7 @@ fn run(kind: &dyn StageKind, p: &Value, inputs: &[StageInput], out: &Path) {
         progress: &NullProgress,
         cancel: &cancel,
         env: &env,
+        rank: None,
     };
     kind.run(&ctx).expect("stage run");
 }

@@ -797,6 +797,7 @@ stages:
             progress: &NullProgress,
             cancel: &cancel,
             env: &env,
+            rank: None,
         };
         kind.run(&ctx)
             .unwrap_or_else(|e| panic!("stage {}: {e}", node.id));
