@@ -4,6 +4,11 @@
 //! Determinism: the epoch order is a shuffle seeded by `(seed, epoch)` and each example's
 //! augmentation by `(seed, epoch, position)`, so results do not depend on the number of
 //! threads or on which worker finished first (batches are re-ordered before being yielded).
+//!
+//! Shards (data-parallel training): [`Loader::shard`] makes rank `r` of `W` yield only its
+//! rows `[start_r, start_r + n_r)` of every global batch ([`shard_range`]), decoding only
+//! those. The order, the batch boundaries and each example's augmentation seed are those of
+//! the whole batch, so the `W` shards together are exactly the unsharded batch.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -118,6 +123,18 @@ pub struct Loader {
     root: Arc<PathBuf>,
     classes: Option<Arc<ClassTable>>,
     cfg: LoaderConfig,
+    /// `(rank, world)`: which rows of every global batch this loader yields; `(0, 1)` = all.
+    shard: (usize, usize),
+}
+
+/// Rows `[start, start + n)` of a global batch of `rows` that rank `rank` of `world` takes:
+/// contiguous, disjoint, covering every row, sizes differing by at most one (the first
+/// `rows mod world` ranks one larger), so an uneven remainder is used, not dropped.
+pub fn shard_range(rows: usize, rank: usize, world: usize) -> (usize, usize) {
+    let world = world.max(1);
+    let (base, extra) = (rows / world, rows % world);
+    let start = rank * base + rank.min(extra);
+    (start, base + usize::from(rank < extra))
 }
 
 impl Loader {
@@ -165,7 +182,40 @@ impl Loader {
             root: Arc::new(dir.to_path_buf()),
             classes: manifest.classes.clone().map(Arc::new),
             cfg,
+            shard: (0, 1),
         })
+    }
+
+    /// This loader as rank `rank` of `world`: every batch it yields is the rank's rows of the
+    /// global batch (see [`shard_range`]); the batch count stays the global one. Refused
+    /// when some batch would leave a rank without rows (a loss over zero rows is undefined
+    /// and a rank without a forward pass would miss the batch-norm collectives): the batch
+    /// size, and a kept short last batch, must have at least `world` rows.
+    pub fn shard(mut self, rank: usize, world: usize) -> Result<Self> {
+        if world == 0 || rank >= world {
+            return Err(DataError::param(
+                "shard",
+                format!("rank {rank} is not below the world size {world}"),
+            ));
+        }
+        let (n, b) = (self.items.len(), self.cfg.batch_size);
+        // Full batches, or a kept short last one (the only one when n < b).
+        let smallest = if self.cfg.drop_last || n % b == 0 {
+            b
+        } else {
+            n % b
+        };
+        if world > 1 && smallest < world {
+            return Err(DataError::param(
+                "batch_size",
+                format!(
+                    "a batch of {smallest} rows (batch_size {b}, {n} examples) cannot be \
+                     shared by {world} ranks: every rank needs at least one row"
+                ),
+            ));
+        }
+        self.shard = (rank, world);
+        Ok(self)
     }
 
     pub fn len(&self) -> usize {
@@ -197,7 +247,16 @@ impl Loader {
             .filter(|c| !self.cfg.drop_last || c.len() == self.cfg.batch_size)
             .map(<[usize]>::to_vec)
             .collect();
-        let (job_tx, job_rx) = unbounded::<(usize, Vec<usize>)>();
+        let (rank, world) = self.shard;
+        // Each job: the global batch index, this rank's row offset in it, and its rows.
+        let batches: Vec<(usize, Vec<usize>)> = batches
+            .into_iter()
+            .map(|idx| {
+                let (start, n) = shard_range(idx.len(), rank, world);
+                (start, idx[start..start + n].to_vec())
+            })
+            .collect();
+        let (job_tx, job_rx) = unbounded::<(usize, (usize, Vec<usize>))>();
         let (res_tx, res_rx) = unbounded();
         let workers = (0..self.cfg.threads.max(1))
             .map(|_| {
@@ -212,8 +271,8 @@ impl Loader {
                 };
                 let (rx, tx) = (job_rx.clone(), res_tx.clone());
                 std::thread::spawn(move || {
-                    for (bi, idx) in rx.iter() {
-                        if tx.send((bi, ctx.load_batch(bi, &idx))).is_err() {
+                    for (bi, (offset, idx)) in rx.iter() {
+                        if tx.send((bi, ctx.load_batch(bi, offset, &idx))).is_err() {
                             break;
                         }
                     }
@@ -429,7 +488,9 @@ impl WorkerCtx {
         })
     }
 
-    fn load_batch(&self, bi: usize, idx: &[usize]) -> Result<CpuBatch> {
+    /// Decodes the rows `idx` of global batch `bi`, the first of them at row `offset` of it
+    /// (a shard's start): augmentation is seeded by the position in the global batch.
+    fn load_batch(&self, bi: usize, offset: usize, idx: &[usize]) -> Result<CpuBatch> {
         let mut b = CpuBatch {
             ids: Vec::with_capacity(idx.len()),
             shape: [idx.len() as i64, 0, 0, 0],
@@ -439,7 +500,7 @@ impl WorkerCtx {
         };
         for (k, &i) in idx.iter().enumerate() {
             let item = &self.items[i];
-            let pos = (bi * self.batch_size + k) as u64;
+            let pos = (bi * self.batch_size + offset + k) as u64;
             let l = self.load_item(item, &mut Rng::derive(self.seed, pos + 1))?;
             let shape = [
                 idx.len() as i64,
@@ -475,8 +536,8 @@ impl WorkerCtx {
 
 /// One epoch of batches, in order.
 pub struct Epoch {
-    batches: Vec<Vec<usize>>,
-    job_tx: Option<Sender<(usize, Vec<usize>)>>,
+    batches: Vec<(usize, Vec<usize>)>,
+    job_tx: Option<Sender<(usize, (usize, Vec<usize>))>>,
     results: Receiver<(usize, Result<CpuBatch>)>,
     workers: Vec<JoinHandle<()>>,
     pending: BTreeMap<usize, Result<CpuBatch>>,

@@ -182,3 +182,85 @@ fn one_hot_needs_a_class_table() {
         .to_string();
     assert!(e.contains("encoding"), "{e}");
 }
+
+#[test]
+fn shard_ranges_are_disjoint_cover_every_row_and_differ_by_at_most_one() {
+    use ugc_data::loader::shard_range;
+    for rows in 0..12 {
+        for world in 1..5 {
+            let mut next = 0;
+            for rank in 0..world {
+                let (start, n) = shard_range(rows, rank, world);
+                assert_eq!(start, next, "rows {rows} world {world} rank {rank}");
+                assert!(n == rows / world || n == rows / world + 1);
+                // The first `rows mod world` ranks take the extra row.
+                assert_eq!(n > rows / world, rank < rows % world);
+                next += n;
+            }
+            assert_eq!(next, rows);
+        }
+    }
+}
+
+/// The shards of every rank, concatenated, are the unsharded batch bit for bit: same rows,
+/// same crops and flips (augmentation is seeded by the position in the global batch).
+#[test]
+fn shards_together_are_the_whole_augmented_batch() {
+    let d = tempfile::tempdir().unwrap();
+    synth(d.path(), SynthTask::Edges2photo, 10, 1, 32);
+    let out = tempfile::tempdir().unwrap();
+    let m = split_of(&aligned_spec(d.path()), 1.0, out.path());
+    let cfg = || LoaderConfig {
+        augment: AugmentConfig {
+            load_size: Some((36, 36)),
+            crop_size: Some((32, 32)),
+            random: true,
+            flip: true,
+        },
+        drop_last: false,
+        ..LoaderConfig::train(3, 5)
+    };
+    let whole: Vec<_> = Loader::new(&m, out.path(), Subset::Labeled, cfg())
+        .unwrap()
+        .epoch(1)
+        .map(Result::unwrap)
+        .collect();
+    // 10 examples in batches of 3: 3, 3, 3 and a last batch of 1 kept; with 2 ranks the
+    // last batch would leave a rank empty, so it is refused; with drop_last it is fine.
+    let e = Loader::new(&m, out.path(), Subset::Labeled, cfg())
+        .unwrap()
+        .shard(1, 2)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("batch of 1 rows") && e.contains("2 ranks"),
+        "{e}"
+    );
+    let cfg = || LoaderConfig {
+        drop_last: true,
+        ..cfg()
+    };
+    let shards: Vec<Vec<_>> = (0..2)
+        .map(|r| {
+            let l = Loader::new(&m, out.path(), Subset::Labeled, cfg())
+                .unwrap()
+                .shard(r, 2)
+                .unwrap();
+            assert_eq!(l.batches_per_epoch(), 3, "the global batch count");
+            l.epoch(1).map(Result::unwrap).collect()
+        })
+        .collect();
+    assert_eq!(shards[0].len(), 3);
+    for (k, w) in whole.iter().take(3).enumerate() {
+        let (a, b) = (&shards[0][k], &shards[1][k]);
+        // Odd batch: rank 0 takes two rows, rank 1 one.
+        assert_eq!((a.ids.len(), b.ids.len()), (2, 1));
+        assert_eq!([a.ids.clone(), b.ids.clone()].concat(), w.ids);
+        let cat = |f: &dyn Fn(&ugc_data::Batch) -> tch::Tensor| tch::Tensor::cat(&[f(a), f(b)], 0);
+        assert!(cat(&|x| x.input.shallow_clone()).equal(&w.input));
+        assert!(
+            cat(&|x| x.target.as_ref().unwrap().shallow_clone()).equal(w.target.as_ref().unwrap())
+        );
+    }
+}
