@@ -235,6 +235,13 @@ impl Loader {
         }
     }
 
+    /// Rows of global batch `i` of an epoch (before sharding): the batch size, or fewer
+    /// for a kept short last batch.
+    pub fn global_rows(&self, i: usize) -> usize {
+        let (n, b) = (self.items.len(), self.cfg.batch_size);
+        b.min(n.saturating_sub(i * b))
+    }
+
     /// Iterates over one epoch. Dropping the iterator stops and joins the workers.
     pub fn epoch(&self, epoch: u64) -> Epoch {
         let epoch_seed = self.cfg.seed ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15);

@@ -64,6 +64,12 @@ pub trait Discriminator: Send {
     /// Per scale, the intermediate features (for feature matching) followed by the
     /// prediction map as the last element.
     fn forward(&self, x: &Tensor, mode: Mode) -> Vec<Vec<Tensor>>;
+
+    /// Every batch-norm layer (to synchronise over data-parallel ranks); empty when the
+    /// norm is not batch norm.
+    fn batch_norms(&self) -> Vec<&crate::elastic::ElasticBatchNorm2d> {
+        Vec::new()
+    }
 }
 
 /// Builds a discriminator under `vs` with the official parameter names.

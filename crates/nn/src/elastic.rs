@@ -10,8 +10,23 @@
 //! conv weights ~ N(0, 0.02), biases 0, norm scales ~ N(1, 0.02), norm shifts 0.
 
 use tch::{Kind, Tensor, nn};
+use ugc_torch_ext::dist::{ProcessGroup, all_reduce_sum_autograd};
 
 use crate::arch::NormKind;
+
+/// The differentiable sum over ranks of a synchronised batch norm. A failed collective (a
+/// peer died or timed out) cannot be returned through `forward`'s tensor result, so it
+/// panics with the cause; the stages turn a panic into a typed stage error naming it.
+fn all_reduce(pg: &ProcessGroup, x: &Tensor) -> Tensor {
+    match all_reduce_sum_autograd(pg, x) {
+        Ok(t) => t,
+        Err(e) => panic!(
+            "synchronised batch norm: the all-reduce of rank {} of {} failed: {e}",
+            pg.rank(),
+            pg.world()
+        ),
+    }
+}
 
 /// How a forward pass treats batch-norm statistics and dropout.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -292,6 +307,23 @@ fn slice_affine(
     )
 }
 
+/// The process group a batch norm synchronises its training statistics over: set once on
+/// every layer of a network (`Generator::batch_norms`, `Discriminator::batch_norms`) by a
+/// data-parallel stage, as PyTorch's `SyncBatchNorm` holds its group. A handle rather than
+/// a `forward` argument: the group is fixed for the whole run, and an argument would have
+/// to pass through every family's forward and every block in it.
+#[derive(Default)]
+pub struct BnSync(std::sync::OnceLock<ProcessGroup>);
+
+impl std::fmt::Debug for BnSync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.get() {
+            None => write!(f, "BnSync(local)"),
+            Some(pg) => write!(f, "BnSync(world {})", pg.world()),
+        }
+    }
+}
+
 /// `nn.BatchNorm2d` with an elastic width. Running statistics of the first `k` channels are
 /// read and updated in place through `narrow` views.
 #[derive(Debug)]
@@ -303,6 +335,8 @@ pub struct ElasticBatchNorm2d {
     pub num_batches_tracked: Tensor,
     pub channels: i64,
     pub eps: f64,
+    /// Synchronised statistics in [`Mode::Train`] when set ([`ElasticBatchNorm2d::sync_over`]).
+    pub sync: BnSync,
 }
 
 impl ElasticBatchNorm2d {
@@ -324,10 +358,24 @@ impl ElasticBatchNorm2d {
             num_batches_tracked,
             channels: c,
             eps: 1e-5,
+            sync: BnSync::default(),
         }
     }
 
+    /// From now on, [`Mode::Train`] forwards normalise with the statistics of the global
+    /// batch over the ranks of `pg` (SyncBatchNorm). Only in `Train`: the other modes run
+    /// on one rank alone (samples, calibration, evaluation), where a collective would wait
+    /// forever. Returns false when the layer was already synchronised (the first group stays).
+    pub fn sync_over(&self, pg: ProcessGroup) -> bool {
+        self.sync.0.set(pg).is_ok()
+    }
+
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
+        if mode == Mode::Train
+            && let Some(pg) = self.sync.0.get()
+        {
+            return self.forward_synced(pg, x);
+        }
         let c = x.size()[1];
         let (w, b) = slice_affine(&self.weight, &self.bias, c);
         let rm = slice_vec(&self.running_mean, c);
@@ -352,6 +400,54 @@ impl ElasticBatchNorm2d {
             self.eps,
             false,
         )
+    }
+
+    /// Training forward with global-batch statistics: two differentiable sums over ranks,
+    /// the per-channel sum (with the element count), then the sum of squared deviations
+    /// from the global mean (two passes: `E[x^2] - E[x]^2` cancels digits when the mean is
+    /// large against the spread). Normalises with the biased variance and updates the
+    /// running statistics with the unbiased one, as `SyncBatchNorm` does. Computed in
+    /// float32 at least (a half-precision input under autocast too, as libtorch's kernel).
+    fn forward_synced(&self, pg: &ProcessGroup, x: &Tensor) -> Tensor {
+        let s = x.size();
+        let c = s[1];
+        let kind = match x.kind() {
+            Kind::Double => Kind::Double,
+            _ => Kind::Float,
+        };
+        let xf = x.to_kind(kind);
+        let dims: &[i64] = &[0, 2, 3];
+        let local_count = (s[0] * s[2] * s[3]) as f64;
+        let count = Tensor::from_slice(&[local_count])
+            .to_kind(kind)
+            .to_device(x.device());
+        let sums = Tensor::cat(&[xf.sum_dim_intlist(dims, false, kind), count], 0);
+        let sums = all_reduce(pg, &sums);
+        let m = sums.narrow(0, c, 1).detach();
+        let mean = sums.narrow(0, 0, c) / &m;
+        let centred = &xf - mean.view([1, c, 1, 1]);
+        let sq = all_reduce(pg, &centred.square().sum_dim_intlist(dims, false, kind));
+        let var = &sq / &m;
+        let y = &centred * (&var + self.eps).rsqrt().view([1, c, 1, 1]);
+        let (w, b) = slice_affine(&self.weight, &self.bias, c);
+        let y = match (&w, &b) {
+            (Some(w), Some(b)) => y * w.view([1, c, 1, 1]) + b.view([1, c, 1, 1]),
+            _ => y,
+        };
+        tch::no_grad(|| {
+            let momentum = 0.1;
+            let n = (&m - 1.0).clamp_min(1.0);
+            let unbiased = (&sq / &n).detach().to_kind(self.running_var.kind());
+            let mean = mean.detach().to_kind(self.running_mean.kind());
+            let mut rm = slice_vec(&self.running_mean, c);
+            let mut rv = slice_vec(&self.running_var, c);
+            let _ = rm.g_mul_scalar_(1.0 - momentum).g_add_(&(mean * momentum));
+            let _ = rv
+                .g_mul_scalar_(1.0 - momentum)
+                .g_add_(&(unbiased * momentum));
+            let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+        });
+        y.to_kind(x.kind())
     }
 
     /// Zero mean, unit variance, zero batches (PyTorch's `reset_running_stats`).

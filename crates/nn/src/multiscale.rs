@@ -235,6 +235,13 @@ impl Discriminator for MultiscaleDiscriminator {
         &self.cfg
     }
 
+    fn batch_norms(&self) -> Vec<&crate::elastic::ElasticBatchNorm2d> {
+        self.scales
+            .iter()
+            .flat_map(|d| d.groups.iter().filter_map(|g| g.norm.batch_norm()))
+            .collect()
+    }
+
     fn forward(&self, x: &Tensor, mode: Mode) -> Vec<Vec<Tensor>> {
         let mut input = x.shallow_clone();
         let mut out = Vec::with_capacity(self.scales.len());

@@ -117,6 +117,13 @@ impl Discriminator for PatchGan {
     fn forward(&self, x: &Tensor, mode: Mode) -> Vec<Vec<Tensor>> {
         vec![self.features(x, mode)]
     }
+
+    fn batch_norms(&self) -> Vec<&crate::elastic::ElasticBatchNorm2d> {
+        self.layers
+            .iter()
+            .filter_map(|l| l.norm.as_ref().and_then(Norm2d::batch_norm))
+            .collect()
+    }
 }
 
 /// Analytic cost of a PatchGAN on a `[C, H, W]` input (torchprofile convention).

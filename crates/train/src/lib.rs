@@ -10,9 +10,12 @@
 //!   (checkpoint, then cancelled), reseeding, progress, an exact `log.csv`, samples,
 //!   periodic checkpoints, batched reads of logged device values.
 //! - [`stream`]: [`BatchStream`], batches positionable for an exact resume.
+//! - [`dist`]: [`Dist`], the process group of a data-parallel stage (or none) and the
+//!   arithmetic of sharded global batches.
 //! - [`error`]: the typed [`TrainError`].
 
 pub mod checkpoint;
+pub mod dist;
 pub mod error;
 mod log;
 pub mod optim;
@@ -20,6 +23,7 @@ pub mod run;
 mod seed;
 pub mod stream;
 
+pub use dist::Dist;
 pub use error::TrainError;
 pub use optim::{Adam, AdamConfig, AdamUpdate, LrSchedule, trainable};
 pub use run::{LogValue, LoopConfig, LoopOutcome, StepLog, TrainTask, run_loop};

@@ -11,6 +11,7 @@
 use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 
+use crate::dist::Dist;
 use crate::error::TrainError;
 
 /// How the parameter update is computed. Both are Adam with bias correction; they differ
@@ -125,6 +126,8 @@ pub struct Adam {
     v: Vec<Tensor>,
     /// Steps taken (int64 scalar on the CPU), a tensor so it checkpoints with the moments.
     t: Tensor,
+    /// Averages the gradients over the ranks of a data-parallel stage (`None`: one process).
+    reducer: Option<ugc_torch_ext::dist::GradReducer>,
 }
 
 impl Adam {
@@ -141,7 +144,41 @@ impl Adam {
             m,
             v,
             t: Tensor::from(0i64),
+            reducer: None,
         })
+    }
+
+    /// Averages this optimiser's gradients over the ranks of `dist` (no-op with one
+    /// process): bucketed all-reduces launched during [`Adam::backward`], the sum divided
+    /// by the world size (with losses scaled by [`Dist::scale`], the global-batch mean).
+    pub fn distribute(&mut self, dist: &Dist) -> Result<(), TrainError> {
+        let Some(pg) = dist.group() else {
+            return Ok(());
+        };
+        let params: Vec<Tensor> = self.params.iter().map(|(_, p)| p.shallow_clone()).collect();
+        let scale = 1.0 / dist.world() as f64;
+        // DDP's bucket sizes (the reducer's defaults).
+        let r = ugc_torch_ext::dist::GradReducer::new(pg, &params, scale)
+            .map_err(|e| TrainError::torch("setting up the gradient all-reduce", e))?;
+        self.reducer = Some(r);
+        Ok(())
+    }
+
+    /// The step's last backward pass of `loss`: with ranks, arms the reducer first, so each
+    /// bucket's all-reduce starts as soon as its gradients are complete.
+    pub fn backward(&self, loss: &Tensor) -> Result<(), TrainError> {
+        if let Some(r) = &self.reducer {
+            r.arm();
+        }
+        loss.f_backward()
+            .map_err(|e| TrainError::torch("the backward pass", e))
+    }
+
+    /// An earlier backward pass of the same step (e.g. the sandwich rule's first sub-nets):
+    /// gradients accumulate locally; the step's [`Adam::backward`] reduces them all.
+    pub fn accumulate(&self, loss: &Tensor) -> Result<(), TrainError> {
+        loss.f_backward()
+            .map_err(|e| TrainError::torch("the backward pass", e))
     }
 
     /// An optimiser over the trainable parameters of `vs`.
@@ -174,11 +211,10 @@ impl Adam {
         }
     }
 
-    /// `zero_grad`, `loss.backward()`, then one update at the configured `lr`.
+    /// `zero_grad`, [`Adam::backward`], then one update at the configured `lr`.
     pub fn backward_step(&mut self, loss: &Tensor) -> Result<(), TrainError> {
         self.zero_grad();
-        loss.f_backward()
-            .map_err(|e| TrainError::torch("the backward pass", e))?;
+        self.backward(loss)?;
         self.step(self.cfg.lr)
     }
 
@@ -189,7 +225,13 @@ impl Adam {
     /// has allocated a gradient yet, which a resumed run (fresh gradients) relies on to
     /// match an uninterrupted one. Fails when the first parameter is found non-finite (probed
     /// on the first step and every `FINITE_CHECK_EVERY` steps after it).
+    /// With ranks, the reducer's `finish` first: every rank updates from the same averaged
+    /// gradients.
     pub fn step(&mut self, lr: f64) -> Result<(), TrainError> {
+        if let Some(r) = &self.reducer {
+            r.finish()
+                .map_err(|e| TrainError::torch("the gradient all-reduce", e))?;
+        }
         let t = self.steps_taken() + 1;
         let _ = self.t.fill_(t);
         let Some((first_name, first)) = self.params.first() else {

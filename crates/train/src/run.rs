@@ -20,6 +20,7 @@ use tch::Tensor;
 use ugc_engine::StageContext;
 
 use crate::checkpoint;
+use crate::dist::Dist;
 use crate::error::TrainError;
 use crate::log::CsvLog;
 use crate::seed::step_seed;
@@ -54,7 +55,10 @@ pub enum LogValue {
     /// Known on the host (a learning rate, a count).
     Host(f64),
     /// A detached scalar still on the device. The loop reads a batch of steps' values in one
-    /// transfer, so a GPU step never waits for its own losses to reach the host.
+    /// transfer, so a GPU step never waits for its own losses to reach the host. With
+    /// ranks, it is this rank's share of the global value: the loop logs the sum over ranks
+    /// divided by the world size, so a per-row mean loss is logged as it is scaled for
+    /// backward (`loss * n_r * W / N`, [`crate::Dist::scale`]) and reads as the global mean.
     Device(Tensor),
 }
 
@@ -91,6 +95,8 @@ pub struct LoopConfig {
     pub phase: String,
     /// Logged steps averaged into [`LoopOutcome::tail_mean`] (the last ones).
     pub tail: usize,
+    /// The stage's ranks ([`Dist::none`]: one process).
+    pub dist: Dist,
 }
 
 impl Default for LoopConfig {
@@ -102,6 +108,7 @@ impl Default for LoopConfig {
             seed: 0,
             phase: "train".into(),
             tail: 10,
+            dist: Dist::none(),
         }
     }
 }
@@ -140,6 +147,14 @@ fn run_dir(scratch: &Path) -> PathBuf {
 
 /// Runs `task` for `cfg.steps` steps under `ctx` and copies `log.csv` and (when the task
 /// drew any) `samples/` into `ctx.out_dir`.
+///
+/// With ranks (`cfg.dist`): rank 0 alone reads and writes the checkpoint, the log and the
+/// samples; at the start it broadcasts the step to continue from and every `state()`
+/// tensor, so every rank starts from the same state whatever the number of ranks that
+/// wrote the checkpoint. Each step the ranks agree whether any was cancelled, so all stop
+/// at the same step (rank 0 checkpoints it). A rank that dies makes the others'
+/// next collective fail within the group's timeout. Other ranks return the outcome with
+/// an empty `tail_mean` (they keep no log).
 pub fn run_loop<T: TrainTask + ?Sized>(
     ctx: &StageContext<'_>,
     cfg: &LoopConfig,
@@ -148,34 +163,62 @@ pub fn run_loop<T: TrainTask + ?Sized>(
     if cfg.steps == 0 {
         return Err(TrainError::param("steps", 0, "must be at least 1").into());
     }
+    let dist = &cfg.dist;
+    let leader = dist.is_leader();
     let ckpt = ckpt_dir(ctx.scratch_dir);
     let run = run_dir(ctx.scratch_dir);
     let samples = run.join("samples");
-    std::fs::create_dir_all(&samples).map_err(|e| TrainError::io(&samples, e))?;
-    let start = checkpoint::resume_or_start(&ckpt, cfg.seed, &task.state())?;
-    if start > cfg.steps {
-        return Err(TrainError::Checkpoint {
-            path: ckpt,
-            reason: format!("is at step {start}, past `steps` = {}", cfg.steps),
-        }
-        .into());
+    let start = if leader {
+        std::fs::create_dir_all(&samples).map_err(|e| TrainError::io(&samples, e))?;
+        let resumed = checkpoint::resume_or_start(&ckpt, cfg.seed, &task.state());
+        let resumed = resumed.and_then(|start| {
+            if start > cfg.steps {
+                Err(TrainError::Checkpoint {
+                    path: ckpt.clone(),
+                    reason: format!("is at step {start}, past `steps` = {}", cfg.steps),
+                })
+            } else {
+                Ok(start)
+            }
+        });
+        // The others wait for the start step: tell them (-1) when there is none.
+        let code = resumed.as_ref().map_or(-1, |s| *s as i64);
+        share_start(dist, code)?;
+        resumed?
+    } else {
+        let code = share_start(dist, 0)?;
+        u64::try_from(code).map_err(|_| TrainError::Checkpoint {
+            path: ckpt.clone(),
+            reason: "rank 0 could not resume from it (see rank 0's error)".into(),
+        })?
+    };
+    if dist.is_distributed() {
+        let state: Vec<Tensor> = task.state().into_iter().map(|(_, t)| t).collect();
+        dist.broadcast(&state, 0)?;
     }
-    if start > 0 {
+    if start > 0 && leader {
         ctx.progress
             .message(&format!("resuming from step {start} of {}", cfg.steps));
     }
     let log_path = run.join("log.csv");
-    let mut log = CsvLog::open(&log_path, start)?;
+    let mut log = if leader {
+        Some(CsvLog::open(&log_path, start)?)
+    } else {
+        None
+    };
     task.seek(start)?;
     ctx.progress.start(&cfg.phase, cfg.steps);
     ctx.progress.set(start);
     let mut last = Vec::new();
     let mut pending: Vec<(u64, StepLog)> = Vec::new();
     for step in start..cfg.steps {
-        if ctx.cancel.is_cancelled() {
-            read_pending(&mut pending, &mut log, &mut last)?;
-            log.sync()?;
-            checkpoint::save(&ckpt, step, cfg.seed, &task.state())?;
+        // Any rank's cancel stops every rank at this step (one tiny all-reduce).
+        if dist.any(ctx.cancel.is_cancelled())? {
+            read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+            if let Some(log) = &mut log {
+                log.sync()?;
+                checkpoint::save(&ckpt, step, cfg.seed, &task.state())?;
+            }
             return Err(TrainError::Cancelled.into());
         }
         tch::manual_seed(step_seed(cfg.seed, step, 0) as i64);
@@ -187,17 +230,24 @@ pub fn run_loop<T: TrainTask + ?Sized>(
             cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps;
         if pending.len() >= LOG_READ_EVERY || sample_now || ckpt_now {
             // Never sample or checkpoint a state whose losses went non-finite.
-            read_pending(&mut pending, &mut log, &mut last)?;
+            read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
         }
-        if sample_now {
+        if sample_now && leader {
             task.sample(done, &samples)?;
         }
-        if ckpt_now {
+        if ckpt_now && let Some(log) = &mut log {
             log.sync()?;
             checkpoint::save(&ckpt, done, cfg.seed, &task.state())?;
         }
     }
-    read_pending(&mut pending, &mut log, &mut last)?;
+    read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+    let Some(mut log) = log else {
+        return Ok(LoopOutcome {
+            resumed_from: start,
+            last,
+            tail_mean: Vec::new(),
+        });
+    };
     task.sample(cfg.steps, &samples)?;
     log.flush()?;
     let tail_mean = log.tail_mean(cfg.tail);
@@ -212,11 +262,25 @@ pub fn run_loop<T: TrainTask + ?Sized>(
     })
 }
 
+/// Rank 0's start step (or -1: it could not resume) on every rank.
+fn share_start(dist: &Dist, code: i64) -> Result<i64, TrainError> {
+    if !dist.is_distributed() {
+        return Ok(code);
+    }
+    let t = Tensor::from(code);
+    dist.broadcast(std::slice::from_ref(&t), 0)?;
+    Ok(t.int64_value(&[]))
+}
+
 /// Reads the pending steps' device values to the host in one transfer, refuses a
-/// non-finite loss (naming its step), and appends the rows to the log.
+/// non-finite loss (naming its step), and appends the rows to the log (rank 0's `log`).
+/// With ranks, the device values are summed over ranks first (one all-reduce) and divided
+/// by the world size: each rank logs its shard's share ([`LogValue`]), so every rank reads
+/// the global-batch value.
 fn read_pending(
+    dist: &Dist,
     pending: &mut Vec<(u64, StepLog)>,
-    log: &mut CsvLog,
+    mut log: Option<&mut CsvLog>,
     last: &mut Vec<(String, f64)>,
 ) -> Result<(), TrainError> {
     let on_device: Vec<&Tensor> = pending
@@ -234,7 +298,12 @@ fn read_pending(
             .iter()
             .map(|t| t.to_device(dev).to_kind(tch::Kind::Double).reshape([1]))
             .collect();
-        let all = Tensor::cat(&flat, 0).to_device(tch::Device::Cpu);
+        let mut all = Tensor::cat(&flat, 0);
+        if dist.is_distributed() {
+            dist.all_reduce_sum(std::slice::from_ref(&all))?;
+            all = all / dist.world() as f64;
+        }
+        let all = all.to_device(tch::Device::Cpu);
         read = Vec::<f64>::try_from(&all)
             .map_err(|e| TrainError::Numeric(format!("reading logged losses: {e}")))?
             .into_iter();
@@ -252,7 +321,9 @@ fn read_pending(
                 "loss `{n}` is {v} at step {step}; lower `lr` or check the data"
             )));
         }
-        log.row(step + 1, &values)?;
+        if let Some(log) = log.as_deref_mut() {
+            log.row(step + 1, &values)?;
+        }
         *last = values;
     }
     Ok(())

@@ -12,6 +12,8 @@ pub struct BatchStream {
     loader: Loader,
     per_epoch: u64,
     epoch: u64,
+    /// Batches of the current epoch already yielded.
+    pos: u64,
     iter: Option<ugc_data::loader::Epoch>,
     /// What the stream feeds (for error messages), e.g. `labeled`.
     name: String,
@@ -35,6 +37,7 @@ impl BatchStream {
             loader,
             per_epoch,
             epoch: 0,
+            pos: 0,
             iter: None,
             name: name.to_string(),
         })
@@ -44,6 +47,7 @@ impl BatchStream {
     /// it in the same epoch are decoded and dropped (the loader has no random access).
     pub fn seek(&mut self, k: u64) -> Result<(), TrainError> {
         self.epoch = k / self.per_epoch;
+        self.pos = k % self.per_epoch;
         let mut it = self.loader.epoch(self.epoch);
         for _ in 0..(k % self.per_epoch) {
             match it.next() {
@@ -59,6 +63,12 @@ impl BatchStream {
 
     /// The next batch, starting a new epoch when one is exhausted.
     pub fn next_batch(&mut self) -> Result<Batch, TrainError> {
+        Ok(self.next_shard()?.0)
+    }
+
+    /// The next batch (this rank's rows when the loader is sharded) and the number of rows
+    /// of the global batch it is part of (for [`crate::Dist::scale`]).
+    pub fn next_shard(&mut self) -> Result<(Batch, usize), TrainError> {
         if self.iter.is_none() {
             self.iter = Some(self.loader.epoch(self.epoch));
         }
@@ -68,9 +78,14 @@ impl BatchStream {
                 .as_mut()
                 .ok_or_else(|| TrainError::Numeric(format!("{} stream has no epoch", self.name)))?;
             match it.next() {
-                Some(b) => return Ok(b?),
+                Some(b) => {
+                    let rows = self.loader.global_rows(self.pos as usize);
+                    self.pos += 1;
+                    return Ok((b?, rows));
+                }
                 None => {
                     self.epoch += 1;
+                    self.pos = 0;
                     self.iter = Some(self.loader.epoch(self.epoch));
                 }
             }

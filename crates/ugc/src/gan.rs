@@ -9,7 +9,7 @@ use tch::nn::VarStore;
 use tch::{Kind, Tensor};
 use ugc_nn::{Discriminator, Generator, Mode, SearchSpace, SubnetConfig};
 use ugc_train::checkpoint::store_state;
-use ugc_train::{Adam, BatchStream, LogValue, LrSchedule, StepLog, TrainTask, step_seed};
+use ugc_train::{Adam, BatchStream, Dist, LogValue, LrSchedule, StepLog, TrainTask, step_seed};
 
 use crate::device::Accel;
 use crate::error::MethodError;
@@ -59,6 +59,8 @@ pub struct GanTask {
     /// Fixed example (input, target) for sample images.
     pub sample: Option<(Tensor, Option<Tensor>)>,
     space: SearchSpace,
+    /// The stage's data-parallel ranks ([`GanTask::distribute`]; none by default).
+    dist: Dist,
 }
 
 /// The networks of a [`GanTask`] and their optimisers.
@@ -157,7 +159,30 @@ impl GanTask {
             accel,
             sample,
             space,
+            dist: Dist::none(),
         })
+    }
+
+    /// Trains as one rank of `dist` (no-op with one process): both optimisers average
+    /// their gradients over the ranks, and every batch norm of the generator and the
+    /// discriminator normalises training batches with global-batch statistics. The data
+    /// streams must already be sharded for `dist` (their batches are this rank's rows).
+    pub fn distribute(&mut self, dist: &Dist) -> Result<(), MethodError> {
+        let Some(pg) = dist.group() else {
+            return Ok(());
+        };
+        self.opt_g.distribute(dist)?;
+        self.opt_d.distribute(dist)?;
+        for bn in self
+            .gen_
+            .batch_norms()
+            .into_iter()
+            .chain(self.disc.batch_norms())
+        {
+            bn.sync_over(pg.clone());
+        }
+        self.dist = dist.clone();
+        Ok(())
     }
 
     /// The sub-nets trained at `step`, with their log names; the first one's output also
@@ -204,7 +229,9 @@ impl TrainTask for GanTask {
 
     fn step(&mut self, step: u64) -> Result<StepLog, MethodError> {
         let lr = self.lr.at(step);
-        let batch = self.labeled.next_batch()?;
+        let (batch, rows) = self.labeled.next_shard()?;
+        // This rank's share of the labeled per-row means (1.0 with one process).
+        let f_l = self.dist.scale(batch.input.size()[0] as usize, rows);
         let accel = self.accel;
         let x = accel.input(&batch.input)?;
         let y = batch
@@ -228,8 +255,9 @@ impl TrainTask for GanTask {
             let lf = losses::over_scales(&fake, losses::hinge_d_fake);
             (lr_, lf)
         });
+        let loss_d = (Dist::scaled(&loss_d.0, f_l), Dist::scaled(&loss_d.1, f_l));
         let d_total = (&loss_d.0 + &loss_d.1) * 0.5;
-        d_total.backward();
+        self.opt_d.backward(&d_total)?;
         self.opt_d.step(lr)?;
         log.push(("d_real".to_string(), LogValue::of(&loss_d.0)));
         log.push(("d_fake".to_string(), LogValue::of(&loss_d.1)));
@@ -241,7 +269,9 @@ impl TrainTask for GanTask {
         let distill_on = !matches!(self.schedule, SubnetSchedule::Fixed(_));
         let teacher = match (&mut self.unlabeled, distill_on) {
             (Some(stream), true) => {
-                let u = accel.input(&stream.next_batch()?.input)?;
+                let (ub, rows) = stream.next_shard()?;
+                let f_u = self.dist.scale(ub.input.size()[0] as usize, rows);
+                let u = accel.input(&ub.input)?;
                 let largest = self.space.largest();
                 let t =
                     tch::no_grad(|| accel.run(|| self.gen_.forward(&u, &largest, Mode::Train)))?;
@@ -250,7 +280,7 @@ impl TrainTask for GanTask {
                     .into_iter()
                     .map(|f| f.detach())
                     .collect();
-                Some((u, t, ft))
+                Some((u, t, ft, f_u))
             }
             _ => None,
         };
@@ -258,6 +288,7 @@ impl TrainTask for GanTask {
         // Generator: each sub-net's loss is back-propagated on its own (gradients
         // accumulate in the shared weights; peak memory stays at one sub-net's graph).
         self.opt_g.zero_grad();
+        let last = subs.len() - 1;
         for (i, (name, sub)) in subs.iter().enumerate() {
             let fake = if i == 0 {
                 fake0.shallow_clone()
@@ -270,11 +301,13 @@ impl TrainTask for GanTask {
                     .forward(&Tensor::cat(&[&x, &fake], 1), Mode::Train);
                 losses::over_scales(&p, losses::hinge_g)
             });
-            let l1 = losses::l1(&fake.to_kind(Kind::Float), &y) * self.weights.l1;
+            let gan = Dist::scaled(&gan, f_l);
+            let l1 =
+                Dist::scaled(&losses::l1(&fake.to_kind(Kind::Float), &y), f_l) * self.weights.l1;
             let mut total = &gan + &l1;
             log.push((format!("{name}_gan"), LogValue::of(&gan)));
             log.push((format!("{name}_l1"), LogValue::of(&l1)));
-            if let Some((u, t, ft)) = &teacher
+            if let Some((u, t, ft, f_u)) = &teacher
                 && *name != "largest"
             {
                 let s = accel
@@ -282,11 +315,21 @@ impl TrainTask for GanTask {
                     .to_kind(Kind::Float);
                 let fs = self.features(u, &s);
                 let terms = losses::distill_loss(&s, t, &fs, ft, &self.weights.distill_terms)?;
-                let d = terms.total * self.weights.distill;
+                let d = if self.dist.is_distributed() {
+                    // SSIM, Gram and feature L1 are per-row means; TV sums over rows.
+                    let means = &terms.ssim + &terms.style + &terms.feature;
+                    Dist::scaled(&means, *f_u) + Dist::scaled(&terms.tv, self.dist.sum_scale())
+                } else {
+                    terms.total
+                } * self.weights.distill;
                 log.push((format!("{name}_distill"), LogValue::of(&d)));
                 total += d;
             }
-            total.backward();
+            if i == last {
+                self.opt_g.backward(&total)?;
+            } else {
+                self.opt_g.accumulate(&total)?;
+            }
         }
         self.opt_g.step(lr)?;
         log.push(("lr".to_string(), lr.into()));

@@ -13,7 +13,7 @@ use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_kinds::common::Disc;
 use ugc_nn::{ArchConfig, DiscArch, DiscConfig, build_discriminator, build_generator};
 use ugc_train::{
-    Adam, AdamConfig, BatchStream, LoopConfig, LoopOutcome, LrSchedule, run_loop, step_seed,
+    Adam, AdamConfig, BatchStream, Dist, LoopConfig, LoopOutcome, LrSchedule, run_loop, step_seed,
 };
 
 use crate::device::{Accel, tch_device};
@@ -63,6 +63,8 @@ pub(crate) struct Built {
     pub arch: ArchConfig,
     pub disc: DiscConfig,
     pub loop_cfg: LoopConfig,
+    /// The stage's ranks (also in `loop_cfg`): rank 0 writes, all pass the final barrier.
+    pub dist: Dist,
 }
 
 /// What differs between the GAN training kinds (`supernet`, `train`) beyond their common
@@ -107,10 +109,17 @@ pub(crate) fn build_task(
         init,
     } = setup;
     let device = tch_device(ctx.device)?;
-    if common.torch_threads > 0 {
+    let dist = Dist::new(ctx.rank, device)?;
+    // Ranks on one CPU split the stage's thread budget between them.
+    let threads = if device == tch::Device::Cpu {
+        dist.rank_threads(common.torch_threads, tch::get_num_threads().max(1))
+    } else {
+        common.torch_threads
+    };
+    if threads > 0 {
         // Tiny CPU nets on a busy machine run several times faster on one thread than with
         // libtorch's default (its workers spin while waiting for a core).
-        tch::set_num_threads(common.torch_threads);
+        tch::set_num_threads(threads);
     }
     let encoding = setup::encoding_for(arch, &split.manifest)?;
     let data = common.data();
@@ -143,8 +152,22 @@ pub(crate) fn build_task(
     accel.prepare(&vs_d)?;
     let opt_g = Adam::over(&vs_g, adam)?;
     let opt_d = Adam::over(&vs_d, adam)?;
+    let shard = |l: ugc_data::Loader| -> Result<ugc_data::Loader, MethodError> {
+        if dist.is_distributed() {
+            Ok(l.shard(dist.rank(), dist.world())?)
+        } else {
+            Ok(l)
+        }
+    };
     let labeled = BatchStream::new(
-        setup::train_loader(split, Subset::Labeled, &data, encoding, common.seed, device)?,
+        shard(setup::train_loader(
+            split,
+            Subset::Labeled,
+            &data,
+            encoding,
+            common.seed,
+            device,
+        )?)?,
         "labeled",
     )?;
     let unlabeled = if unlabeled && !split.manifest.unlabeled().is_empty() {
@@ -153,7 +176,7 @@ pub(crate) fn build_task(
         let mut cfg = setup::train_loader_config(&data, encoding, common.seed ^ 0x5555, device);
         cfg.drop_last = false;
         let loader = ugc_data::Loader::new(&split.manifest, &split.dir, Subset::Unlabeled, cfg)?;
-        Some(BatchStream::new(loader, "unlabeled")?)
+        Some(BatchStream::new(shard(loader)?, "unlabeled")?)
     } else {
         None
     };
@@ -173,7 +196,7 @@ pub(crate) fn build_task(
         let s = x.size();
         setup::check_disc_input(&disc_cfg, s[2], s[3])?;
     }
-    let task = GanTask::new(
+    let mut task = GanTask::new(
         GanNets {
             vs_g,
             gen_,
@@ -200,11 +223,13 @@ pub(crate) fn build_task(
             accel,
         },
     )?;
+    task.distribute(&dist)?;
     let loop_cfg = LoopConfig {
         steps: common.steps,
         checkpoint_every: common.checkpoint_every,
         sample_every: common.sample_every,
         seed: common.seed,
+        dist: dist.clone(),
         ..LoopConfig::default()
     };
     Ok(Built {
@@ -212,6 +237,7 @@ pub(crate) fn build_task(
         arch: arch.clone(),
         disc: disc_cfg,
         loop_cfg,
+        dist,
     })
 }
 
@@ -264,6 +290,21 @@ impl SupernetStage {
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
         built.task.accel.finish(&built.task.vs_g)?;
         built.task.accel.finish(&built.task.vs_d)?;
+        if built.dist.is_leader() {
+            Self::write(ctx, &p, &built, &outcome)?;
+        }
+        // Rank 0's output is committed only once every rank has finished.
+        built.dist.barrier()?;
+        Ok(())
+    }
+
+    /// The outputs (rank 0 only): weights, configs, metrics.
+    fn write(
+        ctx: &StageContext<'_>,
+        p: &SupernetParams,
+        built: &Built,
+        outcome: &LoopOutcome,
+    ) -> Result<(), MethodError> {
         let dir = ctx.out_dir.join("supernet");
         std::fs::create_dir_all(&dir).map_err(|e| MethodError::io(&dir, e))?;
         let gpath = dir.join("generator.safetensors");
@@ -295,10 +336,7 @@ impl SupernetStage {
             "unlabeled_used",
             f64::from(u8::from(built.task.unlabeled.is_some())),
         ));
-        setup::write_json(
-            &ctx.out_dir.join("metrics.json"),
-            &metrics(&outcome, &extra),
-        )?;
+        setup::write_json(&ctx.out_dir.join("metrics.json"), &metrics(outcome, &extra))?;
         Ok(())
     }
 }

@@ -86,6 +86,11 @@ impl TrainStage {
         let mut built = build_task(ctx, &split, &arch, &p.common, setup)?;
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
         built.task.accel.finish(&built.task.vs_g)?;
+        if !built.dist.is_leader() {
+            // Rank 0 writes the outputs; the others wait for it at the barrier.
+            built.dist.barrier()?;
+            return Ok(());
+        }
         let meta = export_subnet(
             built.task.gen_.as_ref(),
             &largest,
@@ -104,6 +109,8 @@ impl TrainStage {
             &ctx.out_dir.join("metrics.json"),
             &metrics(&outcome, &extra),
         )?;
+        // Rank 0's output is committed only once every rank has finished.
+        built.dist.barrier()?;
         Ok(())
     }
 }
