@@ -12,6 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::cache::{Cache, CacheError, Record, RecordMeta};
 use crate::job::Job;
 use crate::lock::{KeyLock, LockError};
+use crate::rank::RankEnv;
 use crate::registry::{ExecutionRow, Registry, RegistryError};
 use crate::stage::{CancelToken, DeviceKind, KindRegistry, Progress, StageContext, StageError};
 
@@ -51,6 +52,13 @@ pub enum ExecError {
         input: String,
         found: String,
         named: String,
+    },
+    /// The job and the rank variables disagree (e.g. more ranks than the job's GPUs).
+    #[error("stage `{node}`, rank {rank}: {message}")]
+    Rank {
+        node: String,
+        rank: usize,
+        message: String,
     },
     #[error("stage `{node}` failed: {source}")]
     Stage {
@@ -176,6 +184,10 @@ impl DeviceMemory for NoDeviceMemory {
 /// and commits it. With `force` an existing record is replaced by a fresh execution.
 /// Records the execution (peak host memory, peak device memory from `memory`, and
 /// metrics) in the registry.
+///
+/// `rank`: this process is rank 0 of a data-parallel stage (its peers run [`exec_rank`]).
+/// It does everything a single process does, on the rank's device; the stage ends with a
+/// barrier over all ranks, so a peer that failed means an error here and no commit.
 #[allow(clippy::too_many_arguments)]
 pub fn exec_job(
     cache: &Cache,
@@ -186,10 +198,21 @@ pub fn exec_job(
     progress: &dyn Progress,
     cancel: &CancelToken,
     memory: &dyn DeviceMemory,
+    rank: Option<&RankEnv>,
 ) -> Result<ExecOutcome, ExecError> {
     let kind = kinds
         .get(&job.kind)
         .ok_or_else(|| ExecError::UnknownKind(job.kind.clone()))?;
+    if let Some(env) = rank
+        && !env.is_leader()
+    {
+        return Err(ExecError::Rank {
+            node: job.node.clone(),
+            rank: env.rank,
+            message: "only rank 0 commits; the other ranks run `exec_rank`".into(),
+        });
+    }
+    let device = device_of(job, rank)?;
     let key = job.cache_key();
     let started = now_ms();
     let clock = Instant::now();
@@ -206,10 +229,11 @@ pub fn exec_job(
         ended_unix_ms: started,
         duration_ms: 0,
         host: host.clone(),
-        device: job.device.to_string(),
+        device: device.to_string(),
         peak_rss_bytes: None,
         peak_gpu_bytes: None,
         error: None,
+        resources: Some(job.resources.clone()),
     };
 
     let _lock = match KeyLock::try_acquire(cache.root(), &key)? {
@@ -243,7 +267,7 @@ pub fn exec_job(
 
     let scratch = cache.scratch_dir(&key)?;
     let staging = cache.stage(&key)?;
-    memory.reset_peak(job.device);
+    memory.reset_peak(device);
     let result = {
         let ctx = StageContext {
             node: &job.node,
@@ -252,11 +276,11 @@ pub fn exec_job(
             inputs: &job.inputs,
             out_dir: staging.out_dir(),
             scratch_dir: &scratch,
-            device: job.device,
+            device,
             progress,
             cancel,
             env: &job.env,
-            rank: None,
+            rank,
         };
         kind.run(&ctx)
     };
@@ -266,7 +290,7 @@ pub fn exec_job(
         row.ended_unix_ms = now_ms();
         row.duration_ms = clock.elapsed().as_millis() as u64;
         row.peak_rss_bytes = peak_rss_bytes();
-        row.peak_gpu_bytes = memory.peak_bytes(job.device);
+        row.peak_gpu_bytes = memory.peak_bytes(device);
     };
     match result {
         Ok(()) => {
@@ -276,7 +300,7 @@ pub fn exec_job(
                 created_unix_ms: now_ms(),
                 duration_ms: clock.elapsed().as_millis() as u64,
                 host,
-                device: job.device.to_string(),
+                device: device.to_string(),
                 inputs_verified: true,
                 run_id: job.run_id,
             };
@@ -355,9 +379,86 @@ pub fn register_record(
         peak_rss_bytes: None,
         peak_gpu_bytes: None,
         error: None,
+        // A record does not say what the stage asked for.
+        resources: None,
     };
     let metrics = read_metrics(&cache.output_dir(record)?);
     Ok(registry.record_committed(&row, m.created_unix_ms, &metrics)?)
+}
+
+/// The device this process of `job` runs on: the job's own for one process; for a rank,
+/// the job's GPU of its local rank when the head assigned GPUs (the local launcher), else
+/// `cuda:LOCAL_RANK` (ranks started by torchrun or `srun`, whose GPUs are renumbered from 0
+/// by `CUDA_VISIBLE_DEVICES`), or the CPU.
+pub fn device_of(job: &Job, rank: Option<&RankEnv>) -> Result<DeviceKind, ExecError> {
+    let Some(env) = rank else {
+        return Ok(job.device);
+    };
+    job.rank_device(env.local_rank)
+        .ok_or_else(|| ExecError::Rank {
+            node: job.node.clone(),
+            rank: env.rank,
+            message: format!(
+                "LOCAL_RANK {} has no GPU among the job's {:?}",
+                env.local_rank, job.gpus
+            ),
+        })
+}
+
+/// Runs `job` as rank `rank` (> 0) of a data-parallel stage: the same stage, on the rank's
+/// device, with its inputs checked, but no lock, no commit and no registry row: rank 0 does
+/// those ([`exec_job`]). The stage gets a private temporary `out_dir` and `scratch_dir`,
+/// both removed afterwards (rank 0 loads the checkpoint and broadcasts the state; rank 0
+/// alone writes).
+pub fn exec_rank(
+    cache: &Cache,
+    kinds: &KindRegistry,
+    job: &Job,
+    rank: &RankEnv,
+    progress: &dyn Progress,
+    cancel: &CancelToken,
+) -> Result<(), ExecError> {
+    let kind = kinds
+        .get(&job.kind)
+        .ok_or_else(|| ExecError::UnknownKind(job.kind.clone()))?;
+    if rank.is_leader() {
+        return Err(ExecError::Rank {
+            node: job.node.clone(),
+            rank: rank.rank,
+            message: "rank 0 commits: it runs `exec_job`".into(),
+        });
+    }
+    let device = device_of(job, Some(rank))?;
+    check_inputs(cache, job)?;
+    let temp = |what: &str| {
+        tempfile::Builder::new()
+            .prefix(&format!("ugc-rank{}-{what}-", rank.rank))
+            .tempdir()
+            .map_err(|e| ExecError::Stage {
+                node: job.node.clone(),
+                source: StageError::io(format!("temporary {what} folder of rank {}", rank.rank), e),
+            })
+    };
+    // Dropped (removed) when this returns, whatever the stage left in them.
+    let out = temp("out")?;
+    let scratch = temp("scratch")?;
+    let ctx = StageContext {
+        node: &job.node,
+        kind: &job.kind,
+        params: &job.params,
+        inputs: &job.inputs,
+        out_dir: out.path(),
+        scratch_dir: scratch.path(),
+        device,
+        progress,
+        cancel,
+        env: &job.env,
+        rank: Some(rank),
+    };
+    kind.run(&ctx).map_err(|source| ExecError::Stage {
+        node: job.node.clone(),
+        source,
+    })
 }
 
 /// [`register_record`] for every record committed by run `run_id`; returns how many rows
@@ -468,6 +569,7 @@ mod tests {
             &NullProgress,
             &cancel,
             &gpu,
+            None,
         );
         assert!(matches!(out, Ok(ExecOutcome::Executed(_))));
         assert_eq!(
@@ -542,6 +644,8 @@ mod tests {
             device: DeviceKind::Cpu,
             env: BTreeMap::new(),
             run_id,
+            resources: crate::spec::Resources::default(),
+            gpus: Vec::new(),
         }
     }
 
@@ -555,6 +659,7 @@ mod tests {
             &NullProgress,
             &CancelToken::new(),
             &NoDeviceMemory,
+            None,
         )
     }
 

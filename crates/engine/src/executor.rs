@@ -1,6 +1,8 @@
 //! The head process: walks the DAG, takes cached nodes from the cache, and starts a stage
 //! process (`<program> exec --key K`) for each node that must run, up to `jobs` at a time
-//! and never more than one per GPU. A failed node stops its dependents (and, unless
+//! and never more than one per GPU. A data-parallel stage (`resources: {devices: N}`) takes
+//! N GPUs with CUDA (and one of the `jobs`), or N of the `jobs` on the CPU; one that needs
+//! more than `jobs` runs alone ([`Slots`]). A failed node stops its dependents (and, unless
 //! `keep_going`, the scheduling of anything new). SIGINT/SIGTERM/SIGHUP are forwarded to
 //! running stages, which checkpoint and stop; nothing they half-wrote is committed.
 //!
@@ -129,13 +131,81 @@ enum Msg {
     Exited(NodeIndex, Option<i32>, Option<i32>),
 }
 
+/// What the running stages hold of the machine: `jobs` slots and the free GPUs.
+#[derive(Debug)]
+struct Slots {
+    jobs: usize,
+    used: usize,
+    /// Free GPUs, the next to hand out last.
+    free_gpus: Vec<usize>,
+    total_gpus: usize,
+}
+
+/// What a stage that wants to start gets.
+#[derive(Debug, PartialEq, Eq)]
+enum Take {
+    /// Start it, holding `slots` of `jobs` and these GPUs (one per rank).
+    Go { slots: usize, gpus: Vec<usize> },
+    /// Not now: what it needs is held by running stages.
+    Wait,
+    /// Never: it needs more GPUs than there are (refused at plan time by the CLI).
+    Never(String),
+}
+
+impl Slots {
+    fn new(jobs: usize, gpus: &[usize]) -> Slots {
+        Slots {
+            jobs: jobs.max(1),
+            used: 0,
+            free_gpus: gpus.iter().rev().copied().collect(),
+            total_gpus: gpus.len(),
+        }
+    }
+
+    /// A stage of `devices` ranks, on the GPUs (`on_gpu`) or the CPU. On the CPU each rank
+    /// is a process that wants a core: N slots. On CUDA the GPUs are the limit: N GPUs and
+    /// one slot. A stage needing more slots than `jobs` starts only when nothing runs, and
+    /// then runs alone.
+    fn take(&mut self, devices: usize, on_gpu: bool) -> Take {
+        let devices = devices.max(1);
+        let slots = if on_gpu { 1 } else { devices };
+        if on_gpu && devices > self.total_gpus {
+            return Take::Never(format!(
+                "needs {devices} GPUs, but the run has {}",
+                self.total_gpus
+            ));
+        }
+        let fits = self.used + slots <= self.jobs || self.used == 0;
+        if !fits || (on_gpu && self.free_gpus.len() < devices) {
+            return Take::Wait;
+        }
+        self.used += slots;
+        let gpus = if on_gpu {
+            let at = self.free_gpus.len() - devices;
+            let mut g = self.free_gpus.split_off(at);
+            g.reverse();
+            g
+        } else {
+            Vec::new()
+        };
+        Take::Go { slots, gpus }
+    }
+
+    fn give_back(&mut self, slots: usize, gpus: &[usize]) {
+        self.used -= slots;
+        self.free_gpus.extend(gpus.iter().rev());
+    }
+}
+
 struct Running {
     child_pid: Option<u32>,
     key: CacheKey,
     started: Instant,
     /// Wall clock at the start, to compare with a record's `created_unix_ms`.
     started_unix_ms: u64,
-    gpu: Option<usize>,
+    /// Of the `jobs` slots, and the GPUs (one per rank), that it holds.
+    slots: usize,
+    gpus: Vec<usize>,
     error: Option<String>,
     /// The stage process's own `done` outcome (`executed`, `hit`, ...), if it got that far.
     reported: Option<String>,
@@ -156,7 +226,7 @@ pub async fn run_dag(
     let mut done: BTreeMap<NodeIndex, Record> = BTreeMap::new();
     let mut finished: BTreeSet<NodeIndex> = BTreeSet::new();
     let mut running: BTreeMap<NodeIndex, Running> = BTreeMap::new();
-    let mut free_gpus: Vec<usize> = opts.gpus.iter().rev().copied().collect();
+    let mut slots = Slots::new(opts.jobs, &opts.gpus);
     let mut stop_scheduling = false;
     let (tx, mut rx) = mpsc::unbounded_channel::<Msg>();
 
@@ -204,7 +274,7 @@ pub async fn run_dag(
                     if let Err(e) = cache.clear_leftover_scratch(&key) {
                         tracing::warn!("{e} (`ugc-pipe gc` removes it)");
                     }
-                    record_cached(registry, opts, &node.id, &node.kind, &key);
+                    record_cached(registry, opts, node, &key);
                     let _ = registry.set_node_key(&opts.pipeline, &node.id, &key, &material);
                     ui.stage_finished(&node.id, &NodeOutcome::Cached, Some(&key), 0.0, None);
                     summary
@@ -214,14 +284,22 @@ pub async fn run_dag(
                     done.insert(idx, record);
                     continue;
                 }
-                if running.len() >= opts.jobs.max(1) {
-                    continue;
-                }
-                let wants_gpu = node.gpu && !opts.gpus.is_empty();
-                if wants_gpu && free_gpus.is_empty() {
-                    continue;
-                }
-                let gpu = if wants_gpu { free_gpus.pop() } else { None };
+                let on_gpu = node.gpu && !opts.gpus.is_empty();
+                let (held, gpus) = match slots.take(node.resources.devices, on_gpu) {
+                    Take::Go { slots, gpus } => (slots, gpus),
+                    Take::Wait => continue,
+                    Take::Never(why) => {
+                        let err = format!("stage `{}` {why}", node.id);
+                        finished.insert(idx);
+                        ui.stage_finished(&node.id, &NodeOutcome::Failed, Some(&key), 0.0, Some(&err));
+                        summary.errors.insert(node.id.clone(), err);
+                        summary.outcomes.insert(node.id.clone(), NodeOutcome::Failed);
+                        if !opts.keep_going {
+                            stop_scheduling = true;
+                        }
+                        continue;
+                    }
+                };
                 let reason = if forced {
                     RunReason::Forced
                 } else {
@@ -250,9 +328,12 @@ pub async fn run_dag(
                     kind: node.kind.clone(),
                     params: node.params.clone(),
                     inputs,
-                    device: gpu.map(DeviceKind::Cuda).unwrap_or(DeviceKind::Cpu),
+                    device: gpus.first().copied().map(DeviceKind::Cuda).unwrap_or(DeviceKind::Cpu),
                     env: opts.stage_env.clone(),
                     run_id: opts.run_id,
+                    resources: node.resources.clone(),
+                    // One process keeps the job file it had before data parallelism.
+                    gpus: if gpus.len() > 1 { gpus.clone() } else { Vec::new() },
                 };
                 job.write(cache.root())?;
                 let log_file = log_path(cache, opts.run_id, &node.id);
@@ -267,7 +348,8 @@ pub async fn run_dag(
                         key,
                         started: Instant::now(),
                         started_unix_ms: now_ms(),
-                        gpu,
+                        slots: held,
+                        gpus,
                         error: None,
                         reported: None,
                     },
@@ -291,7 +373,7 @@ pub async fn run_dag(
                     }
                     Msg::Exited(idx, code, signal) => {
                         let r = running.remove(&idx).expect("exited node was running");
-                        if let Some(g) = r.gpu { free_gpus.push(g); }
+                        slots.give_back(r.slots, &r.gpus);
                         let node = dag.node(idx);
                         let secs = r.started.elapsed().as_secs_f64();
                         finished.insert(idx);
@@ -367,14 +449,14 @@ fn settle(
     }
 }
 
-fn record_cached(registry: &Registry, opts: &RunOptions, node: &str, kind: &str, key: &CacheKey) {
+fn record_cached(registry: &Registry, opts: &RunOptions, node: &crate::graph::Node, key: &CacheKey) {
     let now = now_ms();
     let row = ExecutionRow {
         id: None,
         run_id: opts.run_id,
         pipeline: opts.pipeline.clone(),
-        node: node.to_string(),
-        kind: kind.to_string(),
+        node: node.id.clone(),
+        kind: node.kind.clone(),
         key: key.to_string(),
         status: "cached".into(),
         started_unix_ms: now,
@@ -385,6 +467,7 @@ fn record_cached(registry: &Registry, opts: &RunOptions, node: &str, kind: &str,
         peak_rss_bytes: None,
         peak_gpu_bytes: None,
         error: None,
+        resources: Some(node.resources.clone()),
     };
     if let Err(e) = registry.record_execution(&row) {
         tracing::warn!("run registry: {e}");

@@ -16,7 +16,7 @@ use serde_json::Value;
 
 use crate::spec::refs::{collect_refs, paths_overlap};
 use crate::spec::resolve::{ResolveBudget, merged, point_params, resolve_stage};
-use crate::spec::{Pipeline, SourcePos, SpecError};
+use crate::spec::{Pipeline, Resources, SourcePos, SpecError};
 use crate::stage::KindRegistry;
 
 /// One stage at one (relevant part of a) matrix point.
@@ -36,6 +36,8 @@ pub struct Node {
     /// The matrix variables in the id, with their values.
     pub matrix_point: BTreeMap<String, Value>,
     pub gpu: bool,
+    /// The stage's `resources:` (not in the key: they change where it runs, not what).
+    pub resources: Resources,
     pub pos: SourcePos,
 }
 
@@ -135,6 +137,19 @@ impl Dag {
                     });
                 }
             }
+            if s.resources.devices > 1 && schema.data_parallel.is_none() {
+                problems.push(SpecError::Invalid {
+                    pos: crate::spec::resources::devices_pos(&s.resources_pos).clone(),
+                    message: format!(
+                        "stage `{}` asks for {} devices, but kind {} runs as one process \
+                         (data-parallel kinds: {})",
+                        s.name,
+                        s.resources.devices,
+                        s.kind,
+                        data_parallel_kinds(kinds)
+                    ),
+                });
+            }
             let merged = match merged(s, schema) {
                 Ok(m) => m,
                 Err(e) => {
@@ -193,6 +208,7 @@ impl Dag {
                                 continue;
                             }
                         };
+                        problems.extend(check_batches(s, schema, &r.params));
                         let n = graph.add_node(Node {
                             id: id.clone(),
                             stage: s.name.clone(),
@@ -202,6 +218,7 @@ impl Dag {
                             external_inputs: r.external_inputs,
                             matrix_point,
                             gpu: schema.gpu,
+                            resources: s.resources.clone(),
                             pos: s.pos.clone(),
                         });
                         deps.push(Vec::new());
@@ -356,6 +373,48 @@ impl Dag {
         }
         out
     }
+}
+
+/// The kinds that can run as several ranks, for the refusal of `devices` on another.
+fn data_parallel_kinds(kinds: &KindRegistry) -> String {
+    let dp: Vec<&str> = kinds
+        .names()
+        .filter(|k| kinds.schema(k).is_some_and(|s| s.data_parallel.is_some()))
+        .collect();
+    if dp.is_empty() {
+        "none".into()
+    } else {
+        dp.join(", ")
+    }
+}
+
+/// Each rank of a data-parallel stage needs at least one example of every batch: every
+/// batch-size parameter of the kind (resolved, at this matrix point) must be at least the
+/// number of devices. Points at the batch parameter, or at the stage when it is a default.
+fn check_batches(
+    s: &crate::spec::StageSpec,
+    schema: &crate::stage::KindSchema,
+    params: &Value,
+) -> Vec<SpecError> {
+    let devices = s.resources.devices;
+    let Some(dp) = schema.data_parallel.as_ref().filter(|_| devices > 1) else {
+        return Vec::new();
+    };
+    dp.batch_params
+        .iter()
+        .filter_map(|name| {
+            let batch = params.get(name)?.as_u64()?;
+            (batch < devices as u64).then(|| SpecError::Invalid {
+                pos: s.param_pos.at(std::slice::from_ref(name)).clone(),
+                message: format!(
+                    "stage `{}`: `{name}` = {batch} is smaller than its {devices} devices \
+                     (the batch is global and split over the ranks: each needs at least one \
+                     example)",
+                    s.name
+                ),
+            })
+        })
+        .collect()
 }
 
 /// Stages ordered so that deps come first (file order among the ready ones). A cycle is

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use crate::cache::{CacheKey, KeyMaterial};
+use crate::spec::Resources;
 use crate::stage::{DeviceKind, StageInput};
 
 /// Version of the job file format.
@@ -36,6 +37,15 @@ pub struct Job {
     pub env: BTreeMap<String, String>,
     /// The registry run this job belongs to; also names its directory under `jobs/`.
     pub run_id: Option<i64>,
+    /// The stage's `resources:`; absent from the file when they are the defaults (one
+    /// process), so such job files read and write as before resources existed.
+    #[serde(default, skip_serializing_if = "Resources::is_default")]
+    pub resources: Resources,
+    /// The GPUs the head assigned to a data-parallel stage on CUDA, one per rank (`device`
+    /// is the first); empty on the CPU, for one process, and for ranks started elsewhere
+    /// (torchrun, `srun`), whose device is `cuda:LOCAL_RANK`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +78,8 @@ impl Job {
             device,
             env: BTreeMap::new(),
             run_id,
+            resources: Resources::default(),
+            gpus: Vec::new(),
         }
     }
 
@@ -148,6 +160,17 @@ impl Job {
     pub fn cache_key(&self) -> CacheKey {
         self.material.key()
     }
+
+    /// The device of the rank with local rank `local_rank`: with CUDA, the head's
+    /// `local_rank`-th assigned GPU when it assigned some (`None` past their end), else
+    /// `cuda:local_rank` (ranks started by torchrun or `srun`); the CPU otherwise.
+    pub fn rank_device(&self, local_rank: usize) -> Option<DeviceKind> {
+        match self.device {
+            DeviceKind::Cpu => Some(DeviceKind::Cpu),
+            DeviceKind::Cuda(_) if self.gpus.is_empty() => Some(DeviceKind::Cuda(local_rank)),
+            DeviceKind::Cuda(_) => self.gpus.get(local_rank).copied().map(DeviceKind::Cuda),
+        }
+    }
 }
 
 fn fmt_run(run: Option<i64>) -> String {
@@ -178,6 +201,49 @@ mod tests {
             Job::read(dir.path(), &a.key, None),
             Err(JobError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn resources_and_gpus_round_trip_and_one_process_jobs_do_not_name_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = job(Some(1), DeviceKind::Cuda(0));
+        let path = plain.write(dir.path()).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        // A job of one process is the file it was before resources existed.
+        assert!(!text.contains("resources") && !text.contains("gpus"), "{text}");
+        let mut dp = job(Some(2), DeviceKind::Cuda(3));
+        dp.resources.devices = 2;
+        dp.resources.dist_timeout = std::time::Duration::from_secs(30);
+        dp.gpus = vec![3, 1];
+        dp.write(dir.path()).unwrap();
+        let back = Job::read(dir.path(), &dp.key, Some(2)).unwrap();
+        assert_eq!(back.resources, dp.resources);
+        assert_eq!(back.gpus, vec![3, 1]);
+        assert_eq!(back.rank_device(1), Some(DeviceKind::Cuda(1)));
+        assert_eq!(back.rank_device(2), None);
+        assert_eq!(
+            job(None, DeviceKind::Cpu).rank_device(5),
+            Some(DeviceKind::Cpu)
+        );
+        // Ranks started by hand or by `srun`: no GPU list, the local rank's own GPU.
+        assert_eq!(
+            job(None, DeviceKind::Cuda(0)).rank_device(3),
+            Some(DeviceKind::Cuda(3))
+        );
+    }
+
+    #[test]
+    fn a_job_file_written_before_resources_existed_reads_with_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = job(Some(1), DeviceKind::Cpu);
+        let path = a.write(dir.path()).unwrap();
+        let mut v: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        let obj = v.as_object_mut().unwrap();
+        assert!(obj.remove("resources").is_none() && obj.remove("gpus").is_none());
+        std::fs::write(&path, serde_json::to_vec(&v).unwrap()).unwrap();
+        let back = Job::read(dir.path(), &a.key, Some(1)).unwrap();
+        assert!(back.resources.is_default() && back.gpus.is_empty());
     }
 
     #[test]

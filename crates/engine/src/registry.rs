@@ -22,7 +22,7 @@ use crate::cache::{CacheKey, KeyMaterial, now_unix_ms};
 use crate::lock::{pid_alive, this_host};
 
 /// The schema this code writes. Older databases are migrated on open; newer ones refused.
-pub const REGISTRY_SCHEMA_VERSION: i64 = 2;
+pub const REGISTRY_SCHEMA_VERSION: i64 = 3;
 
 /// Statuses a run can end with.
 pub const RUN_STATUSES: [&str; 3] = ["ok", "failed", "interrupted"];
@@ -107,6 +107,10 @@ pub struct ExecutionRow {
     pub peak_rss_bytes: Option<u64>,
     pub peak_gpu_bytes: Option<u64>,
     pub error: Option<String>,
+    /// The stage's `resources:` for this execution (devices, c10d timeout); `None` when
+    /// unknown: rows recorded before schema 3, and rows rebuilt from a record.
+    #[serde(default)]
+    pub resources: Option<crate::spec::Resources>,
 }
 
 /// Handle on the registry database. `Sync`: one connection behind a mutex.
@@ -137,7 +141,7 @@ fn check_status(field: &'static str, value: &str, allowed: &[&str]) -> Result<()
 }
 
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -186,6 +190,10 @@ const MIGRATIONS: [&str; 2] = [
     "
     -- JSON of the head's ProcessIdentity; NULL in runs recorded before version 2.
     ALTER TABLE runs ADD COLUMN head TEXT;
+",
+    "
+    -- JSON of the execution's Resources (devices, dist_timeout_s); NULL before version 3.
+    ALTER TABLE executions ADD COLUMN resources TEXT;
 ",
 ];
 
@@ -289,7 +297,7 @@ const COMMIT_RECORDED: &str = "SELECT EXISTS (SELECT 1 FROM executions WHERE key
      AND status = 'executed' AND started_unix_ms <= ?2 AND ended_unix_ms >= ?2)";
 
 const EXECUTION_COLUMNS: &str = "id, run_id, pipeline, node, kind, key, status, started_unix_ms, \
-     ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error";
+     ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error, resources";
 
 fn u(v: i64) -> u64 {
     // Every integer column is written from a u64 checked to fit, so it is non-negative.
@@ -313,6 +321,10 @@ fn execution_from_row(r: &Row<'_>) -> rusqlite::Result<ExecutionRow> {
         peak_rss_bytes: r.get::<_, Option<i64>>(12)?.map(u),
         peak_gpu_bytes: r.get::<_, Option<i64>>(13)?.map(u),
         error: r.get(14)?,
+        // Written by this code as JSON; anything else (a hand edit) reads as unknown.
+        resources: r
+            .get::<_, Option<String>>(15)?
+            .and_then(|t| serde_json::from_str(&t).ok()),
     })
 }
 
@@ -487,8 +499,9 @@ impl Registry {
     fn insert_execution(&self, conn: &Connection, e: &ExecutionRow) -> Result<i64, RegistryError> {
         conn.execute(
             "INSERT INTO executions (run_id, pipeline, node, kind, key, status, started_unix_ms,
-                 ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)",
+                 ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error,
+                 resources)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
             params![
                 e.run_id,
                 e.pipeline,
@@ -504,6 +517,9 @@ impl Registry {
                 opt_int("peak_rss_bytes", e.peak_rss_bytes)?,
                 opt_int("peak_gpu_bytes", e.peak_gpu_bytes)?,
                 e.error,
+                e.resources
+                    .as_ref()
+                    .map(|r| serde_json::to_string(r).expect("resources serialise")),
             ],
         )
         .map_err(|e| self.db(e))?;
@@ -727,6 +743,7 @@ mod tests {
             peak_rss_bytes: Some(123 << 20),
             peak_gpu_bytes: None,
             error: None,
+            resources: Some(crate::spec::Resources::default()),
         }
     }
 
@@ -946,6 +963,42 @@ mod tests {
         let new = reg.begin_run("p", &[]).unwrap();
         assert_eq!(reg.runs(10).unwrap()[0].id, new);
         assert_eq!(reg.runs(10).unwrap()[0].status, "running");
+    }
+
+    #[test]
+    fn executions_record_their_resources_and_a_schema_2_registry_migrates_to_unknown() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(MIGRATIONS[0]).unwrap();
+            conn.execute_batch(MIGRATIONS[1]).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1), (2);
+                 INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid)
+                     VALUES ('p', '[]', 1, 'ok', 'h', 1);
+                 INSERT INTO executions (run_id, pipeline, node, kind, key, status,
+                     started_unix_ms, ended_unix_ms, duration_ms, host, device)
+                     VALUES (1, 'p', 'old', 'train', 'k', 'executed', 1, 2, 1, 'h', 'cpu');",
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(&path).unwrap();
+        let mut dp = execution(Some(1), "new", &key('a'), "executed");
+        dp.resources = Some(crate::spec::Resources {
+            devices: 2,
+            dist_timeout: std::time::Duration::from_secs_f64(12.5),
+        });
+        reg.record_execution(&dp).unwrap();
+        let rows = reg.executions(1).unwrap();
+        assert_eq!(rows[0].resources, None, "a row from before schema 3 is unknown");
+        assert_eq!(rows[1].resources, dp.resources);
+        let json = serde_json::to_value(&rows[1]).unwrap();
+        assert_eq!(
+            json["resources"],
+            json!({"devices": 2, "dist_timeout_s": 12.5})
+        );
     }
 
     #[test]

@@ -213,7 +213,22 @@ pub struct KindSchema {
     /// The kinds of deps the stage reads.
     #[serde(default)]
     pub deps: DepsSchema,
+    /// Present when the kind can run as several data-parallel ranks
+    /// (`resources: {devices: N}` with N > 1); absent, a stage of it runs as one process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallelSchema>,
     pub params: BTreeMap<String, ParamSchema>,
+}
+
+/// How a data-parallel kind splits its work over ranks.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataParallelSchema {
+    /// Integer parameters that are global batch sizes, each sharded over the ranks: every
+    /// one must be at least the number of devices, so each rank gets an example of every
+    /// batch (checked at plan time).
+    #[serde(default)]
+    pub batch_params: Vec<String>,
 }
 
 /// One problem with a stage's resolved parameters, found by its kind's own check (the
@@ -239,9 +254,33 @@ impl ParamProblem {
 pub type ParamCheck = fn(&Value) -> Vec<ParamProblem>;
 
 impl KindSchema {
-    /// Parses a kind's `schema.yaml` document.
+    /// Parses a kind's `schema.yaml` document. A `data_parallel.batch_params` entry must
+    /// name an `int` parameter of the kind (a typo would silently skip the plan-time check).
     pub fn from_yaml(text: &str) -> Result<Self, String> {
-        serde_saphyr::from_str(text).map_err(|e| e.to_string())
+        let schema: KindSchema = serde_saphyr::from_str(text).map_err(|e| e.to_string())?;
+        if let Some(dp) = &schema.data_parallel {
+            for name in &dp.batch_params {
+                match schema.params.get(name) {
+                    Some(p) if p.ty == ParamType::Int => {}
+                    Some(_) => {
+                        return Err(format!(
+                            "kind {}: data_parallel.batch_params names `{name}`, which is not \
+                             an int parameter",
+                            schema.kind
+                        ));
+                    }
+                    None => {
+                        return Err(format!(
+                            "kind {}: data_parallel.batch_params names `{name}`, which is not \
+                             a parameter (params: {})",
+                            schema.kind,
+                            schema.params.keys().cloned().collect::<Vec<_>>().join(", ")
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(schema)
     }
 }
 

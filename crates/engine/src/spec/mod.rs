@@ -9,6 +9,7 @@ mod error;
 mod overrides;
 pub(crate) mod refs;
 pub(crate) mod resolve;
+pub mod resources;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -23,6 +24,7 @@ use serde_json::{Map, Value};
 use crate::stage::KindRegistry;
 
 pub use error::{SourcePos, SpecError};
+pub use resources::{Machine, Resources};
 use yaml::{YNode, YValue};
 
 /// Most matrix points accepted: each one is resolved when the DAG is built, so a matrix of
@@ -44,6 +46,10 @@ pub struct LoadOptions {
     pub max_depth: usize,
     /// Most YAML nodes accepted, aliases expanded (default 200 000).
     pub max_nodes: usize,
+    /// The machine the pipeline is to run on: a stage asking for more devices than it has
+    /// is refused with the other problems. `None` (planning elsewhere, drawing the DAG)
+    /// skips that check.
+    pub machine: Option<Machine>,
 }
 
 impl Default for LoadOptions {
@@ -53,6 +59,7 @@ impl Default for LoadOptions {
             max_bytes: 4 * 1024 * 1024,
             max_depth: 64,
             max_nodes: 200_000,
+            machine: None,
         }
     }
 }
@@ -146,6 +153,11 @@ pub struct StageSpec {
     /// `gather: true`: one node that depends on every matrix instance of its deps (a report
     /// over the whole matrix), instead of one node per instance.
     pub gather: bool,
+    /// The `resources:` block, `--set STAGE.resources.KEY=V` applied; defaults when absent.
+    pub resources: Resources,
+    /// Where each resource was written (by key); its root is the `resources:` key, else
+    /// the stage's name.
+    pub resources_pos: PosMap,
 }
 
 impl Pipeline {
@@ -232,6 +244,9 @@ pub fn load_pipeline_str(
     }
     if let Err(e) = crate::graph::Dag::build(&p, kinds) {
         problems.push(e);
+    }
+    if let Some(machine) = &opts.machine {
+        problems.extend(resources::check_machine(&p, kinds, machine));
     }
     if problems.is_empty() {
         Ok(p)
@@ -562,6 +577,8 @@ fn parse_stage(
     let mut doc = String::new();
     let mut gather = false;
     let mut params_node = None;
+    let mut resources = Resources::default();
+    let mut resources_pos = PosMap::new(pos.clone());
     let mut seen = HashMap::new();
     for (k, v) in entries(node, file, &section)? {
         let key = k.key_text(file)?;
@@ -617,12 +634,16 @@ fn parse_stage(
                     params_node = Some(v);
                 }
             }
+            "resources" => {
+                resources_pos.root = k.pos(file);
+                resources = resources::parse(v, file, &section, &mut resources_pos, problems);
+            }
             _ => {
                 return Err(SpecError::UnknownKey {
                     pos: k.pos(file),
                     key,
                     section,
-                    valid: strings(&["kind", "deps", "params", "doc", "gather"]),
+                    valid: strings(&["kind", "deps", "params", "resources", "doc", "gather"]),
                 });
             }
         }
@@ -665,6 +686,8 @@ fn parse_stage(
         param_pos,
         dep_pos,
         gather,
+        resources,
+        resources_pos,
     })
 }
 

@@ -72,6 +72,9 @@ pub(crate) fn apply(
                     "name a parameter of stage `{first}`, e.g. `--set {first}.<param>=...`"
                 )));
             };
+            if *param == "resources" {
+                return set_resources(stage, &segs[2..], value, pos).map_err(err);
+            }
             let schema = kinds
                 .schema(&stage.kind)
                 .ok_or_else(|| err(format!("stage `{first}` has unknown kind `{}`", stage.kind)))?;
@@ -106,6 +109,37 @@ pub(crate) fn apply(
             join(p.stages.iter().map(|s| &s.name))
         ))),
     }
+}
+
+/// `--set STAGE.resources.KEY=V`, or `--set STAGE.resources={KEY: V, ...}` for several.
+fn set_resources(
+    stage: &mut super::StageSpec,
+    keys: &[&str],
+    value: Value,
+    pos: SourcePos,
+) -> Result<(), String> {
+    let name = stage.name.clone();
+    let pairs: Vec<(String, Value)> = match (keys, value) {
+        ([key], value) => vec![(key.to_string(), value)],
+        ([], Value::Object(m)) => m.into_iter().collect(),
+        ([], other) => {
+            return Err(format!(
+                "`{name}.resources` takes a map, e.g. `{{devices: 2}}`; got {}",
+                describe(&other)
+            ));
+        }
+        _ => {
+            return Err(format!(
+                "name one resource, e.g. `--set {name}.resources.devices=2` (valid: {})",
+                super::resources::RESOURCE_KEYS.join(", ")
+            ));
+        }
+    };
+    for (key, value) in pairs {
+        stage.resources.set(&key, &value)?;
+        stage.resources_pos.set(&[key], pos.clone());
+    }
+    Ok(())
 }
 
 fn join<'a>(it: impl Iterator<Item = &'a String>) -> String {

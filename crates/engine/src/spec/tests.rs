@@ -3,7 +3,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use super::testutil::{FILE, err, kinds, load, load_with};
+use super::testutil::{FILE, err, kinds, load, load_on, load_with};
 use super::*;
 
 const GOOD: &str = r#"params:
@@ -83,7 +83,7 @@ fn unknown_stage_key_has_position() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:4:5: unknown key `dep` in stage `data` (valid: kind, deps, params, doc, gather)"
+            "{FILE}:4:5: unknown key `dep` in stage `data` (valid: kind, deps, params, resources, doc, gather)"
         )
     );
 }
@@ -154,7 +154,7 @@ fn unknown_kind_lists_known_kinds() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:3:11: unknown stage kind `synthh` (known: command, ranged, split, synth, train)"
+            "{FILE}:3:11: unknown stage kind `synthh` (known: command, dp, ranged, split, synth, train)"
         )
     );
 }
@@ -818,5 +818,146 @@ fn ranges_parse_and_refuse_nonsense() {
     assert!(r.contains(2.0) && !r.contains(1.999) && r.contains(1e300));
     for bad in ["0, 1", "[0, inf]", "[a, 1]", "(1)", "", "[-inf, 0)"] {
         assert!(bad.parse::<crate::stage::Range>().is_err(), "{bad}");
+    }
+}
+
+const DP: &str = r#"stages:
+  fit:
+    kind: dp
+    resources: {devices: 2, dist_timeout_s: 30}
+    params: {batch_size: 4}
+  plain:
+    kind: synth
+    params: {task: edges2photo}
+"#;
+
+#[test]
+fn resources_parse_with_their_defaults() {
+    let p = load(DP).unwrap();
+    let fit = p.stage("fit").unwrap();
+    assert_eq!(fit.resources.devices, 2);
+    assert_eq!(fit.resources.dist_timeout, std::time::Duration::from_secs(30));
+    let plain = p.stage("plain").unwrap();
+    assert_eq!(plain.resources, Resources::default());
+    assert_eq!(plain.resources.dist_timeout, crate::rank::DEFAULT_TIMEOUT);
+    // `devices` points at its value; the block's root at its key.
+    let at = resources::devices_pos(&fit.resources_pos);
+    assert_eq!((at.line, at.col), (4, 26));
+}
+
+#[test]
+fn bad_resources_are_refused_with_positions_all_at_once() {
+    let text = r#"stages:
+  a:
+    kind: dp
+    resources: {devices: 0, gpus: 2}
+  b:
+    kind: dp
+    resources: {devices: 1.5, dist_timeout_s: -1}
+  c:
+    kind: dp
+    resources: [devices]
+  d:
+    kind: dp
+    resources: {devices: "2"}
+"#;
+    let e = err(text);
+    for want in [
+        format!("{FILE}:4:26: stage `a`: `devices` must be a whole number >= 1, got 0"),
+        format!("{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s)"),
+        format!("{FILE}:7:26: `resources.devices` of stage `b`: expected a whole number >= 1, got float"),
+        format!("{FILE}:7:47: stage `b`: `dist_timeout_s` must be a number of seconds > 0, got -1"),
+        format!("{FILE}:10:16: `resources` of stage `c`: expected a map"),
+        format!("{FILE}:13:26: `resources.devices` of stage `d`: expected a whole number >= 1, got string"),
+    ] {
+        assert!(e.contains(&want), "missing `{want}` in:\n{e}");
+    }
+}
+
+#[test]
+fn devices_on_a_kind_that_is_not_data_parallel_is_refused_at_the_value() {
+    let text = "stages:\n  s:\n    kind: synth\n    resources: {devices: 2}\n    params: {task: edges2photo}\n";
+    let e = err(text);
+    assert!(
+        e.starts_with(&format!(
+            "{FILE}:4:26: stage `s` asks for 2 devices, but kind synth runs as one process \
+             (data-parallel kinds: dp)"
+        )),
+        "{e}"
+    );
+    // One device is every kind's default, and always fine.
+    load(&text.replace("devices: 2", "devices: 1")).unwrap();
+}
+
+#[test]
+fn every_batch_parameter_must_cover_the_devices() {
+    // `batch_size` written (points at it), `unlabeled_batch_size` a default (the stage).
+    let text = DP.replace("devices: 2", "devices: 6");
+    let e = load_on(&text, &[], 8, 8).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("{FILE}:5:26: stage `fit`: `batch_size` = 4 is smaller than its 6 devices")),
+        "{e}"
+    );
+    assert!(!e.contains("unlabeled_batch_size"), "8 >= 6 is fine: {e}");
+    let e = load_on(&text, &["fit.unlabeled_batch_size=5"], 8, 8)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("--set fit.unlabeled_batch_size=5:1:26: stage `fit`: `unlabeled_batch_size` = 5 is smaller than its 6 devices"),
+        "{e}"
+    );
+    // Equal is enough: one example per rank.
+    load_on(&text, &["fit.batch_size=6"], 8, 8).unwrap();
+}
+
+#[test]
+fn more_devices_than_the_machine_has_is_refused_naming_what_it_has() {
+    let e = load_on(DP, &[], 1, 64).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!("{FILE}:4:26: stage `fit` asks for 2 devices, but this machine has 1 GPU")
+    );
+    let e = load_on(DP, &[], 0, 1).unwrap_err().to_string();
+    assert_eq!(
+        e,
+        format!(
+            "{FILE}:4:26: stage `fit` asks for 2 devices, but this machine has no GPU in use \
+             and 1 CPU core (one rank per core)"
+        )
+    );
+    load_on(DP, &[], 2, 1).unwrap();
+    load_on(DP, &[], 0, 2).unwrap();
+    // Planning without a machine (drawing the DAG) does not ask.
+    load(DP).unwrap();
+}
+
+#[test]
+fn resources_are_set_from_the_command_line_with_the_flag_in_errors() {
+    let p = load_with(DP, &["fit.resources.devices=3", "fit.resources.dist_timeout_s=7.5"]).unwrap();
+    let fit = p.stage("fit").unwrap();
+    assert_eq!(fit.resources.devices, 3);
+    assert_eq!(fit.resources.dist_timeout, std::time::Duration::from_secs_f64(7.5));
+    let p = load_with(DP, &["plain.resources={devices: 1}"]).unwrap();
+    assert_eq!(p.stage("plain").unwrap().resources.devices, 1);
+    // A refusal after the flag names it.
+    let e = load_on(DP, &["fit.resources.devices=4"], 2, 2).unwrap_err().to_string();
+    assert!(
+        e.contains("--set fit.resources.devices=4:1:23: stage `fit` asks for 4 devices, but this machine has 2 GPUs"),
+        "{e}"
+    );
+    let e = load_with(DP, &["plain.resources.devices=2"]).unwrap_err().to_string();
+    assert!(
+        e.contains("--set plain.resources.devices=2:1:25: stage `plain` asks for 2 devices, but kind synth"),
+        "{e}"
+    );
+    for (flag, want) in [
+        ("fit.resources.devices=0", "`devices` must be a whole number >= 1, got 0"),
+        ("fit.resources.devices=two", "`devices` must be a whole number >= 1, got \"two\""),
+        ("fit.resources.gpus=2", "unknown resource `gpus` (valid: devices, dist_timeout_s)"),
+        ("fit.resources=2", "`fit.resources` takes a map"),
+        ("fit.resources.devices.x=2", "name one resource"),
+    ] {
+        let e = load_with(DP, &[flag]).unwrap_err().to_string();
+        assert!(e.contains(&format!("--set {flag}: ")) && e.contains(want), "{flag}: {e}");
     }
 }

@@ -59,6 +59,16 @@ params:
   env: {type: map}
 "#,
     r#"
+kind: dp
+version: 1
+gpu: true
+data_parallel: {batch_params: [batch_size, unlabeled_batch_size]}
+params:
+  batch_size: {type: int, default: 4}
+  unlabeled_batch_size: {type: int, default: 8}
+  lr: {type: float, default: 0.1}
+"#,
+    r#"
 kind: ranged
 version: 1
 deps: {required: [split]}
@@ -104,6 +114,21 @@ pub(crate) fn load(text: &str) -> Result<Pipeline, SpecError> {
 pub(crate) fn load_with(text: &str, sets: &[&str]) -> Result<Pipeline, SpecError> {
     let opts = LoadOptions {
         overrides: sets.iter().map(|s| s.to_string()).collect(),
+        ..LoadOptions::default()
+    };
+    load_pipeline_str(text, Path::new(FILE), &kinds(), &opts)
+}
+
+/// Loads `text` for a machine of `gpus` GPUs and `cpus` cores, with `sets` applied.
+pub(crate) fn load_on(
+    text: &str,
+    sets: &[&str],
+    gpus: usize,
+    cpus: usize,
+) -> Result<Pipeline, SpecError> {
+    let opts = LoadOptions {
+        overrides: sets.iter().map(|s| s.to_string()).collect(),
+        machine: Some(crate::spec::Machine { gpus, cpus }),
         ..LoadOptions::default()
     };
     load_pipeline_str(text, Path::new(FILE), &kinds(), &opts)
