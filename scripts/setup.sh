@@ -26,6 +26,16 @@ fi
 "$VENV/bin/python" -c 'import numpy, scipy' 2>/dev/null || \
   "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off numpy scipy
 
+# Headers that the wheel's CUDA runtime headers include but its packages leave out: the C
+# runtime's crt/ and CCCL's nv/target. crates/torch-ext compiles c10d's NCCL backend
+# against them (headers only, a few MB; the versions of CUDA 13.0, which torch 2.11 uses).
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+cuda_inc="$site/nvidia/cu13/include"
+if [ -d "$cuda_inc" ] && { [ ! -f "$cuda_inc/crt/host_config.h" ] || [ ! -e "$cuda_inc/nv/target" ]; }; then
+  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off --no-deps \
+    nvidia-cuda-crt==13.0.88 nvidia-cuda-cccl==13.0.85
+fi
+
 torch_dir=$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" "$VENV/libtorch"
 echo "setup: libtorch $TORCH_VERSION at $VENV/libtorch -> $torch_dir"

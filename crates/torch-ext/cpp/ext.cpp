@@ -43,6 +43,9 @@ at::ScalarType autocast_dtype(int code) {
 }
 }  // namespace
 
+// For dist.cpp, which shares this per-thread error slot.
+void ugc_ext_set_error(const std::string& msg) { last_error = msg; }
+
 extern "C" {
 
 const char* ugc_ext_last_error() { return last_error.c_str(); }

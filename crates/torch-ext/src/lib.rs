@@ -10,14 +10,18 @@
 //!   in libtorch's default float16 only;
 //! - [`fused_adam`] (`torch.optim.Adam(fused=True)`) and [`clear_grad`] (`grad = None`);
 //! - [`cuda_memory`]: the CUDA caching allocator's statistics
-//!   (`torch.cuda.max_memory_allocated` and friends), for the run registry's peak GPU memory.
+//!   (`torch.cuda.max_memory_allocated` and friends), for the run registry's peak GPU memory;
+//! - [`dist`]: c10d process groups (Gloo, NCCL), collectives and the bucketed gradient
+//!   reducer of data-parallel stages (`cpp/dist.cpp`).
 
 use std::ffi::CStr;
 use std::os::raw::c_int;
 
 use tch::{Device, TchError, Tensor};
 
-mod ffi {
+pub mod dist;
+
+pub(crate) mod ffi {
     use std::os::raw::{c_char, c_int};
 
     /// Opaque `at::Tensor`, the object behind tch's `C_tensor` handles.
@@ -66,18 +70,18 @@ mod ffi {
 }
 
 /// The shim's message for a non-zero return on this thread.
-fn last_error() -> TchError {
+pub(crate) fn last_error() -> TchError {
     // SAFETY: the shim returns a pointer to a thread-local, NUL-terminated string that
     // stays valid until the next failing call on this thread; it is copied at once.
     let msg = unsafe { CStr::from_ptr(ffi::ugc_ext_last_error()) };
     TchError::Torch(msg.to_string_lossy().into_owned())
 }
 
-fn check(rc: c_int) -> Result<(), TchError> {
+pub(crate) fn check(rc: c_int) -> Result<(), TchError> {
     if rc < 0 { Err(last_error()) } else { Ok(()) }
 }
 
-fn raw(t: &Tensor) -> *const ffi::AtTensor {
+pub(crate) fn raw(t: &Tensor) -> *const ffi::AtTensor {
     t.as_ptr() as *const ffi::AtTensor
 }
 
