@@ -20,6 +20,7 @@ pub mod plan;
 pub mod rank;
 pub mod registry;
 pub mod spec;
+pub mod slurm;
 pub mod sqlite;
 pub mod stage;
 pub mod testing;
