@@ -3,3 +3,4 @@
 //! long runs in release).
 
 mod spec_fuzz;
+mod slurm;
