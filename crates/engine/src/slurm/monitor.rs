@@ -475,6 +475,52 @@ impl<'a> Monitor<'a> {
     }
 }
 
+/// The monotonic clock of this process.
+pub struct SystemClock(std::time::Instant);
+
+impl Default for SystemClock {
+    fn default() -> Self {
+        SystemClock(std::time::Instant::now())
+    }
+}
+
+impl Clock for SystemClock {
+    fn now(&self) -> Duration {
+        self.0.elapsed()
+    }
+}
+
+/// The cache as files: `records/<key>.json`, the attempt files, `scratch/<key>`.
+pub struct FsCacheView {
+    pub root: std::path::PathBuf,
+}
+
+impl CacheView for FsCacheView {
+    fn committed(&self, key: &str) -> bool {
+        self.root
+            .join("records")
+            .join(format!("{key}.json"))
+            .is_file()
+    }
+    fn attempt(&self, key: &str, job: JobId) -> Option<Attempt> {
+        // a damaged file is no account: the job is judged as if it had none
+        super::attempt::read_attempt(&self.root, key, job)
+            .ok()
+            .flatten()
+    }
+    fn heartbeat(&self, key: &str, job: JobId) -> Option<u64> {
+        super::attempt::read_heartbeat(&self.root, key, job)
+    }
+    fn has_checkpoint(&self, key: &str) -> bool {
+        std::fs::read_dir(self.root.join("scratch").join(key))
+            .map(|mut d| d.next().is_some())
+            .unwrap_or(false)
+    }
+    fn refresh(&self, key: &str) {
+        super::attempt::refresh_view(&self.root, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::cell::{Cell, RefCell};
@@ -1013,7 +1059,11 @@ mod tests {
         assert_eq!(*seen.last().unwrap(), Duration::from_secs(30));
         set(&w, 1, JobState::Requeued);
         m.poll();
-        assert_eq!(m.interval(), Duration::from_secs(2), "a change polls soon again");
+        assert_eq!(
+            m.interval(),
+            Duration::from_secs(2),
+            "a change polls soon again"
+        );
         // the polling load: one status call per poll, whatever the number of jobs
         let calls = w.slurm.status_calls.get();
         for i in 10..60 {

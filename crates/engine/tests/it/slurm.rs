@@ -1,0 +1,375 @@
+//! The Slurm executor's pieces against a real Slurm: the one-node cluster of
+//! `scripts/slurm-up.sh`. Real scripts from `slurm::script`, submitted and polled with
+//! `slurm::queue`, judged by `slurm::monitor` over the files a fake worker (a shell
+//! script standing in for `ugc-pipe-worker`, which needs libtorch) writes into a cache.
+//!
+//! Skipped, with a message, only when `sbatch` is absent and `UGC_REQUIRE_SLURM` is unset
+//! (CI sets it). The time-limit test takes 1-2 minutes (Slurm's limit is at least one
+//! minute, checked every 30 s): it is `#[ignore]`d, and `scripts/test.sh` runs it once.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ugc_engine::slurm::monitor::{FsCacheView, Monitor, RetryReason, SystemClock, Verdict};
+use ugc_engine::slurm::queue::{Commands, SlurmCli, SlurmClient};
+use ugc_engine::slurm::script::{self, StageJob};
+use ugc_engine::slurm::settings::{SlurmSettings, StageRequest, TimeLimit};
+
+fn slurm_available() -> bool {
+    let found = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join("sbatch").is_file()))
+        .unwrap_or(false);
+    if !found {
+        assert!(
+            std::env::var_os("UGC_REQUIRE_SLURM").is_none(),
+            "UGC_REQUIRE_SLURM is set but sbatch is not on PATH (scripts/slurm-up.sh installs it)"
+        );
+        eprintln!("skipped: no sbatch on PATH (scripts/slurm-up.sh brings up a test cluster)");
+    }
+    found
+}
+
+/// A cache folder (its path has a space and a quote, as users' paths may) and a fake
+/// worker whose body is `body`; `$KEY` and `$CACHE` are set for it.
+struct Stage {
+    _dir: tempfile::TempDir,
+    cache: PathBuf,
+    worker: PathBuf,
+    key: String,
+}
+
+impl Stage {
+    fn new(tag: &str, body: &str) -> Stage {
+        let dir = tempfile::Builder::new()
+            .prefix("ugc slurm'it")
+            .tempdir()
+            .unwrap();
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(cache.join("records")).unwrap();
+        std::fs::create_dir_all(cache.join("logs/1")).unwrap();
+        let key = format!("{:0<64}", format!("{:x}", blake3_like(tag)));
+        let worker = dir.path().join("fake worker");
+        std::fs::write(
+            &worker,
+            format!(
+                "#!/bin/bash\n# fake ugc-pipe-worker: exec --key K --cache-dir D --run R\n\
+                 echo \"worker args: $*\"\nKEY=$3; CACHE=$5\n{body}\n"
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&worker, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Stage {
+            _dir: dir,
+            cache,
+            worker,
+            key,
+        }
+    }
+
+    fn log(&self) -> PathBuf {
+        self.cache.join("logs/1/stage.log")
+    }
+
+    fn submit(&self, cli: &SlurmCli, req: &StageRequest, gpu: bool, s: &SlurmSettings) -> u64 {
+        let log = self.log();
+        let job = StageJob {
+            run_id: 1,
+            key: &self.key,
+            node: "stage",
+            gpu,
+            request: req,
+            worker: &self.worker,
+            cache_dir: &self.cache,
+            log: &log,
+        };
+        let path = script::write(&self.cache.join("jobs"), &job, s).unwrap();
+        cli.submit(&path).unwrap()
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+}
+
+/// A hex tag per test so keys differ (the tests share one cluster).
+fn blake3_like(tag: &str) -> u64 {
+    tag.bytes().fold(0xcbf29ce484222325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100000001b3)
+    })
+}
+
+fn settings() -> SlurmSettings {
+    SlurmSettings {
+        lost_grace: Duration::from_secs(3),
+        poll_min: Duration::from_millis(200),
+        poll_max: Duration::from_secs(1),
+        ..SlurmSettings::default()
+    }
+}
+
+/// Polls until the job's verdict is final (or `limit` passes); returns it.
+fn wait_final(m: &mut Monitor, job: u64, limit: Duration) -> Verdict {
+    let t0 = Instant::now();
+    let mut last = None;
+    while t0.elapsed() < limit {
+        for (id, _, v) in m.poll() {
+            if id == job {
+                if v.is_final() {
+                    return v;
+                }
+                last = Some(v);
+            }
+        }
+        std::thread::sleep(m.interval());
+    }
+    panic!("job {job} not final after {limit:?}; last verdict {last:?}");
+}
+
+fn monitor_parts(stage: &Stage) -> (SlurmCli, FsCacheView, SystemClock) {
+    (
+        SlurmCli::new(Commands::default()),
+        FsCacheView {
+            root: stage.cache.clone(),
+        },
+        SystemClock::default(),
+    )
+}
+
+const COMMIT: &str = "echo '{}' > \"$CACHE/records/$KEY.json\"";
+
+#[test]
+fn a_stage_that_commits_is_done() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new("ok", COMMIT);
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    assert_eq!(
+        wait_final(&mut m, job, Duration::from_secs(60)),
+        Verdict::Done
+    );
+    let log = stage.log_text();
+    assert!(
+        log.contains(&format!(
+            "worker args: exec --key {} --cache-dir {} --run 1",
+            stage.key,
+            stage.cache.display()
+        )),
+        "the quoted paths reach the worker intact: {log}"
+    );
+}
+
+#[test]
+fn a_failing_stage_fails_with_slurms_word_and_its_log() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new("fail", "echo 'boom' >&2; exit 3");
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    match wait_final(&mut m, job, Duration::from_secs(60)) {
+        Verdict::Failed { error } => assert!(error.contains("ended FAILED"), "{error}"),
+        v => panic!("{v:?}"),
+    }
+    assert!(
+        stage.log_text().contains("boom"),
+        "stderr goes to the stage log"
+    );
+}
+
+#[test]
+fn a_cancelled_stage_leaves_the_queue() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new("cancel", "sleep 300");
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    let t0 = Instant::now();
+    loop {
+        let v = m.poll();
+        if v.iter()
+            .any(|(_, _, v)| matches!(v, Verdict::Running { .. }))
+        {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "never ran");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    m.mark_cancelled(job);
+    cli.cancel(&[job], None).unwrap();
+    assert_eq!(
+        wait_final(&mut m, job, Duration::from_secs(60)),
+        Verdict::Cancelled
+    );
+    let left = cli.status(&[job]).unwrap();
+    assert!(left.iter().all(|j| j.state.is_ended()), "{left:?}");
+}
+
+#[test]
+fn a_gpu_stage_sees_its_fake_gpu() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new(
+        "gpu",
+        &format!("echo \"CVD=$CUDA_VISIBLE_DEVICES GPUS=$SLURM_JOB_GPUS\"; {COMMIT}"),
+    );
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let job = stage.submit(&cli, &StageRequest::default(), true, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    assert_eq!(
+        wait_final(&mut m, job, Duration::from_secs(60)),
+        Verdict::Done
+    );
+    let log = stage.log_text();
+    // one GPU: CUDA_VISIBLE_DEVICES names one device (0 under ConstrainDevices, which
+    // renumbers; the node's index without cgroups)
+    let cvd = log
+        .lines()
+        .find_map(|l| l.strip_prefix("CVD="))
+        .unwrap_or_else(|| panic!("no CVD line in {log}"));
+    let first = cvd.split_whitespace().next().unwrap_or("");
+    assert!(first == "0" || first == "1", "one GPU visible: {log}");
+}
+
+#[test]
+fn cpu_ranks_start_as_srun_tasks_with_torchrun_variables() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new(
+        "ranks",
+        &format!(
+            "echo \"rank RANK=$RANK WORLD_SIZE=$WORLD_SIZE LOCAL_RANK=$LOCAL_RANK MASTER=$MASTER_ADDR:$MASTER_PORT\"\n\
+             [ \"$RANK\" = 0 ] && {COMMIT}; exit 0"
+        ),
+    );
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let req = StageRequest {
+        devices: 2,
+        mem: Some(ugc_engine::slurm::settings::MemMiB(200)),
+        ..StageRequest::default()
+    };
+    let job = stage.submit(&cli, &req, false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    assert_eq!(
+        wait_final(&mut m, job, Duration::from_secs(60)),
+        Verdict::Done
+    );
+    // the job's end reaches the log after the record: wait for both ranks' lines
+    let t0 = Instant::now();
+    let mut ranks: Vec<String>;
+    loop {
+        ranks = stage
+            .log_text()
+            .lines()
+            .filter(|l| l.starts_with("rank "))
+            .map(String::from)
+            .collect();
+        if ranks.len() == 2 || t0.elapsed() > Duration::from_secs(10) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ranks.sort();
+    assert_eq!(ranks.len(), 2, "{ranks:?}");
+    assert!(
+        ranks[0].starts_with("rank RANK=0 WORLD_SIZE=2 LOCAL_RANK=0 MASTER="),
+        "{ranks:?}"
+    );
+    assert!(
+        ranks[1].starts_with("rank RANK=1 WORLD_SIZE=2 LOCAL_RANK=1 MASTER="),
+        "{ranks:?}"
+    );
+    let port: u16 = ranks[0].rsplit(':').next().unwrap().parse().unwrap();
+    assert_eq!(u64::from(port), 20000 + job % 20000);
+}
+
+/// A job that reaches its time limit gets USR1 `grace` seconds before, checkpoints and
+/// asks to be resubmitted: the monitor says retry (time limit).
+#[test]
+#[ignore = "slow: Slurm's time limits are whole minutes, checked every 30 s (scripts/test.sh runs it)"]
+fn slow_a_time_limited_stage_checkpoints_on_the_warning_and_is_retried() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new(
+        "timeout",
+        r#"ckpt() {
+  mkdir -p "$CACHE/scratch/$KEY"; echo step > "$CACHE/scratch/$KEY/ckpt"
+  mkdir -p "$CACHE/attempts/$KEY"
+  printf '{"key":"%s","job_id":%s,"host":"%s","started_ms":0,"ended_ms":1,"outcome":"checkpointed","exit_code":0,"error":null,"peak_rss_kib":null}' \
+    "$KEY" "$SLURM_JOB_ID" "$(hostname)" > "$CACHE/attempts/$KEY/.t" && mv "$CACHE/attempts/$KEY/.t" "$CACHE/attempts/$KEY/$SLURM_JOB_ID.json"
+  echo "USR1: checkpointed"; exit 0; }
+trap ckpt USR1
+while :; do sleep 1; done"#,
+    );
+    let s = SlurmSettings {
+        time: Some(TimeLimit(60)),
+        grace: Duration::from_secs(50),
+        ..settings()
+    };
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    let v = wait_final(&mut m, job, Duration::from_secs(150));
+    assert_eq!(
+        v,
+        Verdict::Retry {
+            why: RetryReason::TimeLimit
+        },
+        "log: {}",
+        stage.log_text()
+    );
+    assert!(stage.log_text().contains("USR1: checkpointed"));
+}
+
+/// The script's directives are what sbatch reads: an impossible request is refused at
+/// submit time with Slurm's own words.
+#[test]
+fn an_impossible_request_is_refused_by_sbatch() {
+    if !slurm_available() {
+        return;
+    }
+    let stage = Stage::new("toomany", COMMIT);
+    let log = stage.log();
+    let req = StageRequest {
+        devices: 64,
+        ..StageRequest::default()
+    };
+    let job = StageJob {
+        run_id: 1,
+        key: &stage.key,
+        node: "stage",
+        gpu: true,
+        request: &req,
+        worker: &stage.worker,
+        cache_dir: &stage.cache,
+        log: &log,
+    };
+    let path = script::write(Path::new(&stage.cache.join("jobs")), &job, &settings()).unwrap();
+    let e = SlurmCli::new(Commands::default())
+        .submit(&path)
+        .unwrap_err();
+    assert!(
+        matches!(e, ugc_engine::slurm::queue::QueueError::Rejected { .. }),
+        "{e}"
+    );
+}
