@@ -10,7 +10,7 @@ use ugc_engine::executor::{NodeOutcome, RunOptions, run_dag};
 use ugc_engine::graph::Dag;
 use ugc_engine::plan::{KeyBuilder, NodeState, describe_changes, plan};
 use ugc_engine::registry::Registry;
-use ugc_engine::spec::{LoadOptions, Pipeline, load_pipeline};
+use ugc_engine::spec::{LoadOptions, Machine, Pipeline, load_pipeline};
 
 use super::{CliError, CliResult, DagFormat, EXIT_FAILED, EXIT_INTERRUPTED, PipelineArgs};
 use crate::runtime::{fingerprint, resolve_device};
@@ -55,10 +55,15 @@ pub fn default_cache_dir(pipeline: &Path) -> PathBuf {
     root.join("cache")
 }
 
-fn open(p: &PipelineArgs) -> Result<Session, CliError> {
+/// Loads the pipeline of `p`. `for_run`: it is about to run here (`run`, `run --dry-run`),
+/// so a stage asking for more devices than this machine has is refused with the other
+/// problems; the verbs that only report (`status`, `explain`, `show`) plan it anywhere.
+fn open(p: &PipelineArgs, for_run: bool) -> Result<Session, CliError> {
     let kinds = crate::stages::schema_registry();
+    let (device_kind, gpus) = resolve_device(p.device).map_err(CliError::usage)?;
     let opts = LoadOptions {
         overrides: p.set.clone(),
+        machine: for_run.then(|| Machine::with_gpus(gpus.len())),
         ..LoadOptions::default()
     };
     let pipeline = load_pipeline(&p.pipeline, &kinds, &opts).map_err(CliError::usage)?;
@@ -71,7 +76,6 @@ fn open(p: &PipelineArgs) -> Result<Session, CliError> {
         .map_err(|e| CliError::failed(format!("cache {}: {e}", cache_dir.display())))?;
     let registry = Registry::open(&cache.root().join("registry.sqlite"))
         .map_err(|e| CliError::failed(format!("run registry: {e}")))?;
-    let (device_kind, gpus) = resolve_device(p.device).map_err(CliError::usage)?;
     Ok(Session {
         pipeline,
         dag,
@@ -110,7 +114,7 @@ pub fn run(
     json: bool,
     bars: bool,
 ) -> CliResult {
-    let s = open(p)?;
+    let s = open(p, true)?;
     let forced = forced_nodes(&s, force)?;
     if dry_run {
         return print_plan(&s, &forced, json);
@@ -140,7 +144,7 @@ pub fn run(
         pipeline: s.id(),
         run_id: Some(run_id),
         stage_env,
-        cancel_grace_secs: 60,
+        cancel_grace_secs: ugc_engine::executor::CANCEL_GRACE_SECS,
     };
     let keys = s.keys();
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -344,7 +348,7 @@ fn print_plan(s: &Session, forced: &BTreeSet<petgraph::graph::NodeIndex>, json: 
 }
 
 pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
-    let s = open(p)?;
+    let s = open(p, false)?;
     let plan = plan_of(&s, &BTreeSet::new())?;
     let mut rows = Vec::new();
     for idx in &plan.order {
@@ -417,7 +421,7 @@ pub fn dag(p: &PipelineArgs, format: DagFormat) -> CliResult {
 }
 
 pub fn explain(p: &PipelineArgs, stage: &str) -> CliResult {
-    let s = open(p)?;
+    let s = open(p, false)?;
     let targets = s.dag.find(stage);
     if targets.is_empty() {
         return Err(CliError::usage(format!(
@@ -459,7 +463,7 @@ pub fn explain(p: &PipelineArgs, stage: &str) -> CliResult {
 }
 
 pub fn show(p: &PipelineArgs, json: bool) -> CliResult {
-    let s = open(p)?;
+    let s = open(p, false)?;
     let plan = plan_of(&s, &BTreeSet::new())?;
     let mut keys = Vec::new();
     for st in plan.states.values() {

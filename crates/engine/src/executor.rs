@@ -62,6 +62,11 @@ pub trait RunUi: Send {
     fn note(&mut self, msg: &str);
 }
 
+/// Seconds a stage asked to stop gets to checkpoint before it is killed: the head's
+/// default for [`RunOptions::cancel_grace_secs`], and what a data-parallel stage's launcher
+/// gives the other ranks once one has failed.
+pub const CANCEL_GRACE_SECS: u64 = 60;
+
 pub struct RunOptions {
     pub jobs: usize,
     pub keep_going: bool,

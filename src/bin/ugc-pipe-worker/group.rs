@@ -193,6 +193,11 @@ fn processes() -> Vec<Proc> {
         .collect()
 }
 
+/// Held by every test that starts child processes: [`CommandGroup::end`] kills every
+/// child of this process, which in a test binary includes other tests' children.
+#[cfg(test)]
+pub(crate) static CHILD_PROCESS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -221,6 +226,9 @@ mod tests {
     /// The sweep reaches a grandchild in the group and one that left it with `setsid`.
     #[test]
     fn end_kills_grandchildren_inside_and_outside_the_group() {
+        let _one = CHILD_PROCESS_TESTS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
         let dir = tempfile::tempdir().unwrap();
         let mut group = CommandGroup::start().unwrap();
         let script = format!(

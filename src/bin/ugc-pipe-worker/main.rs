@@ -8,6 +8,7 @@ mod data;
 mod exec;
 mod group;
 mod kinds;
+mod launch;
 mod metrics;
 mod model;
 
