@@ -296,9 +296,17 @@ pub async fn run_dag(
                     Take::Never(why) => {
                         let err = format!("stage `{}` {why}", node.id);
                         finished.insert(idx);
-                        ui.stage_finished(&node.id, &NodeOutcome::Failed, Some(&key), 0.0, Some(&err));
+                        ui.stage_finished(
+                            &node.id,
+                            &NodeOutcome::Failed,
+                            Some(&key),
+                            0.0,
+                            Some(&err),
+                        );
                         summary.errors.insert(node.id.clone(), err);
-                        summary.outcomes.insert(node.id.clone(), NodeOutcome::Failed);
+                        summary
+                            .outcomes
+                            .insert(node.id.clone(), NodeOutcome::Failed);
                         if !opts.keep_going {
                             stop_scheduling = true;
                         }
@@ -333,12 +341,20 @@ pub async fn run_dag(
                     kind: node.kind.clone(),
                     params: node.params.clone(),
                     inputs,
-                    device: gpus.first().copied().map(DeviceKind::Cuda).unwrap_or(DeviceKind::Cpu),
+                    device: gpus
+                        .first()
+                        .copied()
+                        .map(DeviceKind::Cuda)
+                        .unwrap_or(DeviceKind::Cpu),
                     env: opts.stage_env.clone(),
                     run_id: opts.run_id,
                     resources: node.resources.clone(),
                     // One process keeps the job file it had before data parallelism.
-                    gpus: if gpus.len() > 1 { gpus.clone() } else { Vec::new() },
+                    gpus: if gpus.len() > 1 {
+                        gpus.clone()
+                    } else {
+                        Vec::new()
+                    },
                 };
                 job.write(cache.root())?;
                 let log_file = log_path(cache, opts.run_id, &node.id);
@@ -454,7 +470,12 @@ fn settle(
     }
 }
 
-fn record_cached(registry: &Registry, opts: &RunOptions, node: &crate::graph::Node, key: &CacheKey) {
+fn record_cached(
+    registry: &Registry,
+    opts: &RunOptions,
+    node: &crate::graph::Node,
+    key: &CacheKey,
+) {
     let now = now_ms();
     let row = ExecutionRow {
         id: None,
@@ -674,5 +695,206 @@ mod settle_tests {
         // A record older than the attempt (a forced re-run that failed) is not its result.
         assert_eq!(settle(&old, None, run, started), None);
         assert_eq!(settle(&old, Some("failed"), run, started), None);
+    }
+}
+
+#[cfg(test)]
+mod slot_tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ranks_take_a_slot_each_and_a_stage_wider_than_jobs_runs_alone() {
+        let mut s = Slots::new(4, &[]);
+        assert_eq!(
+            s.take(2, false),
+            Take::Go {
+                slots: 2,
+                gpus: vec![]
+            }
+        );
+        assert_eq!(
+            s.take(2, false),
+            Take::Go {
+                slots: 2,
+                gpus: vec![]
+            }
+        );
+        assert_eq!(s.take(1, false), Take::Wait);
+        s.give_back(2, &[]);
+        // Six ranks on four slots: only once nothing runs.
+        assert_eq!(s.take(6, false), Take::Wait);
+        s.give_back(2, &[]);
+        assert_eq!(
+            s.take(6, false),
+            Take::Go {
+                slots: 6,
+                gpus: vec![]
+            }
+        );
+        assert_eq!(s.take(1, false), Take::Wait, "it runs alone");
+        s.give_back(6, &[]);
+        assert_eq!(
+            s.take(1, false),
+            Take::Go {
+                slots: 1,
+                gpus: vec![]
+            }
+        );
+    }
+
+    #[test]
+    fn cuda_ranks_take_a_gpu_each_and_one_slot() {
+        let mut s = Slots::new(8, &[0, 1, 2]);
+        assert_eq!(
+            s.take(2, true),
+            Take::Go {
+                slots: 1,
+                gpus: vec![0, 1]
+            }
+        );
+        assert_eq!(s.take(2, true), Take::Wait, "one GPU left");
+        assert_eq!(
+            s.take(1, true),
+            Take::Go {
+                slots: 1,
+                gpus: vec![2]
+            }
+        );
+        s.give_back(1, &[0, 1]);
+        assert_eq!(
+            s.take(2, true),
+            Take::Go {
+                slots: 1,
+                gpus: vec![0, 1]
+            }
+        );
+        assert!(
+            matches!(s.take(4, true), Take::Never(m) if m == "needs 4 GPUs, but the run has 3")
+        );
+        // One job slot: GPU stages wait for it like any other.
+        let mut one = Slots::new(1, &[0, 1]);
+        assert_eq!(
+            one.take(1, true),
+            Take::Go {
+                slots: 1,
+                gpus: vec![0]
+            }
+        );
+        assert_eq!(one.take(1, true), Take::Wait);
+    }
+}
+
+#[cfg(test)]
+mod schedule_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::graph::Dag;
+    use crate::spec::testutil::{kinds, load};
+
+    struct Quiet;
+
+    impl RunUi for Quiet {
+        fn stage_started(&mut self, _: &str, _: &RunReason, _: &std::path::Path) {}
+        fn stage_event(&mut self, _: &str, _: &StageEvent) {}
+        fn stage_finished(
+            &mut self,
+            _: &str,
+            _: &NodeOutcome,
+            _: Option<&CacheKey>,
+            _: f64,
+            _: Option<&str>,
+        ) {
+        }
+        fn note(&mut self, _: &str) {}
+    }
+
+    /// A fake stage process: appends `start`/`end`, its key and a timestamp to `log`, holds
+    /// its slots for 2 s, and fails (nothing is committed, so nothing is cached).
+    fn fake(log: &std::path::Path) -> String {
+        let log = log.display();
+        format!(
+            r#"key=$2; echo "start $key $(date +%s%N)" >> {log}; sleep 2; echo "end $key $(date +%s%N)" >> {log}; exit 1"#
+        )
+    }
+
+    #[test]
+    fn the_executor_counts_a_stage_of_n_cpu_devices_as_n_of_the_jobs() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = "stages:
+  a: {kind: dp, resources: {devices: 2}, params: {lr: 0.1}}
+  b: {kind: dp, resources: {devices: 2}, params: {lr: 0.2}}
+  c: {kind: dp, resources: {devices: 2}, params: {lr: 0.3}}
+  big: {kind: dp, resources: {devices: 6}, params: {lr: 0.4, batch_size: 6}}
+";
+        let kinds = kinds();
+        let dag = Dag::build(&load(text).unwrap(), &kinds).unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let registry = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        let keys = KeyBuilder {
+            cache: &cache,
+            kinds: &kinds,
+            env: BTreeMap::new(),
+            device_kind: "cpu".into(),
+        };
+        let log = dir.path().join("log");
+        let opts = RunOptions {
+            jobs: 4,
+            keep_going: true,
+            forced: BTreeSet::new(),
+            gpus: vec![],
+            exec_command: vec!["sh".into(), "-c".into(), fake(&log), "fake".into()],
+            pipeline: "p".into(),
+            run_id: None,
+            stage_env: BTreeMap::new(),
+            cancel_grace_secs: 1,
+        };
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let summary = rt
+            .block_on(run_dag(&dag, &cache, &registry, &keys, &opts, &mut Quiet))
+            .unwrap();
+        assert_eq!(summary.count(NodeOutcome::Failed), 4, "{summary:?}");
+        // Each key's devices, from the job file the head wrote for it.
+        let devices = |key: &str| -> usize {
+            Job::read(cache.root(), key, None)
+                .unwrap()
+                .resources
+                .devices
+        };
+        let mut events: Vec<(u128, bool, usize)> = std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(' ').collect();
+                (f[2].parse().unwrap(), f[0] == "start", devices(f[1]))
+            })
+            .collect();
+        // Ends before starts at the same instant: a slot given back is free at once.
+        events.sort_by_key(|&(t, start, _)| (t, start));
+        let (mut used, mut running, mut peak, mut shared) = (0usize, 0usize, 0usize, 0usize);
+        for (_, start, n) in events {
+            if start {
+                used += n;
+                running += 1;
+                // Within the 4 jobs, or the six-device stage alone.
+                assert!(
+                    used <= 4 || running == 1,
+                    "{used} slots in use by {running}"
+                );
+                peak = peak.max(used);
+                if running > 1 {
+                    shared = shared.max(used);
+                }
+            } else {
+                used -= n;
+                running -= 1;
+            }
+        }
+        assert_eq!(peak, 6, "the 6-device stage ran");
+        // Two 2-device stages start together in the first pass and hold their slots 2 s.
+        assert_eq!(shared, 4, "two 2-device stages shared the 4 jobs");
     }
 }

@@ -210,7 +210,10 @@ mod tests {
         let path = plain.write(dir.path()).unwrap();
         let text = std::fs::read_to_string(&path).unwrap();
         // A job of one process is the file it was before resources existed.
-        assert!(!text.contains("resources") && !text.contains("gpus"), "{text}");
+        assert!(
+            !text.contains("resources") && !text.contains("gpus"),
+            "{text}"
+        );
         let mut dp = job(Some(2), DeviceKind::Cuda(3));
         dp.resources.devices = 2;
         dp.resources.dist_timeout = std::time::Duration::from_secs(30);

@@ -316,3 +316,36 @@ pub fn why_run(
         },
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::testutil::{kinds, load};
+
+    /// Resources change where a stage runs, never what it computes: same key.
+    #[test]
+    fn resources_are_not_in_the_cache_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(dir.path()).unwrap();
+        let kinds = kinds();
+        let keys = KeyBuilder {
+            cache: &cache,
+            kinds: &kinds,
+            env: BTreeMap::new(),
+            device_kind: "cpu".into(),
+        };
+        let key = |resources: &str| {
+            let text =
+                format!("stages:\n  fit:\n    kind: dp\n{resources}    params: {{lr: 0.5}}\n");
+            let dag = Dag::build(&load(&text).unwrap(), &kinds).unwrap();
+            let idx = dag.find("fit")[0];
+            assert_eq!(
+                dag.node(idx).resources.devices,
+                if resources.is_empty() { 1 } else { 2 }
+            );
+            keys.own_material(&dag, idx).unwrap().key()
+        };
+        let one = key("");
+        assert_eq!(one, key("    resources: {devices: 2, dist_timeout_s: 9}\n"));
+    }
+}

@@ -992,7 +992,10 @@ mod tests {
         });
         reg.record_execution(&dp).unwrap();
         let rows = reg.executions(1).unwrap();
-        assert_eq!(rows[0].resources, None, "a row from before schema 3 is unknown");
+        assert_eq!(
+            rows[0].resources, None,
+            "a row from before schema 3 is unknown"
+        );
         assert_eq!(rows[1].resources, dp.resources);
         let json = serde_json::to_value(&rows[1]).unwrap();
         assert_eq!(

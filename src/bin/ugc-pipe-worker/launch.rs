@@ -369,7 +369,10 @@ mod tests {
     }
 
     fn sinks() -> (Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
-        (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())))
+        (
+            Arc::new(Mutex::new(Vec::new())),
+            Arc::new(Mutex::new(Vec::new())),
+        )
     }
 
     fn text(b: &Arc<Mutex<Vec<u8>>>) -> String {
@@ -399,7 +402,10 @@ mod tests {
         assert!(matches!(&ended, Ended::Ok(Some(StageEvent::Done { .. }))));
         // The done event is held back for the launcher's own; other ranks' stdout dropped.
         assert_eq!(events, "{\"ev\":\"step\",\"step\":1}\n");
-        assert!(log.contains("[rank 0] zero\n") && log.contains("[rank 1] one\n"), "{log}");
+        assert!(
+            log.contains("[rank 0] zero\n") && log.contains("[rank 1] one\n"),
+            "{log}"
+        );
     }
 
     #[test]
@@ -415,7 +421,11 @@ mod tests {
         ];
         let start = Instant::now();
         let (ended, _, log) = run(cmds, Duration::from_secs(1), &Signals::manual());
-        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(
             ended,
             Ended::Failed {
@@ -430,7 +440,9 @@ mod tests {
     fn a_failed_rank_is_named_with_its_last_error_line() {
         let cmds = vec![
             sh("exec sleep 300"),
-            sh("echo 'step 3' >&2; echo 'ERROR CUDA out of memory on cuda:1' >&2; echo bye >&2; exit 1"),
+            sh(
+                "echo 'step 3' >&2; echo 'ERROR CUDA out of memory on cuda:1' >&2; echo bye >&2; exit 1",
+            ),
         ];
         let (ended, _, _) = run(cmds, Duration::from_secs(5), &Signals::manual());
         assert_eq!(
@@ -462,7 +474,10 @@ mod tests {
         t.join().unwrap();
         assert_eq!(ended, Ended::Cancelled(None));
         for r in 0..2 {
-            assert!(dir.path().join(format!("ckpt{r}")).exists(), "rank {r} saved nothing");
+            assert!(
+                dir.path().join(format!("ckpt{r}")).exists(),
+                "rank {r} saved nothing"
+            );
         }
     }
 
@@ -477,7 +492,11 @@ mod tests {
         let start = Instant::now();
         let (ended, _, _) = run(cmds, Duration::from_secs(2), &Signals::manual());
         // Killed after min(AFTER_LEADER, grace) = 2 s; 30 s is slack for a loaded machine.
-        assert!(start.elapsed() < Duration::from_secs(30), "{:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
         assert_eq!(ended, Ended::Ok(StageEvent::parse(done)));
         assert!(matches!(&ended, Ended::Ok(Some(StageEvent::Done { .. }))));
     }

@@ -27,11 +27,7 @@ pub struct Resources {
     /// How long a rank waits in a collective (and the rendezvous) for its peers before the
     /// stage fails: the bound on detecting a dead rank. Written in seconds
     /// (`dist_timeout_s`); default [`crate::rank::DEFAULT_TIMEOUT`].
-    #[serde(
-        rename = "dist_timeout_s",
-        with = "secs",
-        default = "default_timeout"
-    )]
+    #[serde(rename = "dist_timeout_s", with = "secs", default = "default_timeout")]
     pub dist_timeout: Duration,
 }
 
@@ -68,8 +64,8 @@ impl Resources {
                     .as_u64()
                     .filter(|n| *n >= 1)
                     .ok_or_else(|| format!("`devices` must be a whole number >= 1, got {value}"))?;
-                self.devices = usize::try_from(n)
-                    .map_err(|_| format!("`devices` = {n} is too large"))?;
+                self.devices =
+                    usize::try_from(n).map_err(|_| format!("`devices` = {n} is too large"))?;
             }
             "dist_timeout_s" => {
                 let s = value
@@ -201,7 +197,10 @@ impl Machine {
             let s = if self.cpus == 1 { "" } else { "s" };
             (
                 self.cpus,
-                format!("no GPU in use and {} CPU core{s} (one rank per core)", self.cpus),
+                format!(
+                    "no GPU in use and {} CPU core{s} (one rank per core)",
+                    self.cpus
+                ),
             )
         }
     }

@@ -836,7 +836,10 @@ fn resources_parse_with_their_defaults() {
     let p = load(DP).unwrap();
     let fit = p.stage("fit").unwrap();
     assert_eq!(fit.resources.devices, 2);
-    assert_eq!(fit.resources.dist_timeout, std::time::Duration::from_secs(30));
+    assert_eq!(
+        fit.resources.dist_timeout,
+        std::time::Duration::from_secs(30)
+    );
     let plain = p.stage("plain").unwrap();
     assert_eq!(plain.resources, Resources::default());
     assert_eq!(plain.resources.dist_timeout, crate::rank::DEFAULT_TIMEOUT);
@@ -864,11 +867,17 @@ fn bad_resources_are_refused_with_positions_all_at_once() {
     let e = err(text);
     for want in [
         format!("{FILE}:4:26: stage `a`: `devices` must be a whole number >= 1, got 0"),
-        format!("{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s)"),
-        format!("{FILE}:7:26: `resources.devices` of stage `b`: expected a whole number >= 1, got float"),
+        format!(
+            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s)"
+        ),
+        format!(
+            "{FILE}:7:26: `resources.devices` of stage `b`: expected a whole number >= 1, got float"
+        ),
         format!("{FILE}:7:47: stage `b`: `dist_timeout_s` must be a number of seconds > 0, got -1"),
         format!("{FILE}:10:16: `resources` of stage `c`: expected a map"),
-        format!("{FILE}:13:26: `resources.devices` of stage `d`: expected a whole number >= 1, got string"),
+        format!(
+            "{FILE}:13:26: `resources.devices` of stage `d`: expected a whole number >= 1, got string"
+        ),
     ] {
         assert!(e.contains(&want), "missing `{want}` in:\n{e}");
     }
@@ -895,7 +904,9 @@ fn every_batch_parameter_must_cover_the_devices() {
     let text = DP.replace("devices: 2", "devices: 6");
     let e = load_on(&text, &[], 8, 8).unwrap_err().to_string();
     assert!(
-        e.starts_with(&format!("{FILE}:5:26: stage `fit`: `batch_size` = 4 is smaller than its 6 devices")),
+        e.starts_with(&format!(
+            "{FILE}:5:26: stage `fit`: `batch_size` = 4 is smaller than its 6 devices"
+        )),
         "{e}"
     );
     assert!(!e.contains("unlabeled_batch_size"), "8 >= 6 is fine: {e}");
@@ -933,31 +944,59 @@ fn more_devices_than_the_machine_has_is_refused_naming_what_it_has() {
 
 #[test]
 fn resources_are_set_from_the_command_line_with_the_flag_in_errors() {
-    let p = load_with(DP, &["fit.resources.devices=3", "fit.resources.dist_timeout_s=7.5"]).unwrap();
+    let p = load_with(
+        DP,
+        &[
+            "fit.resources.devices=3",
+            "fit.resources.dist_timeout_s=7.5",
+        ],
+    )
+    .unwrap();
     let fit = p.stage("fit").unwrap();
     assert_eq!(fit.resources.devices, 3);
-    assert_eq!(fit.resources.dist_timeout, std::time::Duration::from_secs_f64(7.5));
+    assert_eq!(
+        fit.resources.dist_timeout,
+        std::time::Duration::from_secs_f64(7.5)
+    );
     let p = load_with(DP, &["plain.resources={devices: 1}"]).unwrap();
     assert_eq!(p.stage("plain").unwrap().resources.devices, 1);
     // A refusal after the flag names it.
-    let e = load_on(DP, &["fit.resources.devices=4"], 2, 2).unwrap_err().to_string();
+    let e = load_on(DP, &["fit.resources.devices=4"], 2, 2)
+        .unwrap_err()
+        .to_string();
     assert!(
         e.contains("--set fit.resources.devices=4:1:23: stage `fit` asks for 4 devices, but this machine has 2 GPUs"),
         "{e}"
     );
-    let e = load_with(DP, &["plain.resources.devices=2"]).unwrap_err().to_string();
+    let e = load_with(DP, &["plain.resources.devices=2"])
+        .unwrap_err()
+        .to_string();
     assert!(
-        e.contains("--set plain.resources.devices=2:1:25: stage `plain` asks for 2 devices, but kind synth"),
+        e.contains(
+            "--set plain.resources.devices=2:1:25: stage `plain` asks for 2 devices, but kind synth"
+        ),
         "{e}"
     );
     for (flag, want) in [
-        ("fit.resources.devices=0", "`devices` must be a whole number >= 1, got 0"),
-        ("fit.resources.devices=two", "`devices` must be a whole number >= 1, got \"two\""),
-        ("fit.resources.gpus=2", "unknown resource `gpus` (valid: devices, dist_timeout_s)"),
+        (
+            "fit.resources.devices=0",
+            "`devices` must be a whole number >= 1, got 0",
+        ),
+        (
+            "fit.resources.devices=two",
+            "`devices` must be a whole number >= 1, got \"two\"",
+        ),
+        (
+            "fit.resources.gpus=2",
+            "unknown resource `gpus` (valid: devices, dist_timeout_s)",
+        ),
         ("fit.resources=2", "`fit.resources` takes a map"),
         ("fit.resources.devices.x=2", "name one resource"),
     ] {
         let e = load_with(DP, &[flag]).unwrap_err().to_string();
-        assert!(e.contains(&format!("--set {flag}: ")) && e.contains(want), "{flag}: {e}");
+        assert!(
+            e.contains(&format!("--set {flag}: ")) && e.contains(want),
+            "{flag}: {e}"
+        );
     }
 }
