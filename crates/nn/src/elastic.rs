@@ -38,6 +38,12 @@ pub enum Mode {
     /// Batch statistics; running statistics updated with the given momentum; dropout off.
     /// Used by BN recalibration (momentum 1/(i+1) on batch i gives the plain average).
     Calibrate { momentum: f64 },
+    /// Batch statistics, running statistics untouched, dropout off, like
+    /// `Calibrate { momentum: 0 }`, but inside a training step on every rank: a synchronised
+    /// batch norm ([`ElasticBatchNorm2d::sync_over`]) uses the global batch's statistics, as
+    /// in `Train`. For features of a network taken during the step (the discriminator's
+    /// perceptual features of the distillation loss).
+    Features,
 }
 
 impl Mode {
@@ -362,19 +368,20 @@ impl ElasticBatchNorm2d {
         }
     }
 
-    /// From now on, [`Mode::Train`] forwards normalise with the statistics of the global
-    /// batch over the ranks of `pg` (SyncBatchNorm). Only in `Train`: the other modes run
-    /// on one rank alone (samples, calibration, evaluation), where a collective would wait
-    /// forever. Returns false when the layer was already synchronised (the first group stays).
+    /// From now on, [`Mode::Train`] and [`Mode::Features`] forwards normalise with the
+    /// statistics of the global batch over the ranks of `pg` (SyncBatchNorm). Only in
+    /// those: the other modes run on one rank alone (samples, calibration, evaluation),
+    /// where a collective would wait forever. Returns false when the layer was already synchronised (the first group stays).
     pub fn sync_over(&self, pg: ProcessGroup) -> bool {
         self.sync.0.set(pg).is_ok()
     }
 
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Tensor {
-        if mode == Mode::Train
+        if matches!(mode, Mode::Train | Mode::Features)
             && let Some(pg) = self.sync.0.get()
         {
-            return self.forward_synced(pg, x);
+            let momentum = if mode == Mode::Train { 0.1 } else { 0.0 };
+            return self.forward_synced(pg, x, momentum);
         }
         let c = x.size()[1];
         let (w, b) = slice_affine(&self.weight, &self.bias, c);
@@ -382,7 +389,8 @@ impl ElasticBatchNorm2d {
         let rv = slice_vec(&self.running_var, c);
         let momentum = match mode {
             Mode::Calibrate { momentum } => momentum,
-            _ => 0.1,
+            Mode::Features => 0.0,
+            Mode::Train | Mode::Eval => 0.1,
         };
         if mode.batch_stats() {
             tch::no_grad(|| {
@@ -408,7 +416,8 @@ impl ElasticBatchNorm2d {
     /// large against the spread). Normalises with the biased variance and updates the
     /// running statistics with the unbiased one, as `SyncBatchNorm` does. Computed in
     /// float32 at least (a half-precision input under autocast too, as libtorch's kernel).
-    fn forward_synced(&self, pg: &ProcessGroup, x: &Tensor) -> Tensor {
+    /// `momentum` 0 leaves the running statistics as they are.
+    fn forward_synced(&self, pg: &ProcessGroup, x: &Tensor, momentum: f64) -> Tensor {
         let s = x.size();
         let c = s[1];
         let kind = match x.kind() {
@@ -435,7 +444,10 @@ impl ElasticBatchNorm2d {
             _ => y,
         };
         tch::no_grad(|| {
-            let momentum = 0.1;
+            let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
+            if momentum == 0.0 {
+                return;
+            }
             let n = (&m - 1.0).clamp_min(1.0);
             let unbiased = (&sq / &n).detach().to_kind(self.running_var.kind());
             let mean = mean.detach().to_kind(self.running_mean.kind());

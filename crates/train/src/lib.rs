@@ -13,6 +13,7 @@
 //! - [`dist`]: [`Dist`], the process group of a data-parallel stage (or none) and the
 //!   arithmetic of sharded global batches.
 //! - [`error`]: the typed [`TrainError`].
+//! - [`testing`]: a test body run as several rank processes.
 
 pub mod checkpoint;
 pub mod dist;
@@ -22,6 +23,7 @@ pub mod optim;
 pub mod run;
 mod seed;
 pub mod stream;
+pub mod testing;
 
 pub use dist::Dist;
 pub use error::TrainError;

@@ -203,6 +203,21 @@ impl GanTask {
     fn features(&self, cond: &Tensor, x: &Tensor) -> Vec<Tensor> {
         match &self.vgg {
             Some(v) => v.features(x),
+            // With ranks, a batch-norm discriminator's features need the global batch's
+            // statistics: `DiscriminatorFeatures` with `Mode::Features` instead of
+            // `Calibrate { momentum: 0 }` (the same computation on one process).
+            None if self.dist.is_distributed() => {
+                let scales = self
+                    .disc
+                    .forward(&Tensor::cat(&[cond, x], 1), Mode::Features);
+                scales
+                    .into_iter()
+                    .flat_map(|mut s| {
+                        s.pop();
+                        s
+                    })
+                    .collect()
+            }
             None => DiscriminatorFeatures::new(self.disc.as_ref(), cond).features(x),
         }
     }

@@ -1,5 +1,5 @@
 //! The method's integration tests, in one binary: `cargo test -p ugc-method --test it
-//! <file>::` runs one file's tests (`core::`, `stages::`, `stage_two::`).
+//! <file>::` runs one file's tests (`core::`, `dist::`, `stages::`, `stage_two::`).
 //!
 //! Every test holds `ugc_engine::testing::torch_rng()` for its whole run: libtorch has one
 //! random generator per process, and any network built anywhere (even one about to load
@@ -9,5 +9,6 @@
 
 mod common;
 mod core;
+mod dist;
 mod stage_two;
 mod stages;
