@@ -144,21 +144,28 @@ pub enum SlurmView {
     Unreachable,
 }
 
+/// What the cache shows of one job this poll.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    pub committed: bool,
+    pub attempt: Option<Attempt>,
+    pub beat: Option<u64>,
+    pub has_checkpoint: bool,
+}
+
 /// The decision for one job: pure, every input given.
 pub fn decide(
     t: &mut Tracked,
-    committed: bool,
-    attempt: Option<&Attempt>,
-    beat: Option<u64>,
-    has_checkpoint: bool,
+    seen: &Seen,
     slurm: &SlurmView,
     now: Duration,
     s: &SlurmSettings,
     cache: &dyn CacheView,
 ) -> Verdict {
-    if committed {
+    if seen.committed {
         return Verdict::Done;
     }
+    let (attempt, beat, has_checkpoint) = (seen.attempt.as_ref(), seen.beat, seen.has_checkpoint);
     // Liveness by the heartbeat's change, on the head's clock.
     match (beat, t.last_beat) {
         (Some(b), Some((old, _))) if b != old => t.last_beat = Some((b, now)),
@@ -212,10 +219,10 @@ pub fn decide(
     use JobState::*;
     let st = &status.state;
     if st.is_waiting() {
-        if let Some(r) = &status.reason {
-            if HOPELESS.iter().any(|h| r.starts_with(h)) {
-                return Verdict::Unsatisfiable { reason: r.clone() };
-            }
+        if let Some(r) = &status.reason
+            && HOPELESS.iter().any(|h| r.starts_with(h))
+        {
+            return Verdict::Unsatisfiable { reason: r.clone() };
         }
         t.unexplained_since = None;
         return Verdict::Pending {
@@ -226,18 +233,18 @@ pub fn decide(
         // running (or an odd or unknown state: not yet); a stopped heartbeat is a hang
         t.unexplained_since = None;
         let stale = s.heartbeat * 4 + s.lost_grace;
-        if matches!(st, Running) && attempt.is_some() {
-            if let Some((_, seen)) = t.last_beat {
-                if now.saturating_sub(seen) > stale {
-                    return Verdict::Retry {
-                        why: RetryReason::Lost(format!(
-                            "job {} is RUNNING but its heartbeat stopped {:?} ago",
-                            t.job,
-                            now.saturating_sub(seen)
-                        )),
-                    };
-                }
-            }
+        if matches!(st, Running)
+            && attempt.is_some()
+            && let Some((_, seen_at)) = t.last_beat
+            && now.saturating_sub(seen_at) > stale
+        {
+            return Verdict::Retry {
+                why: RetryReason::Lost(format!(
+                    "job {} is RUNNING but its heartbeat stopped {:?} ago",
+                    t.job,
+                    now.saturating_sub(seen_at)
+                )),
+            };
         }
         return Verdict::Running {
             nodes: status.nodes.clone(),
@@ -440,21 +447,13 @@ impl<'a> Monitor<'a> {
                 None => SlurmView::Gone,
             };
             let key = t.key.clone();
-            let committed = self.cache.committed(&key);
-            let attempt = self.cache.attempt(&key, id);
-            let beat = self.cache.heartbeat(&key, id);
-            let ckpt = self.cache.has_checkpoint(&key);
-            let v = decide(
-                t,
-                committed,
-                attempt.as_ref(),
-                beat,
-                ckpt,
-                &view,
-                now,
-                self.settings,
-                self.cache,
-            );
+            let seen = Seen {
+                committed: self.cache.committed(&key),
+                attempt: self.cache.attempt(&key, id),
+                beat: self.cache.heartbeat(&key, id),
+                has_checkpoint: self.cache.has_checkpoint(&key),
+            };
+            let v = decide(t, &seen, &view, now, self.settings, self.cache);
             let v = limit_retries(v, t.attempt_no, self.settings.resubmit_limit);
             if t.last.as_ref() != Some(&v) {
                 t.last = Some(v.clone());

@@ -354,14 +354,14 @@ impl SlurmSettings {
                 errors.push(err);
             }
         }
-        if errors.is_empty() {
-            if let Err(message) = self.check() {
-                errors.push(SettingsError::Invalid {
-                    at: Origin::Flag("executor settings".into()),
-                    key: "poll_min".into(),
-                    message,
-                });
-            }
+        if errors.is_empty()
+            && let Err(message) = self.check()
+        {
+            errors.push(SettingsError::Invalid {
+                at: Origin::Flag("executor settings".into()),
+                key: "poll_min".into(),
+                message,
+            });
         }
         if errors.is_empty() {
             Ok(())

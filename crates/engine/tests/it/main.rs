@@ -2,5 +2,5 @@
 //! alone with `cargo test -p ugc-engine --test it spec_fuzz` (`scripts/fuzz-spec.sh N` for
 //! long runs in release).
 
-mod spec_fuzz;
 mod slurm;
+mod spec_fuzz;

@@ -5,7 +5,7 @@
 //!
 //! Skipped, with a message, only when `sbatch` is absent and `UGC_REQUIRE_SLURM` is unset
 //! (CI sets it). The time-limit test takes 1-2 minutes (Slurm's limit is at least one
-//! minute, checked every 30 s): it is `#[ignore]`d, and `scripts/test.sh` runs it once.
+//! minute, its warning sent on a ~30 s cycle, 7 s to 1 min here): it is `#[ignore]`d, and `scripts/test.sh` runs it once.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
