@@ -23,6 +23,14 @@
 //! (`DiscriminatorFeatures`) as the perceptual network. D is frozen during the generators'
 //! backward passes in both steps, as there (`--freeze-d false` to measure the difference).
 //!
+//! *Data parallel* (issue 13 item 6): started as ranks with torchrun's variables (`RANK`,
+//! `WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT`; `scripts/bench/ddp.sh` does it), the
+//! *supernet* step runs as the product's data-parallel stages do: every rank takes its
+//! rows of the global batch `--batch`, the optimisers average gradients through
+//! `Adam::distribute` (bucketed all-reduce overlapped with the last backward of the step),
+//! and with `--sync-bn true` the discriminator's batch norms use global-batch statistics.
+//! Rank 0 prints the line; images/s counts the global batch.
+//!
 //! The random sub-nets are drawn from a seeded RNG and written to `--out/subnets.json` so
 //! `scripts/bench/train_step.py` replays exactly the same sequence. Prints one JSON line
 //! with the median (and min/max) images/s over R repeats of K steps after W warm-up steps.
@@ -39,6 +47,7 @@ use ugc_data::{
     SynthTask, read_dataset, split_dataset, synth_with,
 };
 use ugc_engine::NullProgress;
+use ugc_engine::rank::RankEnv;
 use ugc_method::device::Accel;
 use ugc_method::gan::{GanConfig, GanData, GanLossWeights, GanNets, GanTask, SubnetSchedule};
 use ugc_method::losses::{
@@ -49,7 +58,7 @@ use ugc_nn::{
     Arch, ArchConfig, DiscConfig, Discriminator, Generator, Mode, SubnetConfig,
     build_discriminator, build_generator,
 };
-use ugc_train::{Adam, AdamConfig, BatchStream, LrSchedule, TrainTask};
+use ugc_train::{Adam, AdamConfig, BatchStream, Dist, LrSchedule, TrainTask};
 
 type Res<T> = Result<T, Box<dyn std::error::Error>>;
 
@@ -75,6 +84,8 @@ struct Args {
     /// and `DistillTask::step` do (pix2pix's `set_requires_grad(netD, False)`); `false`
     /// measures what that saves.
     freeze_d: bool,
+    /// With ranks: synchronised batch norm in the discriminator (the product's default).
+    sync_bn: bool,
     out: PathBuf,
 }
 
@@ -93,6 +104,7 @@ fn parse_args() -> Result<Args, String> {
         autocast: "off".into(),
         channels_last: false,
         freeze_d: true,
+        sync_bn: true,
         log_every: 1,
         out: PathBuf::from("target/bench/train_step"),
     };
@@ -129,6 +141,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--channels-last" => a.channels_last = v.parse().map_err(|e| bad(&e))?,
             "--freeze-d" => a.freeze_d = v.parse().map_err(|e| bad(&e))?,
+            "--sync-bn" => a.sync_bn = v.parse().map_err(|e| bad(&e))?,
             "--log-every" => a.log_every = v.parse().map_err(|e| bad(&e))?,
             "--device" => {
                 a.device = match v.as_str() {
@@ -263,6 +276,8 @@ struct Supernet {
     random: Vec<SubnetConfig>,
     freeze_d: bool,
     log: LossLog,
+    /// This rank's loss factor `n_r W / N` (1.0 with one process or equal shards).
+    scale: f64,
 }
 
 impl Supernet {
@@ -283,7 +298,8 @@ impl Supernet {
                 .forward(&Tensor::cat(&[x, &fake_l.detach()], 1), Mode::Train),
             hinge_d_fake,
         );
-        ((&real + &fake) * 0.5).backward();
+        let d_loss = (&real + &fake) * 0.5;
+        self.d.opt.backward(&Dist::scaled(&d_loss, self.scale))?;
         self.d.opt.step(2e-4)?;
         self.log.push(&real);
         self.log.push(&fake);
@@ -306,7 +322,13 @@ impl Supernet {
             let rec = l1(&out, y) * 100.0;
             self.log.push(&gan);
             self.log.push(&rec);
-            (gan + rec).backward();
+            let loss = Dist::scaled(&(gan + rec), self.scale);
+            // The last sub-net's backward is the step's last: the reducer overlaps it.
+            if k < 2 {
+                self.g.opt.accumulate(&loss)?;
+            } else {
+                self.g.opt.backward(&loss)?;
+            }
         }
         self.g.opt.step(2e-4)?;
         if self.freeze_d {
@@ -482,7 +504,20 @@ fn main() -> Res<()> {
     )?;
     std::fs::create_dir_all(&a.out)?;
     let total_steps = a.warmup + a.repeats * a.per_repeat;
-    let rand = || Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0;
+    let rank = RankEnv::from_process_env()?;
+    let dist = Dist::new(rank.as_ref(), dev)?;
+    if dist.is_distributed() && a.step != "supernet" {
+        return Err(format!("--step {} has no data-parallel form; use supernet", a.step).into());
+    }
+    // Every rank draws the same global batch and keeps its rows.
+    let (start, rows) = dist.shard(a.batch as usize);
+    let rand = || {
+        (Tensor::rand([a.batch, 3, a.size, a.size], (Kind::Float, dev)) * 2.0 - 1.0).narrow(
+            0,
+            start as i64,
+            rows as i64,
+        )
+    };
     let (x, y) = (accel.input(&rand())?, accel.input(&rand())?);
     let disc_cfg = DiscConfig::patchgan(6, a.ndf);
 
@@ -512,15 +547,26 @@ fn main() -> Res<()> {
                 }))?,
             )?;
             setup = json!({"generator": "pix2pix-resnet supernet", "ngf": a.ngf, "n_blocks": 9,
-                "disc": "patchgan", "ndf": a.ndf, "subnets_per_step": 3, "freeze_d": a.freeze_d});
+                "disc": "patchgan", "ndf": a.ndf, "subnets_per_step": 3, "freeze_d": a.freeze_d,
+                "world": dist.world(), "sync_bn": a.sync_bn && dist.is_distributed()});
+            let mut g = g;
+            let mut d = discriminator(&disc_cfg, dev, accel)?;
+            g.opt.distribute(&dist)?;
+            d.opt.distribute(&dist)?;
+            if let (true, Some(pg)) = (a.sync_bn, dist.group()) {
+                for bn in d.net.batch_norms() {
+                    bn.sync_over(pg.clone());
+                }
+            }
             let mut st = Supernet {
                 largest: space.largest(),
                 smallest: space.smallest(),
                 random,
                 freeze_d: a.freeze_d,
                 log: LossLog::new(a.log_every),
+                scale: dist.scale(rows, a.batch as usize),
                 g,
-                d: discriminator(&disc_cfg, dev, accel)?,
+                d,
             };
             let (x, y) = (x.shallow_clone(), y.shallow_clone());
             run_step = Box::new(move |i| st.step(i, &x, &y));
@@ -599,6 +645,8 @@ fn main() -> Res<()> {
     sync(dev);
     let mut ips = Vec::with_capacity(a.repeats);
     for r in 0..a.repeats {
+        // Ranks start each timed repeat together.
+        dist.barrier()?;
         let t = Instant::now();
         for k in 0..a.per_repeat {
             run_step(a.warmup + r * a.per_repeat + k)?;
@@ -607,6 +655,9 @@ fn main() -> Res<()> {
         ips.push((a.per_repeat as i64 * a.batch) as f64 / t.elapsed().as_secs_f64());
     }
     let med = median(&mut ips);
+    if !dist.is_leader() {
+        return Ok(());
+    }
     println!(
         "{}",
         json!({
@@ -623,6 +674,7 @@ fn main() -> Res<()> {
             "size": a.size,
             "threads": tch::get_num_threads(),
             "device": format!("{dev:?}"),
+            "world": dist.world(),
             "autocast": format!("{:?}", accel.autocast),
             "channels_last": accel.channels_last,
             "log_every": a.log_every,

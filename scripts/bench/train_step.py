@@ -9,9 +9,22 @@ same thread count.
 
 Prints one JSON line: median/min/max images/s over --repeats repeats of
 --steps-per-repeat steps after --warmup steps.
+
+Data parallel (issue 13 item 6; `scripts/bench/ddp.sh`): under `torchrun --nproc-per-node W`
+the supernet step runs with DistributedDataParallel over Gloo (NCCL on CUDA): each rank
+takes its rows of the global batch --batch (the same split as ugc-pipe's), the generator
+is a DDP module whose first two sandwich sub-nets back-propagate under `no_sync()` and
+the last one synchronises (buckets overlapped with that backward, unused blocks found
+with `find_unused_parameters`), the discriminator's update goes through its DDP module
+and the generators' losses through the plain module (D is frozen then), batch norm is
+local statistics per rank (PyTorch's SyncBatchNorm
+refuses CPU tensors; `broadcast_buffers=False`, as GAN code under DDP needs, since D runs
+twice before its backward). Rank 0 prints the line; images/s counts the global batch.
 """
 import argparse
+import contextlib
 import json
+import os
 import statistics
 import time
 
@@ -248,11 +261,23 @@ def main():
     LOG_EVERY = max(1, a.log_every)
     torch.set_num_threads(a.threads)
     torch.manual_seed(0)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    if world > 1:
+        import torch.distributed as tdist
+        from torch.nn.parallel import DistributedDataParallel as DDP
+        if a.step != "supernet":
+            raise SystemExit(f"--step {a.step} has no data-parallel form; use supernet")
+        tdist.init_process_group("nccl" if a.device.startswith("cuda") else "gloo")
     dev = torch.device(a.device)
     if dev.type == "cuda":
         torch.backends.cudnn.benchmark = True
     x = torch.rand(a.batch, 3, a.size, a.size, device=dev) * 2 - 1
     y = torch.rand(a.batch, 3, a.size, a.size, device=dev) * 2 - 1
+    # This rank's rows of the global batch, as ugc_data::loader::shard_range splits it.
+    base, extra = divmod(a.batch, world)
+    start, rows = rank * base + min(rank, extra), base + (1 if rank < extra else 0)
+    x, y = x[start:start + rows].contiguous(), y[start:start + rows].contiguous()
     mf = torch.channels_last if a.channels_last else torch.contiguous_format
     x, y = x.contiguous(memory_format=mf), y.contiguous(memory_format=mf)
     d = patchgan(6, a.ndf).to(dev, memory_format=mf).train()
@@ -268,6 +293,22 @@ def main():
         subs = json.load(open(a.subnets))
         g = SuperResnet(a.ngf, 9).to(dev, memory_format=mf)
         opt_g = adam(g.parameters())
+        # The D update runs the whole discriminator as one module (a DDP module runs only as
+        # a whole); with one rank these are the plain modules.
+        class Prediction(nn.Module):
+            def __init__(self, d):
+                super().__init__()
+                self.d = d
+
+            def forward(self, inp):
+                return patchgan_features(self.d, inp)[-1]
+
+        g_run, d_run = g, Prediction(d)
+        if world > 1:
+            g_run = DDP(g, find_unused_parameters=True)
+            # broadcast_buffers=False: the buffer broadcast of the second D forward would
+            # modify the running statistics the first forward saved for backward.
+            d_run = DDP(d_run, broadcast_buffers=False)
         L, S = subs["largest"], subs["smallest"]
         assert L["widths"] == resnet_full(a.ngf, 9), "subnets.json is for another --ngf"
 
@@ -275,22 +316,31 @@ def main():
             # Mirrors ugc_method::gan::GanTask::step (sandwich): D is frozen during the
             # generator backward, D loss is (real + fake) / 2, every loss is read to the host.
             with ac():
-                fake_l = g(x, L["widths"], L["depth"])
+                subs_i = (L, subs["random"][i % len(subs["random"])], S)
+                # The first sub-net's forward is also the D step's fake; with DDP it runs
+                # under no_sync (its backward is not the step's last).
+                ctx0 = g_run.no_sync() if world > 1 else contextlib.nullcontext()
+                with ctx0:
+                    fake_l = g_run(x, L["widths"], L["depth"])
                 opt_d.zero_grad()
-                real = hinge_d_real(patchgan_features(d, torch.cat([x, y], 1))[-1])
-                fake = hinge_d_fake(patchgan_features(d, torch.cat([x, fake_l.detach()], 1))[-1])
+                # The whole forward (the prediction map): a DDP module runs only as a whole.
+                real = hinge_d_real(d_run(torch.cat([x, y], 1)))
+                fake = hinge_d_fake(d_run(torch.cat([x, fake_l.detach()], 1)))
                 ((real + fake) * 0.5).backward()
                 opt_d.step()
                 log = [rd(real), rd(fake)]
                 if a.freeze_d:
                     set_grad(d, False)
                 opt_g.zero_grad()
-                for k, sub in enumerate((L, subs["random"][i % len(subs["random"])], S)):
-                    out = fake_l if k == 0 else g(x, sub["widths"], sub["depth"])
-                    gan = hinge_g(patchgan_features(d, torch.cat([x, out], 1))[-1])
-                    rec = 100 * F.l1_loss(out, y)
-                    log += [rd(gan), rd(rec)]
-                    (gan + rec).backward()
+                for k, sub in enumerate(subs_i):
+                    last = k == len(subs_i) - 1
+                    sync_ctx = g_run.no_sync() if world > 1 and not last else contextlib.nullcontext()
+                    with sync_ctx:
+                        out = fake_l if k == 0 else g_run(x, sub["widths"], sub["depth"])
+                        gan = hinge_g(patchgan_features(d, torch.cat([x, out], 1))[-1])
+                        rec = 100 * F.l1_loss(out, y)
+                        log += [rd(gan), rd(rec)]
+                        (gan + rec).backward()
                 opt_g.step()
                 if a.freeze_d:
                     set_grad(d, True)
@@ -342,13 +392,17 @@ def main():
     sync()
     ips = []
     for r in range(a.repeats):
+        if world > 1:
+            tdist.barrier()
         t0 = time.perf_counter()
         for k in range(a.steps_per_repeat):
             step(a.warmup + r * a.steps_per_repeat + k)
             end_step(a.warmup + r * a.steps_per_repeat + k)
         sync()
         ips.append(a.steps_per_repeat * a.batch / (time.perf_counter() - t0))
-    print(json.dumps({"bench": "train_step", "impl": "pytorch", "step": a.step,
+    if rank != 0:
+        return
+    print(json.dumps({"bench": "train_step", "impl": "pytorch", "step": a.step, "world": world,
                       "images_per_s": statistics.median(ips), "min": min(ips), "max": max(ips),
                       "repeats": a.repeats, "steps_per_repeat": a.steps_per_repeat,
                       "warmup": a.warmup, "batch": a.batch, "size": a.size,
