@@ -29,7 +29,7 @@ use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_nn::{Discriminator, Generator, Mode, SubnetConfig, build_generator};
 use ugc_train::checkpoint::store_state;
 use ugc_train::{
-    Adam, AdamConfig, BatchStream, LogValue, LoopConfig, LoopOutcome, LrSchedule, StepLog,
+    Adam, AdamConfig, BatchStream, Dist, LogValue, LoopConfig, LoopOutcome, LrSchedule, StepLog,
     TrainTask, run_loop, trainable,
 };
 
@@ -196,6 +196,8 @@ struct DistillTask<'a> {
     lambda_l1: f64,
     sample_input: Tensor,
     ctx_msg: &'a dyn ugc_engine::Progress,
+    /// The stage's data-parallel ranks (none: one process).
+    dist: Dist,
 }
 
 fn scalar(t: &Tensor) -> f64 {
@@ -206,6 +208,17 @@ impl DistillTask<'_> {
     fn perceptual(&self, cond: &Tensor, x: &Tensor) -> Vec<Tensor> {
         match &self.vgg {
             Some(v) => v.features(x),
+            // With ranks: the global batch's statistics in a batch-norm discriminator
+            // (`Mode::Features`, otherwise `DiscriminatorFeatures`' computation).
+            None if self.dist.is_distributed() => self
+                .disc
+                .forward(&Tensor::cat(&[cond, x], 1), Mode::Features)
+                .into_iter()
+                .flat_map(|mut s| {
+                    s.pop();
+                    s
+                })
+                .collect(),
             None => DiscriminatorFeatures::new(self.disc.as_ref(), cond).features(x),
         }
     }
@@ -215,12 +228,15 @@ impl DistillTask<'_> {
             .forward(&Tensor::cat(&[cond, img], 1), Mode::Train)
     }
 
-    /// Student loss against every teacher output (teacher outputs are detached here).
+    /// Student loss against every teacher output (teacher outputs are detached here). With
+    /// ranks, this rank's share: the per-row mean terms (SSIM, Gram, feature L1) times
+    /// `f_mean` ([`Dist::scale`]), the total variation (a sum over rows) times the world size.
     fn distill_terms(
         &self,
         cond: &Tensor,
         s: &Tensor,
         teachers: &[Tensor],
+        f_mean: f64,
     ) -> Result<Tensor, MethodError> {
         let fs = self.perceptual(cond, s);
         let mut total = Tensor::zeros([], (Kind::Float, self.device));
@@ -230,13 +246,33 @@ impl DistillTask<'_> {
                 .into_iter()
                 .map(|f| f.detach())
                 .collect();
-            total += losses::distill_loss(s, &t, &fs, &ft, &self.weights)?.total;
+            let terms = losses::distill_loss(s, &t, &fs, &ft, &self.weights)?;
+            total += if self.dist.is_distributed() {
+                let means = &terms.ssim + &terms.style + &terms.feature;
+                Dist::scaled(&means, f_mean) + Dist::scaled(&terms.tv, self.dist.sum_scale())
+            } else {
+                terms.total
+            };
         }
         Ok(total)
     }
 
-    /// Re-scores every unlabeled input with the current teachers and updates the mask.
+    /// Re-scores every unlabeled input with the current teachers and updates the mask. With
+    /// ranks, rank 0 decides and broadcasts the decision (mask, scores, threshold): the
+    /// scoring runs in `Mode::Eval`, without collectives, so the others just wait for it.
     fn rescore(&mut self) -> Result<(), MethodError> {
+        if self.adf.rule.is_none() || self.adf_loader.is_none() {
+            return Ok(());
+        }
+        if self.dist.is_leader() {
+            self.rescore_here()?;
+        }
+        let state: Vec<Tensor> = self.adf.state().into_iter().map(|(_, t)| t).collect();
+        self.dist.broadcast(&state, 0)?;
+        Ok(())
+    }
+
+    fn rescore_here(&mut self) -> Result<(), MethodError> {
         let (Some((criterion, rule)), Some(loader)) = (self.adf.rule, &self.adf_loader) else {
             return Ok(());
         };
@@ -277,8 +313,12 @@ impl DistillTask<'_> {
         Ok(())
     }
 
-    /// The kept rows of an unlabeled batch, or `None` when none is kept.
-    fn kept_rows(&self, b: &Batch) -> Result<Option<Tensor>, MethodError> {
+    /// This rank's kept rows of an unlabeled (global) batch, the number of kept rows of the
+    /// global batch and the share factor of per-row means over them; `None` when none is
+    /// kept. Every rank holds the mask and the whole batch, so all know the kept count
+    /// without communicating. Fewer kept rows than ranks: every rank takes all of them
+    /// (factor 1; the average of identical gradients is that gradient).
+    fn kept_rows(&self, b: &Batch) -> Result<Option<(Tensor, usize, f64)>, MethodError> {
         let mask: Vec<f32> = Vec::<f32>::try_from(&self.adf.mask)
             .map_err(|e| MethodError::torch("reading the ADF mask", e))?;
         let rows: Vec<i64> = b
@@ -297,7 +337,17 @@ impl DistillTask<'_> {
             return Ok(None);
         }
         let idx = Tensor::from_slice(&rows).to_device(b.input.device());
-        Ok(Some(b.input.index_select(0, &idx)))
+        let kept = b.input.index_select(0, &idx);
+        let k = rows.len();
+        if !self.dist.is_distributed() {
+            return Ok(Some((kept, k, 1.0)));
+        }
+        if k < self.dist.world() {
+            return Ok(Some((kept, k, 1.0)));
+        }
+        let (start, n) = self.dist.shard(k);
+        let f = self.dist.scale(n, k);
+        Ok(Some((kept.narrow(0, start as i64, n as i64), k, f)))
     }
 }
 
@@ -343,7 +393,9 @@ impl DistillTask<'_> {
             self.rescore()?;
         }
         let lr = self.sched.at(step);
-        let lb = self.labeled.next_batch()?;
+        let (lb, rows) = self.labeled.next_shard()?;
+        // This rank's share of the labeled per-row means (1.0 with one process).
+        let f_l = self.dist.scale(lb.input.size()[0] as usize, rows);
         let x = self.accel.input(&lb.input)?;
         let y = lb
             .target
@@ -371,8 +423,8 @@ impl DistillTask<'_> {
             fake += losses::over_scales(&self.d_out(&x, &o.detach()), losses::hinge_d_fake);
         }
         let fake = fake / (t_out.len() + 1) as f64;
-        let loss_d = (&real + &fake) * 0.5;
-        loss_d.backward();
+        let loss_d = Dist::scaled(&((&real + &fake) * 0.5), f_l);
+        self.opt_d.backward(&loss_d)?;
         self.opt_d.step(lr)?;
         log.push(("d".to_string(), LogValue::of(&loss_d)));
         // The generators' backward passes go through D but need no D weight gradients
@@ -382,10 +434,14 @@ impl DistillTask<'_> {
         // Teachers: supervised GAN + L1 on the labeled pairs.
         for (i, o) in t_out.iter().enumerate() {
             self.opt_t[i].zero_grad();
-            let gan = losses::over_scales(&self.d_out(&x, o), losses::hinge_g);
-            let l1 = losses::l1(o, &y);
+            let gan = Dist::scaled(
+                &losses::over_scales(&self.d_out(&x, o), losses::hinge_g),
+                f_l,
+            );
+            let l1 = Dist::scaled(&losses::l1(o, &y), f_l);
             let loss = &gan * self.lambda_gan + &l1 * self.lambda_l1;
-            loss.backward();
+            // Each teacher's step is its own: its only backward, so armed.
+            self.opt_t[i].backward(&loss)?;
             self.opt_t[i].step(lr)?;
             let role = self.teachers.entries[i].role.name();
             log.push((format!("t_{role}_l1"), LogValue::of(&l1)));
@@ -394,25 +450,28 @@ impl DistillTask<'_> {
         // Student: GAN + L1 on labeled, OMGD losses against every teacher on labeled and
         // ADF-kept unlabeled inputs.
         self.opt_s.zero_grad();
-        let gan = losses::over_scales(&self.d_out(&x, &s_out), losses::hinge_g);
-        let l1 = losses::l1(&s_out, &y);
-        let kd = self.distill_terms(&x, &s_out, &t_out)?;
+        let gan = Dist::scaled(
+            &losses::over_scales(&self.d_out(&x, &s_out), losses::hinge_g),
+            f_l,
+        );
+        let l1 = Dist::scaled(&losses::l1(&s_out, &y), f_l);
+        let kd = self.distill_terms(&x, &s_out, &t_out, f_l)?;
         let mut loss = &gan * self.lambda_gan + &l1 * self.lambda_l1 + &kd;
         let mut kd_u_val = LogValue::Host(0.0);
         let mut n_u = 0i64;
         if let Some(u) = &mut self.unlabeled {
             let ub = u.next_batch()?;
-            if let Some(xu) = self.kept_rows(&ub)? {
+            if let Some((xu, k, f_u)) = self.kept_rows(&ub)? {
                 let xu = self.accel.input(&xu)?;
-                n_u = xu.size()[0];
+                n_u = k as i64;
                 let tu = self.teachers.outputs(&xu)?;
                 let su = self.student.forward(&xu, &s_full, Mode::Train)?;
-                let kd_u = self.distill_terms(&xu, &su, &tu)?;
+                let kd_u = self.distill_terms(&xu, &su, &tu, f_u)?;
                 kd_u_val = LogValue::of(&kd_u);
                 loss += kd_u;
             }
         }
-        loss.backward();
+        self.opt_s.backward(&loss)?;
         self.opt_s.step(lr)?;
         let kept = LogValue::of(&self.adf.mask.sum(Kind::Float));
         log.extend([
@@ -457,7 +516,13 @@ impl StageKind for DistillStage {
         let p: DistillParams = ctx.typed_params()?;
         let mut built = build(ctx, &p)?;
         let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
-        write(ctx, &p, built, &outcome)
+        let dist = built.task.dist.clone();
+        if dist.is_leader() {
+            write(ctx, &p, built, &outcome)?;
+        }
+        // Rank 0's output is committed only once every rank has finished.
+        dist.barrier().map_err(MethodError::from)?;
+        Ok(())
     }
 }
 
@@ -476,8 +541,15 @@ struct Built<'a> {
 /// optimisers (in the order that fixes the random initialisation).
 fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, StageError> {
     let device = crate::device::tch_device(ctx.device)?;
-    if p.torch_threads > 0 {
-        tch::set_num_threads(p.torch_threads);
+    let dist = Dist::new(ctx.rank, device).map_err(MethodError::from)?;
+    // Ranks on one CPU split the stage's thread budget between them.
+    let threads = if device == Device::Cpu {
+        dist.rank_threads(p.torch_threads, tch::get_num_threads().max(1))
+    } else {
+        p.torch_threads
+    };
+    if threads > 0 {
+        tch::set_num_threads(threads);
     }
     tch::manual_seed(p.seed as i64);
     let split_dir = ctx.require_input("split")?.dir.clone();
@@ -528,6 +600,15 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
         train_cfg(p.batch_size, p.seed),
     )
     .map_err(MethodError::data_at("labeled loader"))?;
+    // Labeled batches are sharded by the loader; unlabeled ones are read whole and the
+    // ADF-kept rows sharded in the step (the kept count must be the global batch's).
+    let labeled = if dist.is_distributed() {
+        labeled
+            .shard(dist.rank(), dist.world())
+            .map_err(MethodError::data_at("labeled loader"))?
+    } else {
+        labeled
+    };
     let labeled = BatchStream::new(labeled, "labeled").map_err(MethodError::from)?;
     let n_unl = manifest.unlabeled().len();
     // The unlabeled stream keeps a short last batch, so a few unlabeled inputs (fewer
@@ -616,13 +697,34 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
     {
         accel.prepare(vs)?;
     }
-    let opt_s = adam(trainable(&student_vs), p.lr, p.beta1)?;
-    let opt_t = teachers
+    let mut opt_s = adam(trainable(&student_vs), p.lr, p.beta1)?;
+    let mut opt_t = teachers
         .models
         .iter()
         .map(|m| adam(trainable(&m.vs), p.lr, p.beta1))
         .collect::<Result<Vec<_>, _>>()?;
-    let opt_d = adam(trainable(&disc_vs), p.lr, p.beta1)?;
+    let mut opt_d = adam(trainable(&disc_vs), p.lr, p.beta1)?;
+    for o in std::iter::once(&mut opt_s)
+        .chain(opt_t.iter_mut())
+        .chain(std::iter::once(&mut opt_d))
+    {
+        o.distribute(&dist).map_err(MethodError::from)?;
+    }
+    if let Some(pg) = dist.group() {
+        let bns = student
+            .batch_norms()
+            .into_iter()
+            .chain(
+                teachers
+                    .models
+                    .iter()
+                    .flat_map(|m| m.generator.batch_norms()),
+            )
+            .chain(disc.batch_norms());
+        for bn in bns {
+            bn.sync_over(pg.clone());
+        }
+    }
     let task = DistillTask {
         device,
         accel,
@@ -650,6 +752,7 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
         lambda_l1: p.lambda_l1,
         sample_input,
         ctx_msg: ctx.progress,
+        dist: dist.clone(),
     };
     let loop_cfg = LoopConfig {
         steps: p.steps,
@@ -657,6 +760,7 @@ fn build<'a>(ctx: &StageContext<'a>, p: &DistillParams) -> Result<Built<'a>, Sta
         sample_every: p.sample_every,
         seed: p.seed,
         phase: "distill".into(),
+        dist,
         ..LoopConfig::default()
     };
     Ok(Built {

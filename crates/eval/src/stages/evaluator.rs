@@ -7,7 +7,7 @@ use ugc_data::{Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
 use ugc_kinds::evaluator::Params;
 use ugc_train::{
-    Adam, AdamConfig, AdamUpdate, BatchStream, LogValue, LoopConfig, StepLog, TrainTask,
+    Adam, AdamConfig, AdamUpdate, BatchStream, Dist, LogValue, LoopConfig, StepLog, TrainTask,
     checkpoint::store_state, run_loop,
 };
 
@@ -45,12 +45,18 @@ impl StageKind for EvaluatorStage {
 
 /// One evaluator step: cross-entropy of the net's logits against the batch's label map,
 /// averaged over the labelled (not ignored) pixels, and one Adam update.
+///
+/// With ranks, each holds a shard of the batch: the mean is over the *global* batch's
+/// labelled pixels (one small all-reduce of the count), and a rank's share is its summed
+/// cross-entropy over that count times the world size (the reducer divides by it), so the
+/// averaged gradient is the global mean's.
 struct EvaluatorTask<'a> {
     vs: &'a nn::VarStore,
     net: &'a SegNet,
     labels: &'a LabelSpec,
     opt: Adam,
     data: BatchStream,
+    dist: Dist,
 }
 
 impl TrainTask for EvaluatorTask<'_> {
@@ -73,11 +79,17 @@ impl TrainTask for EvaluatorTask<'_> {
             EvalError::Input("a labeled pair without its photo reached the evaluator".into())
         })?;
         let out = self.net.forward(photo)?;
-        let valid = target.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
-        let loss =
+        let sum =
             out.logits
-                .cross_entropy_loss(&target, None::<Tensor>, Reduction::Sum, IGNORE, 0.0)
-                / valid;
+                .cross_entropy_loss(&target, None::<Tensor>, Reduction::Sum, IGNORE, 0.0);
+        let loss = if self.dist.is_distributed() {
+            let valid = target.ne(IGNORE).sum(Kind::Float);
+            self.dist.all_reduce_sum(std::slice::from_ref(&valid))?;
+            sum / valid.clamp_min(1.0) * self.dist.sum_scale()
+        } else {
+            let valid = target.ne(IGNORE).sum(Kind::Float).clamp_min(1.0);
+            sum / valid
+        };
         self.opt.backward_step(&loss)?;
         Ok(vec![("loss".into(), LogValue::of(&loss))])
     }
@@ -87,6 +99,11 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
     let manifest = SplitManifest::load(split_dir)?;
     let labels = LabelSpec::for_split(&manifest, p.foreground_threshold as u8)?;
     let device = tch_device(ctx.device);
+    let dist = Dist::new(ctx.rank, device)?;
+    if device == tch::Device::Cpu && dist.is_distributed() {
+        // Ranks on one CPU split libtorch's threads between them.
+        tch::set_num_threads(dist.rank_threads(0, tch::get_num_threads().max(1)));
+    }
     tch::manual_seed(p.seed as i64);
     let arch = SegNetConfig {
         width: p.width,
@@ -95,7 +112,7 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
     let mut vs = nn::VarStore::new(device);
     let net = SegNet::new(&vs.root(), &arch)?;
     // The evaluator's Adam since its first release: beta1 0.9, the composed update.
-    let opt = Adam::over(
+    let mut opt = Adam::over(
         &vs,
         AdamConfig {
             lr: p.lr,
@@ -104,6 +121,7 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
             ..AdamConfig::default()
         },
     )?;
+    opt.distribute(&dist)?;
 
     let cfg = LoaderConfig {
         threads: p.threads.max(1),
@@ -119,12 +137,18 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
         )));
     }
     let n_images = loader.len();
+    let loader = if dist.is_distributed() {
+        loader.shard(dist.rank(), dist.world())?
+    } else {
+        loader
+    };
     let mut task = EvaluatorTask {
         vs: &vs,
         net: &net,
         labels: &labels,
         opt,
         data: BatchStream::new(loader, "labeled")?,
+        dist: dist.clone(),
     };
     let loop_cfg = LoopConfig {
         steps: p.steps,
@@ -132,10 +156,16 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
         seed: p.seed,
         // The reported loss: the mean of the last tenth of the steps.
         tail: (p.steps / 10).max(1) as usize,
+        dist: dist.clone(),
         ..LoopConfig::default()
     };
     let outcome = run_loop(ctx, &loop_cfg, &mut task)?;
     drop(task);
+    if !dist.is_leader() {
+        // Rank 0 writes the outputs; the others wait for it at the barrier.
+        dist.barrier()?;
+        return Ok(());
+    }
     let final_loss = outcome
         .tail_of("loss")
         .ok_or_else(|| EvalError::Check("the training loop logged no loss".into()))?;
@@ -188,5 +218,7 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
     metrics.insert("train_images".into(), (n_images as u64).into());
     metrics.insert("test_images".into(), (report.num_images as u64).into());
     write_json(&ctx.out_dir.join("metrics.json"), &metrics)?;
+    // Rank 0's output is committed only once every rank has finished.
+    dist.barrier()?;
     Ok(())
 }
