@@ -4,6 +4,7 @@
 mod binaries;
 mod common;
 mod cuda;
+mod data_parallel;
 mod engine_cli;
 mod model_cli;
 mod pipelines;
