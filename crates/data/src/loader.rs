@@ -263,7 +263,7 @@ impl Loader {
                 (start, idx[start..start + n].to_vec())
             })
             .collect();
-        let (job_tx, job_rx) = unbounded::<(usize, (usize, Vec<usize>))>();
+        let (job_tx, job_rx) = unbounded::<(usize, ShardRows)>();
         let (res_tx, res_rx) = unbounded();
         let workers = (0..self.cfg.threads.max(1))
             .map(|_| {
@@ -541,10 +541,14 @@ impl WorkerCtx {
     }
 }
 
+/// A batch's rows for this loader: the offset of the first in the global batch (a
+/// shard's start) and the example indices.
+type ShardRows = (usize, Vec<usize>);
+
 /// One epoch of batches, in order.
 pub struct Epoch {
-    batches: Vec<(usize, Vec<usize>)>,
-    job_tx: Option<Sender<(usize, (usize, Vec<usize>))>>,
+    batches: Vec<ShardRows>,
+    job_tx: Option<Sender<(usize, ShardRows)>>,
     results: Receiver<(usize, Result<CpuBatch>)>,
     workers: Vec<JoinHandle<()>>,
     pending: BTreeMap<usize, Result<CpuBatch>>,

@@ -301,7 +301,7 @@ fn read_pending(
         let mut all = Tensor::cat(&flat, 0);
         if dist.is_distributed() {
             dist.all_reduce_sum(std::slice::from_ref(&all))?;
-            all = all / dist.world() as f64;
+            all /= dist.world() as f64;
         }
         let all = all.to_device(tch::Device::Cpu);
         read = Vec::<f64>::try_from(&all)
