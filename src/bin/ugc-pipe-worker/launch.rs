@@ -368,14 +368,17 @@ mod tests {
         c
     }
 
-    fn sinks() -> (Arc<Mutex<Vec<u8>>>, Arc<Mutex<Vec<u8>>>) {
+    /// An in-memory stdout or log the supervisor writes into.
+    type Sink = Arc<Mutex<Vec<u8>>>;
+
+    fn sinks() -> (Sink, Sink) {
         (
             Arc::new(Mutex::new(Vec::new())),
             Arc::new(Mutex::new(Vec::new())),
         )
     }
 
-    fn text(b: &Arc<Mutex<Vec<u8>>>) -> String {
+    fn text(b: &Sink) -> String {
         String::from_utf8(b.lock().unwrap().clone()).unwrap()
     }
 
