@@ -35,6 +35,8 @@ pub fn free_port() -> u16 {
 pub struct RankRun {
     pub rank: usize,
     pub success: bool,
+    /// Its exit status (`None`: ended by a signal).
+    pub code: Option<i32>,
     /// Its stdout and stderr, for the failure message.
     pub output: String,
 }
@@ -93,6 +95,7 @@ pub fn spawn_ranks(
             RankRun {
                 rank,
                 success: out.status.success(),
+                code: out.status.code(),
                 output: format!(
                     "{}{}",
                     String::from_utf8_lossy(&out.stdout),

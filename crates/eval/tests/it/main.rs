@@ -8,6 +8,7 @@
 //! weights). The tests of these binaries therefore run one at a time.
 
 mod common;
+mod dist;
 mod evaluate;
 mod evaluator;
 mod export;

@@ -21,7 +21,7 @@ use ugc_engine::rank::RankEnv;
 use ugc_engine::testing::with_defaults;
 use ugc_engine::{CancelToken, DeviceKind, Progress, StageContext, StageError, StageKind};
 use ugc_method::supernet::SupernetStage;
-use ugc_train::testing::{rank_dir, run_ranks};
+use ugc_train::testing::{rank_dir, run_ranks, spawn_ranks};
 
 use crate::common::{input, schema, synth_and_split};
 
@@ -29,11 +29,16 @@ const PARAMS_VAR: &str = "UGC_T_PARAMS";
 const SPLIT_VAR: &str = "UGC_T_SPLIT";
 /// `rank:step`: that rank's cancel token fires once the loop reports `step`.
 const CANCEL_VAR: &str = "UGC_T_CANCEL";
+/// `rank:step`: that rank's process exits at once (as if killed) when the loop reports `step`.
+const KILL_VAR: &str = "UGC_T_KILL";
+/// The exit status of a rank killed by [`KILL_VAR`].
+const KILLED: i32 = 86;
 
 /// Cancels its token once the loop reports step `at`; records the first step it sees (the
 /// step a run resumed from).
 struct CancelAt {
     at: Option<u64>,
+    kill_at: Option<u64>,
     token: CancelToken,
     first: Mutex<Option<u64>>,
 }
@@ -42,6 +47,9 @@ impl Progress for CancelAt {
     fn start(&self, _: &str, _: u64) {}
     fn set(&self, step: u64) {
         self.first.lock().unwrap().get_or_insert(step);
+        if self.kill_at.is_some_and(|a| step >= a) {
+            std::process::exit(KILLED);
+        }
         if self.at.is_some_and(|a| step >= a) {
             self.token.cancel();
         }
@@ -58,16 +66,20 @@ fn rank_body(dir: &Path) {
     let split = PathBuf::from(var(SPLIT_VAR));
     let rank = RankEnv::from_process_env().unwrap();
     let r = rank.as_ref().map_or(0, |e| e.rank);
-    let at = std::env::var(CANCEL_VAR).ok().and_then(|v| {
-        let (who, step) = v.split_once(':').unwrap();
-        (who.parse::<usize>().unwrap() == r).then(|| step.parse().unwrap())
-    });
+    let at_step = |var: &str| {
+        std::env::var(var).ok().and_then(|v| {
+            let (who, step) = v.split_once(':').unwrap();
+            (who.parse::<usize>().unwrap() == r).then(|| step.parse::<u64>().unwrap())
+        })
+    };
+    let (at, kill_at) = (at_step(CANCEL_VAR), at_step(KILL_VAR));
     let out = dir.join(format!("out-{r}"));
     std::fs::create_dir_all(&out).unwrap();
     let scratch = dir.join("scratch");
     let token = CancelToken::new();
     let prog = CancelAt {
         at,
+        kill_at,
         token: token.clone(),
         first: Mutex::new(None),
     };
@@ -402,4 +414,54 @@ fn two_rank_runs_resume_exactly_and_with_one_rank() {
     // what `WEIGHT_TOL` allows relative to the distance moved.
     eprintln!("2 ranks then 1 against 2 ranks: weights differ by {d:e} of their norm");
     assert!(d <= WEIGHT_TOL, "1-rank resume differs by {d:e}");
+}
+
+/// A rank killed mid-run (rank 1 exits after step 3; rank 0 checkpointed step 2) makes rank
+/// 0 fail within the group's timeout instead of hanging, commits nothing, and the rerun
+/// with 2 ranks resumes from step 2 and commits what an uninterrupted run does.
+#[test]
+fn a_killed_rank_fails_the_other_within_the_timeout_and_the_rerun_resumes() {
+    const NAME: &str =
+        "dist::a_killed_rank_fails_the_other_within_the_timeout_and_the_rerun_resumes";
+    if let Some(dir) = rank_dir() {
+        return rank_body(&dir);
+    }
+    let _rng = ugc_engine::testing::torch_rng();
+    let (_s, split) = split();
+    let arch = json!({"arch": "mobile-resnet", "ngf": 4, "n_blocks": 4});
+    let mut p = params(arch, "patchgan", 4, true);
+    p["checkpoint_every"] = json!(2);
+    let whole = tempfile::tempdir().unwrap();
+    let res = ranks(NAME, 2, whole.path(), &p, split.path(), None);
+    assert!(res.iter().all(|r| r["ok"] == true), "{res:?}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        (PARAMS_VAR, p.to_string()),
+        (SPLIT_VAR, split.path().display().to_string()),
+        (KILL_VAR, "1:3".to_string()),
+    ];
+    let timeout = std::time::Duration::from_secs(10);
+    let started = std::time::Instant::now();
+    let runs = spawn_ranks(NAME, 2, dir.path(), &env, timeout);
+    let took = started.elapsed();
+    assert_eq!(runs[1].code, Some(KILLED), "{runs:?}");
+    // Rank 0's stage failed (its test body still reports): an error, not a hang.
+    let r0: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("result-0.json")).unwrap())
+            .unwrap();
+    assert_eq!(r0["ok"], false, "{r0}");
+    assert_eq!(r0["cancelled"], false, "{r0}");
+    eprintln!("rank 0 after its peer died ({took:?}): {}", r0["error"]);
+    // Set-up and 3 steps take a few seconds; the failure comes within the timeout after.
+    assert!(took < timeout * 3, "took {took:?}");
+    assert!(
+        !dir.path().join("out-0/supernet").exists(),
+        "nothing committed"
+    );
+
+    let res = ranks(NAME, 2, dir.path(), &p, split.path(), None);
+    assert!(res.iter().all(|r| r["ok"] == true), "{res:?}");
+    assert_eq!(res[0]["first"], 2, "resumed from the last checkpoint");
+    ugc_engine::testing::assert_same_tree(&whole.path().join("out-0"), &dir.path().join("out-0"));
 }
