@@ -1,6 +1,8 @@
-//! Qualitative grid: rows of test images, columns `input | original | UGC student(s) |
-//! target`, each model column captioned with its MACs and label fraction relative to the
-//! original (the layout of the seed's Figures 2-7).
+//! Qualitative grid: rows of test images, columns `input | original | student alone | NAS |
+//! UGC | target` (any evaluated model can be a column), each model column captioned with
+//! its MACs and label fraction relative to the original (the layout of the seed's Figures
+//! 2-7). Small panels are enlarged by an integer factor with nearest-neighbour sampling,
+//! and the grid says so under the images.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -97,7 +99,8 @@ pub fn caption(c: &GridColumn<'_>, original: Option<&EvalRecord>) -> Vec<String>
             .filter(|_| m > 0.0)
             .map(|o| format!(" ({})", format::ratio(o / m)))
             .unwrap_or_default();
-        lines.push(format!("MACs: {}{rel}", format::macs_g(m)));
+        let shown = format::counts_distinct(&[m]).remove(0);
+        lines.push(format!("MACs: {shown}{rel}"));
     }
     if let Some(f) = c.record.label_fraction {
         let rel = original
@@ -109,13 +112,21 @@ pub fn caption(c: &GridColumn<'_>, original: Option<&EvalRecord>) -> Vec<String>
     lines
 }
 
-/// Renders the grid to `path`; returns the number of image rows drawn.
+/// What [`write_grid`] drew.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GridDrawn {
+    pub rows: usize,
+    /// `32×32 px panels shown ×5 (nearest-neighbour)`, or the size when not enlarged.
+    pub scale_note: String,
+}
+
+/// Renders the grid to `path`.
 pub fn write_grid(
     path: &Path,
     columns: &[GridColumn<'_>],
     original: Option<&EvalRecord>,
     rows: usize,
-) -> Result<usize, ReportError> {
+) -> Result<GridDrawn, ReportError> {
     if columns.is_empty() {
         return Err(ReportError::Inputs(
             "qualitative grid: no model to show (no evaluate input matches `grid_columns`)".into(),
@@ -166,9 +177,19 @@ pub fn write_grid(
         }
         col_w.push(w);
     }
+    let scale_note = if scale > 1 {
+        format!(
+            "{} px panels shown ×{scale} (nearest-neighbour up-scaling).",
+            format::size(ph, pw)
+        )
+    } else {
+        format!("{} px panels at their size.", format::size(ph, pw))
+    };
     let header = captions.iter().map(Vec::len).max().unwrap_or(1) as u32 * LINE_PX + GAP;
-    let width = col_w.iter().sum::<u32>() + GAP * (col_w.len() as u32 + 1);
-    let height = header + (sh + GAP) * names.len() as u32 + GAP;
+    let width = (col_w.iter().sum::<u32>() + GAP * (col_w.len() as u32 + 1))
+        .max(text_w(&scale_note)? + 2 * GAP);
+    let footer = LINE_PX + GAP;
+    let height = header + (sh + GAP) * names.len() as u32 + GAP + footer;
 
     let mut canvas = RgbImage::from_pixel(width, height, image::Rgb([255, 255, 255]));
     let xs: Vec<u32> = col_w
@@ -205,11 +226,24 @@ pub fn write_grid(
                     })?;
             }
         }
+        let y = (height - footer) as i32;
+        root.draw(&Text::new(
+            scale_note.as_str(),
+            (GAP as i32, y),
+            style.clone(),
+        ))
+        .map_err(|e| ReportError::Draw {
+            what: "grid caption".into(),
+            msg: e.to_string(),
+        })?;
         root.present().map_err(|e| ReportError::Draw {
             what: "grid".into(),
             msg: e.to_string(),
         })?;
     }
     save_rgb(path, width, height, buf)?;
-    Ok(names.len())
+    Ok(GridDrawn {
+        rows: names.len(),
+        scale_note,
+    })
 }

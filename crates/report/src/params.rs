@@ -2,4 +2,6 @@
 //! (`crates/kinds/src/report/`: one place for names, types, allowed values and the
 //! cross-field rules); re-exported here under the names this crate has always used.
 
-pub use ugc_kinds::report::{Metric, Params as ReportParams, TableKind, metric_display};
+pub use ugc_kinds::report::{
+    FigureFormat, Metric, Params as ReportParams, TableKind, metric_display,
+};

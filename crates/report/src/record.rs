@@ -35,6 +35,37 @@ pub struct EvalRecord {
     pub not_computed: BTreeMap<String, String>,
     /// `samples/*.png`, sorted by file name.
     pub samples: Vec<PathBuf>,
+    /// Evaluated (H, W) (eval.json `resolution`, else `model.input`).
+    pub resolution: Option<(u32, u32)>,
+    /// How latency was measured (eval.json `model.latency`), when it was.
+    pub latency: Option<LatencyInfo>,
+    /// eval.json `model` as written (architecture parameters for the HTML report).
+    pub model_json: Value,
+    /// Digest of the split manifest the evaluation used (eval.json `split.manifest_blake3`).
+    pub split_digest: Option<String>,
+}
+
+/// What the evaluate stage recorded about its latency measurement.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatencyInfo {
+    pub device: String,
+    pub threads: Option<i64>,
+    pub warmup: Option<i64>,
+    pub runs: Option<i64>,
+}
+
+impl LatencyInfo {
+    /// `cpu, 2 threads, 3 warm-up + 10 runs (median)`.
+    pub fn describe(&self) -> String {
+        let mut s = self.device.clone();
+        if let Some(t) = self.threads {
+            s.push_str(&format!(", {t} thread{}", if t == 1 { "" } else { "s" }));
+        }
+        if let (Some(w), Some(r)) = (self.warmup, self.runs) {
+            s.push_str(&format!(", {w} warm-up + {r} runs (median)"));
+        }
+        s
+    }
 }
 
 impl EvalRecord {
@@ -94,6 +125,21 @@ impl EvalRecord {
                 })
                 .unwrap_or_default(),
             samples: list_samples(&node, &input.dir.join("samples"))?,
+            resolution: resolution(&eval),
+            latency: lookup(&eval, &["model.latency"])
+                .filter(|l| l.is_object())
+                .map(|l| LatencyInfo {
+                    device: l
+                        .get("device")
+                        .and_then(value_text)
+                        .or_else(|| lookup(&eval, &["device"]).and_then(value_text))
+                        .unwrap_or_else(|| "unknown device".into()),
+                    threads: l.get("threads").and_then(Value::as_i64),
+                    warmup: l.get("warmup").and_then(Value::as_i64),
+                    runs: l.get("runs").and_then(Value::as_i64),
+                }),
+            model_json: lookup(&eval, &["model"]).cloned().unwrap_or(Value::Null),
+            split_digest: text(&["split.manifest_blake3"]),
             metrics,
         })
     }
@@ -127,19 +173,25 @@ impl EvalRecord {
         self.point.get(var).and_then(value_text)
     }
 
-    /// The model's name in tables: `models[input]`, else the model stage, else the input.
-    pub fn model_label(&self, models: &BTreeMap<String, String>) -> String {
-        models
-            .get(&self.input)
-            .cloned()
-            .or_else(|| {
-                let stage = self.model_stage.clone()?;
-                Some(match &self.role {
-                    Some(role) => format!("{stage}/{role}"),
-                    None => stage,
-                })
-            })
-            .unwrap_or_else(|| self.input.clone())
+    /// Whether the model is a searched sub-net trained as its own network: a `train` stage
+    /// whose architecture lists explicit `channels` (eval.json `model.arch_config`), which
+    /// only a sub-net taken from a search has; the original model has its full widths.
+    pub fn from_search(&self) -> bool {
+        self.model_kind.as_deref() == Some("train")
+            && self
+                .model_json
+                .get("arch_config")
+                .and_then(|a| a.get("channels"))
+                .is_some_and(|c| !c.is_null())
+    }
+
+    /// The key of `curve_by_kind` this record's model answers to.
+    pub fn kind_key(&self) -> Option<String> {
+        if self.from_search() {
+            Some("train_from_search".into())
+        } else {
+            self.model_kind.clone()
+        }
     }
 }
 
@@ -177,6 +229,23 @@ pub fn value_text(v: &Value) -> Option<String> {
         Value::Bool(b) => Some(b.to_string()),
         _ => None,
     }
+}
+
+/// Evaluated (H, W): eval.json `resolution`, else the last two of `model.input`.
+fn resolution(eval: &Value) -> Option<(u32, u32)> {
+    let pair = |v: &Value| -> Option<(u32, u32)> {
+        let a = v.as_array()?;
+        let n = a.len();
+        if n < 2 {
+            return None;
+        }
+        let h = a[n - 2].as_u64()?;
+        let w = a[n - 1].as_u64()?;
+        Some((u32::try_from(h).ok()?, u32::try_from(w).ok()?))
+    };
+    lookup(eval, &["resolution"])
+        .and_then(pair)
+        .or_else(|| lookup(eval, &["model.input"]).and_then(pair))
 }
 
 /// The first dotted path of `paths` present in `v`.

@@ -1,6 +1,6 @@
 //! The `report` stage kind: gathers every `evaluate` instance of the DAG / matrix and writes
-//! tables (markdown + CSV), the trade-off plot (PNG + SVG), a qualitative grid and
-//! `report.md` that links them.
+//! tables (markdown, CSV, LaTeX), the trade-off figure (PNG, SVG, PDF), a qualitative grid,
+//! `report.md` with the headline stated with its uncertainty, and `report.html`.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -12,10 +12,11 @@ use ugc_kinds::KindParams;
 use crate::error::ReportError;
 use crate::grid::{self, GridColumn};
 use crate::params::{ReportParams, TableKind};
-use crate::plot::{self, PlotLabels};
+use crate::plot::{self, FigureSpec};
 use crate::record::{EvalRecord, load_records, value_text};
 use crate::table::Table;
-use crate::tables::{self, cmp_values, curve_of};
+use crate::tables::{self, cmp_values, method_of, model_label};
+use crate::{compare, format, html};
 
 /// `report` (its schema and typed parameters are `ugc_kinds::report`).
 pub struct ReportStage {
@@ -67,6 +68,58 @@ impl ReportSummary {
     }
 }
 
+/// The title built from the inputs: metric, MACs size, label fractions, seeds.
+pub fn auto_title(records: &[EvalRecord], params: &ReportParams) -> String {
+    let models: Vec<&EvalRecord> = records.iter().filter(|r| !r.reference).collect();
+    let mut fr: Vec<f64> = Vec::new();
+    let mut orig: Vec<f64> = Vec::new();
+    for r in &models {
+        if let Some(f) = r.label_fraction {
+            let v = if tables::method_of(r, params) == params.original_curve {
+                &mut orig
+            } else {
+                &mut fr
+            };
+            if !v.contains(&f) {
+                v.push(f);
+            }
+        }
+    }
+    fr.sort_by(f64::total_cmp);
+    orig.sort_by(f64::total_cmp);
+    let pct = |v: &[f64]| {
+        v.iter()
+            .map(|f| format::percent(*f))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let seeds = records
+        .iter()
+        .filter_map(|r| r.var(&params.seed_var))
+        .collect::<BTreeSet<_>>()
+        .len()
+        .max(1);
+    let size = match params.macs_size.as_slice() {
+        [h, w] => format!(" at {}", format::size(*h, *w)),
+        _ => String::new(),
+    };
+    let mut t = format!(
+        "{} vs MACs{size}",
+        crate::params::metric_display(params.metric.key())
+    );
+    if !fr.is_empty() {
+        t.push_str(&format!(", {} labels", pct(&fr)));
+    }
+    if !orig.is_empty() && orig != fr {
+        t.push_str(&format!(" ({}: {})", params.original_curve, pct(&orig)));
+    }
+    t.push_str(&format!(
+        ", {seeds} seed{}",
+        if seeds == 1 { "" } else { "s" }
+    ));
+    t
+}
+
 /// Builds the whole report from `inputs` into `out`.
 pub fn build_report(
     params: &ReportParams,
@@ -86,9 +139,13 @@ pub fn build_report(
         inputs: records.len(),
         ..ReportSummary::default()
     };
-    let mut md = format!("# {}\n\n", params.title);
-    md.push_str(&format!(
-        "{} evaluate result(s) from {} stage(s). Primary metric: {}.\n\n",
+    let title = params
+        .title
+        .clone()
+        .unwrap_or_else(|| auto_title(&records, params));
+    let mut md = format!("# {title}\n\n");
+    let intro = format!(
+        "{} evaluate result(s) from {} stage(s). Primary metric: {}.",
         records.len(),
         records
             .iter()
@@ -96,54 +153,186 @@ pub fn build_report(
             .collect::<BTreeSet<_>>()
             .len(),
         params.metric_header()
-    ));
-    let tables_dir = out.join("tables");
-    let mut seen = Vec::new();
-    for &which in &params.tables {
-        if seen.contains(&which) {
-            continue;
+    );
+    md.push_str(&intro);
+    md.push_str("\n\n");
+    let headline: Vec<String> = compare::comparisons(&records, params)
+        .iter()
+        .map(|c| compare::sentence(c, params))
+        .collect();
+    if !headline.is_empty() {
+        md.push_str("## Headline\n\n");
+        for s in &headline {
+            md.push_str(&format!("- {s}\n"));
         }
-        seen.push(which);
+        md.push('\n');
+    }
+    let tables_dir = out.join("tables");
+    let mut wanted: Vec<TableKind> = Vec::new();
+    for &which in &params.tables {
+        let add: Vec<TableKind> = match which {
+            TableKind::Ablations => [TableKind::Adf, TableKind::Teachers]
+                .into_iter()
+                .filter(|k| {
+                    let var = if *k == TableKind::Adf {
+                        &params.adf_var
+                    } else {
+                        &params.teachers_var
+                    };
+                    records.iter().any(|r| {
+                        r.point.contains_key(var.as_str())
+                            && params.ablation_input.as_ref().is_none_or(|n| &r.input == n)
+                    })
+                })
+                .collect(),
+            other => vec![other],
+        };
+        for k in add {
+            if !wanted.contains(&k) {
+                wanted.push(k);
+            }
+        }
+    }
+    let mut written: Vec<Table> = Vec::new();
+    let mut figures: Vec<(String, std::path::PathBuf, String, Vec<String>)> = Vec::new();
+    for which in wanted {
         let table: Table = match which {
             TableKind::Models => tables::models_table(&records, params)?,
             TableKind::Adf | TableKind::Teachers => {
                 tables::ablation_table(&records, params, which)?
             }
+            TableKind::Ablations => unreachable!("expanded above"),
             TableKind::Tradeoff => {
-                let (t, series) = tables::tradeoff(&records, params)?;
+                let (t, series, (_, unit)) = tables::tradeoff(&records, params)?;
                 let y_label = params.metric_header();
-                plot::write_tradeoff(
+                let x_label = match params.macs_size.as_slice() {
+                    [h, w] => format!("MACs at {} ({unit})", format::size(*h, *w)),
+                    _ => format!("MACs at the evaluated size ({unit})"),
+                };
+                let pareto = params
+                    .pareto_front
+                    .then(|| plot::pareto_front(&series, params.higher(params.metric)));
+                let files = plot::write_tradeoff(
                     &out.join("tradeoff"),
                     &series,
-                    &PlotLabels {
-                        title: &params.title,
+                    &FigureSpec {
+                        title: &title,
+                        x_label: &x_label,
                         y_label: &y_label,
+                        width_in: params.figure_width_in,
+                        height_in: params.figure_height_in,
+                        dpi: params.dpi,
+                        formats: &params.figure_formats,
+                        pareto,
                     },
                 )?;
                 summary.curves = series.len();
+                let names: Vec<String> = files
+                    .iter()
+                    .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+                    .collect();
+                let seeds = records
+                    .iter()
+                    .filter_map(|r| r.var(&params.seed_var))
+                    .collect::<BTreeSet<_>>()
+                    .len();
+                let caption = format!(
+                    "{y_label} against {x_label} of each model. Markers are single models; \
+                     lines join only sweeps of one stage over matrix values{}; {}. {} x {} in at \
+                     {} dpi.",
+                    if params.pareto_front {
+                        " and the Pareto front (dashed)"
+                    } else {
+                        ""
+                    },
+                    if seeds > 1 {
+                        format!("error bars are ± std over {seeds} seeds")
+                    } else {
+                        "one seed, so no error bars".into()
+                    },
+                    params.figure_width_in,
+                    params.figure_height_in,
+                    params.dpi
+                );
+                let png = out.join("tradeoff.png");
+                let links: Vec<String> = names
+                    .iter()
+                    .filter(|n| !n.ends_with(".png"))
+                    .cloned()
+                    .collect();
+                md.push_str(&format!("## Trade-off\n\n{caption}\n\n"));
+                if png.exists() {
+                    md.push_str("![trade-off](tradeoff.png)\n\n");
+                    figures.push(("tradeoff".into(), png, caption.clone(), links.clone()));
+                }
+                md.push_str(&format!(
+                    "Files: {}\n\n",
+                    names
+                        .iter()
+                        .map(|n| format!("[{n}]({n})"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
                 t
             }
         };
         table.write(&tables_dir)?;
         md.push_str(&table.to_markdown());
         md.push_str(&format!(
-            "\nCSV: [tables/{0}.csv](tables/{0}.csv)\n\n",
+            "\nFiles: [tables/{0}.csv](tables/{0}.csv), [tables/{0}.tex](tables/{0}.tex)\n\n",
             table.name
         ));
-        if which == TableKind::Tradeoff {
-            md.push_str("![trade-off](tradeoff.png)\n\n([SVG](tradeoff.svg))\n\n");
-        }
         summary
             .table_rows
             .push((table.name.clone(), table.md_rows.len()));
+        written.push(table);
     }
     if params.grid_rows > 0 {
         let (columns, original) = grid_columns(&records, params);
-        summary.grid_rows =
-            grid::write_grid(&out.join("grid.png"), &columns, original, params.grid_rows)?;
-        md.push_str("**Qualitative results** (input | models | target)\n\n![grid](grid.png)\n");
+        let g = grid::write_grid(&out.join("grid.png"), &columns, original, params.grid_rows)?;
+        summary.grid_rows = g.rows;
+        let caption = format!(
+            "Qualitative results: input | {} | target, one test image per row; captions give \
+             MACs{} and labels relative to the {}. {}",
+            columns
+                .iter()
+                .map(|c| c.label.as_str())
+                .collect::<Vec<_>>()
+                .join(" | "),
+            match params.macs_size.as_slice() {
+                [h, w] => format!(" at {}", format::size(*h, *w)),
+                _ => String::new(),
+            },
+            params.original_curve,
+            g.scale_note
+        );
+        md.push_str(&format!(
+            "## Qualitative results\n\n{caption}\n\n![grid](grid.png)\n"
+        ));
+        figures.push(("grid".into(), out.join("grid.png"), caption, Vec::new()));
     }
     write(&out.join("report.md"), &md)?;
+    if params.html {
+        let figs: Vec<html::Figure<'_>> = figures
+            .iter()
+            .map(|(id, png, caption, links)| html::Figure {
+                id,
+                png,
+                caption: caption.clone(),
+                links: links.clone(),
+            })
+            .collect();
+        let page = html::render(&html::Page {
+            title: &title,
+            summary: &intro,
+            headline: &headline,
+            tables: &written,
+            figures: &figs,
+            records: &records,
+            params,
+        })?;
+        write(&out.join("report.html"), &page)?;
+    }
     let metrics = serde_json::to_string_pretty(&summary.to_metrics())
         .map_err(|e| ReportError::Inputs(format!("serialising metrics.json: {e}")))?;
     write(&out.join("metrics.json"), &metrics)?;
@@ -176,11 +365,11 @@ fn grid_columns<'r>(
     let original = usable
         .iter()
         .copied()
-        .find(|r| curve_of(r, params) == params.original_curve);
+        .find(|r| method_of(r, params) == params.original_curve);
     let mut chosen: Vec<(usize, &EvalRecord)> = usable
         .iter()
         .filter_map(|r| {
-            let c = curve_of(r, params);
+            let c = method_of(r, params);
             params
                 .grid_columns
                 .iter()
@@ -193,7 +382,7 @@ fn grid_columns<'r>(
     let columns = chosen
         .into_iter()
         .map(|(_, r)| GridColumn {
-            label: r.model_label(&params.models),
+            label: model_label(r, params),
             record: r,
         })
         .collect();

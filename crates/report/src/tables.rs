@@ -7,7 +7,8 @@ use serde_json::Value;
 
 use crate::error::ReportError;
 use crate::format;
-use crate::params::{ReportParams, TableKind, metric_display};
+use crate::params::{Metric, ReportParams, TableKind, metric_display};
+use crate::plot::{Point, Series};
 use crate::record::{EvalRecord, value_text};
 use crate::stats::Summary;
 use crate::table::Table;
@@ -53,6 +54,130 @@ fn summary(members: &[&EvalRecord], key: &str) -> Result<Summary, ReportError> {
     Ok(Summary::of(&values).expect("groups are never empty"))
 }
 
+/// Mean ± std of `m` over the members that have it, in display units; `None` when none
+/// has it or it does not apply (a reference row and a metric of a model).
+fn shown(members: &[&EvalRecord], m: Metric) -> Option<Summary> {
+    if first_is_reference(members) && !m.applies_to_reference() {
+        return None;
+    }
+    let k = m.display_scale();
+    let values: Vec<f64> = members
+        .iter()
+        .filter_map(|r| r.metrics.get(m.key()))
+        .map(|v| v * k)
+        .collect();
+    Summary::of(&values)
+}
+
+/// The markdown cell of a metric: the summary, or a dash.
+fn metric_cell(s: Option<Summary>, decimals: usize) -> String {
+    s.map(|s| format::metric(&s, decimals))
+        .unwrap_or_else(|| format::DASH.to_string())
+}
+
+/// The CSV cells (mean, std) of a metric in the evaluate stage's units; empty when absent.
+fn metric_csv(s: Option<Summary>, m: Metric) -> [String; 2] {
+    match s {
+        Some(s) => {
+            let k = m.display_scale();
+            [
+                format::csv_number(s.mean / k),
+                format::csv_number(s.std / k),
+            ]
+        }
+        None => [String::new(), String::new()],
+    }
+}
+
+/// MACs of a record at `macs_size`: the evaluated MACs times the pixel ratio (the
+/// generators are fully convolutional, so every layer's cost is per output pixel). NaN
+/// for a reference row or when the evaluated size is unknown.
+pub fn macs_at(r: &EvalRecord, size: &[u32]) -> f64 {
+    let Some(&macs) = r.metrics.get("macs").filter(|_| !r.reference) else {
+        return f64::NAN;
+    };
+    match (size, r.resolution) {
+        ([], _) => macs,
+        ([h, w], Some((eh, ew))) => {
+            macs * (f64::from(*h) * f64::from(*w)) / (f64::from(eh) * f64::from(ew))
+        }
+        _ => f64::NAN,
+    }
+}
+
+/// The evaluated size shared by every non-reference record, if there is one.
+pub fn common_resolution(records: &[&EvalRecord]) -> Option<(u32, u32)> {
+    let sizes: BTreeSet<(u32, u32)> = records
+        .iter()
+        .filter(|r| !r.reference)
+        .filter_map(|r| r.resolution)
+        .collect();
+    (sizes.len() == 1).then(|| *sizes.iter().next().expect("one"))
+}
+
+/// Header of the MACs column at the stated size and of the evaluated one.
+fn macs_headers(params: &ReportParams, eval: Option<(u32, u32)>) -> (Option<String>, String) {
+    let evaluated = match eval {
+        Some((h, w)) => format!("MACs ({}, evaluated)", format::size(h, w)),
+        None => "MACs (evaluated size)".into(),
+    };
+    match params.macs_size.as_slice() {
+        [h, w] if eval != Some((*h, *w)) => {
+            (Some(format!("MACs ({})", format::size(*h, *w))), evaluated)
+        }
+        _ => (None, evaluated),
+    }
+}
+
+/// How latency was measured, from the records that have one (e.g. "cpu, 2 threads, 3
+/// warm-up + 20 runs (median)").
+fn latency_note(members: &[&EvalRecord]) -> Option<String> {
+    let ways: BTreeSet<String> = members
+        .iter()
+        .filter_map(|r| r.latency.as_ref().map(|l| l.describe()))
+        .collect();
+    (!ways.is_empty()).then(|| {
+        format!(
+            "Latency: batch 1 at the evaluated size, measured by each evaluate stage on {} \
+             (possibly while other stages ran).",
+            ways.into_iter().collect::<Vec<_>>().join("; ")
+        )
+    })
+}
+
+/// The method (curve) of a record: `curves[input]`, else `curve_by_kind` of its model's
+/// kind (`train_from_search` for a searched sub-net trained alone), else the model stage.
+pub fn method_of(r: &EvalRecord, params: &ReportParams) -> String {
+    if let Some(c) = params.curves.get(&r.input) {
+        return c.clone();
+    }
+    if r.reference {
+        return "reference".into();
+    }
+    let by_kind = |k: &str| params.curve_by_kind.get(k).cloned();
+    r.kind_key()
+        .and_then(|k| by_kind(&k))
+        .or_else(|| r.model_kind.as_deref().and_then(by_kind))
+        .or_else(|| r.model_stage.clone())
+        .unwrap_or_else(|| r.input.clone())
+}
+
+/// The model's name in tables, figure and grid: `models[input]`, else its method (with the
+/// teacher role), `real photos (reference)` for a reference evaluation.
+pub fn model_label(r: &EvalRecord, params: &ReportParams) -> String {
+    if let Some(m) = params.models.get(&r.input) {
+        return m.clone();
+    }
+    if r.reference {
+        return "real photos (reference)".into();
+    }
+    let method = method_of(r, params);
+    match &r.role {
+        Some(role) => format!("{method} ({role})"),
+        None => method,
+    }
+}
+
 fn nodes(members: &[&EvalRecord]) -> String {
     members
         .iter()
@@ -63,11 +188,6 @@ fn nodes(members: &[&EvalRecord]) -> String {
 
 fn first_is_reference(members: &[&EvalRecord]) -> bool {
     members.first().is_some_and(|r| r.reference)
-}
-
-/// A MACs/params markdown cell; NaN (no model) is a dash.
-fn md_cost(x: f64, f: fn(f64) -> String) -> String {
-    if x.is_nan() { "–".into() } else { f(x) }
 }
 
 /// A MACs/params CSV cell; NaN (no model) is empty.
@@ -115,16 +235,25 @@ fn table_vars(records: &[EvalRecord], params: &ReportParams) -> Vec<String> {
 }
 
 /// Tables 1/2: one row per (label constraint, matrix variables, model, arch); seeds averaged.
+/// MACs at `macs_size` and at the evaluated size; a reference row shows only the metrics
+/// that apply to it; a missing metric is a dash.
 pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Table, ReportError> {
+    if !records
+        .iter()
+        .any(|r| r.metrics.contains_key(params.metric.key()))
+    {
+        return Err(records[0].metric(params.metric.key()).expect_err("absent"));
+    }
     let vars = table_vars(records, params);
     let has_labels = records.iter().any(|r| r.label_fraction.is_some());
     let mut groups = Groups::new();
     let mut model_rank: HashMap<String, usize> = HashMap::new();
     for r in records {
-        let model = r.model_label(&params.models);
+        let model = model_label(r, params);
         let next = model_rank.len();
         model_rank.entry(model.clone()).or_insert(next);
-        let mut key = vec![fraction_text(r.label_fraction)];
+        let lf = if r.reference { None } else { r.label_fraction };
+        let mut key = vec![fraction_text(lf)];
         key.extend(vars.iter().map(|v| r.var(v).unwrap_or_default()));
         key.push(model);
         key.push(r.arch.clone().unwrap_or_default());
@@ -147,7 +276,8 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
     }
     let nv = vars.len();
     rows.sort_by(|a, b| {
-        let mut o = cmp_values(&a.key[0], &b.key[0]);
+        let mut o = first_is_reference(&a.members).cmp(&first_is_reference(&b.members));
+        o = o.then_with(|| cmp_values(&a.key[0], &b.key[0]));
         for i in 1..=nv {
             o = o.then_with(|| cmp_values(&a.key[i], &b.key[i]));
         }
@@ -155,6 +285,9 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
             .then_with(|| b.macs.total_cmp(&a.macs))
     });
 
+    let all: Vec<&EvalRecord> = records.iter().collect();
+    let eval_size = common_resolution(&all);
+    let (paper_h, eval_h) = macs_headers(params, eval_size);
     let mut t = Table {
         name: "models".into(),
         caption: format!(
@@ -167,66 +300,153 @@ pub fn models_table(records: &[EvalRecord], params: &ReportParams) -> Result<Tab
         t.md_header.push("Labels".into());
     }
     t.md_header.extend(vars.iter().cloned());
+    t.md_header.extend(["Model", "Arch"].map(String::from));
+    if let Some(h) = &paper_h {
+        t.md_header.push(h.clone());
+    }
+    t.md_header.push(eval_h);
+    t.md_header.push("Params".into());
+    let shown_metrics: Vec<Metric> = std::iter::once(params.metric)
+        .chain(params.extra_metrics.iter().copied())
+        .collect();
     t.md_header
-        .extend(["Model", "Arch", "MACs", "Params"].map(String::from));
-    t.md_header.push(params.metric_header());
-    t.md_header
-        .extend(params.extra_metrics.iter().map(|m| metric_display(m.key())));
+        .extend(shown_metrics.iter().map(|m| params.header_of(*m)));
     t.csv_header.push("label_fraction".into());
     t.csv_header.extend(vars.iter().cloned());
-    t.csv_header
-        .extend(["model", "arch", "config", "macs", "params"].map(String::from));
-    for m in std::iter::once(&params.metric).chain(&params.extra_metrics) {
+    t.csv_header.extend(
+        [
+            "model",
+            "method",
+            "arch",
+            "config",
+            "macs",
+            "eval_h",
+            "eval_w",
+            "macs_at_size",
+            "params",
+        ]
+        .map(String::from),
+    );
+    for m in &shown_metrics {
         t.csv_header.push(format!("{m}_mean"));
         t.csv_header.push(format!("{m}_std"));
     }
     t.csv_header.extend(["n", "nodes"].map(String::from));
 
-    for row in &rows {
-        let m = summary(&row.members, params.metric.key())?;
-        let p = if first_is_reference(&row.members) {
-            f64::NAN
-        } else {
-            summary(&row.members, "params")?.mean
-        };
-        let extras = params
-            .extra_metrics
-            .iter()
-            .map(|k| summary(&row.members, k.key()))
-            .collect::<Result<Vec<_>, _>>()?;
+    let paper_macs: Vec<f64> = rows
+        .iter()
+        .map(|r| {
+            let v: Vec<f64> = r
+                .members
+                .iter()
+                .map(|m| macs_at(m, &params.macs_size))
+                .collect();
+            v.iter().sum::<f64>() / v.len() as f64
+        })
+        .collect();
+    let params_of: Vec<f64> = rows
+        .iter()
+        .map(|row| {
+            if first_is_reference(&row.members) {
+                Ok(f64::NAN)
+            } else {
+                summary(&row.members, "params").map(|s| s.mean)
+            }
+        })
+        .collect::<Result<_, _>>()?;
+    let paper_cells = format::counts_distinct(&paper_macs);
+    let eval_cells = format::counts_distinct(&rows.iter().map(|r| r.macs).collect::<Vec<_>>());
+    let params_cells = format::counts_distinct(&params_of);
+
+    for (i, row) in rows.iter().enumerate() {
         let first = row.members[0];
+        let ms: Vec<Option<Summary>> = shown_metrics
+            .iter()
+            .map(|m| shown(&row.members, *m))
+            .collect();
         let mut md = Vec::new();
         if has_labels {
-            md.push(
+            md.push(if first.reference {
+                format::DASH.to_string()
+            } else {
                 first
                     .label_fraction
                     .map(format::percent)
-                    .unwrap_or_default(),
-            );
+                    .unwrap_or_else(|| format::DASH.into())
+            });
         }
         md.extend(row.key[1..=nv].iter().cloned());
         md.push(row.key[nv + 1].clone());
-        md.push(row.key[nv + 2].clone());
-        md.push(md_cost(row.macs, format::macs_g));
-        md.push(md_cost(p, format::params_m));
-        md.push(format::metric(&m, params.metric_decimals));
-        for e in &extras {
-            md.push(format::metric(e, params.metric_decimals));
+        md.push(if row.key[nv + 2].is_empty() {
+            format::DASH.into()
+        } else {
+            row.key[nv + 2].clone()
+        });
+        if paper_h.is_some() {
+            md.push(paper_cells[i].clone());
+        }
+        md.push(eval_cells[i].clone());
+        md.push(params_cells[i].clone());
+        for s in &ms {
+            md.push(metric_cell(*s, params.metric_decimals));
         }
         t.md_rows.push(md);
 
         let mut csv = vec![row.key[0].clone()];
-        csv.extend(row.key[1..=nv + 2].iter().cloned());
+        csv.extend(row.key[1..=nv + 1].iter().cloned());
+        csv.push(method_of(first, params));
+        csv.push(row.key[nv + 2].clone());
         csv.push(first.config.clone().unwrap_or_default());
         csv.push(csv_cost(row.macs));
-        csv.push(csv_cost(p));
-        for s in std::iter::once(&m).chain(&extras) {
-            csv.push(format::csv_number(s.mean));
-            csv.push(format::csv_number(s.std));
+        let (eh, ew) = first
+            .resolution
+            .map(|(h, w)| (h.to_string(), w.to_string()))
+            .unwrap_or_default();
+        csv.push(eh);
+        csv.push(ew);
+        csv.push(csv_cost(paper_macs[i]));
+        csv.push(csv_cost(params_of[i]));
+        for (s, m) in ms.iter().zip(&shown_metrics) {
+            csv.extend(metric_csv(*s, *m));
         }
-        csv.push(m.n.to_string());
+        csv.push(row.members.len().to_string());
         csv.push(nodes(&row.members));
         t.csv_rows.push(csv);
+    }
+    if let [h, w] = params.macs_size.as_slice()
+        && paper_h.is_some()
+    {
+        t.notes.push(format!(
+            "MACs at {} are the evaluated MACs times the pixel ratio (the generators are \
+             fully convolutional); the search states its budget at this size.",
+            format::size(*h, *w)
+        ));
+    }
+    if rows.iter().any(|r| first_is_reference(&r.members)) {
+        let applies: Vec<String> = shown_metrics
+            .iter()
+            .filter(|m| m.applies_to_reference())
+            .map(|m| metric_display(m.key()))
+            .collect();
+        t.notes.push(format!(
+            "The reference row is the real test photos through the evaluator: the ceiling of {}; \
+             costs, label fractions, full-reference scores and distances of the photos to \
+             themselves do not apply (–).",
+            if applies.is_empty() {
+                "no metric shown here".to_string()
+            } else {
+                applies.join(", ")
+            }
+        ));
+    }
+    if shown_metrics.contains(&Metric::LatencyMs)
+        && let Some(n) = latency_note(&all)
+    {
+        t.notes.push(n);
+    }
+    if t.md_rows.iter().flatten().any(|c| c == format::DASH) {
+        t.notes
+            .push("– : not computed by the evaluate stage or not applicable.".into());
     }
     Ok(t)
 }
@@ -374,15 +594,16 @@ pub fn ablation_table(
             match groups.index.get(&vec![v.clone(), c.clone()]) {
                 Some(&i) => {
                     let members = &groups.members[i];
-                    let s = summary(members, params.metric.key())?;
-                    md.push(format::metric(&s, params.metric_decimals));
+                    let s = shown(members, params.metric);
+                    md.push(metric_cell(s, params.metric_decimals));
+                    let [mean, std] = metric_csv(s, params.metric);
                     t.csv_rows.push(vec![
                         v.clone(),
                         label_of(v),
                         c.clone(),
-                        format::csv_number(s.mean),
-                        format::csv_number(s.std),
-                        s.n.to_string(),
+                        mean,
+                        std,
+                        s.map(|s| s.n).unwrap_or(0).to_string(),
                         nodes(members),
                     ]);
                 }
@@ -394,36 +615,14 @@ pub fn ablation_table(
     Ok(t)
 }
 
-/// One curve of the trade-off plot: points sorted by MACs.
-#[derive(Debug, Clone)]
-pub struct Series {
-    pub name: String,
-    /// (MACs in G, metric mean, metric std).
-    pub points: Vec<(f64, f64, f64)>,
-}
-
-/// The curve a record belongs to: `curves[input]`, else `curve_by_kind[model kind]`, else
-/// the model label.
-pub fn curve_of(r: &EvalRecord, params: &ReportParams) -> String {
-    params
-        .curves
-        .get(&r.input)
-        .cloned()
-        .or_else(|| {
-            r.model_kind
-                .as_ref()
-                .and_then(|k| params.curve_by_kind.get(k))
-                .cloned()
-        })
-        .unwrap_or_else(|| r.model_label(&params.models))
-}
-
-/// Figure 1's data: per curve, (MACs, metric) points; seeds averaged. Records whose
-/// ablation variables are not at their defaults are left out.
+/// Figure 1's data: one series per method (and label fraction when a method has several),
+/// one point per (evaluate stage, matrix point) with seeds averaged. Records whose ablation
+/// variables are not at their defaults are left out. X is MACs at `macs_size` in the unit
+/// returned, y the metric in display units.
 pub fn tradeoff(
     records: &[EvalRecord],
     params: &ReportParams,
-) -> Result<(Table, Vec<Series>), ReportError> {
+) -> Result<(Table, Vec<Series>, (f64, &'static str)), ReportError> {
     let chosen: Vec<&EvalRecord> = records
         .iter()
         .filter(|r| !r.reference && at_defaults(r, params, ""))
@@ -431,14 +630,14 @@ pub fn tradeoff(
     let mut fractions: HashMap<String, BTreeSet<String>> = HashMap::new();
     for r in &chosen {
         fractions
-            .entry(curve_of(r, params))
+            .entry(method_of(r, params))
             .or_default()
             .insert(fraction_text(r.label_fraction));
     }
     let mut groups = Groups::new();
     let mut series_order: Vec<String> = Vec::new();
     for r in &chosen {
-        let curve = curve_of(r, params);
+        let curve = method_of(r, params);
         let series = match r.label_fraction {
             Some(f) if fractions[&curve].len() > 1 => {
                 format!("{curve} ({} labels)", format::percent(f))
@@ -464,21 +663,21 @@ pub fn tradeoff(
             points: Vec::new(),
         })
         .collect();
+    let (paper_h, eval_h) = macs_headers(params, common_resolution(&chosen));
     let mut t = Table {
         name: "tradeoff".into(),
         caption: format!(
-            "MACs vs {} per curve (data of the trade-off plot, shape of Figure 1)",
+            "MACs vs {} per method (data of the trade-off figure, shape of Figure 1)",
             metric_display(params.metric.key())
         ),
-        md_header: ["Curve", "Model", "Labels", "MACs", "Params"]
-            .map(String::from)
-            .to_vec(),
+        md_header: ["Method", "Model", "Labels"].map(String::from).to_vec(),
         csv_header: [
             "curve",
             "model",
             "label_fraction",
             "config",
             "macs",
+            "macs_at_size",
             "params",
             &format!("{}_mean", params.metric),
             &format!("{}_std", params.metric),
@@ -489,45 +688,100 @@ pub fn tradeoff(
         .to_vec(),
         ..Table::default()
     };
+    if let Some(h) = &paper_h {
+        t.md_header.push(h.clone());
+    }
+    t.md_header.push(eval_h);
+    t.md_header.push("Params".into());
     t.md_header.push(params.metric_header());
+    struct Row<'r> {
+        si: usize,
+        macs: f64,
+        at_size: f64,
+        params: f64,
+        m: Option<Summary>,
+        members: &'r [&'r EvalRecord],
+    }
     let mut rows = Vec::new();
     for (key, members) in groups.keys.iter().zip(&groups.members) {
-        let m = summary(members, params.metric.key())?;
+        let m = shown(members, params.metric);
         let macs = summary(members, "macs")?.mean;
+        let at: Vec<f64> = members
+            .iter()
+            .map(|r| macs_at(r, &params.macs_size))
+            .collect();
+        let at_size = at.iter().sum::<f64>() / at.len() as f64;
         let p = summary(members, "params")?.mean;
         let si = series_order.iter().position(|s| s == &key[0]).unwrap_or(0);
-        series[si].points.push((macs / 1e9, m.mean, m.std));
-        rows.push((si, macs, p, m, members));
+        rows.push(Row {
+            si,
+            macs,
+            at_size,
+            params: p,
+            m,
+            members,
+        });
     }
-    rows.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.total_cmp(&b.1)));
-    for (si, macs, p, m, members) in rows {
-        let first = members[0];
-        t.md_rows.push(vec![
-            series_order[si].clone(),
-            first.model_label(&params.models),
+    let x_of = |r: &Row<'_>| {
+        if params.macs_size.is_empty() {
+            r.macs
+        } else {
+            r.at_size
+        }
+    };
+    let unit = format::count_unit(&rows.iter().map(x_of).collect::<Vec<_>>());
+    for r in &rows {
+        if let Some(m) = r.m
+            && x_of(r).is_finite()
+        {
+            series[r.si].points.push(Point {
+                x: x_of(r) / unit.0,
+                y: m.mean,
+                sd: m.std,
+                input: r.members[0].input.clone(),
+                label: model_label(r.members[0], params),
+            });
+        }
+    }
+    rows.sort_by(|a, b| a.si.cmp(&b.si).then_with(|| a.macs.total_cmp(&b.macs)));
+    let at_cells = format::counts_distinct(&rows.iter().map(|r| r.at_size).collect::<Vec<_>>());
+    let eval_cells = format::counts_distinct(&rows.iter().map(|r| r.macs).collect::<Vec<_>>());
+    let p_cells = format::counts_distinct(&rows.iter().map(|r| r.params).collect::<Vec<_>>());
+    for (i, r) in rows.iter().enumerate() {
+        let first = r.members[0];
+        let mut md = vec![
+            series_order[r.si].clone(),
+            model_label(first, params),
             first
                 .label_fraction
                 .map(format::percent)
-                .unwrap_or_default(),
-            format::macs_g(macs),
-            format::params_m(p),
-            format::metric(&m, params.metric_decimals),
-        ]);
+                .unwrap_or_else(|| format::DASH.into()),
+        ];
+        if paper_h.is_some() {
+            md.push(at_cells[i].clone());
+        }
+        md.push(eval_cells[i].clone());
+        md.push(p_cells[i].clone());
+        md.push(metric_cell(r.m, params.metric_decimals));
+        t.md_rows.push(md);
+        let [mean, std] = metric_csv(r.m, params.metric);
         t.csv_rows.push(vec![
-            series_order[si].clone(),
-            first.model_label(&params.models),
+            series_order[r.si].clone(),
+            model_label(first, params),
             fraction_text(first.label_fraction),
             first.config.clone().unwrap_or_default(),
-            format::csv_number(macs),
-            format::csv_number(p),
-            format::csv_number(m.mean),
-            format::csv_number(m.std),
-            m.n.to_string(),
-            nodes(members),
+            format::csv_number(r.macs),
+            csv_cost(r.at_size),
+            format::csv_number(r.params),
+            mean,
+            std,
+            r.members.len().to_string(),
+            nodes(r.members),
         ]);
     }
     for s in &mut series {
-        s.points.sort_by(|a, b| a.0.total_cmp(&b.0));
+        s.points.sort_by(|a, b| a.x.total_cmp(&b.x));
     }
-    Ok((t, series))
+    series.retain(|s| !s.points.is_empty());
+    Ok((t, series, unit))
 }

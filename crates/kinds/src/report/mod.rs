@@ -18,8 +18,19 @@ pub enum TableKind {
     Adf,
     /// Table 4: metric per teacher strategy, per label constraint.
     Teachers,
-    /// Figure 1: MACs vs metric curves (table + PNG + SVG).
+    /// Adf and Teachers, each whenever the matrix holds its variable.
+    Ablations,
+    /// Figure 1: MACs vs metric curves (table + PNG + SVG + PDF).
     Tradeoff,
+}
+
+/// A file format of the trade-off figure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FigureFormat {
+    Png,
+    Svg,
+    Pdf,
 }
 
 impl TableKind {
@@ -28,6 +39,7 @@ impl TableKind {
             TableKind::Models => "models",
             TableKind::Adf => "adf",
             TableKind::Teachers => "teachers",
+            TableKind::Ablations => "ablations",
             TableKind::Tradeoff => "tradeoff",
         }
     }
@@ -70,6 +82,36 @@ impl Metric {
     }
 }
 
+impl Metric {
+    /// The direction the papers read the metric in: higher is better for accuracy and
+    /// fidelity, lower for distances and costs.
+    pub fn higher_is_better(self) -> bool {
+        matches!(
+            self,
+            Metric::Psnr | Metric::Ssim | Metric::Miou | Metric::EvaluatorTestMiou
+        )
+    }
+
+    /// Factor from the evaluate stage's unit to the papers' (mIoU is a fraction in
+    /// metrics.json, a percentage in the papers).
+    pub fn display_scale(self) -> f64 {
+        match self {
+            Metric::Miou | Metric::EvaluatorTestMiou => 100.0,
+            _ => 1.0,
+        }
+    }
+
+    /// Whether the metric means anything for a reference evaluation of the real targets:
+    /// segmentation accuracy does (the ceiling); a full-reference score, a distance of the
+    /// targets to themselves, a cost or a label fraction does not.
+    pub fn applies_to_reference(self) -> bool {
+        matches!(
+            self,
+            Metric::Miou | Metric::EvaluatorTestMiou | Metric::NImages
+        )
+    }
+}
+
 impl fmt::Display for Metric {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.key())
@@ -86,6 +128,11 @@ pub fn metric_display(key: &str) -> String {
         "psnr" => "PSNR".into(),
         "ssim" => "SSIM".into(),
         "latency_ms" => "Latency (ms)".into(),
+        "evaluator_test_miou" => "evaluator mIoU".into(),
+        "n_images" => "images".into(),
+        "label_fraction" => "labels".into(),
+        "macs" => "MACs".into(),
+        "params" => "Params".into(),
         other => other.into(),
     }
 }
@@ -94,11 +141,13 @@ pub fn metric_display(key: &str) -> String {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Params {
-    pub title: String,
+    /// None: built from the inputs.
+    pub title: Option<String>,
     /// Primary metric.
     pub metric: Metric,
-    pub higher_is_better: bool,
-    /// Decimals of the metric in markdown tables (the paper uses 2).
+    /// None: the metric's own direction ([`Metric::higher_is_better`]).
+    pub higher_is_better: Option<bool>,
+    /// Decimals of the metric in display units (the paper uses 2).
     pub metric_decimals: usize,
     /// Further metrics shown as columns of the models table.
     pub extra_metrics: Vec<Metric>,
@@ -134,6 +183,18 @@ pub struct Params {
     pub grid_columns: Vec<String>,
     /// Curve label of the uncompressed model that MACs and label ratios are relative to.
     pub original_curve: String,
+    /// [H, W] of the MACs column; empty: only the evaluated size.
+    pub macs_size: Vec<u32>,
+    pub figure_formats: Vec<FigureFormat>,
+    pub figure_width_in: f64,
+    pub figure_height_in: f64,
+    pub dpi: u32,
+    pub pareto_front: bool,
+    /// Metric key -> run-to-run spread (evaluate units) for one-seed significance.
+    pub spread: BTreeMap<String, f64>,
+    pub headline_method: String,
+    pub headline_vs: Vec<String>,
+    pub html: bool,
 }
 
 /// Whether `labels` is a list of one-entry maps `value: label` (string labels).
@@ -163,10 +224,37 @@ impl Params {
             .unwrap_or_default()
     }
 
-    /// How the primary metric is written in headers, with its direction.
+    /// Direction of `m`: the parameter for the primary metric, else the metric's own.
+    pub fn higher(&self, m: Metric) -> bool {
+        match self.higher_is_better {
+            Some(h) if m == self.metric => h,
+            _ => m.higher_is_better(),
+        }
+    }
+
+    /// How `m` is written in headers: the paper's name, its unit, its direction.
+    pub fn header_of(&self, m: Metric) -> String {
+        let arrow = if self.higher(m) { "↑" } else { "↓" };
+        let unit = if m.display_scale() == 100.0 {
+            " (%)"
+        } else {
+            ""
+        };
+        let name = match m {
+            Metric::LatencyMs => "Latency".to_string(),
+            other => metric_display(other.key()),
+        };
+        let unit = if m == Metric::LatencyMs {
+            " (ms)"
+        } else {
+            unit
+        };
+        format!("{name}{unit} {arrow}")
+    }
+
+    /// How the primary metric is written in headers, with its unit and direction.
     pub fn metric_header(&self) -> String {
-        let arrow = if self.higher_is_better { "↑" } else { "↓" };
-        format!("{} {arrow}", metric_display(self.metric.key()))
+        self.header_of(self.metric)
     }
 }
 
@@ -190,11 +278,31 @@ impl crate::KindParams for Params {
                 ));
             }
         }
+        if !(self.macs_size.is_empty() || self.macs_size.len() == 2) {
+            out.push(ParamProblem::new(
+                "macs_size",
+                format!(
+                    "must be [H, W] (or [] for the evaluated size only), got {} value(s)",
+                    self.macs_size.len()
+                ),
+            ));
+        }
+        for (k, v) in &self.spread {
+            if !(v.is_finite() && *v >= 0.0) {
+                out.push(ParamProblem::new(
+                    format!("spread.{k}"),
+                    format!("must be a finite number >= 0, got {v}"),
+                ));
+            }
+        }
         // One matrix variable cannot play two roles: its instances would be averaged as
         // seeds and also be the label fraction, or be rows of both ablations.
         let vars = [
             (("seed_var", &self.seed_var), ("label_var", &self.label_var)),
-            (("adf_var", &self.adf_var), ("teachers_var", &self.teachers_var)),
+            (
+                ("adf_var", &self.adf_var),
+                ("teachers_var", &self.teachers_var),
+            ),
         ];
         for ((a, va), (b, vb)) in vars {
             if va == vb {
@@ -231,7 +339,25 @@ mod tests {
             json!({"row_labels": {"adf": {"true": "Ours"}, "teachers": [{"wide": 3}]}}),
             "row_labels.adf",
         );
-        assert!(msg.contains("row_labels.teachers"), "every variable named:\n{msg}");
+        assert!(
+            msg.contains("row_labels.teachers"),
+            "every variable named:\n{msg}"
+        );
+    }
+
+    #[test]
+    fn macs_size_is_two_numbers_or_none() {
+        assert_refused(Kind::Report, json!({"macs_size": [256]}), "macs_size");
+        assert_refused(Kind::Report, json!({"macs_size": [1, 2, 3]}), "macs_size");
+    }
+
+    #[test]
+    fn a_negative_spread_is_refused() {
+        assert_refused(
+            Kind::Report,
+            json!({"spread": {"miou": -0.1}}),
+            "spread.miou",
+        );
     }
 
     #[test]
