@@ -20,13 +20,17 @@ use tch::Tensor;
 use ugc_engine::rank::RankEnv;
 use ugc_engine::testing::with_defaults;
 use ugc_engine::{CancelToken, DeviceKind, Progress, StageContext, StageError, StageKind};
+use ugc_method::distill::DistillStage;
 use ugc_method::supernet::SupernetStage;
 use ugc_train::testing::{rank_dir, run_ranks, spawn_ranks};
 
 use crate::common::{input, schema, synth_and_split};
 
 const PARAMS_VAR: &str = "UGC_T_PARAMS";
-const SPLIT_VAR: &str = "UGC_T_SPLIT";
+/// The stage's inputs, a JSON list of `[kind, folder]`.
+const INPUTS_VAR: &str = "UGC_T_INPUTS";
+/// The stage kind a rank runs: `supernet` or `distill`.
+const KIND_VAR: &str = "UGC_T_KIND";
 /// `rank:step`: that rank's cancel token fires once the loop reports `step`.
 const CANCEL_VAR: &str = "UGC_T_CANCEL";
 /// `rank:step`: that rank's process exits at once (as if killed) when the loop reports `step`.
@@ -57,13 +61,13 @@ impl Progress for CancelAt {
     fn message(&self, _: &str) {}
 }
 
-/// One rank's part: runs the supernet stage with the parameters and split the parent
+/// One rank's part: runs the stage kind with the parameters and inputs the parent
 /// passed, `out-<rank>/` as its output folder and the shared `scratch/`, and writes what
 /// happened to `result-<rank>.json`.
-fn rank_body(dir: &Path) {
+pub fn rank_body(dir: &Path) {
     let var = |k: &str| std::env::var(k).unwrap_or_else(|_| panic!("{k} unset in a rank"));
     let params: Value = serde_json::from_str(&var(PARAMS_VAR)).unwrap();
-    let split = PathBuf::from(var(SPLIT_VAR));
+    let deps: Vec<(String, PathBuf)> = serde_json::from_str(&var(INPUTS_VAR)).unwrap();
     let rank = RankEnv::from_process_env().unwrap();
     let r = rank.as_ref().map_or(0, |e| e.rank);
     let at_step = |var: &str| {
@@ -83,12 +87,17 @@ fn rank_body(dir: &Path) {
         token: token.clone(),
         first: Mutex::new(None),
     };
-    let kind = SupernetStage::new(schema("supernet"));
-    let inputs = [input("split", &split)];
+    let name = var(KIND_VAR);
+    let kind: Box<dyn StageKind> = match name.as_str() {
+        "supernet" => Box::new(SupernetStage::new(schema("supernet"))),
+        "distill" => Box::new(DistillStage::new(schema("distill"))),
+        other => panic!("no rank body for `{other}`"),
+    };
+    let inputs: Vec<_> = deps.iter().map(|(k, d)| input(k, d)).collect();
     let env = BTreeMap::new();
     let ctx = StageContext {
         node: "n",
-        kind: "supernet",
+        kind: &name,
         params: &params,
         inputs: &inputs,
         out_dir: &out,
@@ -109,6 +118,24 @@ fn rank_body(dir: &Path) {
     std::fs::write(dir.join(format!("result-{r}.json")), result.to_string()).unwrap();
 }
 
+/// The environment of a rank of the `supernet` stage over `split`.
+fn supernet_env(params: &Value, split: &Path) -> Vec<(&'static str, String)> {
+    stage_env("supernet", params, &[("split", split)])
+}
+
+/// The environment of a rank of `kind` with `params` and `inputs` (`(kind, folder)`).
+pub fn stage_env(
+    kind: &str,
+    params: &Value,
+    inputs: &[(&str, &Path)],
+) -> Vec<(&'static str, String)> {
+    vec![
+        (KIND_VAR, kind.to_string()),
+        (PARAMS_VAR, params.to_string()),
+        (INPUTS_VAR, json!(inputs).to_string()),
+    ]
+}
+
 /// Runs `test` as `world` ranks in `dir` and returns each rank's result.
 fn ranks(
     test: &str,
@@ -118,10 +145,17 @@ fn ranks(
     split: &Path,
     cancel: Option<(usize, u64)>,
 ) -> Vec<Value> {
-    let mut env = vec![
-        (PARAMS_VAR, params.to_string()),
-        (SPLIT_VAR, split.display().to_string()),
-    ];
+    ranks_env(test, world, dir, supernet_env(params, split), cancel)
+}
+
+/// [`ranks`] of any stage ([`stage_env`]).
+pub fn ranks_env(
+    test: &str,
+    world: usize,
+    dir: &Path,
+    mut env: Vec<(&'static str, String)>,
+    cancel: Option<(usize, u64)>,
+) -> Vec<Value> {
     if let Some((r, s)) = cancel {
         env.push((CANCEL_VAR, format!("{r}:{s}")));
     }
@@ -166,26 +200,57 @@ fn rel_diff(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>, prefix: &s
 
 /// What one training run left: the weights before step 1 (the checkpoint at step 0), the
 /// checkpoint after step 1 (weights and Adam moments) and the final generator.
-struct Trace {
+pub struct Trace {
     w0: HashMap<String, Tensor>,
     step1: HashMap<String, Tensor>,
     gen_: HashMap<String, Tensor>,
     out: PathBuf,
+    names: Names,
 }
+
+/// Where a kind keeps what the comparison reads: the optimisers' first moments (checkpoint
+/// prefixes), the trained generator's checkpoint prefix and its moments' prefix, and its
+/// output weights file.
+#[derive(Clone, Copy)]
+pub struct Names {
+    pub moments: &'static [&'static str],
+    pub weights: &'static str,
+    pub gen_moments: &'static str,
+    pub output: &'static str,
+}
+
+const SUPERNET: Names = Names {
+    moments: &["opt_d.m.", "opt_g.m."],
+    weights: "g.",
+    gen_moments: "opt_g.m.",
+    output: "supernet/generator.safetensors",
+};
 
 /// Runs the stage as `world` ranks three times over one scratch folder: cancelled (by the
 /// last rank) at step 0, resumed and cancelled at step 1, resumed to the end.
 fn trace(test: &str, world: usize, dir: &Path, params: &Value, split: &Path) -> Trace {
+    trace_env(test, world, dir, &supernet_env(params, split), SUPERNET)
+}
+
+/// [`trace`] of any stage ([`stage_env`]).
+pub fn trace_env(
+    test: &str,
+    world: usize,
+    dir: &Path,
+    env: &[(&'static str, String)],
+    names: Names,
+) -> Trace {
+    let ranks = |test, world, dir, cancel| ranks_env(test, world, dir, env.to_vec(), cancel);
     let ckpt = |s: u64| dir.join(format!("scratch/ckpt/ckpt-{s}.safetensors"));
     let last = world - 1;
-    let res = ranks(test, world, dir, params, split, Some((last, 0)));
+    let res = ranks(test, world, dir, Some((last, 0)));
     assert!(res.iter().all(|r| r["cancelled"] == true), "{res:?}");
     let w0 = tensors(&ckpt(0));
-    let res = ranks(test, world, dir, params, split, Some((last, 1)));
+    let res = ranks(test, world, dir, Some((last, 1)));
     assert!(res.iter().all(|r| r["cancelled"] == true), "{res:?}");
     assert_eq!(res[0]["first"], 0);
     let step1 = tensors(&ckpt(1));
-    let res = ranks(test, world, dir, params, split, None);
+    let res = ranks(test, world, dir, None);
     assert!(res.iter().all(|r| r["ok"] == true), "{res:?}");
     assert_eq!(res[0]["first"], 1, "resumed from the checkpoint of step 1");
     let out = dir.join("out-0");
@@ -201,8 +266,9 @@ fn trace(test: &str, world: usize, dir: &Path, params: &Value, split: &Path) -> 
     Trace {
         w0,
         step1,
-        gen_: tensors(&out.join("supernet/generator.safetensors")),
+        gen_: tensors(&out.join(names.output)),
         out,
+        names,
     }
 }
 
@@ -230,13 +296,13 @@ const GRAD_TOL: f64 = 1e-4;
 /// first step by O(1).
 const WEIGHT_TOL: f64 = 2e-2;
 
-fn assert_match(one: &Trace, two: &Trace, what: &str) {
+pub fn assert_match(one: &Trace, two: &Trace, what: &str) {
     assert_eq!(
-        rel_diff(&one.w0, &two.w0, "g."),
+        rel_diff(&one.w0, &two.w0, one.names.weights),
         0.0,
         "{what}: every rank starts from the same initial weights"
     );
-    for opt in ["opt_d.m.", "opt_g.m."] {
+    for opt in one.names.moments {
         let d = rel_diff(&two.step1, &one.step1, opt);
         eprintln!("{what}: step-1 gradient {opt} relative difference {d:e}");
         assert!(
@@ -272,7 +338,7 @@ fn weight_diff(one: &Trace, two: &Trace) -> (f64, usize, usize) {
         .keys()
         .filter_map(|k| {
             one.step1
-                .get(&format!("opt_g.m.{k}"))
+                .get(&format!("{}{k}", one.names.gen_moments))
                 .map(|m| (k.clone(), norm(m)))
         })
         .collect();
@@ -285,7 +351,7 @@ fn weight_diff(one: &Trace, two: &Trace) -> (f64, usize, usize) {
         let a = &one.gen_[k];
         let sq = |t: Tensor| t.to_kind(tch::Kind::Double).square().sum(tch::Kind::Double);
         num += sq(&two.gen_[k] - a).double_value(&[]);
-        den += sq(a - &one.w0[&format!("g.{k}")]).double_value(&[]);
+        den += sq(a - &one.w0[&format!("{}{k}", one.names.weights)]).double_value(&[]);
         kept += 1;
     }
     assert!(kept > 0 && den > 0.0);
@@ -436,11 +502,8 @@ fn a_killed_rank_fails_the_other_within_the_timeout_and_the_rerun_resumes() {
     assert!(res.iter().all(|r| r["ok"] == true), "{res:?}");
 
     let dir = tempfile::tempdir().unwrap();
-    let env = vec![
-        (PARAMS_VAR, p.to_string()),
-        (SPLIT_VAR, split.path().display().to_string()),
-        (KILL_VAR, "1:3".to_string()),
-    ];
+    let mut env = supernet_env(&p, split.path());
+    env.push((KILL_VAR, "1:3".to_string()));
     let timeout = std::time::Duration::from_secs(10);
     let started = std::time::Instant::now();
     let runs = spawn_ranks(NAME, 2, dir.path(), &env, timeout);

@@ -934,3 +934,61 @@ fn cancelled_search_resumes_from_its_scored_candidates() {
         "a candidate was scored twice"
     );
 }
+
+/// `distill` as 2 data-parallel ranks equals 1 rank with the same global batches (odd: 3
+/// labeled rows split 2 + 1; the ADF-kept rows of each unlabeled batch split too, or taken
+/// whole by both ranks when fewer than 2 are kept), with the online ADF re-scoring at step
+/// 2 decided on rank 0: the step-1 reduced gradients of the discriminator, the student and
+/// the teachers, and the student's weights after 5 steps, within the tolerances of
+/// `dist.rs` (derived there).
+#[test]
+fn distill_two_ranks_match_one() {
+    const NAME: &str = "stage_two::distill_two_ranks_match_one";
+    if let Some(dir) = ugc_train::testing::rank_dir() {
+        return crate::dist::rank_body(&dir);
+    }
+    let _rng = ugc_engine::testing::torch_rng();
+    let f = fixture();
+    let s_out = tempfile::tempdir().unwrap();
+    search(&f, s_out.path(), 1);
+    let t_out = teachers(json!({"strategy": "multi"}), s_out.path(), &f.supernet, &[]).unwrap();
+    let a_out = adf(json!({"batch_size": 4}), t_out.path(), &f.split).unwrap();
+    let params = ugc_engine::testing::with_defaults(
+        &schema("distill"),
+        json!({"steps": 5, "batch_size": 3, "unlabeled_batch_size": 3,
+               "adf_every": 2, "checkpoint_every": 0, "threads": 1, "torch_threads": 1,
+               "seed": 3}),
+    );
+    let inputs: [(&str, &Path); 5] = [
+        ("split", &f.split),
+        ("teachers", t_out.path()),
+        ("search", s_out.path()),
+        ("supernet", &f.supernet),
+        ("adf", a_out.path()),
+    ];
+    let env = crate::dist::stage_env("distill", &params, &inputs);
+    let names = crate::dist::Names {
+        moments: &["opt.disc.m.", "opt.student.m.", "opt.teacher."],
+        weights: "student.",
+        gen_moments: "opt.student.m.",
+        output: "model/model.safetensors",
+    };
+    let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let one = crate::dist::trace_env(NAME, 1, d1.path(), &env, names);
+    let two = crate::dist::trace_env(NAME, 2, d2.path(), &env, names);
+    crate::dist::assert_match(&one, &two, "distill");
+    // The online ADF keeps what the one process keeps (the scores themselves come from
+    // weights equal up to rounding, so only the decisions are compared).
+    let kept = |d: &Path| -> Vec<(String, String)> {
+        let csv = std::fs::read_to_string(d.join("out-0/adf_online/scores.csv")).unwrap();
+        csv.lines()
+            .map(|l| {
+                let f: Vec<&str> = l.split(',').collect();
+                (f[0].to_string(), f[2].to_string())
+            })
+            .collect()
+    };
+    let k1 = kept(d1.path());
+    assert!(k1.len() > 1, "no online re-scoring: {k1:?}");
+    assert_eq!(k1, kept(d2.path()));
+}
