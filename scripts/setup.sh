@@ -39,3 +39,4 @@ fi
 torch_dir=$("$VENV/bin/python" -c 'import torch, os; print(os.path.dirname(torch.__file__))')
 ln -sfn "$torch_dir" "$VENV/libtorch"
 echo "setup: libtorch $TORCH_VERSION at $VENV/libtorch -> $torch_dir"
+"$(dirname "$0")/install-chromium.sh" || echo "setup: chromium could not be installed; the report browser test will skip"

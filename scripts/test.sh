@@ -11,6 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup.sh
+command -v chromium >/dev/null && export UGC_REQUIRE_CHROMIUM=1  # setup installed it: the report's browser test must run
 
 # The Slurm executor's integration tests need the one-node test cluster: brought up here
 # (installing Debian's packages when missing) where we are root; UGC_REQUIRE_SLURM then

@@ -96,7 +96,7 @@ fn write_eval(root: &Path, e: &Eval<'_>) -> StageInput {
 }
 
 /// The quickstart shape: an original model, a NAS sub-net and a distilled student.
-fn quickstart(root: &Path) -> Vec<StageInput> {
+pub(crate) fn quickstart(root: &Path) -> Vec<StageInput> {
     vec![
         write_eval(
             root,
