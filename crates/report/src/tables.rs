@@ -615,6 +615,9 @@ pub fn ablation_table(
     Ok(t)
 }
 
+/// A count unit: its size and suffix, e.g. `(1e9, "G")`.
+pub type CountUnit = (f64, &'static str);
+
 /// Figure 1's data: one series per method (and label fraction when a method has several),
 /// one point per (evaluate stage, matrix point) with seeds averaged. Records whose ablation
 /// variables are not at their defaults are left out. X is MACs at `macs_size` in the unit
@@ -622,7 +625,7 @@ pub fn ablation_table(
 pub fn tradeoff(
     records: &[EvalRecord],
     params: &ReportParams,
-) -> Result<(Table, Vec<Series>, (f64, &'static str)), ReportError> {
+) -> Result<(Table, Vec<Series>, CountUnit), ReportError> {
     let chosen: Vec<&EvalRecord> = records
         .iter()
         .filter(|r| !r.reference && at_defaults(r, params, ""))
