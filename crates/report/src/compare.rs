@@ -115,9 +115,9 @@ pub fn sentence(c: &Comparison, params: &ReportParams) -> String {
     let higher = params.higher(params.metric);
     let better = |diff: f64| {
         if diff == 0.0 {
-            "level with"
+            "level"
         } else if (diff > 0.0) == higher {
-            "ahead of"
+            "ahead"
         } else {
             "behind"
         }
@@ -125,13 +125,13 @@ pub fn sentence(c: &Comparison, params: &ReportParams) -> String {
     if c.a.n == 1 && c.b.n == 1 {
         let diff = c.a.mean - c.b.mean;
         let mut s = format!(
-            "{} {:.d$} vs {} {:.d$} {name}{at}: {} by {:+.d$}{unit}, one seed.",
+            "{} {:.d$} vs {} {:.d$} {name}{at}: {} by {:.d$}{unit}, one seed.",
             c.method,
             c.a.mean,
             c.baseline,
             c.b.mean,
             better(diff),
-            diff
+            diff.abs()
         );
         match params.spread.get(params.metric.key()) {
             Some(sp) => {

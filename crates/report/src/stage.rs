@@ -293,16 +293,12 @@ pub fn build_report(
         summary.grid_rows = g.rows;
         let caption = format!(
             "Qualitative results: input | {} | target, one test image per row; captions give \
-             MACs{} and labels relative to the {}. {}",
+             the MACs at the evaluated size and the labels, relative to the {}. {}",
             columns
                 .iter()
                 .map(|c| c.label.as_str())
                 .collect::<Vec<_>>()
                 .join(" | "),
-            match params.macs_size.as_slice() {
-                [h, w] => format!(" at {}", format::size(*h, *w)),
-                _ => String::new(),
-            },
             params.original_curve,
             g.scale_note
         );

@@ -540,7 +540,7 @@ fn stage_writes_tables_plot_grid_and_counts() {
     // One seed: the headline is set against the spread (UGC 37.78 vs original 42.50 is
     // 4.72 points, above the default 2.1).
     assert!(
-        md.contains("UGC 37.78 vs original 42.50 mIoU: behind by -4.72 points, one seed."),
+        md.contains("UGC 37.78 vs original 42.50 mIoU: behind by 4.72 points, one seed."),
         "{md}"
     );
 }
