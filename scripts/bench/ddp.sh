@@ -5,6 +5,11 @@
 #
 #   scripts/bench/ddp.sh [--device cpu|cuda] [--per-rank-batch 4] [--size 64] [--ngf 16]
 #                        [--threads 1] [--repeats 5] [--steps-per-repeat 3] [--worlds "1 2"]
+#                        [--sync-bn true|false]
+#
+# --sync-bn (ugc-pipe's side): the discriminator's batch norm with global-batch statistics
+# (the product's data-parallel stages, exact against one rank) or each rank's own (what
+# PyTorch DDP does on the CPU, where its SyncBatchNorm is refused).
 #
 # For each world size W it runs both sides twice: weak scaling (each rank keeps
 # --per-rank-batch rows, the global batch grows with W) and strong scaling (the global
@@ -16,12 +21,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-DEVICE=cpu PER_RANK=4 SIZE=64 NGF=16 THREADS=1 REPEATS=5 PER_REPEAT=3 WORLDS="1 2"
+DEVICE=cpu PER_RANK=4 SIZE=64 NGF=16 THREADS=1 REPEATS=5 PER_REPEAT=3 WORLDS="1 2" SYNC_BN=true
 while [ $# -gt 0 ]; do
   case "$1" in
     --device) DEVICE=$2 ;; --per-rank-batch) PER_RANK=$2 ;; --size) SIZE=$2 ;;
     --ngf) NGF=$2 ;; --threads) THREADS=$2 ;; --repeats) REPEATS=$2 ;;
-    --steps-per-repeat) PER_REPEAT=$2 ;; --worlds) WORLDS=$2 ;;
+    --steps-per-repeat) PER_REPEAT=$2 ;; --worlds) WORLDS=$2 ;; --sync-bn) SYNC_BN=$2 ;;
     *) echo "ddp.sh: unknown flag $1" >&2; exit 2 ;;
   esac
   shift 2
@@ -52,7 +57,7 @@ ours() { # world, global batch
   local pids=()
   for ((r = 0; r < w; r++)); do
     RANK=$r WORLD_SIZE=$w LOCAL_RANK=$r MASTER_ADDR=127.0.0.1 MASTER_PORT=$port \
-      "$BIN" $(common "$b") --out "$OUT" &
+      "$BIN" $(common "$b") --sync-bn "$SYNC_BN" --out "$OUT" &
     pids+=($!)
   done
   for p in "${pids[@]}"; do wait "$p"; done

@@ -410,13 +410,18 @@ impl ElasticBatchNorm2d {
         )
     }
 
-    /// Training forward with global-batch statistics: two differentiable sums over ranks,
-    /// the per-channel sum (with the element count), then the sum of squared deviations
-    /// from the global mean (two passes: `E[x^2] - E[x]^2` cancels digits when the mean is
-    /// large against the spread). Normalises with the biased variance and updates the
-    /// running statistics with the unbiased one, as `SyncBatchNorm` does. Computed in
-    /// float32 at least (a half-precision input under autocast too, as libtorch's kernel).
-    /// `momentum` 0 leaves the running statistics as they are.
+    /// Training forward with global-batch statistics from **one** differentiable all-reduce
+    /// per layer (and so one in its backward): each rank packs its count `n_r`, per-channel
+    /// mean `m_r` and sum of squared deviations `M2_r` (two passes over its own rows) into
+    /// its row of a `[W, 2C + 1]` zero tensor, the sum over ranks gathers every rank's row,
+    /// and Chan's combination gives the global mean `sum n_r m_r / n` and
+    /// `M2 = sum M2_r + sum n_r (m_r - m)^2`: no `E[x^2] - E[x]^2` cancellation, as
+    /// `SyncBatchNorm`'s gather of per-rank statistics. A blocking collective costs about
+    /// 0.6 ms with Gloo on this kind of machine, so the count matters (docs/benchmarks.md).
+    /// Normalises with the biased variance and updates the running statistics with the
+    /// unbiased one, as `SyncBatchNorm` does. Computed in float32 at least (a half-precision
+    /// input under autocast too, as libtorch's kernel). `momentum` 0 leaves the running
+    /// statistics as they are.
     fn forward_synced(&self, pg: &ProcessGroup, x: &Tensor, momentum: f64) -> Tensor {
         let s = x.size();
         let c = s[1];
@@ -424,19 +429,38 @@ impl ElasticBatchNorm2d {
             Kind::Double => Kind::Double,
             _ => Kind::Float,
         };
+        let dev = x.device();
         let xf = x.to_kind(kind);
         let dims: &[i64] = &[0, 2, 3];
-        let local_count = (s[0] * s[2] * s[3]) as f64;
-        let count = Tensor::from_slice(&[local_count])
-            .to_kind(kind)
-            .to_device(x.device());
-        let sums = Tensor::cat(&[xf.sum_dim_intlist(dims, false, kind), count], 0);
-        let sums = all_reduce(pg, &sums);
-        let m = sums.narrow(0, c, 1).detach();
-        let mean = sums.narrow(0, 0, c) / &m;
+        let n_local = (s[0] * s[2] * s[3]) as f64;
+        let m_local = xf.mean_dim(dims, false, kind);
+        let m2_local = (&xf - m_local.view([1, c, 1, 1]))
+            .square()
+            .sum_dim_intlist(dims, false, kind);
+        let count = Tensor::from_slice(&[n_local]).to_kind(kind).to_device(dev);
+        let row = Tensor::cat(&[m_local, m2_local, count], 0);
+        let (world, rank) = (pg.world() as i64, pg.rank() as i64);
+        let rows = Tensor::zeros([world, 2 * c + 1], (kind, dev)).index_put(
+            &[Some(Tensor::from_slice(&[rank]).to_device(dev))],
+            &row.unsqueeze(0),
+            false,
+        );
+        let all = all_reduce(pg, &rows);
+        let counts = all.narrow(1, 2 * c, 1).detach(); // [W, 1]
+        let n = counts.sum(kind);
+        let means = all.narrow(1, 0, c); // [W, C]
+        let mean = (&means * &counts).sum_dim_intlist(&[0i64][..], false, kind) / &n;
+        let between = ((&means - mean.unsqueeze(0)).square() * &counts).sum_dim_intlist(
+            &[0i64][..],
+            false,
+            kind,
+        );
+        let m2 = all
+            .narrow(1, c, c)
+            .sum_dim_intlist(&[0i64][..], false, kind)
+            + between;
+        let var = &m2 / &n;
         let centred = &xf - mean.view([1, c, 1, 1]);
-        let sq = all_reduce(pg, &centred.square().sum_dim_intlist(dims, false, kind));
-        let var = &sq / &m;
         let y = &centred * (&var + self.eps).rsqrt().view([1, c, 1, 1]);
         let (w, b) = slice_affine(&self.weight, &self.bias, c);
         let y = match (&w, &b) {
@@ -444,12 +468,14 @@ impl ElasticBatchNorm2d {
             _ => y,
         };
         tch::no_grad(|| {
+            // Once per forward, as the one-process path counts it.
             let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
             if momentum == 0.0 {
                 return;
             }
-            let n = (&m - 1.0).clamp_min(1.0);
-            let unbiased = (&sq / &n).detach().to_kind(self.running_var.kind());
+            let unbiased = (&m2 / (&n - 1.0).clamp_min(1.0))
+                .detach()
+                .to_kind(self.running_var.kind());
             let mean = mean.detach().to_kind(self.running_mean.kind());
             let mut rm = slice_vec(&self.running_mean, c);
             let mut rv = slice_vec(&self.running_var, c);
@@ -457,7 +483,6 @@ impl ElasticBatchNorm2d {
             let _ = rv
                 .g_mul_scalar_(1.0 - momentum)
                 .g_add_(&(unbiased * momentum));
-            let _ = self.num_batches_tracked.shallow_clone().g_add_scalar_(1);
         });
         y.to_kind(x.kind())
     }

@@ -210,3 +210,23 @@ fn a_peer_that_goes_away_fails_the_collective_within_the_timeout_naming_the_rank
     // Bound: the timeout plus generous slack for a loaded machine.
     assert!(took < timeout + Duration::from_secs(20), "{took:?}");
 }
+
+/// Latency of a tiny all-reduce between two ranks (threads here): a figure for the docs,
+/// not a pass/fail check. `cargo test -p ugc-torch-ext --release -- --ignored --nocapture latency`
+#[test]
+#[ignore]
+fn latency_of_a_tiny_all_reduce() {
+    let out = ranks(2, T, |_, pg| {
+        let t = Tensor::ones([3], (Kind::Float, Device::Cpu));
+        for _ in 0..100 {
+            pg.all_reduce_sum(std::slice::from_ref(&t)).unwrap();
+        }
+        let n = 2000;
+        let start = Instant::now();
+        for _ in 0..n {
+            pg.all_reduce_sum(std::slice::from_ref(&t)).unwrap();
+        }
+        start.elapsed().as_secs_f64() / n as f64
+    });
+    println!("tiny all-reduce: {:.1} us", out[0] * 1e6);
+}
