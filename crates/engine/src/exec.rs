@@ -107,6 +107,12 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// The Slurm job this process runs in (`SLURM_JOB_ID`, set by Slurm in a batch job and
+/// its `srun` tasks): recorded with the execution so `runs` can name it.
+pub fn slurm_job_id() -> Option<u64> {
+    std::env::var("SLURM_JOB_ID").ok()?.trim().parse().ok()
+}
+
 pub fn host_name() -> String {
     hostname::get()
         .map(|h| h.to_string_lossy().into_owned())
@@ -234,6 +240,7 @@ pub fn exec_job(
         peak_gpu_bytes: None,
         error: None,
         resources: Some(job.resources.clone()),
+        slurm_job: slurm_job_id(),
     };
 
     let _lock = match KeyLock::try_acquire(cache.root(), &key)? {
@@ -381,6 +388,7 @@ pub fn register_record(
         error: None,
         // A record does not say what the stage asked for.
         resources: None,
+        slurm_job: None,
     };
     let metrics = read_metrics(&cache.output_dir(record)?);
     Ok(registry.record_committed(&row, m.created_unix_ms, &metrics)?)

@@ -494,6 +494,7 @@ fn record_cached(
         peak_gpu_bytes: None,
         error: None,
         resources: Some(node.resources.clone()),
+        slurm_job: None,
     };
     if let Err(e) = registry.record_execution(&row) {
         tracing::warn!("run registry: {e}");

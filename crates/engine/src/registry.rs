@@ -22,7 +22,7 @@ use crate::cache::{CacheKey, KeyMaterial, now_unix_ms};
 use crate::lock::{pid_alive, this_host};
 
 /// The schema this code writes. Older databases are migrated on open; newer ones refused.
-pub const REGISTRY_SCHEMA_VERSION: i64 = 3;
+pub const REGISTRY_SCHEMA_VERSION: i64 = 4;
 
 /// Statuses a run can end with.
 pub const RUN_STATUSES: [&str; 3] = ["ok", "failed", "interrupted"];
@@ -111,6 +111,9 @@ pub struct ExecutionRow {
     /// unknown: rows recorded before schema 3, and rows rebuilt from a record.
     #[serde(default)]
     pub resources: Option<crate::spec::Resources>,
+    /// The Slurm job id when the execution ran as a Slurm job (`SLURM_JOB_ID`).
+    #[serde(default)]
+    pub slurm_job: Option<u64>,
 }
 
 /// Handle on the registry database. `Sync`: one connection behind a mutex.
@@ -141,7 +144,7 @@ fn check_status(field: &'static str, value: &str, allowed: &[&str]) -> Result<()
 }
 
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -194,6 +197,10 @@ const MIGRATIONS: [&str; 3] = [
     "
     -- JSON of the execution's Resources (devices, dist_timeout_s); NULL before version 3.
     ALTER TABLE executions ADD COLUMN resources TEXT;
+",
+    "
+    -- The Slurm job that ran the execution; NULL when it ran locally, or before version 4.
+    ALTER TABLE executions ADD COLUMN slurm_job INTEGER;
 ",
 ];
 
@@ -297,7 +304,7 @@ const COMMIT_RECORDED: &str = "SELECT EXISTS (SELECT 1 FROM executions WHERE key
      AND status = 'executed' AND started_unix_ms <= ?2 AND ended_unix_ms >= ?2)";
 
 const EXECUTION_COLUMNS: &str = "id, run_id, pipeline, node, kind, key, status, started_unix_ms, \
-     ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error, resources";
+     ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error, resources, slurm_job";
 
 fn u(v: i64) -> u64 {
     // Every integer column is written from a u64 checked to fit, so it is non-negative.
@@ -325,6 +332,7 @@ fn execution_from_row(r: &Row<'_>) -> rusqlite::Result<ExecutionRow> {
         resources: r
             .get::<_, Option<String>>(15)?
             .and_then(|t| serde_json::from_str(&t).ok()),
+        slurm_job: r.get::<_, Option<i64>>(16)?.map(u),
     })
 }
 
@@ -500,8 +508,8 @@ impl Registry {
         conn.execute(
             "INSERT INTO executions (run_id, pipeline, node, kind, key, status, started_unix_ms,
                  ended_unix_ms, duration_ms, host, device, peak_rss_bytes, peak_gpu_bytes, error,
-                 resources)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15)",
+                 resources, slurm_job)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
             params![
                 e.run_id,
                 e.pipeline,
@@ -520,6 +528,7 @@ impl Registry {
                 e.resources
                     .as_ref()
                     .map(|r| serde_json::to_string(r).expect("resources serialise")),
+                opt_int("slurm_job", e.slurm_job)?,
             ],
         )
         .map_err(|e| self.db(e))?;
@@ -744,6 +753,7 @@ mod tests {
             peak_gpu_bytes: None,
             error: None,
             resources: Some(crate::spec::Resources::default()),
+            slurm_job: None,
         }
     }
 
@@ -989,6 +999,7 @@ mod tests {
         dp.resources = Some(crate::spec::Resources {
             devices: 2,
             dist_timeout: std::time::Duration::from_secs_f64(12.5),
+            ..crate::spec::Resources::default()
         });
         reg.record_execution(&dp).unwrap();
         let rows = reg.executions(1).unwrap();

@@ -618,6 +618,9 @@ mod tests {
         fn find_by_name(&self, _: &str) -> Result<Vec<JobId>, QueueError> {
             Ok(Vec::new())
         }
+        fn ours(&self) -> Result<Vec<crate::slurm::queue::OurJob>, QueueError> {
+            unreachable!("the monitor never lists the queue")
+        }
     }
 
     struct World {

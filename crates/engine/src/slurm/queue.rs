@@ -165,6 +165,28 @@ pub trait SlurmClient {
     fn cancel(&self, ids: &[JobId], signal: Option<&str>) -> Result<(), QueueError>;
     /// Jobs of ours with this name (a submission whose answer was lost).
     fn find_by_name(&self, name: &str) -> Result<Vec<JobId>, QueueError>;
+    /// Every job of this user still in the queue (pending, running, completing), with its
+    /// comment: one call, from which a restarted head finds the jobs of earlier runs by key.
+    fn ours(&self) -> Result<Vec<OurJob>, QueueError>;
+}
+
+/// A job of this user in the queue, as [`SlurmClient::ours`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurJob {
+    pub id: JobId,
+    pub state: JobState,
+    /// `--comment`: `ugc-pipe:run=R:key=K:node=N` for our jobs.
+    pub comment: String,
+}
+
+impl OurJob {
+    /// The run and key of a job that ugc-pipe submitted (its comment), `None` for others.
+    pub fn run_and_key(&self) -> Option<(i64, &str)> {
+        let rest = self.comment.strip_prefix("ugc-pipe:run=")?;
+        let (run, rest) = rest.split_once(":key=")?;
+        let key = rest.split(':').next()?;
+        Some((run.parse().ok()?, key))
+    }
 }
 
 /// The commands to run; names on PATH by default.
@@ -477,6 +499,24 @@ impl SlurmClient for SlurmCli {
         }
     }
 
+    fn ours(&self) -> Result<Vec<OurJob>, QueueError> {
+        let args: Vec<String> = ["-h", "--me", "-o", OURS_FORMAT]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let out = self.run(&self.cmds.squeue, &args)?;
+        if out.code != Some(0) {
+            return Err(QueueError::Transient {
+                cmd: "squeue".into(),
+                message: out.stderr.trim().to_string(),
+            });
+        }
+        parse_ours(&out.stdout).map_err(|line| QueueError::Parse {
+            cmd: "squeue".into(),
+            output: line,
+        })
+    }
+
     fn find_by_name(&self, name: &str) -> Result<Vec<JobId>, QueueError> {
         let args: Vec<String> = ["-h", "--me", "-n", name, "-o", "%i"]
             .iter()
@@ -499,6 +539,27 @@ impl SlurmClient for SlurmCli {
             })
             .collect()
     }
+}
+
+/// `squeue -o` of [`SlurmClient::ours`]: the comment last, since it may hold `|`.
+const OURS_FORMAT: &str = "%i|%T|%k";
+
+/// Parses `id|state|comment` lines.
+pub fn parse_ours(out: &str) -> Result<Vec<OurJob>, String> {
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            let mut f = l.splitn(3, '|');
+            let (Some(id), Some(state), Some(comment)) = (f.next(), f.next(), f.next()) else {
+                return Err(l.to_string());
+            };
+            Ok(OurJob {
+                id: id.trim().parse().map_err(|_| l.to_string())?,
+                state: JobState::parse(state.trim()),
+                comment: comment.trim().to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Polls of one run's jobs in a map, as the monitor needs them.
@@ -561,6 +622,21 @@ fn run_with_timeout(
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn our_jobs_are_found_by_the_run_and_key_in_their_comment() {
+        let key = "ab".repeat(32);
+        let out = format!(
+            "12|RUNNING|ugc-pipe:run=7:key={key}:node=train_a|b_\n13|PENDING|(null)\n14|COMPLETING|someone else's\n"
+        );
+        let jobs = parse_ours(&out).unwrap();
+        assert_eq!(jobs.len(), 3);
+        assert_eq!(jobs[0].state, JobState::Running);
+        assert_eq!(jobs[0].run_and_key(), Some((7, key.as_str())));
+        assert_eq!(jobs[1].run_and_key(), None);
+        assert_eq!(jobs[2].run_and_key(), None);
+        assert!(parse_ours("garbage\n").is_err());
+    }
 
     use super::*;
 

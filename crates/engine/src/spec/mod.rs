@@ -320,12 +320,15 @@ fn parse_pipeline(
             "params" => params_node = Some((k, v)),
             "matrix" => matrix_node = Some(v),
             "stages" => stages_node = Some(v),
+            // The cluster executor's settings: read (with positions) by
+            // `slurm::settings::SlurmSettings::apply_pipeline`, never part of a cache key.
+            "executor" => {}
             _ => {
                 return Err(SpecError::UnknownKey {
                     pos: k.pos(file),
                     key,
                     section: "the pipeline".into(),
-                    valid: strings(&["params", "matrix", "stages"]),
+                    valid: strings(&["params", "matrix", "stages", "executor"]),
                 });
             }
         }

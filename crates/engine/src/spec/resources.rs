@@ -2,8 +2,9 @@
 //! `params`. Resources change where and how fast a stage runs, never what it computes, so
 //! they are not part of its cache key; each execution records them in the run registry.
 //!
-//! One struct for every resource, so the cluster executor (issue 14: `cpus`, `mem`, `time`,
-//! `partition`) adds its fields here, parsed and overridden the same way.
+//! One struct for every resource: the cluster executor's (`cpus`, `mem`, `time`,
+//! `partition`, issue 14) are parsed and overridden the same way, and ignored by the local
+//! executor.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +15,14 @@ use super::yaml::{YNode, YValue};
 use super::{PosMap, SourcePos, SpecError};
 
 /// The keys of a `resources:` block, for "unknown key" messages.
-pub const RESOURCE_KEYS: [&str; 2] = ["devices", "dist_timeout_s"];
+pub const RESOURCE_KEYS: [&str; 6] = [
+    "devices",
+    "dist_timeout_s",
+    "cpus",
+    "mem",
+    "time",
+    "partition",
+];
 
 /// What a stage asks of the machine.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -29,6 +37,18 @@ pub struct Resources {
     /// (`dist_timeout_s`); default [`crate::rank::DEFAULT_TIMEOUT`].
     #[serde(rename = "dist_timeout_s", with = "secs", default = "default_timeout")]
     pub dist_timeout: Duration,
+    /// Slurm: CPUs per rank (`--cpus-per-task`); Slurm's default when unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<u32>,
+    /// Slurm: memory per node as written (`4G`, `500M`; `--mem`), checked at plan time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mem: Option<String>,
+    /// Slurm: the stage's time limit as written (`M`, `H:M:S`, `D-H`, ...; `--time`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<String>,
+    /// Slurm: the stage's partition, instead of the executor's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<String>,
 }
 
 fn one() -> usize {
@@ -44,6 +64,10 @@ impl Default for Resources {
         Resources {
             devices: 1,
             dist_timeout: default_timeout(),
+            cpus: None,
+            mem: None,
+            time: None,
+            partition: None,
         }
     }
 }
@@ -76,6 +100,51 @@ impl Resources {
                     })?;
                 self.dist_timeout = Duration::try_from_secs_f64(s)
                     .map_err(|e| format!("`dist_timeout_s` = {s}: {e}"))?;
+            }
+            "cpus" => {
+                let n = value
+                    .as_u64()
+                    .filter(|n| *n >= 1)
+                    .ok_or_else(|| format!("`cpus` must be a whole number >= 1, got {value}"))?;
+                self.cpus =
+                    Some(u32::try_from(n).map_err(|_| format!("`cpus` = {n} is too large"))?);
+            }
+            "mem" | "time" | "partition" => {
+                // Numbers are accepted as their text: `time: 30` is 30 minutes, as sbatch reads it.
+                let text = match value {
+                    serde_json::Value::String(s) => s.clone(),
+                    serde_json::Value::Number(n) => n.to_string(),
+                    _ => return Err(format!("`{key}` must be a string, got {value}")),
+                };
+                let check = match key {
+                    "mem" => crate::slurm::settings::StageRequest::parse(
+                        1,
+                        None,
+                        Some(&text),
+                        None,
+                        None,
+                    ),
+                    "time" => crate::slurm::settings::StageRequest::parse(
+                        1,
+                        None,
+                        None,
+                        Some(&text),
+                        None,
+                    ),
+                    _ => crate::slurm::settings::StageRequest::parse(
+                        1,
+                        None,
+                        None,
+                        None,
+                        Some(&text),
+                    ),
+                };
+                check.map_err(|(field, m)| format!("`{field}` = {text:?}: {m}"))?;
+                match key {
+                    "mem" => self.mem = Some(text),
+                    "time" => self.time = Some(text),
+                    _ => self.partition = Some(text),
+                }
             }
             other => {
                 return Err(format!(
@@ -129,16 +198,20 @@ pub(crate) fn parse(
             continue;
         }
         pos.set(std::slice::from_ref(&key), v.pos(file));
-        // Integers only for `devices`: `2.0` or `"2"` is a mistake worth naming.
+        // Integers only for `devices` and `cpus`: `2.0` or `"2"` is a mistake worth naming.
+        let textual = matches!(key.as_str(), "mem" | "time" | "partition");
         let value = match (&v.value, key.as_str()) {
             (YValue::Int(_) | YValue::UInt(_), _) => v.to_json(file),
             (YValue::Float(_), "dist_timeout_s") => v.to_json(file),
+            (YValue::Str(_), _) if textual => v.to_json(file),
             _ => {
                 problems.push(SpecError::WrongType {
                     pos: v.pos(file),
                     what: format!("`resources.{key}` of {section}"),
-                    expected: if key == "devices" {
+                    expected: if key == "devices" || key == "cpus" {
                         "a whole number >= 1".into()
+                    } else if textual {
+                        "a string (e.g. `4G`, `1:30:00`, `gpu`)".into()
                     } else {
                         "a number of seconds > 0".into()
                     },
@@ -160,6 +233,20 @@ pub(crate) fn parse(
         }
     }
     r
+}
+
+impl Resources {
+    /// What the stage asks of Slurm (the fields were checked when they were set).
+    pub fn slurm_request(&self) -> crate::slurm::settings::StageRequest {
+        crate::slurm::settings::StageRequest::parse(
+            u32::try_from(self.devices).unwrap_or(u32::MAX),
+            self.cpus,
+            self.mem.as_deref(),
+            self.time.as_deref(),
+            self.partition.as_deref(),
+        )
+        .expect("resources are checked when set")
+    }
 }
 
 /// Where a stage's `devices` was written (the flag for a `--set`), else its `resources:`

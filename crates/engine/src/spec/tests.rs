@@ -64,7 +64,9 @@ fn unknown_top_level_key_has_position() {
     let e = err("params: {}\nstagez:\n  a: {kind: synth}\n");
     assert_eq!(
         e,
-        format!("{FILE}:2:1: unknown key `stagez` in the pipeline (valid: params, matrix, stages)")
+        format!(
+            "{FILE}:2:1: unknown key `stagez` in the pipeline (valid: params, matrix, stages, executor)"
+        )
     );
 }
 
@@ -868,7 +870,7 @@ fn bad_resources_are_refused_with_positions_all_at_once() {
     for want in [
         format!("{FILE}:4:26: stage `a`: `devices` must be a whole number >= 1, got 0"),
         format!(
-            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s)"
+            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s, cpus, mem, time, partition)"
         ),
         format!(
             "{FILE}:7:26: `resources.devices` of stage `b`: expected a whole number >= 1, got float"
@@ -988,7 +990,7 @@ fn resources_are_set_from_the_command_line_with_the_flag_in_errors() {
         ),
         (
             "fit.resources.gpus=2",
-            "unknown resource `gpus` (valid: devices, dist_timeout_s)",
+            "unknown resource `gpus` (valid: devices, dist_timeout_s, cpus, mem, time, partition)",
         ),
         ("fit.resources=2", "`fit.resources` takes a map"),
         ("fit.resources.devices.x=2", "name one resource"),
@@ -999,4 +1001,48 @@ fn resources_are_set_from_the_command_line_with_the_flag_in_errors() {
             "{flag}: {e}"
         );
     }
+}
+
+#[test]
+fn slurm_resources_are_parsed_checked_with_positions_and_left_out_of_the_job_when_unset() {
+    let text = r#"stages:
+  a:
+    kind: dp
+    resources: {cpus: 4, mem: 8G, time: "1:30:00", partition: gpu}
+  b:
+    kind: dp
+    resources: {cpus: 0, mem: lots, time: "soon", partition: "a b"}
+"#;
+    let e = err(text);
+    for want in [
+        format!("{FILE}:7:23: stage `b`: `cpus` must be a whole number >= 1, got 0"),
+        format!("{FILE}:7:31: stage `b`: `mem` = \"lots\""),
+        format!("{FILE}:7:43: stage `b`: `time` = \"soon\""),
+        format!("{FILE}:7:62: stage `b`: `partition` = \"a b\""),
+    ] {
+        assert!(e.contains(&want), "missing `{want}` in:\n{e}");
+    }
+    let p = load(&text.replace(
+        "resources: {cpus: 0, mem: lots, time: \"soon\", partition: \"a b\"}",
+        "params: {}",
+    ))
+    .unwrap();
+    let a = &p.stage("a").unwrap().resources;
+    assert_eq!(
+        (
+            a.cpus,
+            a.mem.as_deref(),
+            a.time.as_deref(),
+            a.partition.as_deref()
+        ),
+        (Some(4), Some("8G"), Some("1:30:00"), Some("gpu"))
+    );
+    let req = a.slurm_request();
+    assert_eq!(
+        (req.cpus, req.mem.map(|m| m.0), req.time.map(|t| t.0)),
+        (Some(4), Some(8192), Some(5400))
+    );
+    // Unset fields are not serialised: a job file without them is the one before them.
+    let b = serde_json::to_value(&p.stage("b").unwrap().resources).unwrap();
+    assert_eq!(b.as_object().unwrap().len(), 2, "{b}");
 }
