@@ -65,6 +65,7 @@ fn main() {
     println!("cargo:rustc-check-cfg=cfg(ugc_nccl)");
     println!("cargo:rerun-if-changed=cpp/dist.cpp");
     println!("cargo:rerun-if-changed=cpp/dist_nccl.cpp");
+    println!("cargo:rerun-if-changed=cpp/guarded.h");
     b.compile("ugc_torch_ext");
     torch_link::emit();
 }

@@ -24,25 +24,7 @@
 #include <string>
 #include <vector>
 
-// ext.cpp's per-thread error slot.
-void ugc_ext_set_error(const std::string& msg);
-
-namespace {
-
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    ugc_ext_set_error(e.what());
-  } catch (...) {
-    ugc_ext_set_error("unknown C++ exception");
-  }
-  return -1;
-}
-
-}  // namespace
+#include "guarded.h"
 
 // Made in dist_nccl.cpp, which alone needs the CUDA headers.
 c10::intrusive_ptr<c10d::Backend> ugc_make_nccl(const c10::intrusive_ptr<c10d::Store>& store,

@@ -14,21 +14,10 @@
 #include <string>
 #include <vector>
 
+#include "guarded.h"
+
 namespace {
 thread_local std::string last_error;
-
-template <typename F>
-int guarded(F&& f) {
-  try {
-    f();
-    return 0;
-  } catch (const std::exception& e) {
-    last_error = e.what();
-  } catch (...) {
-    last_error = "unknown C++ exception";
-  }
-  return -1;
-}
 
 at::MemoryFormat memory_format(int channels_last) {
   return channels_last ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
@@ -43,7 +32,7 @@ at::ScalarType autocast_dtype(int code) {
 }
 }  // namespace
 
-// For dist.cpp, which shares this per-thread error slot.
+// guarded.h's per-thread error slot.
 void ugc_ext_set_error(const std::string& msg) { last_error = msg; }
 
 extern "C" {
