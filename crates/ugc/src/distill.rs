@@ -514,15 +514,17 @@ impl StageKind for DistillStage {
     /// Build (models, data, optimisers), loop (the shared training core), write (outputs).
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let p: DistillParams = ctx.typed_params()?;
-        let mut built = build(ctx, &p)?;
-        let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
-        let dist = built.task.dist.clone();
-        if dist.is_leader() {
-            write(ctx, &p, built, &outcome)?;
-        }
-        // Rank 0's output is committed only once every rank has finished.
-        dist.barrier().map_err(MethodError::from)?;
-        Ok(())
+        crate::setup::guard_panics("distillation", || {
+            let mut built = build(ctx, &p)?;
+            let outcome = run_loop(ctx, &built.loop_cfg, &mut built.task)?;
+            let dist = built.task.dist.clone();
+            if dist.is_leader() {
+                write(ctx, &p, built, &outcome)?;
+            }
+            // Rank 0's output is committed only once every rank has finished.
+            dist.barrier().map_err(MethodError::from)?;
+            Ok::<(), StageError>(())
+        })
     }
 }
 

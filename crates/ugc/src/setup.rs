@@ -290,11 +290,12 @@ pub fn check_disc_input(d: &DiscConfig, h: i64, w: i64) -> Result<(), MethodErro
 }
 
 /// Runs `f`, turning a panic raised inside libtorch (tch's infallible ops panic on shape
-/// errors) into an error, so a bad input never brings the whole pipeline down.
-pub fn guard_panics<T>(
+/// errors; a synchronised batch norm panics when its collective fails because a peer rank
+/// died) into an error, so a bad input never brings the whole pipeline down.
+pub fn guard_panics<T, E: From<MethodError>>(
     what: &str,
-    f: impl FnOnce() -> Result<T, MethodError>,
-) -> Result<T, MethodError> {
+    f: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
         Ok(r) => r,
         Err(p) => {
@@ -305,9 +306,7 @@ pub fn guard_panics<T>(
                 .unwrap_or_else(|| "unknown panic".into());
             // Keep the first line: libtorch appends a long C++ backtrace.
             let first = msg.lines().next().unwrap_or("").to_string();
-            Err(MethodError::Numeric(format!(
-                "{what} failed inside libtorch: {first}"
-            )))
+            Err(MethodError::Numeric(format!("{what} failed inside libtorch: {first}")).into())
         }
     }
 }
