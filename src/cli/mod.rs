@@ -91,6 +91,31 @@ pub struct PipelineArgs {
     pub device: DeviceChoice,
 }
 
+/// Where `run` executes its stages.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ExecutorKind {
+    /// Stage processes on this machine.
+    #[default]
+    Local,
+    /// One `sbatch` job per stage, against a cache on a shared filesystem.
+    Slurm,
+}
+
+/// `run`'s executor options.
+#[derive(Args, Debug, Clone)]
+pub struct ExecutorArgs {
+    /// Run stages on this machine (`local`) or as Slurm jobs (`slurm`).
+    #[arg(long, value_enum, default_value = "local")]
+    pub executor: ExecutorKind,
+    /// Executor settings for this site (a YAML mapping); beats the pipeline's `executor:`.
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    /// Override one executor setting: `--executor-set partition=gpu`. Repeatable; beats
+    /// the profile.
+    #[arg(long = "executor-set", value_name = "K=V")]
+    pub executor_set: Vec<String>,
+}
+
 #[derive(Subcommand, Debug)]
 pub enum Verb {
     /// Run a pipeline: execute what is not cached.
@@ -112,6 +137,8 @@ pub enum Verb {
         /// Machine-readable output: one JSON object per line on stdout.
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        executor: ExecutorArgs,
     },
     /// Cached / stale (with reason) / missing, per stage.
     Status {
@@ -365,7 +392,8 @@ pub fn main() -> i32 {
             keep_going,
             jobs,
             json,
-        } => pipeline::run(&p, dry_run, &force, keep_going, jobs, json, bars),
+            executor,
+        } => pipeline::run(&p, &executor, dry_run, &force, keep_going, jobs, json, bars),
         Verb::Status { p, json } => pipeline::status(&p, json),
         Verb::Dag { p, format } => pipeline::dag(&p, format),
         Verb::Explain { p, stage } => pipeline::explain(&p, &stage),

@@ -59,11 +59,22 @@ pub fn default_cache_dir(pipeline: &Path) -> PathBuf {
 /// so a stage asking for more devices than this machine has is refused with the other
 /// problems; the verbs that only report (`status`, `explain`, `show`) plan it anywhere.
 fn open(p: &PipelineArgs, for_run: bool) -> Result<Session, CliError> {
+    open_on(p, for_run, false)
+}
+
+/// [`open`]; `on_slurm`: the stages run on a cluster's nodes, so this machine's devices
+/// do not bound them (Slurm refuses what no node has), and `--device cuda` needs no GPU
+/// on the head.
+fn open_on(p: &PipelineArgs, for_run: bool, on_slurm: bool) -> Result<Session, CliError> {
     let kinds = crate::stages::schema_registry();
-    let (device_kind, gpus) = resolve_device(p.device).map_err(CliError::usage)?;
+    let (device_kind, gpus) = if on_slurm && p.device == crate::runtime::DeviceChoice::Cuda {
+        ("cuda".to_string(), Vec::new())
+    } else {
+        resolve_device(p.device).map_err(CliError::usage)?
+    };
     let opts = LoadOptions {
         overrides: p.set.clone(),
-        machine: for_run.then(|| Machine::with_gpus(gpus.len())),
+        machine: (for_run && !on_slurm).then(|| Machine::with_gpus(gpus.len())),
         ..LoadOptions::default()
     };
     let pipeline = load_pipeline(&p.pipeline, &kinds, &opts).map_err(CliError::usage)?;
@@ -105,8 +116,41 @@ fn forced_nodes(
     Ok(out)
 }
 
+/// The Slurm executor's settings: the pipeline's `executor:` block, then the profile,
+/// then `--executor-set`; every problem (with its position or flag) at once, exit 2.
+fn slurm_settings(
+    pipeline: &Path,
+    e: &super::ExecutorArgs,
+) -> Result<ugc_engine::slurm::settings::SlurmSettings, CliError> {
+    let mut settings = ugc_engine::slurm::settings::SlurmSettings::default();
+    let text = std::fs::read_to_string(pipeline)
+        .map_err(|err| CliError::usage(format!("{}: {err}", pipeline.display())))?;
+    let mut problems = Vec::new();
+    if let Err(err) = settings.apply_pipeline(&text, pipeline) {
+        problems.push(err.to_string());
+    }
+    if let Some(profile) = &e.profile
+        && let Err(err) = settings.apply_profile_file(profile)
+    {
+        problems.push(err.to_string());
+    }
+    if let Err(err) = settings.apply_overrides(&e.executor_set, "--executor-set") {
+        problems.push(err.to_string());
+    }
+    if problems.is_empty() {
+        Ok(settings)
+    } else {
+        Err(CliError::usage(format!(
+            "bad executor settings:\n{}",
+            problems.join("\n")
+        )))
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 pub fn run(
     p: &PipelineArgs,
+    executor: &super::ExecutorArgs,
     dry_run: bool,
     force: &[String],
     keep_going: bool,
@@ -114,7 +158,17 @@ pub fn run(
     json: bool,
     bars: bool,
 ) -> CliResult {
-    let s = open(p, true)?;
+    let on_slurm = executor.executor == super::ExecutorKind::Slurm;
+    if !on_slurm && (executor.profile.is_some() || !executor.executor_set.is_empty()) {
+        return Err(CliError::usage(
+            "--profile and --executor-set configure `--executor slurm`",
+        ));
+    }
+    let s = open_on(p, true, on_slurm)?;
+    // Checked before anything runs, also for `--dry-run`.
+    let settings = on_slurm
+        .then(|| slurm_settings(&s.pipeline.path, executor))
+        .transpose()?;
     let forced = forced_nodes(&s, force)?;
     if dry_run {
         return print_plan(&s, &forced, json);
@@ -145,6 +199,12 @@ pub fn run(
         run_id: Some(run_id),
         stage_env,
         cancel_grace_secs: ugc_engine::executor::CANCEL_GRACE_SECS,
+        slurm: settings.map(|settings| ugc_engine::executor::SlurmRun {
+            settings,
+            commands: ugc_engine::slurm::queue::Commands::default(),
+            worker: worker.clone(),
+            gpus: s.device_kind == "cuda",
+        }),
     };
     let keys = s.keys();
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -15,10 +15,10 @@
 //! independent branches finish, or of forwarding a cancellation into running tasks. The
 //! scheduler here is ~300 lines on tokio and does exactly the engine contract.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use petgraph::graph::NodeIndex;
 use serde::Serialize;
@@ -33,6 +33,10 @@ use crate::graph::Dag;
 use crate::job::{JOB_SCHEMA_VERSION, Job};
 use crate::plan::{KeyBuilder, PlanError, RunReason, why_run};
 use crate::registry::{ExecutionRow, Registry};
+use crate::slurm::monitor::{FsCacheView, Monitor, SystemClock, Verdict};
+use crate::slurm::queue::{Commands, JobId, SlurmCli, SlurmClient};
+use crate::slurm::script::{StageJob, job_name};
+use crate::slurm::settings::SlurmSettings;
 use crate::stage::{DeviceKind, StageInput};
 
 /// How a node ended in this run.
@@ -82,6 +86,34 @@ pub struct RunOptions {
     pub stage_env: BTreeMap<String, String>,
     /// Seconds a cancelled stage gets to checkpoint before it is killed.
     pub cancel_grace_secs: u64,
+    /// Run the stages as Slurm jobs instead of local processes (`--executor slurm`);
+    /// `None`: local, as before.
+    pub slurm: Option<SlurmRun>,
+}
+
+/// How a run submits its stages to Slurm.
+#[derive(Debug, Clone)]
+pub struct SlurmRun {
+    pub settings: SlurmSettings,
+    /// `sbatch`, `squeue`, `sacct`, `scancel` (on PATH, or a test's fakes).
+    pub commands: Commands,
+    /// `ugc-pipe-worker` as the compute nodes see it (a shared filesystem).
+    pub worker: PathBuf,
+    /// GPU stages ask Slurm for GPUs (`--device cuda` on the head); else they run on CPUs.
+    pub gpus: bool,
+}
+
+/// A stage running as a Slurm job.
+#[derive(Debug, Clone)]
+struct SlurmJob {
+    job: JobId,
+    attempt_no: u32,
+    script: PathBuf,
+    /// The run that submitted it: an earlier one's for a job re-attached after a restart.
+    run_id: i64,
+    /// The last state shown (`PENDING`, `RUNNING`...), to tell a pending job from a running one.
+    state: &'static str,
+    submitted: Instant,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -123,6 +155,8 @@ pub enum ExecutorError {
     },
     #[error("signal handler: {0}")]
     Signal(std::io::Error),
+    #[error("slurm executor: {0}")]
+    Slurm(String),
 }
 
 impl From<PlanError> for ExecutorError {
@@ -214,6 +248,8 @@ struct Running {
     error: Option<String>,
     /// The stage process's own `done` outcome (`executed`, `hit`, ...), if it got that far.
     reported: Option<String>,
+    /// Set when the stage runs as a Slurm job.
+    slurm: Option<SlurmJob>,
 }
 
 /// Runs `dag`. Must be called from a current-thread tokio runtime: stage processes are
@@ -245,7 +281,38 @@ pub async fn run_dag(
         .map_err(ExecutorError::Signal)?;
     let order = dag.topo_order();
 
+    // The Slurm side: one client, the cache as files, and the monitor over them.
+    let slurm_client = opts
+        .slurm
+        .as_ref()
+        .map(|s| SlurmCli::new(s.commands.clone()));
+    let cache_view = FsCacheView {
+        root: cache.root().to_path_buf(),
+    };
+    let sys_clock = SystemClock::default();
+    let mut monitor = match (&opts.slurm, &slurm_client) {
+        (Some(s), Some(c)) => {
+            if opts.run_id.is_none() {
+                return Err(ExecutorError::Slurm(
+                    "a Slurm run needs a run id (the job files and names carry it)".into(),
+                ));
+            }
+            Some(Monitor::new(&s.settings, c, &cache_view, &sys_clock))
+        }
+        _ => None,
+    };
+    // Jobs of earlier runs still queued or running, by key: a restarted head re-attaches
+    // to them instead of submitting again. Listed once, when first needed.
+    let mut attachable: Option<HashMap<String, (JobId, i64)>> = None;
+    let mut by_job: HashMap<JobId, NodeIndex> = HashMap::new();
+    let mut next_poll = Instant::now();
+    // Ctrl-C under Slurm: when the running jobs asked to checkpoint are cancelled.
+    let mut cancel_deadline: Option<Instant> = None;
+
     loop {
+        // A node that could not be submitted this pass (controller unreachable): the loop
+        // waits for the next poll instead of ending.
+        let mut deferred = false;
         // Start everything that is ready, in topological order.
         if !stop_scheduling {
             for &idx in &order {
@@ -287,6 +354,157 @@ pub async fn run_dag(
                         .insert(node.id.clone(), NodeOutcome::Cached);
                     finished.insert(idx);
                     done.insert(idx, record);
+                    continue;
+                }
+                let on_slurm = opts
+                    .slurm
+                    .as_ref()
+                    .is_some_and(|s| !s.settings.head_kinds.contains(&node.kind));
+                if on_slurm {
+                    let s = opts.slurm.as_ref().expect("on_slurm");
+                    let client = slurm_client.as_ref().expect("slurm client");
+                    let in_queue = running.values().filter(|r| r.slurm.is_some()).count();
+                    if in_queue >= s.settings.max_jobs {
+                        continue;
+                    }
+                    if attachable.is_none() {
+                        match client.ours() {
+                            Ok(jobs) => {
+                                attachable = Some(
+                                    jobs.iter()
+                                        .filter(|j| !j.state.is_ended())
+                                        .filter_map(|j| {
+                                            j.run_and_key()
+                                                .map(|(run, k)| (k.to_string(), (j.id, run)))
+                                        })
+                                        .collect(),
+                                )
+                            }
+                            Err(e) => {
+                                ui.note(&format!("slurm: cannot list the queue ({e}); retrying"));
+                                deferred = true;
+                                continue;
+                            }
+                        }
+                    }
+                    let reason = if forced {
+                        RunReason::Forced
+                    } else {
+                        why_run(node, &key, &material, Some(registry), &opts.pipeline)?
+                    };
+                    let run_id = opts.run_id.expect("checked above");
+                    let again = attachable
+                        .as_mut()
+                        .and_then(|a| a.remove(key.as_str()))
+                        .filter(|_| !forced);
+                    let (job, job_run, script) = if let Some((job, job_run)) = again {
+                        ui.note(&format!(
+                            "slurm: stage `{}`: re-attached to job {job} of run {job_run}",
+                            node.id
+                        ));
+                        let script = cache
+                            .root()
+                            .join("slurm")
+                            .join(job_run.to_string())
+                            .join(format!("{key}.sbatch"));
+                        (job, job_run, script)
+                    } else {
+                        let gpu = node.gpu && s.gpus;
+                        let devices = node.resources.devices;
+                        let job = slurm_job_file(
+                            dag, cache, &done, idx, &key, material, gpu, devices, opts,
+                        )?;
+                        job.write(cache.root())?;
+                        let log_file = log_path(cache, opts.run_id, &node.id);
+                        let dir = cache.root().join("slurm").join(run_id.to_string());
+                        std::fs::create_dir_all(&dir).map_err(|source| ExecutorError::Log {
+                            path: dir.clone(),
+                            source,
+                        })?;
+                        if let Some(d) = log_file.parent() {
+                            std::fs::create_dir_all(d).map_err(|source| ExecutorError::Log {
+                                path: d.to_path_buf(),
+                                source,
+                            })?;
+                        }
+                        let request = node.resources.slurm_request();
+                        let stage_job = StageJob {
+                            run_id,
+                            key: key.as_str(),
+                            node: &node.id,
+                            gpu,
+                            request: &request,
+                            worker: &s.worker,
+                            cache_dir: cache.root(),
+                            log: &log_file,
+                        };
+                        let script = crate::slurm::script::write(&dir, &stage_job, &s.settings)
+                            .map_err(|e| ExecutorError::Slurm(e.to_string()))?;
+                        match submit(client, &script, &job_name(run_id, key.as_str())) {
+                            Ok(id) => (id, run_id, script),
+                            Err(e) if e.is_transient() => {
+                                ui.note(&format!(
+                                    "slurm: stage `{}` not submitted yet: {e}",
+                                    node.id
+                                ));
+                                deferred = true;
+                                continue;
+                            }
+                            Err(e) => {
+                                let err = format!("sbatch refused stage `{}`: {e}", node.id);
+                                finished.insert(idx);
+                                ui.stage_finished(
+                                    &node.id,
+                                    &NodeOutcome::Failed,
+                                    Some(&key),
+                                    0.0,
+                                    Some(&err),
+                                );
+                                summary.errors.insert(node.id.clone(), err);
+                                summary
+                                    .outcomes
+                                    .insert(node.id.clone(), NodeOutcome::Failed);
+                                if !opts.keep_going {
+                                    stop_scheduling = true;
+                                }
+                                continue;
+                            }
+                        }
+                    };
+                    let log_file = log_path(cache, Some(job_run), &node.id);
+                    ui.stage_started(&node.id, &reason, &log_file);
+                    ui.stage_event(
+                        &node.id,
+                        &StageEvent::Message {
+                            text: format!("slurm job {job} submitted"),
+                        },
+                    );
+                    if let Some(m) = monitor.as_mut() {
+                        m.track(key.as_str(), job, 1);
+                    }
+                    next_poll = next_poll.min(Instant::now() + s.settings.poll_min);
+                    by_job.insert(job, idx);
+                    running.insert(
+                        idx,
+                        Running {
+                            child_pid: None,
+                            key,
+                            started: Instant::now(),
+                            started_unix_ms: now_ms(),
+                            slots: 0,
+                            gpus: Vec::new(),
+                            error: None,
+                            reported: None,
+                            slurm: Some(SlurmJob {
+                                job,
+                                attempt_no: 1,
+                                script,
+                                run_id: job_run,
+                                state: "SUBMITTED",
+                                submitted: Instant::now(),
+                            }),
+                        },
+                    );
                     continue;
                 }
                 let on_gpu = node.gpu && !opts.gpus.is_empty();
@@ -373,14 +591,121 @@ pub async fn run_dag(
                         gpus,
                         error: None,
                         reported: None,
+                        slurm: None,
                     },
                 );
             }
         }
-        if running.is_empty() {
+        if running.is_empty() && !deferred {
             break;
         }
+        if deferred && let Some(s) = &opts.slurm {
+            // Retry the submission after a poll interval, not in a busy loop.
+            next_poll = next_poll.max(Instant::now() + s.settings.poll_min);
+        }
+        let slurm_waits = monitor.as_ref().is_some_and(|m| !m.active().is_empty()) || deferred;
         tokio::select! {
+            _ = tokio::time::sleep_until(next_poll.into()), if slurm_waits => {
+                let m = monitor.as_mut().expect("slurm_waits");
+                let client = slurm_client.as_ref().expect("slurm_waits");
+                if let Some(t) = cancel_deadline.filter(|t| Instant::now() >= *t) {
+                    let _ = t;
+                    cancel_deadline = None;
+                    let ids = m.active();
+                    ui.note(&format!("slurm: grace over, cancelling {} job(s)", ids.len()));
+                    if let Err(e) = client.cancel(&ids, None) {
+                        ui.note(&format!("slurm: scancel: {e}"));
+                    }
+                }
+                for (job, _key, verdict) in m.poll() {
+                    let Some(&idx) = by_job.get(&job) else { continue };
+                    let node_id = dag.node(idx).id.clone();
+                    let Some(r) = running.get_mut(&idx) else { continue };
+                    let sj = r.slurm.as_mut().expect("a tracked job is a slurm stage");
+                    let show = |ui: &mut dyn RunUi, text: String| {
+                        ui.stage_event(&node_id, &StageEvent::Message { text });
+                    };
+                    let end = match verdict {
+                        Verdict::Pending { reason } => {
+                            sj.state = "PENDING";
+                            show(ui, format!("slurm job {job} PENDING ({})", reason.as_deref().unwrap_or("queued")));
+                            None
+                        }
+                        Verdict::Running { nodes } => {
+                            sj.state = "RUNNING";
+                            show(ui, format!(
+                                "slurm job {job} RUNNING on {} (queued {:.1}s)",
+                                nodes.as_deref().unwrap_or("?"),
+                                sj.submitted.elapsed().as_secs_f64()
+                            ));
+                            None
+                        }
+                        Verdict::Waiting { why } => {
+                            show(ui, format!("slurm job {job}: {why}"));
+                            None
+                        }
+                        Verdict::Done => {
+                            // Who committed: this job (any run that submitted it) or another.
+                            let ours = cache.lookup(&r.key)?.is_some_and(|rec| {
+                                rec.meta.run_id == Some(sj.run_id) || rec.meta.run_id == opts.run_id
+                            });
+                            r.reported = Some(if ours { "executed" } else { "hit" }.into());
+                            Some(Some(0))
+                        }
+                        Verdict::Failed { error } => {
+                            r.error = Some(error);
+                            Some(Some(1))
+                        }
+                        Verdict::OutOfMemory { detail } => {
+                            r.error = Some(format!("out of memory: {detail}"));
+                            Some(Some(1))
+                        }
+                        Verdict::Unsatisfiable { reason } => {
+                            let _ = client.cancel(&[job], None);
+                            r.error = Some(format!(
+                                "slurm job {job} can never start: Slurm's reason is {reason} (lower the request or change the partition)"
+                            ));
+                            Some(Some(1))
+                        }
+                        Verdict::Cancelled => Some(Some(130)),
+                        Verdict::Retry { why } if summary.interrupted => {
+                            show(ui, format!("slurm job {job} ended ({why:?}); not resubmitted: interrupted"));
+                            Some(Some(130))
+                        }
+                        Verdict::Retry { why } => {
+                            match submit(client, &sj.script, &job_name(sj.run_id, r.key.as_str())) {
+                                Ok(new) => {
+                                    show(ui, format!(
+                                        "slurm job {job} ended ({why:?}): resubmitted as job {new} (attempt {})",
+                                        sj.attempt_no + 1
+                                    ));
+                                    by_job.remove(&job);
+                                    by_job.insert(new, idx);
+                                    sj.job = new;
+                                    sj.attempt_no += 1;
+                                    sj.state = "SUBMITTED";
+                                    sj.submitted = Instant::now();
+                                    m.track(r.key.as_str(), new, sj.attempt_no);
+                                    None
+                                }
+                                Err(e) => {
+                                    r.error = Some(format!(
+                                        "slurm job {job} ended ({why:?}) and could not be resubmitted: {e}"
+                                    ));
+                                    Some(Some(1))
+                                }
+                            }
+                        }
+                    };
+                    if let Some(code) = end {
+                        let _ = tx.send(Msg::Exited(idx, code, None));
+                    }
+                }
+                next_poll = Instant::now() + m.interval();
+                if let Some(t) = cancel_deadline {
+                    next_poll = next_poll.min(t);
+                }
+            }
             msg = rx.recv() => {
                 let Some(msg) = msg else { break };
                 match msg {
@@ -394,6 +719,9 @@ pub async fn run_dag(
                     }
                     Msg::Exited(idx, code, signal) => {
                         let r = running.remove(&idx).expect("exited node was running");
+                        if let Some(sj) = &r.slurm {
+                            by_job.remove(&sj.job);
+                        }
                         slots.give_back(r.slots, &r.gpus);
                         let node = dag.node(idx);
                         let secs = r.started.elapsed().as_secs_f64();
@@ -435,9 +763,18 @@ pub async fn run_dag(
                     }
                 }
             }
-            _ = sigint.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
-            _ = sigterm.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
-            _ = sighup.recv() => cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui),
+            _ = sigint.recv() => {
+                cancel_slurm(&summary, &running, monitor.as_mut(), slurm_client.as_ref(), opts, &mut cancel_deadline, &mut next_poll, ui);
+                cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui)
+            }
+            _ = sigterm.recv() => {
+                cancel_slurm(&summary, &running, monitor.as_mut(), slurm_client.as_ref(), opts, &mut cancel_deadline, &mut next_poll, ui);
+                cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui)
+            }
+            _ = sighup.recv() => {
+                cancel_slurm(&summary, &running, monitor.as_mut(), slurm_client.as_ref(), opts, &mut cancel_deadline, &mut next_poll, ui);
+                cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui)
+            }
         }
     }
     for &idx in &order {
@@ -544,6 +881,128 @@ fn cancel_all(
             }
         });
     }
+}
+
+/// Ctrl-C for the stages running as Slurm jobs (before [`cancel_all`] marks the run
+/// interrupted): the first asks running jobs to checkpoint (`USR1` to the batch
+/// process, which is the worker) and cancels pending ones at once, with `scancel` for
+/// the rest when the grace is over; a second cancels every job at once.
+#[allow(clippy::too_many_arguments)]
+fn cancel_slurm(
+    summary: &RunSummary,
+    running: &BTreeMap<NodeIndex, Running>,
+    monitor: Option<&mut Monitor<'_>>,
+    client: Option<&SlurmCli>,
+    opts: &RunOptions,
+    deadline: &mut Option<Instant>,
+    next_poll: &mut Instant,
+    ui: &mut dyn RunUi,
+) {
+    let (Some(m), Some(client), Some(s)) = (monitor, client, opts.slurm.as_ref()) else {
+        return;
+    };
+    let again = summary.interrupted;
+    let (mut now, mut ask) = (Vec::new(), Vec::new());
+    for sj in running.values().filter_map(|r| r.slurm.as_ref()) {
+        m.mark_cancelled(sj.job);
+        if again || sj.state != "RUNNING" {
+            now.push(sj.job);
+        } else {
+            ask.push(sj.job);
+        }
+    }
+    if !now.is_empty() {
+        ui.note(&format!("slurm: cancelling {} job(s)", now.len()));
+        if let Err(e) = client.cancel(&now, None) {
+            ui.note(&format!("slurm: scancel: {e}"));
+        }
+    }
+    if !ask.is_empty() {
+        ui.note(&format!(
+            "slurm: asking {} running job(s) to checkpoint; cancelled in {:?} (Ctrl-C again: now)",
+            ask.len(),
+            s.settings.grace
+        ));
+        if let Err(e) = client.cancel(&ask, Some("USR1")) {
+            ui.note(&format!("slurm: scancel --signal=USR1: {e}"));
+        }
+        *deadline = Some(Instant::now() + s.settings.grace);
+    } else if again {
+        *deadline = None;
+    }
+    *next_poll = Instant::now() + s.settings.poll_min.min(Duration::from_secs(1));
+}
+
+/// `sbatch` the script; when the answer was lost (a transient error), the job may exist
+/// anyway: one with its name is taken instead of a second submission.
+fn submit(
+    client: &SlurmCli,
+    script: &std::path::Path,
+    name: &str,
+) -> Result<JobId, crate::slurm::queue::QueueError> {
+    match client.submit(script) {
+        Ok(id) => Ok(id),
+        Err(e) if e.is_transient() => match client.find_by_name(name) {
+            Ok(ids) if !ids.is_empty() => Ok(*ids.iter().max().expect("not empty")),
+            _ => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// The job file of a node run as a Slurm job: the device is relative to the job's
+/// `CUDA_VISIBLE_DEVICES` (Slurm's cgroups renumber the allocated GPUs from 0).
+#[allow(clippy::too_many_arguments)]
+fn slurm_job_file(
+    dag: &Dag,
+    cache: &Cache,
+    done: &BTreeMap<NodeIndex, Record>,
+    idx: NodeIndex,
+    key: &CacheKey,
+    material: crate::cache::KeyMaterial,
+    gpu: bool,
+    devices: usize,
+    opts: &RunOptions,
+) -> Result<Job, ExecutorError> {
+    let node = dag.node(idx);
+    let inputs: Vec<StageInput> = dag
+        .deps(idx)
+        .iter()
+        .map(|d| {
+            let n = dag.node(*d);
+            Ok(StageInput {
+                name: n.stage.clone(),
+                node: n.id.clone(),
+                point: n.matrix_point.clone(),
+                kind: n.kind.clone(),
+                dir: cache.output_dir(&done[d])?,
+            })
+        })
+        .collect::<Result<_, crate::cache::CacheError>>()?;
+    Ok(Job {
+        schema: JOB_SCHEMA_VERSION,
+        key: key.to_string(),
+        material,
+        pipeline: opts.pipeline.clone(),
+        node: node.id.clone(),
+        stage: node.stage.clone(),
+        kind: node.kind.clone(),
+        params: node.params.clone(),
+        inputs,
+        device: if gpu {
+            DeviceKind::Cuda(0)
+        } else {
+            DeviceKind::Cpu
+        },
+        env: opts.stage_env.clone(),
+        run_id: opts.run_id,
+        resources: node.resources.clone(),
+        gpus: if gpu && devices > 1 {
+            (0..devices).collect()
+        } else {
+            Vec::new()
+        },
+    })
 }
 
 fn log_path(cache: &Cache, run_id: Option<i64>, node: &str) -> PathBuf {
@@ -849,6 +1308,7 @@ mod schedule_tests {
             run_id: None,
             stage_env: BTreeMap::new(),
             cancel_grace_secs: 1,
+            slurm: None,
         };
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()

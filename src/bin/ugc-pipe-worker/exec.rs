@@ -9,6 +9,7 @@
 //! local launcher of N ranks ([`crate::launch`]).
 
 use std::path::Path;
+use std::time::Duration;
 
 use ugc_engine::CancelToken;
 use ugc_engine::DeviceKind;
@@ -16,6 +17,7 @@ use ugc_engine::events::{EventProgress, StageEvent};
 use ugc_engine::exec::{DeviceMemory, ExecOutcome, exec_job, exec_rank};
 use ugc_engine::job::Job;
 use ugc_engine::rank::RankEnv;
+use ugc_engine::slurm::attempt::{AttemptWriter, Heartbeat, Outcome};
 use ugc_pipe::cli::store::{open_cache, open_registry};
 use ugc_pipe::cli::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED};
 
@@ -50,7 +52,61 @@ pub fn init_exec_logging(verbose: u8) {
         .try_init();
 }
 
+/// Under Slurm (`SLURM_JOB_ID` set), the batch process (rank 0 of an `srun` stage) writes
+/// the attempt file and heartbeat into the cache for the head: how the attempt ended
+/// (committed, the stage's own error, out of memory, or checkpointed and asking to be
+/// resubmitted), whatever happened before the stage itself started included.
 pub fn exec(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliResult {
+    // The batch process, or rank 0 of `srun` tasks (SLURM_NTASKS > 1); not the ranks the
+    // local launcher starts inside a one-task job (their launcher writes it).
+    let srun_task = std::env::var("SLURM_NTASKS")
+        .ok()
+        .and_then(|n| n.trim().parse::<u32>().ok())
+        .is_some_and(|n| n > 1);
+    let leader = std::env::var("RANK").map_or(true, |r| srun_task && r.trim() == "0");
+    let Some(job) = ugc_engine::exec::slurm_job_id().filter(|_| leader) else {
+        return exec_here(key, cache_dir, force, run);
+    };
+    let attempt = AttemptWriter::begin(cache_dir, key, job)
+        .map_err(|e| CliError::failed(format!("attempt file: {e}")))?;
+    let every = std::env::var("UGC_HEARTBEAT_S")
+        .ok()
+        .and_then(|s| s.trim().parse::<f64>().ok())
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+        .filter(|d| !d.is_zero())
+        .unwrap_or(Duration::from_secs(30));
+    let beat = Heartbeat::start(cache_dir, key, job, every)
+        .map_err(|e| CliError::failed(format!("heartbeat: {e}")))?;
+    let result = exec_here(key, cache_dir, force, run);
+    drop(beat);
+    let last = LAST_ERROR.lock().ok().and_then(|e| e.clone());
+    let (outcome, code, error) = match &result {
+        Ok(0) => (Outcome::Committed, 0, None),
+        Ok(c) if *c == EXIT_INTERRUPTED => (Outcome::Checkpointed, *c, last),
+        Ok(c) => (failure(last.as_deref()), *c, last),
+        Err(e) => (failure(Some(&e.message)), e.code, Some(e.message.clone())),
+    };
+    if let Err(e) = attempt.finish(outcome, code, error) {
+        tracing::error!("attempt file: {e}");
+    }
+    result
+}
+
+/// The stage's last error, for the attempt file.
+static LAST_ERROR: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+
+/// A stage's own error, or memory exhaustion (libtorch's and the allocator's words),
+/// which the head reports as such.
+fn failure(error: Option<&str>) -> Outcome {
+    let e = error.unwrap_or("").to_ascii_lowercase();
+    if e.contains("out of memory") || e.contains("cannot allocate memory") {
+        Outcome::OutOfMemory
+    } else {
+        Outcome::Failed
+    }
+}
+
+fn exec_here(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliResult {
     let rank = RankEnv::from_process_env().map_err(CliError::usage)?;
     let cache = open_cache(cache_dir)?;
     let job = Job::read(cache.root(), key, run).map_err(CliError::usage)?;
@@ -61,10 +117,13 @@ pub fn exec(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliRe
     }
     let cancel = CancelToken::new();
     // SIGHUP too: a closed terminal or session asks the stage to checkpoint and stop.
+    // SIGUSR1: Slurm's warning before the time limit (`--signal=B:USR1@grace`), and the
+    // head's Ctrl-C for a running job: checkpoint and stop, to be resubmitted.
     for sig in [
         signal_hook::consts::SIGTERM,
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGUSR1,
     ] {
         signal_hook::flag::register(sig, cancel.flag())
             .map_err(|e| CliError::failed(format!("signal handler: {e}")))?;
@@ -119,6 +178,9 @@ pub fn exec(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliRe
     };
     if let Some(e) = &error {
         tracing::error!("{e}");
+        if let Ok(mut last) = LAST_ERROR.lock() {
+            *last = Some(e.clone());
+        }
     } else {
         tracing::info!("{outcome}");
     }

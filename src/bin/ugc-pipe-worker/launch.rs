@@ -45,10 +45,11 @@ pub struct Signals {
 }
 
 impl Signals {
-    /// Handlers for SIGTERM, SIGINT and SIGHUP (the signals that cancel a stage).
+    /// Handlers for SIGTERM, SIGINT, SIGHUP and SIGUSR1 (the signals that cancel a stage;
+    /// USR1 is Slurm's time-limit warning), each passed on to the ranks.
     pub fn register() -> std::io::Result<Signals> {
         let mut flags = Vec::new();
-        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        for sig in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1] {
             let flag = Arc::new(AtomicBool::new(false));
             signal_hook::flag::register(sig, flag.clone())?;
             flags.push((sig, flag));
@@ -60,7 +61,7 @@ impl Signals {
     #[cfg(test)]
     fn manual() -> Signals {
         Signals {
-            flags: [libc::SIGTERM, libc::SIGINT, libc::SIGHUP]
+            flags: [libc::SIGTERM, libc::SIGINT, libc::SIGHUP, libc::SIGUSR1]
                 .into_iter()
                 .map(|s| (s, Arc::new(AtomicBool::new(false))))
                 .collect(),
