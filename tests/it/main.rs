@@ -9,3 +9,4 @@ mod engine_cli;
 mod model_cli;
 mod pipelines;
 mod quickstart;
+mod slurm;
