@@ -15,7 +15,9 @@ command -v chromium >/dev/null && export UGC_REQUIRE_CHROMIUM=1  # setup install
 
 # The Slurm executor's integration tests need the one-node test cluster: brought up here
 # (installing Debian's packages when missing) where we are root; UGC_REQUIRE_SLURM then
-# makes them fail instead of skipping if sbatch is missing.
+# makes them fail instead of skipping if sbatch is missing (`ugc-engine --test it slurm::`
+# for the modules, `ugc-pipe --test it slurm::` for `run --executor slurm`, both in the
+# workspace run below).
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     ./scripts/slurm-up.sh
     export UGC_REQUIRE_SLURM=1

@@ -1,7 +1,8 @@
-//! Foundations of the Slurm executor (issue 14): settings, the sbatch script of a stage,
-//! the client of Slurm's commands, the worker's attempt file and heartbeat, and the state
-//! machine that decides each stage's fate from the cache first and Slurm second. Not yet
-//! wired into `ugc-pipe run --executor slurm`; see docs/engine.md, "Slurm executor".
+//! The Slurm executor's parts (issue 14): settings, the sbatch script of a stage, the
+//! client of Slurm's commands, the worker's attempt file and heartbeat, and the state
+//! machine that decides each stage's fate from the cache first and Slurm second.
+//! `executor::run_dag` drives them for `ugc-pipe run --executor slurm`; see
+//! docs/engine.md, "Slurm executor".
 
 pub mod attempt;
 pub mod monitor;
