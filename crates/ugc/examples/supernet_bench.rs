@@ -16,10 +16,10 @@ use ugc_method::supernet::SupernetStage;
 use ugc_method::train::TrainStage;
 
 fn schema(name: &str) -> KindSchema {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../stages")
-        .join(name);
-    KindSchema::from_yaml(&std::fs::read_to_string(path).expect("schema file")).expect("schema")
+    let name = name.trim_end_matches(".yaml");
+    ugc_kinds::Kind::from_name(name)
+        .unwrap_or_else(|| panic!("no kind `{name}`"))
+        .schema()
 }
 
 fn params(s: &KindSchema, over: Value) -> Value {
