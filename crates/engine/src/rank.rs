@@ -186,11 +186,10 @@ mod tests {
             .into_iter()
             .map(|(k, v)| (k.to_string(), v))
             .collect();
-        let again = RankEnv::from_vars(|k| {
-            back.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
-        })
-        .unwrap()
-        .unwrap();
+        let again =
+            RankEnv::from_vars(|k| back.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone()))
+                .unwrap()
+                .unwrap();
         assert_eq!(again, env);
     }
 
