@@ -1,6 +1,6 @@
 //! Export of sub-nets as standalone compact models, loading them back, and checking a
-//! weights file (e.g. an official checkpoint converted to safetensors) against an
-//! architecture by tensor name and shape.
+//! weights file (e.g. an official checkpoint: safetensors, or a `.pth` as `torch.save`
+//! wrote it, told apart by content) against an architecture by tensor name and shape.
 //!
 //! A model directory holds `model.safetensors` (contiguous tensors, official names) and
 //! `model.json`: `{"format": "ugc-nn-model", "version": 1, "arch": <ArchConfig>,
@@ -16,6 +16,7 @@ use tch::{Device, Kind, Tensor, nn::VarStore};
 use crate::arch::ArchConfig;
 use crate::error::NnError;
 use crate::generator::{Generator, build_generator};
+use crate::pth::{self, WeightsFormat};
 use crate::subnet::SubnetConfig;
 
 pub const WEIGHTS_FILE: &str = "model.safetensors";
@@ -100,8 +101,12 @@ pub fn expected_tensors(cfg: &ArchConfig) -> Result<BTreeMap<String, Vec<i64>>, 
         .collect())
 }
 
-/// Names and shapes stored in a safetensors file (header only).
+/// Names and shapes stored in a weights file: a safetensors header, or the pickle of a
+/// `torch.save` state dict (see [`crate::pth`]); no tensor data is read.
 pub fn file_tensors(file: &Path) -> Result<BTreeMap<String, Vec<i64>>, NnError> {
+    if pth::sniff_format(file)? != WeightsFormat::Safetensors {
+        return pth::torch_shapes(file);
+    }
     let bytes = std::fs::read(file).map_err(io_err(file))?;
     let (_, meta) =
         safetensors::SafeTensors::read_metadata(&bytes).map_err(|e| NnError::Weights {
@@ -113,6 +118,49 @@ pub fn file_tensors(file: &Path) -> Result<BTreeMap<String, Vec<i64>>, NnError> 
         .into_iter()
         .map(|(k, info)| (k, info.shape.iter().map(|&d| d as i64).collect()))
         .collect())
+}
+
+/// The tensors of a weights file in any format [`file_tensors`] reads, on the CPU, with the
+/// names the architecture uses (a `torch.save` file's `module.` prefix removed).
+pub fn read_weights(file: &Path) -> Result<Vec<(String, Tensor)>, NnError> {
+    if pth::sniff_format(file)? != WeightsFormat::Safetensors {
+        return pth::read_torch(file);
+    }
+    Tensor::read_safetensors(file).map_err(|e| NnError::Weights {
+        path: file.to_path_buf(),
+        reason: format!("not a safetensors file: {e}"),
+    })
+}
+
+/// Copies `tensors` into the variables of `vs` by name, as `VarStore::load` does (each
+/// variable takes the file's dtype, then its values), so a safetensors file loads to the
+/// same bits either way. Every variable must be present.
+pub fn load_into(
+    vs: &mut VarStore,
+    tensors: &[(String, Tensor)],
+    file: &Path,
+) -> Result<(), NnError> {
+    let by_name: std::collections::HashMap<&str, &Tensor> =
+        tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut vars = vs.variables();
+    let mut names: Vec<&String> = vars.keys().collect();
+    names.sort();
+    let names: Vec<String> = names.into_iter().cloned().collect();
+    for name in names {
+        let src = by_name
+            .get(name.as_str())
+            .ok_or_else(|| NnError::WeightsMismatch {
+                path: file.to_path_buf(),
+                summary: format!("missing: {name}"),
+            })?;
+        let var = vars.get_mut(&name).expect("a listed variable");
+        tch::no_grad(|| {
+            var.set_data(&var.to_kind(src.kind()));
+            var.f_copy_(src)
+        })
+        .map_err(|e| NnError::torch(format!("loading `{name}` from {}", file.display()), e))?;
+    }
+    Ok(())
 }
 
 /// Compares `file` with the tensors of `cfg`, reporting every missing, unexpected or
@@ -159,8 +207,8 @@ pub fn load_weights(cfg: &ArchConfig, file: &Path, device: Device) -> Result<Loa
     }
     let mut vs = VarStore::new(device);
     let generator = build_generator(&vs.root(), cfg)?;
-    vs.load(file)
-        .map_err(|e| NnError::torch(format!("loading {}", file.display()), e))?;
+    let tensors = read_weights(file)?;
+    load_into(&mut vs, &tensors, file)?;
     Ok(LoadedModel { vs, generator })
 }
 

@@ -13,7 +13,8 @@
 //! - [`disc`]: [`Discriminator`] trait, [`DiscConfig`], [`build_discriminator`].
 //!
 //! Tensors are created under an `nn::Path` with the official PyTorch state-dict names, so an
-//! official checkpoint converted to safetensors loads by name.
+//! official checkpoint loads by name, as safetensors or as the `.pth` that `torch.save`
+//! wrote ([`pth`]; told apart by content).
 
 pub mod arch;
 pub mod cost;
@@ -27,6 +28,7 @@ pub mod infer;
 pub mod multiscale;
 pub mod patchgan;
 pub mod pix2pixhd;
+pub mod pth;
 pub mod resnet;
 pub mod spade;
 pub mod subnet;

@@ -318,13 +318,12 @@ pub fn fold_spectral_norm(tensors: &mut Vec<(String, Tensor)>) -> Result<Vec<Str
     Ok(prefixes)
 }
 
-/// Converts an official spectral-norm checkpoint (safetensors) at `src` into one with plain
+/// Converts an official spectral-norm checkpoint (safetensors or `torch.save`) at `src` into one with plain
 /// `weight` tensors at `dst` (see [`fold_spectral_norm`]); every other tensor is copied
 /// unchanged. Returns the folded layer prefixes (empty if `src` had no spectral norm).
 /// Errors name the file.
 pub fn fold_spectral_norm_file(src: &Path, dst: &Path) -> Result<Vec<String>, NnError> {
-    let mut tensors = Tensor::read_safetensors(src)
-        .map_err(|e| NnError::torch(format!("reading {}", src.display()), e))?;
+    let mut tensors = crate::export::read_weights(src)?;
     let folded = fold_spectral_norm(&mut tensors).map_err(|e| match e {
         NnError::Unsupported(msg) => NnError::Unsupported(format!("{}: {msg}", src.display())),
         e => e,
