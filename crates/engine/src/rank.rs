@@ -128,7 +128,9 @@ impl RankEnv {
     }
 }
 
-mod secs {
+/// A [`Duration`] as a number of seconds (the job file's and the pipeline's form); shared
+/// with `spec::resources`.
+pub(crate) mod secs {
     use std::time::Duration;
 
     pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {

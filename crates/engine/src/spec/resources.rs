@@ -35,7 +35,7 @@ pub struct Resources {
     /// How long a rank waits in a collective (and the rendezvous) for its peers before the
     /// stage fails: the bound on detecting a dead rank. Written in seconds
     /// (`dist_timeout_s`); default [`crate::rank::DEFAULT_TIMEOUT`].
-    #[serde(rename = "dist_timeout_s", with = "secs", default = "default_timeout")]
+    #[serde(rename = "dist_timeout_s", with = "crate::rank::secs", default = "default_timeout")]
     pub dist_timeout: Duration,
     /// Slurm: CPUs per rank (`--cpus-per-task`); Slurm's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -317,16 +317,3 @@ pub(crate) fn check_machine(
     problems
 }
 
-/// A [`Duration`] as a number of seconds, as written in the pipeline.
-mod secs {
-    use std::time::Duration;
-
-    pub fn serialize<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let v = <f64 as serde::Deserialize>::deserialize(d)?;
-        Duration::try_from_secs_f64(v).map_err(serde::de::Error::custom)
-    }
-}
