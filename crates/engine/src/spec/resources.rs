@@ -35,7 +35,11 @@ pub struct Resources {
     /// How long a rank waits in a collective (and the rendezvous) for its peers before the
     /// stage fails: the bound on detecting a dead rank. Written in seconds
     /// (`dist_timeout_s`); default [`crate::rank::DEFAULT_TIMEOUT`].
-    #[serde(rename = "dist_timeout_s", with = "crate::rank::secs", default = "default_timeout")]
+    #[serde(
+        rename = "dist_timeout_s",
+        with = "crate::rank::secs",
+        default = "default_timeout"
+    )]
     pub dist_timeout: Duration,
     /// Slurm: CPUs per rank (`--cpus-per-task`); Slurm's default when unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -316,4 +320,3 @@ pub(crate) fn check_machine(
     }
     problems
 }
-
