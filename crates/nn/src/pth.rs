@@ -977,10 +977,13 @@ fn open_zip(path: &Path) -> Result<TorchFile, NnError> {
         }
     }
     let top = {
-        let e = archive
+        // Read whole, so that the zip's CRC of the pickle is checked before it is parsed.
+        let mut pkl = Vec::new();
+        archive
             .by_name(&format!("{prefix}data.pkl"))
-            .map_err(|e| werr(path, format!("reading data.pkl: {e}")))?;
-        let mut r = BufReader::new(e);
+            .and_then(|mut e| e.read_to_end(&mut pkl).map_err(Into::into))
+            .map_err(|e| werr(path, format!("reading data.pkl: {e} (corrupt file)")))?;
+        let mut r = std::io::Cursor::new(pkl);
         Unpickler::new(&mut r)
             .load()
             .map_err(|e| werr(path, format!("data.pkl: {e}")))?

@@ -4,3 +4,4 @@ mod common;
 mod hd_gaugan;
 mod pix2pix_interop;
 mod pix2pix_supernet;
+mod pth;
