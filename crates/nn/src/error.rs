@@ -53,7 +53,7 @@ pub enum NnError {
     },
     #[error("image error on {path}: {reason}")]
     Image { path: PathBuf, reason: String },
-    /// A weights file that cannot be read as safetensors.
+    /// A weights file that cannot be read (safetensors or torch.save), or holds no state dict.
     #[error("weights file {path}: {reason}")]
     Weights { path: PathBuf, reason: String },
 }

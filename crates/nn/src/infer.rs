@@ -129,7 +129,8 @@ pub fn save_output(y: &Tensor, path: &Path) -> Result<(), NnError> {
 }
 
 /// Runs sub-net `sub` (the full model when `None`) of `cfg` with `weights` on one image.
-/// `weights` is a safetensors file with the architecture's tensor names, or an exported
+/// `weights` is a weights file with the architecture's tensor names (safetensors or a
+/// `torch.save` `.pth`, see [`crate::pth`]), or an exported
 /// model directory (then its `model.json` must name the same family, and `sub` must be
 /// `None`: the compact model is run whole).
 pub fn infer_image(

@@ -311,7 +311,7 @@ impl<'r, R: BufRead> Unpickler<'r, R> {
     }
 
     fn set_items(&mut self, items: Vec<Value>) -> PResult<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("SETITEMS with an odd number of items (corrupt file)".into());
         }
         match self.top()? {
@@ -811,9 +811,12 @@ fn rebuild_tensor(args: &[Value]) -> PResult<Value> {
     }
 }
 
+/// Named tensor descriptions, in the file's order.
+type StateDict = Vec<(String, Rc<TensorMeta>)>;
+
 /// Picks the state dict out of the unpickled object and removes a `module.` prefix.
-fn state_dict_of(top: &Value) -> PResult<Vec<(String, Rc<TensorMeta>)>> {
-    fn as_state_dict(v: &Value) -> Option<Vec<(String, Rc<TensorMeta>)>> {
+fn state_dict_of(top: &Value) -> PResult<StateDict> {
+    fn as_state_dict(v: &Value) -> Option<StateDict> {
         let Value::Dict(d) = v else { return None };
         let d = d.borrow();
         if d.is_empty() {
@@ -852,7 +855,7 @@ fn state_dict_of(top: &Value) -> PResult<Vec<(String, Rc<TensorMeta>)>> {
                 return Err(format!("not a state dict: {}", why_not(top)));
             };
             let d = d.borrow();
-            let found: Vec<(String, Vec<(String, Rc<TensorMeta>)>)> = d
+            let found: Vec<(String, StateDict)> = d
                 .iter()
                 .filter_map(|(k, v)| match k {
                     Value::Str(k) => as_state_dict(v).map(|sd| (k.to_string(), sd)),
@@ -930,7 +933,7 @@ enum Storages {
 /// A parsed `torch.save` file: the state dict's names and tensor descriptions; bytes are
 /// read by [`TorchFile::tensors`].
 struct TorchFile {
-    entries: Vec<(String, Rc<TensorMeta>)>,
+    entries: StateDict,
     storages: Storages,
 }
 
