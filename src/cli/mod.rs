@@ -225,7 +225,8 @@ pub enum Verb {
     Infer {
         #[command(flatten)]
         arch: args::ArchArgs,
-        /// Weights: a safetensors file with the architecture's names, or an exported model folder.
+        /// Weights: a safetensors or torch.save (.pth/.pt) state dict with the architecture's
+        /// names, or an exported model folder.
         #[arg(long)]
         weights: PathBuf,
         /// Input image.
@@ -244,12 +245,14 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
-    /// Check an official checkpoint (converted to safetensors) against an architecture;
-    /// reports every missing, unexpected or mis-shaped tensor. With --out, writes a model folder.
+    /// Check an official checkpoint (safetensors, or a .pth/.pt as torch.save wrote it) against
+    /// an architecture; reports every missing, unexpected or mis-shaped tensor. With --out,
+    /// writes a model folder.
     Import {
         #[command(flatten)]
         arch: args::ArchArgs,
-        /// The checkpoint, converted to safetensors with its official tensor names.
+        /// The checkpoint with its official tensor names (safetensors or .pth/.pt; DataParallel
+        /// `module.` prefixes and nested `state_dict`/`netG` keys are handled).
         #[arg(long)]
         weights: PathBuf,
         /// Write a model folder (model.safetensors + model.json) here when the check passes.
@@ -263,7 +266,7 @@ pub enum Verb {
     Export {
         #[command(flatten)]
         arch: args::ArchArgs,
-        /// Supernet (or full-model) weights as safetensors with the architecture's names.
+        /// Supernet (or full-model) weights (safetensors or .pth/.pt) with the architecture's names.
         #[arg(long)]
         weights: PathBuf,
         /// Output model folder (model.safetensors + model.json).
