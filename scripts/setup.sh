@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the build needs into the project: PyTorch 2.11.0 (its libtorch is what tch
-# 0.24 links against) in a project-local virtualenv, and numpy/scipy for the reference
+# 0.24 links against) in a project-local virtualenv, and numpy/scipy/safetensors for the reference
 # scripts. Idempotent: a second call only checks. Needs python3 >= 3.10 with venv and pip.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,10 +21,11 @@ have=$("$VENV/bin/python" -c 'import torch; print(torch.__version__.split("+")[0
 if [ "$have" != "$TORCH_VERSION" ]; then
   echo "setup: installing torch==$TORCH_VERSION into $VENV (about 3 GB with the CUDA libraries)"
   "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off \
-    "torch==$TORCH_VERSION" numpy scipy
+    "torch==$TORCH_VERSION" numpy scipy safetensors
 fi
-"$VENV/bin/python" -c 'import numpy, scipy' 2>/dev/null || \
-  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off numpy scipy
+# safetensors: the test scripts that write weights the Rust side reads (make_pth.py).
+"$VENV/bin/python" -c 'import numpy, scipy, safetensors' 2>/dev/null || \
+  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off numpy scipy safetensors
 
 # Headers that the wheel's CUDA runtime headers include but its packages leave out: the C
 # runtime's crt/ and CCCL's nv/target. crates/torch-ext compiles c10d's NCCL backend

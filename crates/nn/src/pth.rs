@@ -65,10 +65,14 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> NnError + '_ {
     }
 }
 
-/// Tells the format of `path` by content: zip magic `PK\3\4`, a pickle's PROTO opcode
-/// (legacy torch), else safetensors (whose own parser then says what is wrong).
+/// Tells the format of `path` by content: a safetensors header (an 8-byte little-endian
+/// length that fits the file, then `{`), zip magic `PK\3\4`, a pickle's PROTO opcode
+/// (legacy torch), else safetensors (whose own parser then says what is wrong). The
+/// safetensors test comes first: its length's first byte can be `0x80` (a 3968-byte
+/// header starts `80 0f`), which alone would read as a pickle.
 pub fn sniff_format(path: &Path) -> Result<WeightsFormat, NnError> {
     let mut f = File::open(path).map_err(io_err(path))?;
+    let file_len = f.metadata().map_err(io_err(path))?.len();
     let mut head = [0u8; 512];
     let mut n = 0;
     while n < head.len() {
@@ -79,6 +83,12 @@ pub fn sniff_format(path: &Path) -> Result<WeightsFormat, NnError> {
         n += k;
     }
     let head = &head[..n];
+    if head.len() > 8 {
+        let header_len = u64::from_le_bytes(head[..8].try_into().unwrap_or([0xff; 8]));
+        if head[8] == b'{' && header_len.checked_add(8).is_some_and(|end| end <= file_len) {
+            return Ok(WeightsFormat::Safetensors);
+        }
+    }
     if head.starts_with(b"PK\x03\x04") {
         return Ok(WeightsFormat::TorchZip);
     }
@@ -1283,5 +1293,27 @@ mod tests {
             run(b"\x8a\x02\x00\x01.").unwrap(),
             Value::Int(256)
         ));
+    }
+
+    /// A safetensors file whose header is 3968 bytes long starts `80 0f`, a pickle's PROTO
+    /// opcode: it must still read as safetensors (a teacher's export hit this).
+    #[test]
+    fn a_safetensors_header_length_starting_with_0x80_is_not_a_pickle() {
+        let dir = tempfile::tempdir().unwrap();
+        let json = br#"{"w":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        let mut header = json.to_vec();
+        header.resize(0x0f80, b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        assert_eq!(bytes[..2], [0x80, 0x0f]);
+        bytes.extend_from_slice(&header);
+        bytes.extend_from_slice(&1.5f32.to_le_bytes());
+        let path = dir.path().join("model.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            sniff_format(&path).unwrap(),
+            WeightsFormat::Safetensors
+        ));
+        let t = tch::Tensor::read_safetensors(&path).unwrap();
+        assert_eq!(t[0].1.double_value(&[0]), 1.5);
     }
 }
