@@ -147,14 +147,15 @@ pub fn render(page: &Page<'_>) -> Result<String, ReportError> {
     for r in page.records {
         h.push_str(&format!(
             "<details class=\"model\"><summary>{label} — {node}</summary>\n\
-             <p>Evaluate output: <a href=\"{folder}\">folder</a>, <a href=\"{folder}/eval.json\">eval.json</a>, \
-             <a href=\"{folder}/metrics.json\">metrics.json</a>. The model's weights are in its \
-             stage's output (eval.json <code>model.weights_blake3</code> names them); its \
+             <p>Evaluate output: stage <code>{node}</code> (its folder, with eval.json and \
+             metrics.json, is listed by <code>ugc-pipe show PIPELINE --json</code>; the page \
+             names no path, so its bytes do not depend on where the cache is). The model's \
+             weights are in its stage's output (eval.json <code>model.weights_blake3</code> \
+             names them); its \
              training log is that stage's <code>log.csv</code> (the training stages write no \
              TensorBoard files).</p>\n<pre>{json}</pre></details>\n",
             label = html_escape(&model_label(r, page.params)),
             node = html_escape(&r.node),
-            folder = html_escape(&format!("file://{}", r.dir.display())),
             json = html_escape(
                 &serde_json::to_string_pretty(&r.model_json).unwrap_or_else(|_| "null".into())
             ),
