@@ -302,7 +302,9 @@ fn cpu_ranks_start_as_srun_tasks_with_torchrun_variables() {
 }
 
 /// A job that reaches its time limit gets USR1 `grace` seconds before, checkpoints and
-/// asks to be resubmitted: the monitor says retry (time limit).
+/// asks to be resubmitted: the monitor says retry (time limit). The fake stage logs before
+/// it writes the attempt file: the verdict follows the file at once, and a log line
+/// written after it raced the assertion (CI saw that once).
 #[test]
 #[ignore = "slow: Slurm's time limits are whole minutes, checked every 30 s (scripts/test.sh runs it)"]
 fn slow_a_time_limited_stage_checkpoints_on_the_warning_and_is_retried() {
@@ -312,11 +314,12 @@ fn slow_a_time_limited_stage_checkpoints_on_the_warning_and_is_retried() {
     let stage = Stage::new(
         "timeout",
         r#"ckpt() {
+  echo "USR1: checkpointed"
   mkdir -p "$CACHE/scratch/$KEY"; echo step > "$CACHE/scratch/$KEY/ckpt"
   mkdir -p "$CACHE/attempts/$KEY"
   printf '{"key":"%s","job_id":%s,"host":"%s","started_ms":0,"ended_ms":1,"outcome":"checkpointed","exit_code":0,"error":null,"peak_rss_kib":null}' \
     "$KEY" "$SLURM_JOB_ID" "$(hostname)" > "$CACHE/attempts/$KEY/.t" && mv "$CACHE/attempts/$KEY/.t" "$CACHE/attempts/$KEY/$SLURM_JOB_ID.json"
-  echo "USR1: checkpointed"; exit 0; }
+  exit 0; }
 trap ckpt USR1
 while :; do sleep 1; done"#,
     );
