@@ -453,20 +453,8 @@ pub async fn run_dag(
                             Err(e) => {
                                 let err = format!("sbatch refused stage `{}`: {e}", node.id);
                                 finished.insert(idx);
-                                ui.stage_finished(
-                                    &node.id,
-                                    &NodeOutcome::Failed,
-                                    Some(&key),
-                                    0.0,
-                                    Some(&err),
-                                );
-                                summary.errors.insert(node.id.clone(), err);
-                                summary
-                                    .outcomes
-                                    .insert(node.id.clone(), NodeOutcome::Failed);
-                                if !opts.keep_going {
-                                    stop_scheduling = true;
-                                }
+                                fail_unstarted(&node.id, &key, err, ui, &mut summary);
+                                stop_scheduling |= !opts.keep_going;
                                 continue;
                             }
                         }
@@ -514,20 +502,8 @@ pub async fn run_dag(
                     Take::Never(why) => {
                         let err = format!("stage `{}` {why}", node.id);
                         finished.insert(idx);
-                        ui.stage_finished(
-                            &node.id,
-                            &NodeOutcome::Failed,
-                            Some(&key),
-                            0.0,
-                            Some(&err),
-                        );
-                        summary.errors.insert(node.id.clone(), err);
-                        summary
-                            .outcomes
-                            .insert(node.id.clone(), NodeOutcome::Failed);
-                        if !opts.keep_going {
-                            stop_scheduling = true;
-                        }
+                        fail_unstarted(&node.id, &key, err, ui, &mut summary);
+                        stop_scheduling |= !opts.keep_going;
                         continue;
                     }
                 };
@@ -836,6 +812,22 @@ fn record_cached(
     if let Err(e) = registry.record_execution(&row) {
         tracing::warn!("run registry: {e}");
     }
+}
+
+/// A node that failed before any stage process ran for it (sbatch refused it, or it can
+/// never get its slots): reported and recorded as failed with `err`.
+fn fail_unstarted(
+    node: &str,
+    key: &CacheKey,
+    err: String,
+    ui: &mut dyn RunUi,
+    summary: &mut RunSummary,
+) {
+    ui.stage_finished(node, &NodeOutcome::Failed, Some(key), 0.0, Some(&err));
+    summary.errors.insert(node.to_string(), err);
+    summary
+        .outcomes
+        .insert(node.to_string(), NodeOutcome::Failed);
 }
 
 /// First signal: ask every running stage to checkpoint and stop; after the grace period,
