@@ -354,21 +354,32 @@ struct UgcGradReducer {
       ++next;
     }
     at::NoGradGuard no_grad;
+    // Every bucket's count element, read to the host in one transfer: one device
+    // synchronisation per step, not one per bucket.
+    std::vector<at::Tensor> counts;
     for (size_t b = 0; b < buckets.size(); ++b) {
       works[b]->wait(pg->timeout);
-      const auto& flat = flats[b];
-      int64_t have = 0;
-      for (size_t i : buckets[b]) have += params[i].grad().defined() ? 1 : 0;
-      double total = flat[flat.numel() - 1].item<double>();
-      double expect = static_cast<double>(have) * pg->world;
-      if (std::abs(total - expect) > 0.5) {
-        reset();
-        throw std::runtime_error(
-            "data-parallel ranks disagree on which parameters have gradients this step "
-            "(bucket " + std::to_string(b) + ": " + std::to_string(have) +
-            " here, " + std::to_string(total) + " summed over " + std::to_string(pg->world) +
-            " ranks); every rank must run the same sub-nets");
+      counts.push_back(flats[b].narrow(0, flats[b].numel() - 1, 1).to(at::kDouble));
+    }
+    if (!counts.empty()) {
+      auto totals = at::cat(counts).to(at::kCPU);
+      auto total = totals.accessor<double, 1>();
+      for (size_t b = 0; b < buckets.size(); ++b) {
+        int64_t have = 0;
+        for (size_t i : buckets[b]) have += params[i].grad().defined() ? 1 : 0;
+        double expect = static_cast<double>(have) * pg->world;
+        if (std::abs(total[static_cast<int64_t>(b)] - expect) > 0.5) {
+          reset();
+          throw std::runtime_error(
+              "data-parallel ranks disagree on which parameters have gradients this step "
+              "(bucket " + std::to_string(b) + ": " + std::to_string(have) + " here, " +
+              std::to_string(total[static_cast<int64_t>(b)]) + " summed over " +
+              std::to_string(pg->world) + " ranks); every rank must run the same sub-nets");
+        }
       }
+    }
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      const auto& flat = flats[b];
       int64_t at = 0;
       for (size_t i : buckets[b]) {
         auto n = params[i].numel();
