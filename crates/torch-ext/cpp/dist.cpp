@@ -102,6 +102,23 @@ std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& master
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
 
+// c10d's Flight Recorder (a ring of recent collectives for post-mortem dumps, on by
+// default) is switched off before the first group exists: nothing here dumps it, and in
+// libtorch 2.11 its first record per group inserts into a map before taking its mutex,
+// so two groups in one process (the two-rank unit tests run ranks as threads) corrupt the
+// heap when their first collectives coincide (seen as a segfault in
+// `FlightRecorder::recordWithResetEnabled` and as hung collectives). A user's own
+// TORCH_FR_BUFFER_SIZE wins.
+void disable_flight_recorder() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    if (std::getenv("TORCH_FR_BUFFER_SIZE") == nullptr &&
+        std::getenv("TORCH_NCCL_TRACE_BUFFER_SIZE") == nullptr) {
+      setenv("TORCH_FR_BUFFER_SIZE", "0", 0);
+    }
+  });
+}
+
 }  // namespace
 
 extern "C" {
@@ -111,6 +128,7 @@ extern "C" {
 int ugc_pg_new(int backend, const char* host, int port, int rank, int world, int64_t timeout_ms,
                int device, UgcProcessGroup** out) {
   return guarded([&] {
+    disable_flight_recorder();
     auto timeout = std::chrono::milliseconds(timeout_ms);
     c10d::TCPStoreOptions so;
     so.port = static_cast<std::uint16_t>(port);

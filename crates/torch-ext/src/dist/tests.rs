@@ -195,6 +195,9 @@ fn ranks_that_disagree_on_which_parameters_have_gradients_fail_instead_of_averag
 fn a_peer_that_goes_away_fails_the_collective_within_the_timeout_naming_the_rank() {
     let timeout = Duration::from_secs(3);
     let out = ranks(2, timeout, |r, pg| {
+        // Both have joined (rank 1 leaving while rank 0 still connects would fail the
+        // join instead of the collective under test).
+        pg.barrier().unwrap();
         if r == 1 {
             // Leaves the group without taking part.
             drop(pg);
