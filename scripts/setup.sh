@@ -24,8 +24,9 @@ if [ "$have" != "$TORCH_VERSION" ]; then
     "torch==$TORCH_VERSION" numpy scipy safetensors
 fi
 # safetensors: the test scripts that write weights the Rust side reads (make_pth.py).
-"$VENV/bin/python" -c 'import numpy, scipy, safetensors' 2>/dev/null || \
-  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off numpy scipy safetensors
+# tensorboard: the train tests read the event files back with it (pillow comes with it).
+"$VENV/bin/python" -c 'import numpy, scipy, safetensors, tensorboard' 2>/dev/null || \
+  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off numpy scipy safetensors tensorboard==2.21.0
 
 # Headers that the wheel's CUDA runtime headers include but its packages leave out: the C
 # runtime's crt/ and CCCL's nv/target. crates/torch-ext compiles c10d's NCCL backend
