@@ -4,12 +4,15 @@
 
 pub mod args;
 pub mod forward;
+pub mod metrics;
 mod pipeline;
 pub mod store;
 
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+
+pub use metrics::MetricsVerb;
 
 use crate::runtime::DeviceChoice;
 
@@ -316,36 +319,6 @@ pub enum Verb {
         /// its execution is recorded under that run. Without it, `jobs/<key>.json`.
         #[arg(long)]
         run: Option<i64>,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum MetricsVerb {
-    /// Fréchet distance between two N x D feature arrays (.npy); prints {"value": ...} with --json.
-    Frechet {
-        a: PathBuf,
-        b: PathBuf,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Mean IoU of label PNGs in --pred against --gt (matching file names), as a fraction.
-    Miou {
-        /// Directory of predicted label PNGs.
-        #[arg(long)]
-        pred: PathBuf,
-        /// Directory of ground-truth label PNGs with the same file names.
-        #[arg(long)]
-        gt: PathBuf,
-        /// Number of classes (label ids 0..N-1).
-        #[arg(long)]
-        num_classes: usize,
-        /// Label id excluded from the confusion matrix (e.g. 255).
-        #[arg(long)]
-        ignore: Option<u32>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
     },
 }
 

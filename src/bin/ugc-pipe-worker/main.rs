@@ -13,7 +13,7 @@ mod metrics;
 mod model;
 
 use clap::Parser;
-use ugc_pipe::cli::{Cli, CliError, EXIT_USAGE, MetricsVerb, Verb, report};
+use ugc_pipe::cli::{Cli, CliError, EXIT_USAGE, Verb, report};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -65,16 +65,7 @@ fn main() {
             out,
             json,
         } => model::export(&arch, &weights, &out, json),
-        Verb::Metrics { which } => match which {
-            MetricsVerb::Frechet { a, b, json } => metrics::frechet(&a, &b, json),
-            MetricsVerb::Miou {
-                pred,
-                gt,
-                num_classes,
-                ignore,
-                json,
-            } => metrics::miou(&pred, &gt, num_classes, ignore, json),
-        },
+        Verb::Metrics { which } => metrics::run(which),
         Verb::Synth {
             task,
             n,

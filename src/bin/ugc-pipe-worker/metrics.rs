@@ -2,7 +2,21 @@
 
 use std::path::Path;
 
-use ugc_pipe::cli::{CliError, CliResult};
+use ugc_pipe::cli::{CliError, CliResult, MetricsVerb};
+
+/// Runs one `metrics` verb.
+pub fn run(which: MetricsVerb) -> CliResult {
+    match which {
+        MetricsVerb::Frechet { a, b, json } => frechet(&a, &b, json),
+        MetricsVerb::Miou {
+            pred,
+            gt,
+            num_classes,
+            ignore,
+            json,
+        } => miou(&pred, &gt, num_classes, ignore, json),
+    }
+}
 
 /// Fréchet distance between two N x D feature arrays (.npy, float32/float64).
 pub fn frechet(a: &Path, b: &Path, json: bool) -> CliResult {
