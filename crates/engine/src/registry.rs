@@ -10,6 +10,11 @@
 //! execution row right after committing, and whoever later finds a record without its
 //! row (the process died in between, or the disk was full) writes it from the record
 //! ([`Registry::record_committed`]), so no committed stage goes missing from `runs`/`show`.
+//!
+//! SQLite's WAL mode is unsafe on network filesystems, so a stage run as a Slurm job does
+//! not open this database: it gets a [`Registry::spool`] handle, which keeps its rows in
+//! memory and writes them to a file in the cache, and the head ingests that file
+//! ([`Registry::ingest`]) once the job has ended. The head alone writes the database.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,7 +27,7 @@ use crate::cache::{CacheKey, KeyMaterial, now_unix_ms};
 use crate::lock::{pid_alive, this_host};
 
 /// The schema this code writes. Older databases are migrated on open; newer ones refused.
-pub const REGISTRY_SCHEMA_VERSION: i64 = 4;
+pub const REGISTRY_SCHEMA_VERSION: i64 = 5;
 
 /// Statuses a run can end with.
 pub const RUN_STATUSES: [&str; 3] = ["ok", "failed", "interrupted"];
@@ -70,6 +75,16 @@ pub enum RegistryError {
     },
     #[error("no run with id {0} in the registry")]
     NoSuchRun(i64),
+    /// A spool handle (a stage on a compute node) only records executions; the rest is
+    /// the head's.
+    #[error("{0}: only the head writes the run registry (this stage spools its rows to a file)")]
+    SpoolOnly(&'static str),
+    #[error("{path}: not a registry spool file: {source}")]
+    SpoolFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
 }
 
 /// One `ugc-pipe run` invocation.
@@ -116,11 +131,69 @@ pub struct ExecutionRow {
     pub slurm_job: Option<u64>,
 }
 
+/// One row a stage spooled for the head, with what [`Registry::record_committed`] needs
+/// when it was the commit's row.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SpoolEntry {
+    pub row: ExecutionRow,
+    /// The record's `created_unix_ms` when `row` is the execution that committed it.
+    pub committed_unix_ms: Option<u64>,
+    #[serde(default)]
+    pub metrics: BTreeMap<String, f64>,
+    /// The row's id in the spool's in-memory database (for [`Registry::record_metrics`]).
+    #[serde(skip)]
+    local_id: i64,
+}
+
+/// The spool file's content.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SpoolFile {
+    executions: Vec<SpoolEntry>,
+}
+
+/// Where a spool handle writes its rows, and what it wrote so far.
+#[derive(Debug)]
+struct Spool {
+    path: PathBuf,
+    entries: Mutex<Vec<SpoolEntry>>,
+}
+
+/// One Slurm job of a stage, as the head saw it: `ugc-pipe runs` and `status` show these.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlurmJobRow {
+    pub job: u64,
+    /// The run that submitted it.
+    pub run_id: Option<i64>,
+    pub pipeline: String,
+    pub node: String,
+    pub key: String,
+    /// 1 for the first submission of the stage, 2 for its first resubmission...
+    pub attempt: u32,
+    /// Slurm's state as last seen (`PENDING`, `RUNNING`, `COMPLETED`, `OUT_OF_MEMORY`...).
+    pub state: String,
+    /// The node(s) it ran on.
+    pub nodes: Option<String>,
+    /// Slurm's pending reason, or the head's verdict when it ended (resubmitted, lost...).
+    pub reason: Option<String>,
+    /// On the head's clock.
+    pub submitted_unix_ms: u64,
+    /// When its worker started and ended (the attempt file, the compute node's clock).
+    pub started_unix_ms: Option<u64>,
+    pub ended_unix_ms: Option<u64>,
+    /// Submission to start: Slurm's own start minus submit time where it gives both
+    /// (one clock), else the worker's start minus the head's submission.
+    pub queue_wait_ms: Option<u64>,
+    /// The worker's run, start to end.
+    pub run_ms: Option<u64>,
+}
+
 /// Handle on the registry database. `Sync`: one connection behind a mutex.
 #[derive(Debug)]
 pub struct Registry {
     path: PathBuf,
     conn: Mutex<Connection>,
+    /// Set for a stage's spool handle: `conn` is then an in-memory database.
+    spool: Option<Spool>,
 }
 
 fn int(field: &'static str, value: u64) -> Result<i64, RegistryError> {
@@ -144,7 +217,7 @@ fn check_status(field: &'static str, value: &str, allowed: &[&str]) -> Result<()
 }
 
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -201,6 +274,28 @@ const MIGRATIONS: [&str; 4] = [
     "
     -- The Slurm job that ran the execution; NULL when it ran locally, or before version 4.
     ALTER TABLE executions ADD COLUMN slurm_job INTEGER;
+",
+    "
+    -- Every Slurm job of a stage (resubmissions included), as the head saw it.
+    CREATE TABLE slurm_jobs (
+        job INTEGER NOT NULL,
+        key TEXT NOT NULL,
+        run_id INTEGER,
+        pipeline TEXT NOT NULL,
+        node TEXT NOT NULL,
+        attempt INTEGER NOT NULL,
+        state TEXT NOT NULL,
+        nodes TEXT,
+        reason TEXT,
+        submitted_unix_ms INTEGER NOT NULL,
+        started_unix_ms INTEGER,
+        ended_unix_ms INTEGER,
+        queue_wait_ms INTEGER,
+        run_ms INTEGER,
+        PRIMARY KEY (job, key)
+    );
+    CREATE INDEX slurm_jobs_run ON slurm_jobs(run_id);
+    CREATE INDEX slurm_jobs_node ON slurm_jobs(pipeline, node);
 ",
 ];
 
@@ -336,6 +431,105 @@ fn execution_from_row(r: &Row<'_>) -> rusqlite::Result<ExecutionRow> {
     })
 }
 
+/// Creates or migrates the schema on `conn` (a file's or an in-memory database).
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), RegistryError> {
+    let db = |source| RegistryError::Db {
+        path: path.to_path_buf(),
+        source,
+    };
+    conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(db)?;
+    tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
+        .map_err(db)?;
+    let found: Option<i64> = tx
+        .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+        .map_err(db)?;
+    let found = found.unwrap_or(0);
+    if found > REGISTRY_SCHEMA_VERSION {
+        return Err(RegistryError::TooNew {
+            path: path.to_path_buf(),
+            found,
+            supported: REGISTRY_SCHEMA_VERSION,
+        });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        tx.execute_batch(sql).map_err(db)?;
+        tx.execute(
+            "INSERT INTO schema_version (version) VALUES (?1)",
+            params![i as i64 + 1],
+        )
+        .map_err(db)?;
+    }
+    tx.commit().map_err(db)
+}
+
+/// Temporary file in the same folder, fsync, rename: a reader on another node sees the
+/// old spool or the whole new one.
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), RegistryError> {
+    use std::io::Write;
+    let io = |source| RegistryError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(io)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".spool")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
+}
+
+/// The rows a stage spooled into `path` ([`Registry::spool`]); none when the file is not
+/// there (the stage recorded nothing yet, or died first).
+pub fn read_spool(path: &Path) -> Result<Vec<SpoolEntry>, RegistryError> {
+    match std::fs::read(path) {
+        Ok(bytes) => serde_json::from_slice::<SpoolFile>(&bytes)
+            .map(|f| f.executions)
+            .map_err(|source| RegistryError::SpoolFile {
+                path: path.to_path_buf(),
+                source,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(source) => Err(RegistryError::Io {
+            path: path.to_path_buf(),
+            source,
+        }),
+    }
+}
+
+/// `?1` key, `?2` status, `?3` start, `?4` Slurm job: whether an execution that did not
+/// commit (a failure, a cancel, a hit) was ingested before.
+const ROW_RECORDED: &str = "SELECT EXISTS (SELECT 1 FROM executions WHERE key = ?1
+     AND status = ?2 AND started_unix_ms = ?3 AND slurm_job IS ?4)";
+
+const SLURM_JOB_COLUMNS: &str = "job, key, run_id, pipeline, node, attempt, state, nodes, reason, \
+     submitted_unix_ms, started_unix_ms, ended_unix_ms, queue_wait_ms, run_ms";
+
+fn slurm_job_from_row(r: &Row<'_>) -> rusqlite::Result<SlurmJobRow> {
+    Ok(SlurmJobRow {
+        job: u(r.get(0)?),
+        key: r.get(1)?,
+        run_id: r.get(2)?,
+        pipeline: r.get(3)?,
+        node: r.get(4)?,
+        attempt: u32::try_from(r.get::<_, i64>(5)?).unwrap_or(0),
+        state: r.get(6)?,
+        nodes: r.get(7)?,
+        reason: r.get(8)?,
+        submitted_unix_ms: u(r.get(9)?),
+        started_unix_ms: r.get::<_, Option<i64>>(10)?.map(u),
+        ended_unix_ms: r.get::<_, Option<i64>>(11)?.map(u),
+        queue_wait_ms: r.get::<_, Option<i64>>(12)?.map(u),
+        run_ms: r.get::<_, Option<i64>>(13)?.map(u),
+    })
+}
+
 impl Registry {
     /// Opens (creating and migrating) the registry database at `path`.
     pub fn open(path: &Path) -> Result<Registry, RegistryError> {
@@ -352,36 +546,63 @@ impl Registry {
             })?;
         }
         let mut conn = crate::sqlite::open_wal(path).map_err(db)?;
-        conn.pragma_update(None, "foreign_keys", "ON").map_err(db)?;
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(db)?;
-        tx.execute_batch("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL);")
-            .map_err(db)?;
-        let found: Option<i64> = tx
-            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
-            .map_err(db)?;
-        let found = found.unwrap_or(0);
-        if found > REGISTRY_SCHEMA_VERSION {
-            return Err(RegistryError::TooNew {
-                path: path.to_path_buf(),
-                found,
-                supported: REGISTRY_SCHEMA_VERSION,
-            });
-        }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
-            tx.execute_batch(sql).map_err(db)?;
-            tx.execute(
-                "INSERT INTO schema_version (version) VALUES (?1)",
-                params![i as i64 + 1],
-            )
-            .map_err(db)?;
-        }
-        tx.commit().map_err(db)?;
+        migrate(&mut conn, path)?;
         Ok(Registry {
             path: path.to_path_buf(),
             conn: Mutex::new(conn),
+            spool: None,
         })
+    }
+
+    /// A handle for a stage that must not open the database (a Slurm job on a compute
+    /// node, the database on a network filesystem): executions it records go to an
+    /// in-memory database, so the stage's own logic (one row per commit) is unchanged, and
+    /// each is also written to the file `spool_path` (atomically, the whole list), which
+    /// the head reads with [`read_spool`] and ingests with [`Registry::ingest`]. Runs and
+    /// node keys are the head's: those writes are refused.
+    pub fn spool(spool_path: &Path) -> Result<Registry, RegistryError> {
+        let db = |source| RegistryError::Db {
+            path: spool_path.to_path_buf(),
+            source,
+        };
+        let mut conn = Connection::open_in_memory().map_err(db)?;
+        migrate(&mut conn, spool_path)?;
+        // The runs the rows name are in the head's database, not in this one.
+        conn.pragma_update(None, "foreign_keys", "OFF").map_err(db)?;
+        Ok(Registry {
+            path: spool_path.to_path_buf(),
+            conn: Mutex::new(conn),
+            spool: Some(Spool {
+                path: spool_path.to_path_buf(),
+                entries: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Whether this is a [`Registry::spool`] handle.
+    pub fn is_spool(&self) -> bool {
+        self.spool.is_some()
+    }
+
+    fn head_only(&self, what: &'static str) -> Result<(), RegistryError> {
+        match self.spool {
+            Some(_) => Err(RegistryError::SpoolOnly(what)),
+            None => Ok(()),
+        }
+    }
+
+    /// Adds (or, with `update`, changes) a spooled row and rewrites the spool file.
+    fn spool_write(&self, update: impl FnOnce(&mut Vec<SpoolEntry>)) -> Result<(), RegistryError> {
+        let Some(spool) = &self.spool else {
+            return Ok(());
+        };
+        let mut entries = spool.entries.lock().unwrap_or_else(|e| e.into_inner());
+        update(&mut entries);
+        let file = SpoolFile {
+            executions: entries.clone(),
+        };
+        let json = serde_json::to_vec_pretty(&file).expect("a spool serializes");
+        atomic_write(&spool.path, &json)
     }
 
     pub fn path(&self) -> &Path {
@@ -401,6 +622,7 @@ impl Registry {
 
     /// Records the start of a run by this process (its head); returns its id.
     pub fn begin_run(&self, pipeline: &str, argv: &[String]) -> Result<i64, RegistryError> {
+        self.head_only("begin_run")?;
         let argv = serde_json::to_string(argv).expect("strings serialize");
         let head = ProcessIdentity::current();
         let identity = serde_json::to_string(&head).expect("identity serializes");
@@ -423,6 +645,7 @@ impl Registry {
 
     /// Records how a run ended: `ok`, `failed` or `interrupted`.
     pub fn end_run(&self, run_id: i64, status: &str) -> Result<(), RegistryError> {
+        self.head_only("end_run")?;
         check_status("run status", status, &RUN_STATUSES)?;
         let n = self
             .conn()
@@ -440,7 +663,19 @@ impl Registry {
     /// Records one stage execution; returns its id (`e.id` is ignored).
     pub fn record_execution(&self, e: &ExecutionRow) -> Result<i64, RegistryError> {
         check_status("execution status", &e.status, &EXECUTION_STATUSES)?;
-        self.insert_execution(&self.conn(), e)
+        let id = self.insert_execution(&self.conn(), e)?;
+        self.spool_write(|entries| {
+            entries.push(SpoolEntry {
+                row: ExecutionRow {
+                    id: None,
+                    ..e.clone()
+                },
+                committed_unix_ms: None,
+                metrics: BTreeMap::new(),
+                local_id: id,
+            })
+        })?;
+        Ok(id)
     }
 
     /// Whether the commit of `key` at `committed_unix_ms` has its execution row: an
@@ -485,7 +720,142 @@ impl Registry {
         let id = self.insert_execution(&tx, e)?;
         self.insert_metrics(&tx, id, metrics)?;
         tx.commit().map_err(|e| self.db(e))?;
+        drop(conn);
+        self.spool_write(|entries| {
+            entries.push(SpoolEntry {
+                row: ExecutionRow {
+                    id: None,
+                    ..e.clone()
+                },
+                committed_unix_ms: Some(committed_unix_ms),
+                metrics: metrics.clone(),
+                local_id: id,
+            })
+        })?;
         Ok(true)
+    }
+
+    /// Writes the rows a stage spooled ([`read_spool`]) into this database, each once
+    /// however often it is ingested (a restarted head, `runs --run`): the row of a commit
+    /// as [`Self::record_committed`] does, any other when no row of the same key, status,
+    /// start and Slurm job is there. A row naming a run this registry does not have (it
+    /// was recreated since) goes under no run. Returns how many rows were added.
+    pub fn ingest(&self, entries: &[SpoolEntry]) -> Result<usize, RegistryError> {
+        self.head_only("ingest")?;
+        let mut added = 0;
+        for entry in entries {
+            let mut row = ExecutionRow {
+                id: None,
+                ..entry.row.clone()
+            };
+            if let Some(run) = row.run_id
+                && !self.has_run(run)?
+            {
+                row.run_id = None;
+            }
+            match entry.committed_unix_ms {
+                Some(at) => {
+                    if self.record_committed(&row, at, &entry.metrics)? {
+                        added += 1;
+                    }
+                }
+                None => {
+                    check_status("execution status", &row.status, &EXECUTION_STATUSES)?;
+                    let mut conn = self.conn();
+                    let tx = conn
+                        .transaction_with_behavior(TransactionBehavior::Immediate)
+                        .map_err(|e| self.db(e))?;
+                    let present: bool = tx
+                        .query_row(
+                            ROW_RECORDED,
+                            params![
+                                row.key,
+                                row.status,
+                                int("started_unix_ms", row.started_unix_ms)?,
+                                opt_int("slurm_job", row.slurm_job)?
+                            ],
+                            |r| r.get(0),
+                        )
+                        .map_err(|e| self.db(e))?;
+                    if !present {
+                        let id = self.insert_execution(&tx, &row)?;
+                        self.insert_metrics(&tx, id, &entry.metrics)?;
+                        added += 1;
+                    }
+                    tx.commit().map_err(|e| self.db(e))?;
+                }
+            }
+        }
+        Ok(added)
+    }
+
+    /// Records (or updates) what the head saw of one Slurm job of a stage.
+    pub fn upsert_slurm_job(&self, j: &SlurmJobRow) -> Result<(), RegistryError> {
+        self.head_only("upsert_slurm_job")?;
+        self.conn()
+            .execute(
+                &format!(
+                    "INSERT INTO slurm_jobs ({SLURM_JOB_COLUMNS})
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
+                     ON CONFLICT (job, key) DO UPDATE SET run_id = ?3, pipeline = ?4,
+                         node = ?5, attempt = ?6, state = ?7, nodes = ?8, reason = ?9,
+                         submitted_unix_ms = ?10, started_unix_ms = ?11, ended_unix_ms = ?12,
+                         queue_wait_ms = ?13, run_ms = ?14"
+                ),
+                params![
+                    int("job", j.job)?,
+                    j.key,
+                    j.run_id,
+                    j.pipeline,
+                    j.node,
+                    j.attempt,
+                    j.state,
+                    j.nodes,
+                    j.reason,
+                    int("submitted_unix_ms", j.submitted_unix_ms)?,
+                    opt_int("started_unix_ms", j.started_unix_ms)?,
+                    opt_int("ended_unix_ms", j.ended_unix_ms)?,
+                    opt_int("queue_wait_ms", j.queue_wait_ms)?,
+                    opt_int("run_ms", j.run_ms)?,
+                ],
+            )
+            .map_err(|e| self.db(e))?;
+        Ok(())
+    }
+
+    /// The Slurm jobs run `run_id` submitted, in submission order.
+    pub fn slurm_jobs(&self, run_id: i64) -> Result<Vec<SlurmJobRow>, RegistryError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare(&format!(
+                "SELECT {SLURM_JOB_COLUMNS} FROM slurm_jobs WHERE run_id = ?1
+                 ORDER BY submitted_unix_ms, job"
+            ))
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map(params![run_id], slurm_job_from_row)
+            .map_err(|e| self.db(e))?;
+        rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
+    }
+
+    /// The latest Slurm job of a node of a pipeline (what `status` shows), if it ever ran
+    /// as one.
+    pub fn last_slurm_job(
+        &self,
+        pipeline: &str,
+        node: &str,
+    ) -> Result<Option<SlurmJobRow>, RegistryError> {
+        self.conn()
+            .query_row(
+                &format!(
+                    "SELECT {SLURM_JOB_COLUMNS} FROM slurm_jobs WHERE pipeline = ?1 AND node = ?2
+                     ORDER BY submitted_unix_ms DESC, job DESC LIMIT 1"
+                ),
+                params![pipeline, node],
+                slurm_job_from_row,
+            )
+            .optional()
+            .map_err(|e| self.db(e))
     }
 
     /// Whether run `run_id` is in the registry and `at_unix_ms` falls between its start
@@ -562,7 +932,14 @@ impl Registry {
             .transaction_with_behavior(TransactionBehavior::Immediate)
             .map_err(|e| self.db(e))?;
         self.insert_metrics(&tx, execution_id, metrics)?;
-        tx.commit().map_err(|e| self.db(e))
+        tx.commit().map_err(|e| self.db(e))?;
+        drop(conn);
+        self.spool_write(|entries| {
+            if let Some(e) = entries.iter_mut().find(|e| e.local_id == execution_id) {
+                e.metrics
+                    .extend(metrics.iter().map(|(k, v)| (k.clone(), *v)));
+            }
+        })
     }
 
     /// The latest `limit` runs, newest first. A `running` run whose head is provably gone
@@ -646,6 +1023,7 @@ impl Registry {
         key: &CacheKey,
         material: &KeyMaterial,
     ) -> Result<(), RegistryError> {
+        self.head_only("set_node_key")?;
         let material = serde_json::to_string(material).expect("material serializes");
         self.conn()
             .execute(
@@ -1072,6 +1450,179 @@ mod tests {
             reg.record_committed(&failed, 3_000, &metrics),
             Err(RegistryError::InvalidStatus { .. })
         ));
+    }
+
+    #[test]
+    fn a_spool_handle_writes_no_database_and_the_head_ingests_its_rows_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool_path = dir.path().join("attempts/k/7.rows");
+        let spool = Registry::spool(&spool_path).unwrap();
+        assert!(spool.is_spool());
+        // What a stage records: a hit, a failure, a commit with metrics, added metrics.
+        let mut hit = execution(Some(1), "eval", &key('a'), "cached");
+        hit.slurm_job = Some(7);
+        spool.record_execution(&hit).unwrap();
+        let mut failed = execution(Some(1), "eval", &key('b'), "failed");
+        failed.slurm_job = Some(7);
+        failed.error = Some("boom".into());
+        spool.record_execution(&failed).unwrap();
+        let mut done = execution(Some(1), "eval", &key('c'), "executed");
+        done.slurm_job = Some(7);
+        let metrics = BTreeMap::from([("fid".into(), 30.5)]);
+        assert!(spool.record_committed(&done, 3_000, &metrics).unwrap());
+        // The in-memory database keeps the stage's own logic: the commit is recorded once.
+        assert!(!spool.record_committed(&done, 3_000, &metrics).unwrap());
+        let last = spool
+            .record_execution(&execution(Some(1), "x", &key('d'), "cancelled"))
+            .unwrap();
+        spool
+            .record_metrics(last, &BTreeMap::from([("step".into(), 4.0)]))
+            .unwrap();
+        // Runs and node keys are the head's.
+        assert!(matches!(
+            spool.begin_run("p", &[]),
+            Err(RegistryError::SpoolOnly("begin_run"))
+        ));
+        let m = KeyMaterial::new("train", 1, json!({}));
+        assert!(spool.set_node_key("p", "n", &m.key(), &m).is_err());
+        let files: Vec<String> = std::fs::read_dir(spool_path.parent().unwrap())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(files, ["7.rows"], "no database, no temporaries: {files:?}");
+
+        let entries = read_spool(&spool_path).unwrap();
+        assert_eq!(entries.len(), 4);
+        assert_eq!(entries[2].committed_unix_ms, Some(3_000));
+        assert_eq!(entries[2].metrics, metrics);
+        assert_eq!(entries[3].metrics["step"], 4.0);
+        let reg = Registry::open(&dir.path().join("registry.sqlite")).unwrap();
+        let run = reg.begin_run("p.yaml", &[]).unwrap();
+        assert_eq!(run, 1);
+        assert_eq!(reg.ingest(&entries).unwrap(), 4);
+        assert_eq!(reg.ingest(&entries).unwrap(), 0, "ingested once");
+        let rows = reg.executions(run).unwrap();
+        let statuses: Vec<&str> = rows.iter().map(|r| r.status.as_str()).collect();
+        assert_eq!(statuses, ["cached", "failed", "executed", "cancelled"]);
+        assert_eq!(rows[1].error.as_deref(), Some("boom"));
+        assert!(rows[..3].iter().all(|r| r.slurm_job == Some(7)));
+        assert_eq!(
+            reg.metrics_for_keys(&[key('c')]).unwrap()[key('c').as_str()],
+            metrics
+        );
+        // A row the stage itself could not have recorded before is not hidden either: a
+        // second attempt (another job) of the same failure is its own row.
+        let again = SpoolEntry {
+            row: ExecutionRow {
+                slurm_job: Some(8),
+                ..failed.clone()
+            },
+            ..entries[1].clone()
+        };
+        assert_eq!(reg.ingest(&[again]).unwrap(), 1);
+        // A missing spool is no rows; a damaged one names its file.
+        assert!(
+            read_spool(&dir.path().join("none.rows"))
+                .unwrap()
+                .is_empty()
+        );
+        std::fs::write(&spool_path, "{").unwrap();
+        let e = read_spool(&spool_path).unwrap_err().to_string();
+        assert!(e.contains("7.rows") && e.contains("spool"), "{e}");
+    }
+
+    #[test]
+    fn rows_naming_a_run_the_registry_lacks_are_ingested_under_no_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        let entry = SpoolEntry {
+            row: execution(Some(42), "eval", &key('a'), "failed"),
+            committed_unix_ms: None,
+            metrics: BTreeMap::new(),
+            local_id: 0,
+        };
+        assert_eq!(reg.ingest(&[entry]).unwrap(), 1);
+        assert_eq!(reg.count_executions(Some("failed")).unwrap(), 1);
+    }
+
+    fn slurm_job(job: u64, run: i64, node: &str, submitted: u64) -> SlurmJobRow {
+        SlurmJobRow {
+            job,
+            run_id: Some(run),
+            pipeline: "p.yaml".into(),
+            node: node.into(),
+            key: key('a').as_str().into(),
+            attempt: 1,
+            state: "PENDING".into(),
+            nodes: None,
+            reason: Some("Resources".into()),
+            submitted_unix_ms: submitted,
+            started_unix_ms: None,
+            ended_unix_ms: None,
+            queue_wait_ms: None,
+            run_ms: None,
+        }
+    }
+
+    #[test]
+    fn slurm_jobs_are_upserted_and_listed_by_run_and_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        assert_eq!(reg.last_slurm_job("p.yaml", "a").unwrap(), None);
+        let first = slurm_job(10, 1, "a", 1_000);
+        reg.upsert_slurm_job(&first).unwrap();
+        let ended = SlurmJobRow {
+            state: "NODE_FAIL".into(),
+            nodes: Some("n1".into()),
+            reason: Some("resubmitted as job 11".into()),
+            started_unix_ms: Some(1_500),
+            ended_unix_ms: Some(2_000),
+            queue_wait_ms: Some(500),
+            run_ms: Some(500),
+            ..first.clone()
+        };
+        reg.upsert_slurm_job(&ended).unwrap();
+        let second = SlurmJobRow {
+            attempt: 2,
+            ..slurm_job(11, 1, "a", 2_100)
+        };
+        reg.upsert_slurm_job(&second).unwrap();
+        reg.upsert_slurm_job(&slurm_job(12, 2, "b", 3_000)).unwrap();
+        assert_eq!(reg.slurm_jobs(1).unwrap(), [ended, second.clone()]);
+        assert_eq!(reg.last_slurm_job("p.yaml", "a").unwrap(), Some(second));
+        assert_eq!(reg.slurm_jobs(3).unwrap(), []);
+    }
+
+    #[test]
+    fn a_schema_4_registry_migrates_to_5_and_keeps_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..4] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch(
+                "CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1), (2), (3), (4);
+                 INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid)
+                     VALUES ('p', '[]', 1, 'ok', 'h', 1);
+                 INSERT INTO executions (run_id, pipeline, node, kind, key, status,
+                     started_unix_ms, ended_unix_ms, duration_ms, host, device, slurm_job)
+                     VALUES (1, 'p', 'a', 'command', 'k', 'executed', 1, 2, 1, 'h', 'cpu', 99);",
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(&path).unwrap();
+        let rows = reg.executions(1).unwrap();
+        assert_eq!(rows[0].slurm_job, Some(99));
+        assert!(reg.slurm_jobs(1).unwrap().is_empty(), "nothing invented");
+        reg.upsert_slurm_job(&slurm_job(99, 1, "a", 1)).unwrap();
+        let version: i64 = reg
+            .conn()
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, REGISTRY_SCHEMA_VERSION);
     }
 
     #[test]
