@@ -7,7 +7,7 @@ use ugc_kinds::split::Dataset;
 use crate::dataset::{DatasetInfo, DatasetSpec, read_dataset};
 use crate::error::DataError;
 use crate::split::{SplitParams, split_dataset};
-use crate::synth::{SynthConfig, synth_with};
+use crate::synth::{SynthConfig, synth_bad_with};
 use crate::validate::default_threads;
 
 fn write_json(ctx: &StageContext<'_>, name: &str, v: &serde_json::Value) -> Result<(), StageError> {
@@ -43,7 +43,8 @@ impl StageKind for SynthStage {
             classes: p.classes,
         };
         ctx.progress.start("synth", (cfg.n + cfg.n_test) as u64);
-        let report = synth_with(&cfg, ctx.out_dir, default_threads())?;
+        let bad = p.bad_unlabeled();
+        let report = synth_bad_with(&cfg, bad.as_ref(), ctx.out_dir, default_threads())?;
         ctx.progress.set((cfg.n + cfg.n_test) as u64);
         // Timing goes to the log only: outputs must be identical for identical inputs.
         ctx.progress.message(&format!(

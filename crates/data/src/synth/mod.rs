@@ -7,7 +7,9 @@
 //!
 //! Both write `dataset.json` so a split finds the format without being told. Image `i` of
 //! a split depends only on `(seed, split, i)`, so growing `n` keeps the earlier images.
+//! `bad.rs`: the bad unlabeled inputs of the filter benchmark (labels2photo).
 
+pub mod bad;
 pub mod edges2photo;
 pub mod labels2photo;
 pub mod paint;
@@ -103,14 +105,25 @@ pub struct SynthReport {
 const TRAIN_STREAM: u64 = 1 << 40;
 const TEST_STREAM: u64 = 2 << 40;
 
-fn write_labels2photo(cfg: &SynthConfig, out: &Path, split: &str, i: usize) -> Result<usize> {
+/// Writes image `i` of `split`; `bad` corrupts it (after rendering the clean scene, so the
+/// clean images' random streams are untouched).
+fn write_labels2photo(
+    cfg: &SynthConfig,
+    out: &Path,
+    split: &str,
+    i: usize,
+    bad: Option<bad::Corruption>,
+) -> Result<usize> {
     let stream = if split == "train" {
         TRAIN_STREAM
     } else {
         TEST_STREAM
     };
     let mut rng = Rng::derive(cfg.seed, stream + i as u64);
-    let scene = labels2photo::render(cfg.size, cfg.classes, &mut rng);
+    let mut scene = labels2photo::render(cfg.size, cfg.classes, &mut rng);
+    if let Some(c) = bad {
+        bad::corrupt(&mut scene, c, cfg.classes, cfg.seed, i);
+    }
     let table = labels2photo::class_table(cfg.classes);
     let base = format!("synth_{i:06}_000019");
     let img = out.join("leftImg8bit").join(split).join("synth");
@@ -153,7 +166,47 @@ fn write_edges2photo(cfg: &SynthConfig, out: &Path, split: &str, i: usize) -> Re
 
 /// Generates the dataset of `cfg` into `out` on `threads` threads.
 pub fn synth_with(cfg: &SynthConfig, out: &Path, threads: usize) -> Result<SynthReport> {
+    synth_bad_with(cfg, None, out, threads)
+}
+
+/// [`synth_with`], with `bad` unlabeled inputs (labels2photo only) and their list in
+/// `bad_unlabeled.json`; `None` writes exactly what [`synth_with`] writes.
+pub fn synth_bad_with(
+    cfg: &SynthConfig,
+    bad: Option<&bad::BadUnlabeled>,
+    out: &Path,
+    threads: usize,
+) -> Result<SynthReport> {
     cfg.check()?;
+    let chosen = match bad {
+        None => Vec::new(),
+        Some(_) if cfg.task != SynthTask::Labels2photo => {
+            return Err(DataError::param(
+                "bad_unlabeled_fraction",
+                format!(
+                    "bad unlabeled inputs exist for labels2photo only, not {}",
+                    cfg.task
+                ),
+            ));
+        }
+        Some(b) => {
+            let c = bad::choose(b, cfg.n, cfg.seed);
+            if c.is_empty() {
+                return Err(DataError::param(
+                    "bad_unlabeled_fraction",
+                    format!(
+                        "{} of the unlabeled inputs of n = {} is none",
+                        b.fraction, cfg.n
+                    ),
+                ));
+            }
+            c
+        }
+    };
+    let mut corruption = vec![None; cfg.n];
+    for &(i, c) in &chosen {
+        corruption[i] = Some(c);
+    }
     let start = Instant::now();
     std::fs::create_dir_all(out).map_err(|e| DataError::io(out, e))?;
     let jobs: Vec<(&str, usize)> = (0..cfg.n)
@@ -161,12 +214,36 @@ pub fn synth_with(cfg: &SynthConfig, out: &Path, threads: usize) -> Result<Synth
         .chain((0..cfg.n_test).map(|i| ("val", i)))
         .collect();
     let results = par_map(&jobs, threads, |&(split, i)| match cfg.task {
-        SynthTask::Labels2photo => write_labels2photo(cfg, out, split, i),
+        SynthTask::Labels2photo => {
+            let c = if split == "train" {
+                corruption[i]
+            } else {
+                None
+            };
+            write_labels2photo(cfg, out, split, i, c)
+        }
         SynthTask::Edges2photo => write_edges2photo(cfg, out, split, i),
     });
     let mut files = 0;
     for r in results {
         files += r?;
+    }
+    if let Some(b) = bad {
+        let list = bad::BadUnlabeledList {
+            settings: *b,
+            unlabeled: ugc_kinds::synth::unlabeled_count(cfg.n, b.label_ratio, b.holdout)
+                .unwrap_or(0),
+            bad: chosen
+                .iter()
+                .map(|&(i, corruption)| bad::BadInput {
+                    id: bad::train_id(i),
+                    corruption,
+                })
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&list).expect("bad list serializes");
+        write(&out.join(bad::BAD_UNLABELED_FILE), text.as_bytes())?;
+        files += 1;
     }
     let (format, direction) = match cfg.task {
         SynthTask::Labels2photo => {
