@@ -123,13 +123,7 @@ pub fn file_tensors(file: &Path) -> Result<BTreeMap<String, Vec<i64>>, NnError> 
 /// The tensors of a weights file in any format [`file_tensors`] reads, on the CPU, with the
 /// names the architecture uses (a `torch.save` file's `module.` prefix removed).
 pub fn read_weights(file: &Path) -> Result<Vec<(String, Tensor)>, NnError> {
-    if pth::sniff_format(file)? != WeightsFormat::Safetensors {
-        return pth::read_torch(file);
-    }
-    Tensor::read_safetensors(file).map_err(|e| NnError::Weights {
-        path: file.to_path_buf(),
-        reason: format!("not a safetensors file: {e}"),
-    })
+    Ok(ugc_torch_ext::pth::read_state_dict(file)?)
 }
 
 /// Copies `tensors` into the variables of `vs` by name, as `VarStore::load` does (each

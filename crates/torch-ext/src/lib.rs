@@ -12,7 +12,9 @@
 //! - [`cuda_memory`]: the CUDA caching allocator's statistics
 //!   (`torch.cuda.max_memory_allocated` and friends), for the run registry's peak GPU memory;
 //! - [`dist`]: c10d process groups (Gloo, NCCL), collectives and the bucketed gradient
-//!   reducer of data-parallel stages (`cpp/dist.cpp`).
+//!   reducer of data-parallel stages (`cpp/dist.cpp`);
+//! - [`pth`]: state dicts as `torch.save` writes them (and safetensors), read without
+//!   Python, for every crate that takes weights ([`pth::read_state_dict`]).
 
 use std::ffi::CStr;
 use std::os::raw::c_int;
@@ -20,6 +22,7 @@ use std::os::raw::c_int;
 use tch::{Device, TchError, Tensor};
 
 pub mod dist;
+pub mod pth;
 
 pub(crate) mod ffi {
     use std::os::raw::{c_char, c_int};

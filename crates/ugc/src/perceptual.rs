@@ -45,23 +45,25 @@ pub struct Vgg16 {
 }
 
 impl Vgg16 {
-    /// Loads the conv layers from a safetensors file. Tensors outside `features.0..=21`
+    /// Loads the conv layers from torchvision's state dict as it comes
+    /// (`vgg16-397923af.pth`, read by content by [`ugc_torch_ext::pth::read_state_dict`]:
+    /// `torch.save` zip or legacy, or safetensors). Tensors outside `features.0..=21`
     /// (e.g. the classifier) are ignored; each missing or mis-shaped one is named.
     pub fn load(path: &Path, device: Device) -> Result<Self, MethodError> {
         if !path.is_file() {
             return Err(MethodError::Weights {
                 path: path.to_path_buf(),
                 reason: "VGG16 weights are configured (`vgg_weights`) but the file does not \
-                         exist; supply torchvision's vgg16 state dict converted to \
-                         safetensors, or remove `vgg_weights` to use the discriminator's \
+                         exist; supply torchvision's vgg16 state dict \
+                         (vgg16-397923af.pth as torch.save wrote it, or safetensors), or remove `vgg_weights` to use the discriminator's \
                          features"
                     .into(),
             });
         }
-        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+        let tensors: HashMap<String, Tensor> = ugc_torch_ext::pth::read_state_dict(path)
             .map_err(|e| MethodError::Weights {
                 path: path.to_path_buf(),
-                reason: format!("not a readable safetensors file: {e}"),
+                reason: format!("not a readable weights file: {e}"),
             })?
             .into_iter()
             .collect();
@@ -171,5 +173,147 @@ impl FeatureNet for DiscriminatorFeatures<'_> {
                 s
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::Command;
+
+    /// Writes, with the venv's torch: torchvision's VGG16 `features` tensors the loader
+    /// reads (every conv up to relu4_3, real names and shapes: 7.6 M floats, 30 MB; the
+    /// 528 MB of the full file are the classifier's, which the loader ignores, so one small
+    /// `classifier.6.bias` stands for it) as `torch.save` zip (`vgg.pth`) and legacy
+    /// (`vgg_legacy.pth`) files and as safetensors (`vgg.safetensors`), and `ref.safetensors`:
+    /// an input `x` in [-1, 1] and the four taps of torchvision's `vgg16().features` layout
+    /// (the `cfg D` Sequential, written out here: torchvision is not installed) in float64.
+    const MAKE_VGG: &str = r#"
+import sys, torch
+from safetensors.torch import save_file
+out = sys.argv[1]
+torch.manual_seed(0)
+cfg = [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512]
+layers, c = [], 3
+for v in cfg:
+    if v == "M":
+        layers.append(torch.nn.MaxPool2d(kernel_size=2, stride=2))
+    else:
+        layers += [torch.nn.Conv2d(c, v, kernel_size=3, padding=1), torch.nn.ReLU(inplace=True)]
+        c = v
+features = torch.nn.Sequential(*layers)
+sd = {f"features.{k}": v.detach().clone() for k, v in features.state_dict().items()}
+sd["classifier.6.bias"] = torch.randn(1000)
+torch.save(sd, f"{out}/vgg.pth")
+torch.save(sd, f"{out}/vgg_legacy.pth", _use_new_zipfile_serialization=False)
+save_file({k: v.contiguous() for k, v in sd.items()}, f"{out}/vgg.safetensors")
+x = torch.rand(1, 3, 32, 32) * 2 - 1
+mean = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+std = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+h = ((x + 1) / 2 - mean) / std
+ref = {"x": x}
+f64 = features.double()
+h = h.double()
+for i, layer in enumerate(f64):
+    h = layer(h)
+    if i in (3, 8, 15, 22):
+        ref[f"tap{i}"] = h.clone()
+save_file(ref, f"{out}/ref.safetensors")
+"#;
+
+    fn python() -> PathBuf {
+        let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/python");
+        assert!(
+            p.exists(),
+            "{} missing: scripts/setup.sh installs the venv whose torch also provides libtorch",
+            p.display()
+        );
+        p
+    }
+
+    fn taps(vgg: &Vgg16, x: &Tensor) -> Vec<Tensor> {
+        tch::no_grad(|| vgg.features(x))
+    }
+
+    #[test]
+    fn torchvision_vgg16_loads_from_torch_save_files_and_matches_the_official_layout() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = Command::new(python())
+            .arg("-c")
+            .arg(MAKE_VGG)
+            .arg(dir.path())
+            .status()
+            .unwrap();
+        assert!(st.success(), "the VGG16 script failed");
+        let refs: HashMap<String, Tensor> =
+            Tensor::read_safetensors(dir.path().join("ref.safetensors"))
+                .unwrap()
+                .into_iter()
+                .collect();
+        let x = &refs["x"];
+        let from_st = taps(
+            &Vgg16::load(&dir.path().join("vgg.safetensors"), Device::Cpu).unwrap(),
+            x,
+        );
+        // Ten 3x3 convs with fan-ins 27 .. 4608: the worst-case float32 error of the deepest
+        // tap against a float64 reference (earlier taps pass fewer layers, so the same bound
+        // holds for them a fortiori).
+        let budget = [27u64, 576, 576, 1152, 1152, 2304, 2304, 2304, 4608, 4608]
+            .iter()
+            .fold(ugc_tolerance::ErrorBudget::new(), |b, &k| b.products(k, 1));
+        for (i, got) in from_st.iter().enumerate() {
+            let want = &refs[&format!("tap{}", VGG16_TAPS[i])];
+            assert_eq!(got.size(), want.size(), "tap {i}");
+            let scale = want.abs().max().double_value(&[]);
+            let bound = budget.bound(ugc_tolerance::Precision::F32, scale);
+            let d = (got.to_kind(Kind::Double) - want)
+                .abs()
+                .max()
+                .double_value(&[]);
+            assert!(d <= bound, "tap {i}: max |diff| {d:e} > bound {bound:e}");
+        }
+        // The .pth files give the very tensors, so the very features, bit for bit.
+        for f in ["vgg.pth", "vgg_legacy.pth"] {
+            let got = taps(&Vgg16::load(&dir.path().join(f), Device::Cpu).unwrap(), x);
+            for (g, w) in got.iter().zip(&from_st) {
+                assert!(
+                    g.equal(w),
+                    "{f}: features differ from the safetensors file's"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pth_missing_a_conv_or_not_a_weights_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = "import sys, torch\n\
+                      torch.save({'features.0.weight': torch.zeros(64, 3, 3, 3)}, sys.argv[1])";
+        let f = dir.path().join("partial.pth");
+        let st = Command::new(python())
+            .arg("-c")
+            .arg(script)
+            .arg(&f)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let e = Vgg16::load(&f, Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("missing: features.0.bias") && e.contains("missing: features.21.weight"),
+            "{e}"
+        );
+        let g = dir.path().join("garbage.pth");
+        std::fs::write(&g, b"\x80\x02garbage").unwrap();
+        let e = Vgg16::load(&g, Device::Cpu)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(
+            e.contains("not a readable weights file") && e.contains("garbage.pth"),
+            "{e}"
+        );
     }
 }
