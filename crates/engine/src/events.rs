@@ -30,6 +30,98 @@ pub enum StageEvent {
         #[serde(default)]
         error: Option<String>,
     },
+    /// A training stage's losses, rate and ETA (see [`TrainStatus`]).
+    Status(TrainStatus),
+}
+
+/// A training stage's live signals: the latest losses, the rate measured over the steps
+/// run in this process (so a resumed stage's ETA is right), and whether this is one of the
+/// every-N-steps lines a console without progress bars prints (`line`) or only a refresh
+/// of the progress bar.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainStatus {
+    pub phase: String,
+    /// Completed steps and the total.
+    pub step: u64,
+    pub total: u64,
+    /// The task's logged values at `step`, in column order.
+    pub losses: Vec<(String, f64)>,
+    /// Steps per second in this process.
+    pub rate: f64,
+    /// Seconds left at `rate`.
+    pub eta_secs: f64,
+    pub line: bool,
+}
+
+/// [`crate::Progress`] has no method for structured status, so a training loop sends it
+/// through `message` with this prefix and [`EventProgress`] turns it back into
+/// [`StageEvent::Status`]. A sink that only prints messages shows the JSON after it.
+const STATUS_PREFIX: &str = "\u{1e}status ";
+
+impl TrainStatus {
+    /// The `Progress::message` text that carries this status.
+    pub fn to_message(&self) -> String {
+        format!(
+            "{STATUS_PREFIX}{}",
+            serde_json::to_string(self).unwrap_or_default()
+        )
+    }
+
+    /// The status a `Progress::message` text carries, if it is one.
+    pub fn from_message(msg: &str) -> Option<TrainStatus> {
+        serde_json::from_str(msg.strip_prefix(STATUS_PREFIX)?).ok()
+    }
+
+    /// `step 40/120 · d_real 0.693 g_l1 0.1234 · 9.37 steps/s · eta 8s`, with at most
+    /// `max_losses` losses (the first ones the task logs: its main ones).
+    pub fn summary(&self, max_losses: usize) -> String {
+        let losses: Vec<String> = self
+            .losses
+            .iter()
+            .take(max_losses)
+            .map(|(n, v)| format!("{n} {}", short_number(*v)))
+            .collect();
+        let mut s = format!("step {}/{}", self.step, self.total);
+        if !losses.is_empty() {
+            s.push_str(" · ");
+            s.push_str(&losses.join(" "));
+            if self.losses.len() > max_losses {
+                s.push_str(" …");
+            }
+        }
+        s.push_str(&format!(
+            " · {} steps/s · eta {}",
+            short_number(self.rate),
+            short_duration(self.eta_secs)
+        ));
+        s
+    }
+}
+
+/// Four significant digits, scientific outside [1e-3, 1e5).
+pub fn short_number(v: f64) -> String {
+    let a = v.abs();
+    if v == 0.0 || !v.is_finite() {
+        format!("{v}")
+    } else if (1e-3..1e5).contains(&a) {
+        let digits = 3 - a.log10().floor() as i32;
+        format!("{v:.*}", digits.max(0) as usize)
+    } else {
+        format!("{v:.3e}")
+    }
+}
+
+/// `42s`, `3m07s`, `2h05m`; `?` when unknown (not finite).
+pub fn short_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
 }
 
 impl StageEvent {
@@ -90,9 +182,12 @@ impl<W: Write + Send> Progress for EventProgress<W> {
     }
 
     fn message(&self, msg: &str) {
-        self.emit(&StageEvent::Message {
-            text: msg.to_string(),
-        });
+        match TrainStatus::from_message(msg) {
+            Some(status) => self.emit(&StageEvent::Status(status)),
+            None => self.emit(&StageEvent::Message {
+                text: msg.to_string(),
+            }),
+        }
     }
 }
 
@@ -122,6 +217,53 @@ mod tests {
             assert_eq!(StageEvent::parse(&line), Some(ev));
         }
         assert_eq!(StageEvent::parse("plain output"), None);
+    }
+
+    fn status() -> TrainStatus {
+        TrainStatus {
+            phase: "train".into(),
+            step: 40,
+            total: 120,
+            losses: vec![
+                ("d".into(), 0.6931),
+                ("g_l1".into(), 12.5),
+                ("lr".into(), 2e-4),
+            ],
+            rate: 9.374,
+            eta_secs: 8.4,
+            line: true,
+        }
+    }
+
+    #[test]
+    fn a_status_message_becomes_a_status_event_and_reads_for_people() {
+        let p = EventProgress::new(Vec::new());
+        p.message(&status().to_message());
+        p.message("resuming from step 54 of 120");
+        let buf = p.out.into_inner().unwrap().0;
+        let evs: Vec<_> = String::from_utf8(buf)
+            .unwrap()
+            .lines()
+            .filter_map(StageEvent::parse)
+            .collect();
+        assert_eq!(evs[0], StageEvent::Status(status()));
+        assert!(matches!(&evs[1], StageEvent::Message { text } if text.starts_with("resuming")));
+        assert_eq!(
+            status().summary(2),
+            "step 40/120 · d 0.6931 g_l1 12.50 … · 9.374 steps/s · eta 8s"
+        );
+        assert_eq!(TrainStatus::from_message("step 3"), None);
+    }
+
+    #[test]
+    fn numbers_and_durations_are_short() {
+        assert_eq!(short_number(2e-4), "2.000e-4");
+        assert_eq!(short_number(-1234.6), "-1235");
+        assert_eq!(short_number(0.0), "0");
+        assert_eq!(short_duration(41.4), "41s");
+        assert_eq!(short_duration(187.0), "3m07s");
+        assert_eq!(short_duration(7500.0), "2h05m");
+        assert_eq!(short_duration(f64::INFINITY), "?");
     }
 
     #[test]
