@@ -1,9 +1,16 @@
 //! Per-key locks: only one process executes and commits a given cache key at a time.
 //!
 //! A lock is an OS advisory lock (`flock`) on `locks/<key>.lock`, whose content names the
-//! holder (pid, host, start time). The kernel drops the lock when the holder dies (even by
-//! `kill -9`), so a lock file nobody holds is stale: [`list_locks`] reports it and
-//! [`remove_stale`] (`ugc-pipe unlock`) deletes it.
+//! holder (pid, host, start time, and the Slurm job id when it runs in one). The kernel
+//! drops the lock when the holder dies (even by `kill -9`), so a lock file nobody holds is
+//! stale: [`list_locks`] reports it and [`remove_stale`] (`ugc-pipe unlock`) deletes it.
+//!
+//! A lock held by a Slurm job is judged by Slurm, not by a pid or by `flock` alone: on a
+//! network filesystem the head may not see a compute node's `flock` (an NFS mount with
+//! `nolock` keeps locks local to each client), and a pid names a process on another
+//! machine. Such a lock is live while the head's own `flock` test says so, or Slurm
+//! (`squeue -j`, through a [`JobProbe`]) lists the job as not ended, or its heartbeat in
+//! the cache is fresh; stale only when none of them holds; kept when Slurm cannot be asked.
 //!
 //! Lock files are removed when released. To make that safe, a holder unlinks the file
 //! *while* holding the lock, and an acquirer checks after locking that the path still
@@ -14,7 +21,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +53,10 @@ pub struct LockOwner {
     pub pid: u32,
     pub host: String,
     pub since_unix_ms: u64,
+    /// The Slurm job the holder runs in (`SLURM_JOB_ID`); absent outside Slurm, so lock
+    /// files written before (and outside Slurm) read the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slurm_job: Option<u64>,
 }
 
 impl LockOwner {
@@ -54,9 +65,33 @@ impl LockOwner {
             pid: std::process::id(),
             host: this_host(),
             since_unix_ms: crate::cache::now_unix_ms(),
+            slurm_job: crate::exec::slurm_job_id(),
         }
     }
 }
+
+/// What Slurm says of a job holding a lock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct JobSeen {
+    pub id: u64,
+    /// Slurm's state name (`RUNNING`, `COMPLETED`...).
+    pub state: String,
+    /// The job will not run again by itself.
+    pub ended: bool,
+}
+
+/// Asks Slurm about the jobs that hold locks (`squeue -j`, the Slurm client in
+/// `slurm::queue`; a fake in tests).
+pub trait JobProbe {
+    /// The jobs among `ids` that Slurm still lists, one batched call; `Err` (its message)
+    /// when Slurm cannot be asked.
+    fn jobs(&self, ids: &[u64]) -> Result<Vec<JobSeen>, String>;
+}
+
+/// A heartbeat (`attempts/<key>/<job>.beat`, bumped every 30 s by default) older than
+/// this is no sign of life: 4 beats plus a minute, the monitor's rule for a running job,
+/// judged here by the file's mtime against this machine's clock.
+pub const HEARTBEAT_FRESH: Duration = Duration::from_secs(180);
 
 /// The name of this machine, as recorded in locks, records and the registry.
 pub fn this_host() -> String {
@@ -247,6 +282,16 @@ pub struct LockInfo {
     pub alive: bool,
     /// Whether the recorded pid exists, when the holder is on this host.
     pub pid_alive: Option<bool>,
+    /// For a lock held by a Slurm job, Slurm's state of it as listed; `None` when the lock
+    /// is not a job's, Slurm was not asked or did not answer, or no longer lists the job.
+    pub job_state: Option<String>,
+    /// For a job's lock: whether Slurm still lists the job as not ended (`None`: not asked
+    /// or no answer).
+    pub job_alive: Option<bool>,
+    /// Age of the job's heartbeat file, seconds, when there is one.
+    pub heartbeat_age_s: Option<u64>,
+    /// Why the lock is judged live or stale, for people (`unlock` prints it).
+    pub judged: String,
 }
 
 impl LockInfo {
@@ -259,6 +304,21 @@ impl LockInfo {
     pub fn since_unix_ms(&self) -> Option<u64> {
         self.owner.as_ref().map(|o| o.since_unix_ms)
     }
+    pub fn slurm_job(&self) -> Option<u64> {
+        self.owner.as_ref().and_then(|o| o.slurm_job)
+    }
+}
+
+/// Age of the job's heartbeat file, if it has one.
+fn heartbeat_age(cache_root: &Path, key: &CacheKey, job: u64) -> Option<Duration> {
+    let beat = crate::slurm::attempt::heartbeat_path(cache_root, key.as_str(), job);
+    let mtime = std::fs::metadata(beat).ok()?.modified().ok()?;
+    // A beat stamped in the future (clock skew) is as fresh as one stamped now.
+    Some(
+        SystemTime::now()
+            .duration_since(mtime)
+            .unwrap_or(Duration::ZERO),
+    )
 }
 
 fn read_owner(path: &Path) -> Option<LockOwner> {
@@ -281,8 +341,14 @@ fn held(path: &Path) -> Result<Option<bool>, LockError> {
     }
 }
 
-/// Every key lock file under `<cache_root>/locks`, live or stale, sorted by key.
-pub fn list_locks(cache_root: &Path) -> Result<Vec<LockInfo>, LockError> {
+/// Every key lock file under `<cache_root>/locks`, live or stale, sorted by key. Locks
+/// held by Slurm jobs are judged by `probe` (one batched question for all of them; see the
+/// module doc); without one, a job's lock that no `flock` here holds is kept (Slurm
+/// cannot be asked).
+pub fn list_locks(
+    cache_root: &Path,
+    probe: Option<&dyn JobProbe>,
+) -> Result<Vec<LockInfo>, LockError> {
     let dir = cache_root.join(LOCKS_DIR);
     let entries = match std::fs::read_dir(&dir) {
         Ok(e) => e,
@@ -308,26 +374,94 @@ pub fn list_locks(cache_root: &Path) -> Result<Vec<LockInfo>, LockError> {
             .as_ref()
             .filter(|o| o.host == host)
             .map(|o| pid_alive(o.pid));
+        let judged = if alive {
+            "held (flock)".to_string()
+        } else {
+            "nobody holds it (flock)".to_string()
+        };
         out.push(LockInfo {
             key,
             path,
             owner,
             alive,
             pid_alive,
+            job_state: None,
+            job_alive: None,
+            heartbeat_age_s: None,
+            judged,
         });
     }
     out.sort_by(|a, b| a.key.cmp(&b.key));
+    judge_jobs(cache_root, &mut out, probe);
     Ok(out)
 }
 
-/// Removes stale lock files (no live holder) and returns what was removed.
-pub fn remove_stale(cache_root: &Path) -> Result<Vec<LockInfo>, LockError> {
+/// The Slurm side of [`list_locks`]: a lock of a job that the `flock` test found free is
+/// still live while Slurm lists the job as not ended or its heartbeat is fresh, and when
+/// Slurm cannot be asked.
+fn judge_jobs(cache_root: &Path, locks: &mut [LockInfo], probe: Option<&dyn JobProbe>) {
+    let ids: Vec<u64> = locks
+        .iter()
+        .filter(|l| !l.alive)
+        .filter_map(LockInfo::slurm_job)
+        .collect();
+    if ids.is_empty() {
+        return;
+    }
+    let answer = match probe {
+        Some(p) => p.jobs(&ids),
+        None => Err("no Slurm client given".to_string()),
+    };
+    for l in locks.iter_mut().filter(|l| !l.alive) {
+        let Some(job) = l.slurm_job() else { continue };
+        let age = heartbeat_age(cache_root, &l.key, job);
+        l.heartbeat_age_s = age.map(|a| a.as_secs());
+        let fresh = age.is_some_and(|a| a < HEARTBEAT_FRESH);
+        match &answer {
+            Err(e) => {
+                l.alive = true;
+                l.judged = format!(
+                    "held by Slurm job {job}, which Slurm cannot be asked about ({e}): kept"
+                );
+            }
+            Ok(seen) => {
+                let s = seen.iter().find(|s| s.id == job);
+                l.job_state = s.map(|s| s.state.clone());
+                l.job_alive = Some(s.is_some_and(|s| !s.ended));
+                let slurm = match s {
+                    Some(s) => format!("Slurm job {job} is {}", s.state),
+                    None => format!("Slurm no longer knows job {job}"),
+                };
+                let beat = match age {
+                    Some(a) => format!("its heartbeat is {:.0} s old", a.as_secs_f64()),
+                    None => "it has no heartbeat".to_string(),
+                };
+                if l.job_alive == Some(true) {
+                    l.alive = true;
+                    l.judged = slurm;
+                } else if fresh {
+                    l.alive = true;
+                    l.judged = format!("{slurm}, but {beat}: kept");
+                } else {
+                    l.judged = format!("{slurm} and {beat}");
+                }
+            }
+        }
+    }
+}
+
+/// Removes stale lock files (no live holder, judged as [`list_locks`] does) and returns
+/// what was removed.
+pub fn remove_stale(
+    cache_root: &Path,
+    probe: Option<&dyn JobProbe>,
+) -> Result<Vec<LockInfo>, LockError> {
     let mut removed = Vec::new();
-    for info in list_locks(cache_root)? {
+    for info in list_locks(cache_root, probe)? {
         if info.alive {
             continue;
         }
-        // Taking the lock proves nobody holds it; dropping it unlinks the file safely.
+        // Taking the lock proves nobody here holds it; dropping it unlinks the file safely.
         if let Some(lock) = ExclusiveFile::lock(&info.path, false)? {
             drop(lock);
             removed.push(info);
@@ -421,7 +555,7 @@ mod tests {
         assert!(wait_for(&marker, 30), "child never got the released lock");
         // Now the child holds it: we cannot take it.
         assert!(KeyLock::try_acquire(dir.path(), &k).unwrap().is_none());
-        let live = list_locks(dir.path()).unwrap();
+        let live = list_locks(dir.path(), None).unwrap();
         assert_eq!(live.len(), 1);
         assert!(live[0].alive);
         assert_eq!(live[0].pid(), Some(child.id()));
@@ -429,7 +563,7 @@ mod tests {
         assert!(child.wait().unwrap().success());
         assert!(KeyLock::try_acquire(dir.path(), &k).unwrap().is_some());
         assert!(
-            list_locks(dir.path()).unwrap().is_empty(),
+            list_locks(dir.path(), None).unwrap().is_empty(),
             "released lock file left behind"
         );
     }
@@ -444,7 +578,7 @@ mod tests {
         let pid = child.id();
         child.kill().unwrap(); // SIGKILL: no destructor runs, the file stays.
         child.wait().unwrap();
-        let locks = list_locks(dir.path()).unwrap();
+        let locks = list_locks(dir.path(), None).unwrap();
         assert_eq!(locks.len(), 1);
         assert!(!locks[0].alive);
         assert_eq!(locks[0].pid(), Some(pid));
@@ -457,9 +591,10 @@ mod tests {
             pid,
             host: this_host(),
             since_unix_ms: 1,
+            slurm_job: None,
         };
         std::fs::write(&path, serde_json::to_string(&stale).unwrap()).unwrap();
-        let removed = remove_stale(dir.path()).unwrap();
+        let removed = remove_stale(dir.path(), None).unwrap();
         assert_eq!(removed.len(), 1);
         assert_eq!(removed[0].owner, Some(stale));
         assert!(!path.exists());
@@ -518,12 +653,161 @@ mod tests {
         assert!(got.load(Ordering::SeqCst));
     }
 
+    /// Slurm as a test sets it; counts the questions.
+    struct FakeProbe {
+        answer: Result<Vec<JobSeen>, String>,
+        calls: std::cell::RefCell<Vec<Vec<u64>>>,
+    }
+    impl JobProbe for FakeProbe {
+        fn jobs(&self, ids: &[u64]) -> Result<Vec<JobSeen>, String> {
+            self.calls.borrow_mut().push(ids.to_vec());
+            self.answer.clone()
+        }
+    }
+    fn probe(answer: Result<Vec<JobSeen>, String>) -> FakeProbe {
+        FakeProbe {
+            answer,
+            calls: Default::default(),
+        }
+    }
+    fn seen(id: u64, state: &str, ended: bool) -> JobSeen {
+        JobSeen {
+            id,
+            state: state.into(),
+            ended,
+        }
+    }
+
+    /// A lock file left by job `job` on another machine: nobody here holds its flock.
+    fn job_lock(root: &Path, k: &CacheKey, job: u64) {
+        ensure_dir(root).unwrap();
+        let owner = LockOwner {
+            pid: 1,
+            host: "compute-7".into(),
+            since_unix_ms: 1,
+            slurm_job: Some(job),
+        };
+        std::fs::write(lock_path(root, k), serde_json::to_string(&owner).unwrap()).unwrap();
+    }
+
+    fn beat(root: &Path, k: &CacheKey, job: u64, age: Duration) {
+        let p = crate::slurm::attempt::heartbeat_path(root, k.as_str(), job);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, "3\n").unwrap();
+        let f = File::options().write(true).open(&p).unwrap();
+        f.set_modified(SystemTime::now() - age).unwrap();
+    }
+
+    #[test]
+    fn a_job_s_lock_is_judged_by_slurm_and_its_heartbeat_not_by_a_pid() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        let (running, done, purged, beating, old_beat) =
+            (key('1'), key('2'), key('3'), key('4'), key('5'));
+        job_lock(root, &running, 11);
+        job_lock(root, &done, 12);
+        job_lock(root, &purged, 13);
+        job_lock(root, &beating, 14);
+        job_lock(root, &old_beat, 15);
+        beat(root, &beating, 14, Duration::from_secs(5));
+        beat(
+            root,
+            &old_beat,
+            15,
+            HEARTBEAT_FRESH + Duration::from_secs(60),
+        );
+        let slurm = probe(Ok(vec![
+            seen(11, "RUNNING", false),
+            seen(12, "COMPLETED", true),
+        ]));
+        let locks = list_locks(root, Some(&slurm)).unwrap();
+        assert_eq!(
+            slurm.calls.borrow().len(),
+            1,
+            "one question for all the jobs"
+        );
+        assert_eq!(slurm.calls.borrow()[0].len(), 5);
+        let by = |k: &CacheKey| locks.iter().find(|l| &l.key == k).unwrap().clone();
+        assert!(by(&running).alive, "{}", by(&running).judged);
+        assert_eq!(by(&running).job_state.as_deref(), Some("RUNNING"));
+        assert!(by(&running).judged.contains("job 11 is RUNNING"));
+        assert!(!by(&done).alive);
+        assert!(
+            by(&done).judged.contains("no heartbeat"),
+            "{}",
+            by(&done).judged
+        );
+        assert!(!by(&purged).alive);
+        assert_eq!(by(&purged).job_alive, Some(false));
+        assert!(by(&purged).judged.contains("no longer knows job 13"));
+        assert!(by(&beating).alive, "a fresh heartbeat keeps it");
+        assert!(
+            by(&beating).judged.contains("kept"),
+            "{}",
+            by(&beating).judged
+        );
+        assert!(!by(&old_beat).alive, "an old heartbeat is no sign of life");
+        let removed: Vec<CacheKey> = remove_stale(root, Some(&slurm))
+            .unwrap()
+            .into_iter()
+            .map(|l| l.key)
+            .collect();
+        assert_eq!(removed, [done.clone(), purged.clone(), old_beat.clone()]);
+        assert!(lock_path(root, &running).exists() && lock_path(root, &beating).exists());
+    }
+
+    #[test]
+    fn a_job_s_lock_is_kept_when_slurm_cannot_be_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path();
+        job_lock(root, &key('6'), 21);
+        // A lock of a local process (no job) is judged by flock alone, as before.
+        ensure_dir(root).unwrap();
+        std::fs::write(lock_path(root, &key('7')), "{}").unwrap();
+        let down = probe(Err("squeue: Slurm did not answer".into()));
+        let locks = list_locks(root, Some(&down)).unwrap();
+        assert!(
+            locks[0].alive && locks[0].judged.contains("cannot be asked"),
+            "{:?}",
+            locks[0]
+        );
+        assert!(!locks[1].alive);
+        let removed = remove_stale(root, Some(&down)).unwrap();
+        assert_eq!(removed.len(), 1);
+        assert_eq!(removed[0].key, key('7'));
+        assert!(
+            remove_stale(root, None).unwrap().is_empty(),
+            "no probe: kept"
+        );
+        assert!(lock_path(root, &key('6')).exists());
+    }
+
+    #[test]
+    fn the_holder_s_slurm_job_is_in_its_lock_file_and_old_files_still_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let k = key('8');
+        let lock = KeyLock::acquire(dir.path(), &k).unwrap();
+        let text = std::fs::read_to_string(lock_path(dir.path(), &k)).unwrap();
+        let owner: LockOwner = serde_json::from_str(&text).unwrap();
+        assert_eq!(owner.slurm_job, crate::exec::slurm_job_id());
+        if owner.slurm_job.is_none() {
+            assert!(
+                !text.contains("slurm_job"),
+                "outside Slurm the file is as before: {text}"
+            );
+        }
+        drop(lock);
+        let old: LockOwner =
+            serde_json::from_str(r#"{"pid":1,"host":"h","since_unix_ms":2}"#).unwrap();
+        assert_eq!(old.slurm_job, None);
+    }
+
     #[test]
     fn live_locks_are_not_removed() {
         let dir = tempfile::tempdir().unwrap();
         let _held = KeyLock::acquire(dir.path(), &key('d')).unwrap();
-        assert!(remove_stale(dir.path()).unwrap().is_empty());
-        let locks = list_locks(dir.path()).unwrap();
+        assert!(remove_stale(dir.path(), None).unwrap().is_empty());
+        let locks = list_locks(dir.path(), None).unwrap();
         assert_eq!(locks.len(), 1);
         assert!(locks[0].alive);
         assert_eq!(locks[0].pid_alive, Some(true));

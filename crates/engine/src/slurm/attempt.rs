@@ -82,6 +82,16 @@ pub fn heartbeat_path(cache_root: &Path, key: &str, job: JobId) -> PathBuf {
     attempts_dir(cache_root, key).join(format!("{job}.beat"))
 }
 
+/// The registry rows the job's stage spooled for the head (`Registry::spool`): under
+/// `--executor slurm` only the head writes the SQLite registry.
+pub fn rows_path(cache_root: &Path, key: &str, job: JobId) -> PathBuf {
+    attempts_dir(cache_root, key).join(format!("{job}.rows"))
+}
+
+/// Set to `head` by the job script: the worker then spools its registry rows to
+/// [`rows_path`] instead of opening the registry (SQLite's WAL is unsafe on NFS).
+pub const REGISTRY_WRITER_ENV: &str = "UGC_REGISTRY_WRITER";
+
 fn now_ms() -> u64 {
     crate::cache::now_unix_ms()
 }

@@ -6,6 +6,11 @@
 //! batched status call per poll for all jobs; accounting only for the ids the queue
 //! dropped; an unreachable controller backs the poll off and changes nothing.
 //!
+//! A job decided before Slurm itself ended it (its record committed while the worker was
+//! still exiting, say) stays in the batched call, *settling*, until Slurm lists its end
+//! state (or forgets it, or `lost_grace` passes): the registry records Slurm's final state
+//! of every job, not a guess.
+//!
 //! Pure logic over an injected [`Clock`], [`SlurmClient`] and [`CacheView`].
 
 use std::collections::{BTreeMap, HashMap};
@@ -367,6 +372,11 @@ pub struct Monitor<'a> {
     clock: &'a dyn Clock,
     jobs: BTreeMap<JobId, Tracked>,
     interval: Duration,
+    /// The last status Slurm listed for each job, kept after its verdict.
+    statuses: HashMap<JobId, JobStatus>,
+    /// Decided jobs whose end Slurm has not listed yet: key, and since when.
+    settling: BTreeMap<JobId, (String, Duration)>,
+    settled: Vec<(JobId, String, Option<JobStatus>)>,
 }
 
 impl<'a> Monitor<'a> {
@@ -383,7 +393,28 @@ impl<'a> Monitor<'a> {
             clock,
             jobs: BTreeMap::new(),
             interval: settings.poll_min,
+            statuses: HashMap::new(),
+            settling: BTreeMap::new(),
+            settled: Vec::new(),
         }
+    }
+
+    /// The last status Slurm listed for `job` (state, node, submit and start times), also
+    /// after its verdict.
+    pub fn last_status(&self, job: JobId) -> Option<&JobStatus> {
+        self.statuses.get(&job)
+    }
+
+    /// Decided jobs still waiting for Slurm to list their end.
+    pub fn settling(&self) -> usize {
+        self.settling.len()
+    }
+
+    /// Jobs whose end Slurm listed (or that it forgot, or that waited `lost_grace`), each
+    /// once, with the last status Slurm gave: what the registry records as final. A job
+    /// whose verdict came with Slurm's end state is here at once.
+    pub fn take_settled(&mut self) -> Vec<(JobId, String, Option<JobStatus>)> {
+        std::mem::take(&mut self.settled)
     }
 
     /// Starts watching a submitted job; the next poll comes soon.
@@ -414,17 +445,20 @@ impl<'a> Monitor<'a> {
     /// stop the job's tracking.
     pub fn poll(&mut self) -> Vec<(JobId, String, Verdict)> {
         let ids = self.active();
-        if ids.is_empty() {
+        let settling: Vec<JobId> = self.settling.keys().copied().collect();
+        if ids.is_empty() && settling.is_empty() {
             return Vec::new();
         }
+        let asked: Vec<JobId> = ids.iter().chain(&settling).copied().collect();
         let mut unreachable = false;
-        let mut listed: HashMap<JobId, JobStatus> = match self.client.status(&ids) {
+        let mut listed: HashMap<JobId, JobStatus> = match self.client.status(&asked) {
             Ok(v) => by_id(v),
             Err(_) => {
                 unreachable = true;
                 HashMap::new()
             }
         };
+        // Accounting only for the deciding jobs: a settling one squeue forgot is settled.
         let dropped: Vec<JobId> = ids
             .iter()
             .copied()
@@ -438,6 +472,21 @@ impl<'a> Monitor<'a> {
             }
         }
         let now = self.clock.now();
+        for (id, st) in &listed {
+            self.statuses.insert(*id, st.clone());
+        }
+        for id in settling {
+            let (key, since) = self.settling[&id].clone();
+            let ended = match listed.get(&id) {
+                Some(st) => st.state.is_ended(),
+                None => !unreachable,
+            };
+            if ended || now.saturating_sub(since) >= self.settings.lost_grace {
+                self.settling.remove(&id);
+                self.settled
+                    .push((id, key, self.statuses.get(&id).cloned()));
+            }
+        }
         let mut changed = Vec::new();
         for id in ids {
             let t = self.jobs.get_mut(&id).expect("tracked");
@@ -457,10 +506,17 @@ impl<'a> Monitor<'a> {
             let v = limit_retries(v, t.attempt_no, self.settings.resubmit_limit);
             if t.last.as_ref() != Some(&v) {
                 t.last = Some(v.clone());
-                changed.push((id, key, v.clone()));
+                changed.push((id, key.clone(), v.clone()));
             }
             if v.is_final() {
                 self.jobs.remove(&id);
+                // Settled now if Slurm already listed its end or never listed it at all.
+                match self.statuses.get(&id) {
+                    Some(st) if !st.state.is_ended() => {
+                        self.settling.insert(id, (key, now));
+                    }
+                    st => self.settled.push((id, key, st.cloned())),
+                }
             }
         }
         self.interval = if unreachable {
@@ -692,6 +748,60 @@ mod tests {
         w.cache.committed.borrow_mut().insert("k".into());
         assert_eq!(poll1(&mut m), Some(Verdict::Done));
         assert!(m.active().is_empty());
+    }
+
+    #[test]
+    fn a_decided_job_settles_when_slurm_lists_its_end() {
+        let w = world();
+        let mut m = Monitor::new(&w.settings, &w.slurm, &w.cache, &w.clock);
+        m.track("k", 1, 1);
+        m.track("k2", 2, 1);
+        set(&w, 1, JobState::Running);
+        set(&w, 2, JobState::NodeFail);
+        m.poll();
+        // job 2's verdict came with Slurm's end: settled at once, with that state
+        let settled = m.take_settled();
+        assert_eq!(settled.len(), 1);
+        assert_eq!((settled[0].0, settled[0].1.as_str()), (2, "k2"));
+        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::NodeFail);
+        // job 1 committed while Slurm still says RUNNING: done, then settling
+        w.cache.committed.borrow_mut().insert("k".into());
+        assert_eq!(poll1(&mut m), Some(Verdict::Done));
+        assert!(m.active().is_empty());
+        assert_eq!(m.settling(), 1);
+        assert!(m.take_settled().is_empty());
+        let calls = w.slurm.status_calls.get();
+        m.poll();
+        assert_eq!(
+            w.slurm.status_calls.get(),
+            calls + 1,
+            "still asked, in the batch"
+        );
+        assert_eq!(m.settling(), 1, "RUNNING is not an end");
+        set(&w, 1, JobState::Completed);
+        assert_eq!(poll1(&mut m), None, "no second verdict");
+        let settled = m.take_settled();
+        assert_eq!(settled.len(), 1);
+        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::Completed);
+        assert_eq!(m.last_status(1).unwrap().nodes.as_deref(), Some("n1"));
+        assert_eq!(m.settling(), 0);
+        assert!(m.poll().is_empty());
+        // a job Slurm keeps listing as running after its verdict settles after the grace,
+        // and an unreachable controller settles nothing
+        m.track("k3", 3, 1);
+        set(&w, 3, JobState::Running);
+        m.poll();
+        w.cache.committed.borrow_mut().insert("k3".into());
+        m.poll();
+        assert_eq!(m.settling(), 1);
+        w.slurm.down.set(true);
+        m.poll();
+        assert_eq!(m.settling(), 1);
+        w.slurm.down.set(false);
+        w.clock.advance(61);
+        m.poll();
+        let settled = m.take_settled();
+        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::Running);
     }
 
     #[test]

@@ -105,6 +105,40 @@ impl JobState {
         )
     }
 
+    /// Slurm's long name of the state (`OUT_OF_MEMORY`), or the word it gave for one this
+    /// code does not know: what the registry records and `status` shows.
+    pub fn name(&self) -> String {
+        use JobState::*;
+        let n = match self {
+            Pending => "PENDING",
+            Configuring => "CONFIGURING",
+            Running => "RUNNING",
+            Completing => "COMPLETING",
+            Suspended => "SUSPENDED",
+            Stopped => "STOPPED",
+            Signaling => "SIGNALING",
+            StageOut => "STAGE_OUT",
+            Resizing => "RESIZING",
+            Requeued => "REQUEUED",
+            RequeueHold => "REQUEUE_HOLD",
+            RequeueFed => "REQUEUE_FED",
+            ResvDelHold => "RESV_DEL_HOLD",
+            Completed => "COMPLETED",
+            Failed => "FAILED",
+            Cancelled => "CANCELLED",
+            Timeout => "TIMEOUT",
+            OutOfMemory => "OUT_OF_MEMORY",
+            NodeFail => "NODE_FAIL",
+            Preempted => "PREEMPTED",
+            BootFail => "BOOT_FAIL",
+            Deadline => "DEADLINE",
+            Revoked => "REVOKED",
+            SpecialExit => "SPECIAL_EXIT",
+            Unknown(s) => return s.clone(),
+        };
+        n.to_string()
+    }
+
     /// Waiting to start (or to start again).
     pub fn is_waiting(&self) -> bool {
         use JobState::*;
@@ -541,6 +575,22 @@ impl SlurmClient for SlurmCli {
     }
 }
 
+/// `ugc-pipe unlock` asks Slurm about the jobs holding locks with the poll's own batched
+/// `squeue -j` (ended jobs listed until `MinJobAge`, purged ones absent).
+impl crate::lock::JobProbe for SlurmCli {
+    fn jobs(&self, ids: &[u64]) -> Result<Vec<crate::lock::JobSeen>, String> {
+        let listed = self.status(ids).map_err(|e| e.to_string())?;
+        Ok(listed
+            .into_iter()
+            .map(|j| crate::lock::JobSeen {
+                id: j.id,
+                state: j.state.name(),
+                ended: j.state.is_ended(),
+            })
+            .collect())
+    }
+}
+
 /// `squeue -o` of [`SlurmClient::ours`]: the comment last, since it may hold `|`.
 const OURS_FORMAT: &str = "%i|%T|%k";
 
@@ -724,6 +774,7 @@ mod tests {
             assert_eq!(JobState::parse(long), want);
             assert_eq!(JobState::parse(short), want);
             assert_eq!(want.is_ended(), ended.contains(&want), "{long}");
+            assert_eq!(want.name(), long, "the name round-trips");
         }
         assert_eq!(JobState::parse("CANCELLED by 1000"), Cancelled);
         assert_eq!(JobState::parse("CANCELLED+"), Cancelled);
@@ -824,6 +875,39 @@ mod tests {
             "echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
         );
         assert!(f.cli().status(&[9]).unwrap_err().is_transient());
+    }
+
+    #[test]
+    fn the_lock_probe_is_one_batched_squeue() {
+        use crate::lock::{JobProbe, JobSeen};
+        let f = Fakes::new();
+        f.put(
+            "squeue",
+            "echo '4|RUNNING|None|n1|a|b'; echo '6|COMPLETED|None|n1|a|b'",
+        );
+        let seen = f.cli().jobs(&[4, 5, 6]).unwrap();
+        assert_eq!(
+            seen,
+            [
+                JobSeen {
+                    id: 4,
+                    state: "RUNNING".into(),
+                    ended: false
+                },
+                JobSeen {
+                    id: 6,
+                    state: "COMPLETED".into(),
+                    ended: true
+                }
+            ]
+        );
+        assert_eq!(f.calls().len(), 1);
+        f.put(
+            "squeue",
+            "echo 'slurm_load_jobs error: Unable to contact slurm controller (connect failure)' >&2; exit 1",
+        );
+        let e = f.cli().jobs(&[4]).unwrap_err();
+        assert!(e.contains("did not answer"), "{e}");
     }
 
     #[test]

@@ -222,6 +222,11 @@ pub fn render(job: &StageJob, settings: &SlurmSettings) -> Result<String, Script
         "export UGC_HEARTBEAT_S={}\n",
         settings.heartbeat.as_secs_f64()
     ));
+    // Only the head writes the registry: the worker spools its rows into the cache.
+    s.push_str(&format!(
+        "export {}=head\n",
+        super::attempt::REGISTRY_WRITER_ENV
+    ));
     s.push_str("echo \"ugc-pipe: job $SLURM_JOB_ID on $(hostname) at $(date -u +%FT%TZ)\" >&2\n");
     match lay {
         Layout::OneTask { .. } => {
@@ -336,6 +341,8 @@ mod tests {
             "\nexec '/opt/ugc pipe/bin/ugc-pipe-worker' exec --key {KEY} --cache-dir '/shared/it'\\''s/cache' --run 7\n"
         )));
         assert!(!s.contains("srun"));
+        // The worker on the compute node leaves the registry to the head.
+        assert!(s.contains("\nexport UGC_REGISTRY_WRITER=head\n"), "{s}");
     }
 
     #[test]
