@@ -371,7 +371,29 @@ impl StageKind for AdfStage {
         }
         let threshold = adaptive_threshold(&scores, rule);
         let keep = keep_decisions(&scores, threshold, p.enabled);
-        write_decision(
+        let mut extra = serde_json::Map::new();
+        if let Some(synth) = ctx.input_of_kind("synth") {
+            let truth = ugc_data::synth::bad::BadUnlabeledList::load(&synth.dir).map_err(
+                MethodError::data_at(format!("synth dep of stage `{}`", ctx.node)),
+            )?;
+            match truth {
+                Some(list) => {
+                    let bad: Vec<(String, String)> = list
+                        .bad
+                        .iter()
+                        .map(|b| (b.id.clone(), b.corruption.name().to_string()))
+                        .collect();
+                    let acc = filter_accuracy(&ids, &scores, threshold, p.enabled, &bad)
+                        .map_err(|e| StageError::Config(format!("stage `{}`: {e}", ctx.node)))?;
+                    extra = acc.metrics();
+                    write_json(&ctx.out_dir.join(FILTER_TRUTH_FILE), &acc)?;
+                }
+                None => ctx.progress.message(
+                    "the synth dep's dataset lists no bad unlabeled inputs: no filter accuracy",
+                ),
+            }
+        }
+        write_decision_with(
             ctx.out_dir,
             &Decision {
                 ids: &ids,
@@ -382,8 +404,169 @@ impl StageKind for AdfStage {
                 rule,
                 threshold,
             },
+            extra,
         )
     }
+}
+
+/// The filter benchmark's result file in an adf stage output.
+pub const FILTER_TRUTH_FILE: &str = "filter_truth.json";
+
+/// The threshold's drops within one kind of bad input.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KindAccuracy {
+    pub bad: usize,
+    pub dropped: usize,
+    pub recall: f64,
+}
+
+/// How the threshold's drops (`score < threshold`) match a ground truth of bad inputs.
+/// Computed from the threshold also when the filter is disabled (`enabled: false` keeps
+/// everything), so the "w/o ADF" run says what the filter would have dropped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FilterAccuracy {
+    /// Whether the drops were applied.
+    pub enabled: bool,
+    pub threshold: Option<f64>,
+    pub unlabeled: usize,
+    pub bad: usize,
+    pub dropped: usize,
+    pub bad_dropped: usize,
+    /// `bad_dropped / dropped`; `None` when nothing is dropped.
+    pub precision: Option<f64>,
+    /// `bad_dropped / bad`.
+    pub recall: f64,
+    /// Probability that a bad input scores below a clean one (ties count 1/2): how well
+    /// the score separates them whatever the threshold; `None` without bad or clean ones.
+    pub auc: Option<f64>,
+    pub score_mean_bad: Option<f64>,
+    pub score_mean_clean: Option<f64>,
+    /// Recall per corruption (`flip`, `blocks`).
+    pub by_corruption: std::collections::BTreeMap<String, KindAccuracy>,
+    pub missed_bad: Vec<String>,
+    pub dropped_clean: Vec<String>,
+}
+
+impl FilterAccuracy {
+    /// The `adf.*` entries of `metrics.json`.
+    pub fn metrics(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("adf.truth_bad".into(), self.bad.into());
+        m.insert("adf.truth_bad_dropped".into(), self.bad_dropped.into());
+        m.insert("adf.recall".into(), self.recall.into());
+        if let Some(p) = self.precision {
+            m.insert("adf.precision".into(), p.into());
+        }
+        if let Some(a) = self.auc {
+            m.insert("adf.truth_auc".into(), a.into());
+        }
+        for (k, a) in &self.by_corruption {
+            m.insert(format!("adf.recall_{k}"), a.recall.into());
+        }
+        m
+    }
+}
+
+fn mean(v: &[f64]) -> Option<f64> {
+    (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+}
+
+/// Scores the threshold's drops on `ids` (with `scores` at the same index) against `bad`
+/// (`(id, corruption)`); a bad id that was not scored is an error (the ground truth
+/// belongs to another split).
+pub fn filter_accuracy(
+    ids: &[String],
+    scores: &[f64],
+    threshold: Option<f64>,
+    enabled: bool,
+    bad: &[(String, String)],
+) -> Result<FilterAccuracy, String> {
+    let index: std::collections::HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| (id.as_str(), i))
+        .collect();
+    let mut is_bad = vec![None; ids.len()];
+    for (id, kind) in bad {
+        let i = *index.get(id.as_str()).ok_or_else(|| {
+            format!(
+                "bad input `{id}` of the synth dep is not an unlabeled input of this split: \
+                 give the synth stage the split's holdout and seed, and a \
+                 `bad_split_label_ratio` at least the split's label_ratio"
+            )
+        })?;
+        is_bad[i] = Some(kind.as_str());
+    }
+    let drop = keep_decisions(scores, threshold, true)
+        .into_iter()
+        .map(|k| !k)
+        .collect::<Vec<_>>();
+    let (mut bad_s, mut clean_s) = (Vec::new(), Vec::new());
+    let mut by: std::collections::BTreeMap<String, KindAccuracy> = Default::default();
+    let (mut missed, mut dropped_clean) = (Vec::new(), Vec::new());
+    for i in 0..ids.len() {
+        match is_bad[i] {
+            Some(kind) => {
+                bad_s.push(scores[i]);
+                let e = by.entry(kind.to_string()).or_insert(KindAccuracy {
+                    bad: 0,
+                    dropped: 0,
+                    recall: 0.0,
+                });
+                e.bad += 1;
+                e.dropped += usize::from(drop[i]);
+                if !drop[i] {
+                    missed.push(ids[i].clone());
+                }
+            }
+            None => {
+                clean_s.push(scores[i]);
+                if drop[i] {
+                    dropped_clean.push(ids[i].clone());
+                }
+            }
+        }
+    }
+    for e in by.values_mut() {
+        e.recall = e.dropped as f64 / e.bad as f64;
+    }
+    let dropped = drop.iter().filter(|d| **d).count();
+    let bad_dropped = dropped - dropped_clean.len();
+    let auc = (!bad_s.is_empty() && !clean_s.is_empty()).then(|| {
+        let mut wins = 0.0;
+        for b in &bad_s {
+            for c in &clean_s {
+                wins += if b < c {
+                    1.0
+                } else if b == c {
+                    0.5
+                } else {
+                    0.0
+                };
+            }
+        }
+        wins / (bad_s.len() * clean_s.len()) as f64
+    });
+    Ok(FilterAccuracy {
+        enabled,
+        threshold,
+        unlabeled: ids.len(),
+        bad: bad_s.len(),
+        dropped,
+        bad_dropped,
+        precision: (dropped > 0).then(|| bad_dropped as f64 / dropped as f64),
+        recall: if bad_s.is_empty() {
+            0.0
+        } else {
+            bad_dropped as f64 / bad_s.len() as f64
+        },
+        auc,
+        score_mean_bad: mean(&bad_s),
+        score_mean_clean: mean(&clean_s),
+        by_corruption: by,
+        missed_bad: missed,
+        dropped_clean,
+    })
 }
 
 /// One ADF decision to write. No `Default`: it records an outcome, every field of which
@@ -401,6 +584,15 @@ pub struct Decision<'a> {
 
 /// Writes `scores.csv`, `adf.json` and `metrics.json` (shared with distill's online re-scoring).
 pub fn write_decision(out: &Path, d: &Decision<'_>) -> Result<(), StageError> {
+    write_decision_with(out, d, serde_json::Map::new())
+}
+
+/// [`write_decision`] with `extra` metrics merged into `metrics.json` (empty: the same bytes).
+pub fn write_decision_with(
+    out: &Path,
+    d: &Decision<'_>,
+    extra: serde_json::Map<String, serde_json::Value>,
+) -> Result<(), StageError> {
     let &Decision {
         ids,
         scores,
@@ -440,6 +632,7 @@ pub fn write_decision(out: &Path, d: &Decision<'_>) -> Result<(), StageError> {
     if let Some(t) = threshold {
         m.insert("adf.threshold".into(), t.into());
     }
+    m.extend(extra);
     write_json(
         &out.join("adf.json"),
         &AdfDecision {
@@ -511,6 +704,42 @@ mod tests {
             // Disabled ADF keeps everything (the "w/o ADF" ablation).
             assert!(keep_decisions(&scores, t, false).iter().all(|k| *k));
         }
+    }
+
+    #[test]
+    fn filter_accuracy_counts_the_thresholds_drops_against_the_truth() {
+        let ids: Vec<String> = (0..6).map(|i| format!("u{i}")).collect();
+        // Threshold -0.5: u0 (bad), u1 (clean), u4 (bad) are dropped; u2 (bad) is kept.
+        let scores = [-0.9, -0.6, -0.2, -0.1, -0.7, -0.3];
+        let truth = [
+            ("u0".to_string(), "flip".to_string()),
+            ("u2".to_string(), "flip".to_string()),
+            ("u4".to_string(), "blocks".to_string()),
+        ];
+        for enabled in [true, false] {
+            let a = filter_accuracy(&ids, &scores, Some(-0.5), enabled, &truth).unwrap();
+            assert_eq!((a.bad, a.dropped, a.bad_dropped), (3, 3, 2));
+            assert_eq!(a.precision, Some(2.0 / 3.0));
+            assert_eq!(a.recall, 2.0 / 3.0);
+            assert_eq!(a.by_corruption["flip"].recall, 0.5);
+            assert_eq!(a.by_corruption["blocks"].recall, 1.0);
+            assert_eq!(a.missed_bad, ["u2"]);
+            assert_eq!(a.dropped_clean, ["u1"]);
+            // Bad scores -0.9, -0.2, -0.7 against clean -0.6, -0.1, -0.3: -0.9 and -0.7
+            // are below all three, -0.2 only below -0.1: 7 of the 9 pairs.
+            assert_eq!(a.auc, Some(7.0 / 9.0));
+            assert_eq!(a.metrics()["adf.recall_blocks"], 1.0);
+        }
+        // Nothing dropped: no precision; a bad id outside the scored ids is refused.
+        let a = filter_accuracy(&ids, &scores, Some(-1.0), true, &truth).unwrap();
+        assert_eq!((a.precision, a.recall), (None, 0.0));
+        assert!(!a.metrics().contains_key("adf.precision"));
+        let other = [("x9".to_string(), "flip".to_string())];
+        let e = filter_accuracy(&ids, &scores, Some(-0.5), true, &other).unwrap_err();
+        assert!(
+            e.contains("`x9`") && e.contains("bad_split_label_ratio"),
+            "{e}"
+        );
     }
 
     #[test]
