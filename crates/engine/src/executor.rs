@@ -204,10 +204,17 @@ impl Slots {
     /// A stage of `devices` ranks, on the GPUs (`on_gpu`) or the CPU. On the CPU each rank
     /// is a process that wants a core: N slots. On CUDA the GPUs are the limit: N GPUs and
     /// one slot. A stage needing more slots than `jobs` starts only when nothing runs, and
-    /// then runs alone.
-    fn take(&mut self, devices: usize, on_gpu: bool) -> Take {
+    /// then runs alone. An `exclusive` stage (a timing measurement) holds every slot: it
+    /// starts only when nothing runs, and nothing starts beside it.
+    fn take(&mut self, devices: usize, on_gpu: bool, exclusive: bool) -> Take {
         let devices = devices.max(1);
-        let slots = if on_gpu { 1 } else { devices };
+        let slots = if exclusive {
+            self.jobs.max(if on_gpu { 1 } else { devices })
+        } else if on_gpu {
+            1
+        } else {
+            devices
+        };
         if on_gpu && devices > self.total_gpus {
             return Take::Never(format!(
                 "needs {devices} GPUs, but the run has {}",
@@ -496,7 +503,8 @@ pub async fn run_dag(
                     continue;
                 }
                 let on_gpu = node.gpu && !opts.gpus.is_empty();
-                let (held, gpus) = match slots.take(node.resources.devices, on_gpu) {
+                let exclusive = node.resources.exclusive == Some(true);
+                let (held, gpus) = match slots.take(node.resources.devices, on_gpu, exclusive) {
                     Take::Go { slots, gpus } => (slots, gpus),
                     Take::Wait => continue,
                     Take::Never(why) => {
@@ -1158,35 +1166,35 @@ mod slot_tests {
     fn cpu_ranks_take_a_slot_each_and_a_stage_wider_than_jobs_runs_alone() {
         let mut s = Slots::new(4, &[]);
         assert_eq!(
-            s.take(2, false),
+            s.take(2, false, false),
             Take::Go {
                 slots: 2,
                 gpus: vec![]
             }
         );
         assert_eq!(
-            s.take(2, false),
+            s.take(2, false, false),
             Take::Go {
                 slots: 2,
                 gpus: vec![]
             }
         );
-        assert_eq!(s.take(1, false), Take::Wait);
+        assert_eq!(s.take(1, false, false), Take::Wait);
         s.give_back(2, &[]);
         // Six ranks on four slots: only once nothing runs.
-        assert_eq!(s.take(6, false), Take::Wait);
+        assert_eq!(s.take(6, false, false), Take::Wait);
         s.give_back(2, &[]);
         assert_eq!(
-            s.take(6, false),
+            s.take(6, false, false),
             Take::Go {
                 slots: 6,
                 gpus: vec![]
             }
         );
-        assert_eq!(s.take(1, false), Take::Wait, "it runs alone");
+        assert_eq!(s.take(1, false, false), Take::Wait, "it runs alone");
         s.give_back(6, &[]);
         assert_eq!(
-            s.take(1, false),
+            s.take(1, false, false),
             Take::Go {
                 slots: 1,
                 gpus: vec![]
@@ -1198,15 +1206,15 @@ mod slot_tests {
     fn cuda_ranks_take_a_gpu_each_and_one_slot() {
         let mut s = Slots::new(8, &[0, 1, 2]);
         assert_eq!(
-            s.take(2, true),
+            s.take(2, true, false),
             Take::Go {
                 slots: 1,
                 gpus: vec![0, 1]
             }
         );
-        assert_eq!(s.take(2, true), Take::Wait, "one GPU left");
+        assert_eq!(s.take(2, true, false), Take::Wait, "one GPU left");
         assert_eq!(
-            s.take(1, true),
+            s.take(1, true, false),
             Take::Go {
                 slots: 1,
                 gpus: vec![2]
@@ -1214,25 +1222,48 @@ mod slot_tests {
         );
         s.give_back(1, &[0, 1]);
         assert_eq!(
-            s.take(2, true),
+            s.take(2, true, false),
             Take::Go {
                 slots: 1,
                 gpus: vec![0, 1]
             }
         );
         assert!(
-            matches!(s.take(4, true), Take::Never(m) if m == "needs 4 GPUs, but the run has 3")
+            matches!(s.take(4, true, false), Take::Never(m) if m == "needs 4 GPUs, but the run has 3")
         );
         // One job slot: GPU stages wait for it like any other.
         let mut one = Slots::new(1, &[0, 1]);
         assert_eq!(
-            one.take(1, true),
+            one.take(1, true, false),
             Take::Go {
                 slots: 1,
                 gpus: vec![0]
             }
         );
-        assert_eq!(one.take(1, true), Take::Wait);
+        assert_eq!(one.take(1, true, false), Take::Wait);
+    }
+
+    #[test]
+    fn an_exclusive_stage_starts_only_on_an_idle_machine_and_nothing_starts_beside_it() {
+        for (gpus, on_gpu) in [(vec![], false), (vec![0, 1], true)] {
+            let mut s = Slots::new(4, &gpus);
+            let Take::Go {
+                slots: one,
+                gpus: g,
+            } = s.take(1, on_gpu, false)
+            else {
+                panic!("an idle machine takes a stage");
+            };
+            assert_eq!(s.take(1, on_gpu, true), Take::Wait, "another stage runs");
+            s.give_back(one, &g);
+            let Take::Go { slots, gpus: g } = s.take(1, on_gpu, true) else {
+                panic!("an idle machine takes the exclusive stage");
+            };
+            assert_eq!(slots, 4, "it holds every slot");
+            assert_eq!(s.take(1, on_gpu, false), Take::Wait, "nothing beside it");
+            s.give_back(slots, &g);
+            assert!(matches!(s.take(1, on_gpu, false), Take::Go { .. }));
+        }
     }
 }
 

@@ -209,6 +209,12 @@ impl Dag {
                             }
                         };
                         problems.extend(check_batches(s, schema, &r.params));
+                        let mut resources = s.resources.clone();
+                        // The kind's rule, recorded only when it asks (the job files of
+                        // other stages stay as they were).
+                        if resources.exclusive.is_none() && schema.exclusive_for(&r.params) {
+                            resources.exclusive = Some(true);
+                        }
                         let n = graph.add_node(Node {
                             id: id.clone(),
                             stage: s.name.clone(),
@@ -218,7 +224,7 @@ impl Dag {
                             external_inputs: r.external_inputs,
                             matrix_point,
                             gpu: schema.gpu,
-                            resources: s.resources.clone(),
+                            resources,
                             pos: s.pos.clone(),
                         });
                         deps.push(Vec::new());

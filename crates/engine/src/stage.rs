@@ -217,6 +217,11 @@ pub struct KindSchema {
     /// (`resources: {devices: N}` with N > 1); absent, a stage of it runs as one process.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_parallel: Option<DataParallelSchema>,
+    /// A bool parameter that, when true, makes a stage of the kind need the machine to
+    /// itself (the evaluate kind's `latency`: a timing measured beside other stages measures
+    /// their load). A stage's `resources.exclusive` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive_when: Option<String>,
     pub params: BTreeMap<String, ParamSchema>,
 }
 
@@ -280,7 +285,26 @@ impl KindSchema {
                 }
             }
         }
+        if let Some(name) = &schema.exclusive_when {
+            match schema.params.get(name) {
+                Some(p) if p.ty == ParamType::Bool => {}
+                _ => {
+                    return Err(format!(
+                        "kind {}: exclusive_when names `{name}`, which is not a bool parameter",
+                        schema.kind
+                    ));
+                }
+            }
+        }
         Ok(schema)
+    }
+
+    /// Whether a stage of this kind with these resolved `params` needs the machine alone
+    /// by the kind's rule (`exclusive_when`).
+    pub fn exclusive_for(&self, params: &Value) -> bool {
+        self.exclusive_when
+            .as_ref()
+            .is_some_and(|p| params.get(p).and_then(Value::as_bool) == Some(true))
     }
 }
 

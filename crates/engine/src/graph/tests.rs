@@ -269,3 +269,23 @@ fn gather_must_be_a_bool() {
     let err = load(&text).unwrap_err().to_string();
     assert!(err.contains("gather"), "{err}");
 }
+
+#[test]
+fn a_kind_rule_makes_a_stage_exclusive_unless_its_resources_say_otherwise() {
+    let dag = dag(
+        "stages:\n  a: {kind: timed}\n  b: {kind: timed, params: {time_it: false}}\n  \
+         c: {kind: timed, resources: {exclusive: false}}\n  d: {kind: synth, params: {task: edges2photo}}\n  \
+         e: {kind: synth, params: {task: edges2photo}, resources: {exclusive: true}}\n",
+    );
+    let exclusive = |id: &str| {
+        dag.nodes()
+            .find(|(_, n)| n.id == id)
+            .map(|(_, n)| n.resources.exclusive)
+            .unwrap()
+    };
+    assert_eq!(exclusive("a"), Some(true), "the rule's parameter is true");
+    assert_eq!(exclusive("b"), None, "the rule's parameter is false");
+    assert_eq!(exclusive("c"), Some(false), "the stage opted out");
+    assert_eq!(exclusive("d"), None, "a kind without the rule");
+    assert_eq!(exclusive("e"), Some(true), "asked for by the stage");
+}

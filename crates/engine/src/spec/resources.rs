@@ -15,13 +15,14 @@ use super::yaml::{YNode, YValue};
 use super::{PosMap, SourcePos, SpecError};
 
 /// The keys of a `resources:` block, for "unknown key" messages.
-pub const RESOURCE_KEYS: [&str; 6] = [
+pub const RESOURCE_KEYS: [&str; 7] = [
     "devices",
     "dist_timeout_s",
     "cpus",
     "mem",
     "time",
     "partition",
+    "exclusive",
 ];
 
 /// What a stage asks of the machine.
@@ -53,6 +54,11 @@ pub struct Resources {
     /// Slurm: the stage's partition, instead of the executor's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partition: Option<String>,
+    /// Whether the stage needs the machine to itself (no other stage running beside it),
+    /// as a timing measurement does. Unset: its kind's rule (`exclusive_when` in the
+    /// schema: the evaluate kind while it measures latency); the graph resolves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exclusive: Option<bool>,
 }
 
 fn one() -> usize {
@@ -72,6 +78,7 @@ impl Default for Resources {
             mem: None,
             time: None,
             partition: None,
+            exclusive: None,
         }
     }
 }
@@ -150,6 +157,12 @@ impl Resources {
                     _ => self.partition = Some(text),
                 }
             }
+            "exclusive" => {
+                let b = value
+                    .as_bool()
+                    .ok_or_else(|| format!("`exclusive` must be true or false, got {value}"))?;
+                self.exclusive = Some(b);
+            }
             other => {
                 return Err(format!(
                     "unknown resource `{other}` (valid: {})",
@@ -207,6 +220,7 @@ pub(crate) fn parse(
         let value = match (&v.value, key.as_str()) {
             (YValue::Int(_) | YValue::UInt(_), _) => v.to_json(file),
             (YValue::Float(_), "dist_timeout_s") => v.to_json(file),
+            (YValue::Bool(_), "exclusive") => v.to_json(file),
             (YValue::Str(_), _) if textual => v.to_json(file),
             _ => {
                 problems.push(SpecError::WrongType {
@@ -214,6 +228,8 @@ pub(crate) fn parse(
                     what: format!("`resources.{key}` of {section}"),
                     expected: if key == "devices" || key == "cpus" {
                         "a whole number >= 1".into()
+                    } else if key == "exclusive" {
+                        "true or false".into()
                     } else if textual {
                         "a string (e.g. `4G`, `1:30:00`, `gpu`)".into()
                     } else {

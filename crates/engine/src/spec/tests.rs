@@ -156,7 +156,7 @@ fn unknown_kind_lists_known_kinds() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:3:11: unknown stage kind `synthh` (known: command, dp, ranged, split, synth, train)"
+            "{FILE}:3:11: unknown stage kind `synthh` (known: command, dp, ranged, split, synth, timed, train)"
         )
     );
 }
@@ -870,7 +870,7 @@ fn bad_resources_are_refused_with_positions_all_at_once() {
     for want in [
         format!("{FILE}:4:26: stage `a`: `devices` must be a whole number >= 1, got 0"),
         format!(
-            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s, cpus, mem, time, partition)"
+            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s, cpus, mem, time, partition, exclusive)"
         ),
         format!(
             "{FILE}:7:26: `resources.devices` of stage `b`: expected a whole number >= 1, got float"
@@ -990,7 +990,7 @@ fn resources_are_set_from_the_command_line_with_the_flag_in_errors() {
         ),
         (
             "fit.resources.gpus=2",
-            "unknown resource `gpus` (valid: devices, dist_timeout_s, cpus, mem, time, partition)",
+            "unknown resource `gpus` (valid: devices, dist_timeout_s, cpus, mem, time, partition, exclusive)",
         ),
         ("fit.resources=2", "`fit.resources` takes a map"),
         ("fit.resources.devices.x=2", "name one resource"),

@@ -69,6 +69,13 @@ params:
   lr: {type: float, default: 0.1}
 "#,
     r#"
+kind: timed
+version: 1
+exclusive_when: time_it
+params:
+  time_it: {type: bool, default: true}
+"#,
+    r#"
 kind: ranged
 version: 1
 deps: {required: [split]}
