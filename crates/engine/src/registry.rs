@@ -568,7 +568,8 @@ impl Registry {
         let mut conn = Connection::open_in_memory().map_err(db)?;
         migrate(&mut conn, spool_path)?;
         // The runs the rows name are in the head's database, not in this one.
-        conn.pragma_update(None, "foreign_keys", "OFF").map_err(db)?;
+        conn.pragma_update(None, "foreign_keys", "OFF")
+            .map_err(db)?;
         Ok(Registry {
             path: spool_path.to_path_buf(),
             conn: Mutex::new(conn),
@@ -789,7 +790,8 @@ impl Registry {
         Ok(added)
     }
 
-    /// Records (or updates) what the head saw of one Slurm job of a stage.
+    /// Records (or updates) what the head saw of one Slurm job of a stage. The earliest
+    /// submission time wins: a head that re-attached to the job knows only when it saw it.
     pub fn upsert_slurm_job(&self, j: &SlurmJobRow) -> Result<(), RegistryError> {
         self.head_only("upsert_slurm_job")?;
         self.conn()
@@ -799,7 +801,8 @@ impl Registry {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)
                      ON CONFLICT (job, key) DO UPDATE SET run_id = ?3, pipeline = ?4,
                          node = ?5, attempt = ?6, state = ?7, nodes = ?8, reason = ?9,
-                         submitted_unix_ms = ?10, started_unix_ms = ?11, ended_unix_ms = ?12,
+                         submitted_unix_ms = MIN(submitted_unix_ms, ?10),
+                         started_unix_ms = ?11, ended_unix_ms = ?12,
                          queue_wait_ms = ?13, run_ms = ?14"
                 ),
                 params![

@@ -410,6 +410,14 @@ impl<'a> Monitor<'a> {
         self.settling.len()
     }
 
+    /// Gives up waiting for the settling jobs' ends (the run is over): each is settled with
+    /// the last status Slurm gave.
+    pub fn settle_now(&mut self) {
+        for (id, (key, _)) in std::mem::take(&mut self.settling) {
+            self.settled.push((id, key, self.statuses.get(&id).cloned()));
+        }
+    }
+
     /// Jobs whose end Slurm listed (or that it forgot, or that waited `lost_grace`), each
     /// once, with the last status Slurm gave: what the registry records as final. A job
     /// whose verdict came with Slurm's end state is here at once.
@@ -801,7 +809,16 @@ mod tests {
         w.clock.advance(61);
         m.poll();
         let settled = m.take_settled();
-        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::Running);
+        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::Running);        // the run is over: whatever still settles is settled with what Slurm last said
+        m.track("k4", 4, 1);
+        set(&w, 4, JobState::Running);
+        m.poll();
+        w.cache.committed.borrow_mut().insert("k4".into());
+        m.poll();
+        assert_eq!(m.settling(), 1);
+        m.settle_now();
+        assert_eq!(m.settling(), 0);
+        assert_eq!(m.take_settled()[0].0, 4);
     }
 
     #[test]

@@ -164,6 +164,40 @@ pub struct JobStatus {
     pub exit_code: Option<String>,
 }
 
+impl JobStatus {
+    /// Submission to start, from Slurm's own times (`%V`, `%S`: one clock, the
+    /// controller's, so no skew between machines), to the second; `None` before it starts.
+    pub fn queue_wait(&self) -> Option<Duration> {
+        let submitted = slurm_time_s(self.submitted.as_deref()?)?;
+        let started = slurm_time_s(self.started.as_deref()?)?;
+        u64::try_from(started - submitted)
+            .ok()
+            .map(Duration::from_secs)
+    }
+}
+
+/// Seconds of a Slurm time stamp `YYYY-MM-DDTHH:MM:SS` counted as if it were UTC (its
+/// zone is the controller's; only differences of two stamps mean anything).
+fn slurm_time_s(s: &str) -> Option<i64> {
+    let (date, time) = s.trim().split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>().ok());
+    let (y, m, day) = (d.next()??, d.next()??, d.next()??);
+    let mut t = time.split(':').map(|x| x.parse::<i64>().ok());
+    let (h, mi, sec) = (t.next()??, t.next()??, t.next()??);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days from 1970-01-01 of a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
+}
+
 /// Why a Slurm command gave no answer.
 #[derive(Debug, thiserror::Error)]
 pub enum QueueError {
@@ -783,6 +817,31 @@ mod tests {
         assert!(!odd.is_ended() && !odd.is_waiting());
         assert!(!JobState::parse("").is_ended());
         assert!(Requeued.is_waiting() && !Requeued.is_ended());
+    }
+
+    #[test]
+    fn queue_wait_from_slurms_own_times() {
+        let st = |v: &str, s: &str| JobStatus {
+            id: 1,
+            state: JobState::Running,
+            reason: None,
+            nodes: None,
+            submitted: Some(v.into()),
+            started: Some(s.into()),
+            exit_code: None,
+        };
+        // across a day and a leap-year February end
+        let w = st("2024-02-28T23:59:58", "2024-03-01T00:00:01").queue_wait();
+        assert_eq!(w, Some(Duration::from_secs(86_400 + 3)));
+        assert_eq!(slurm_time_s("1970-01-01T00:00:00"), Some(0));
+        assert_eq!(slurm_time_s("2023-11-14T22:13:20"), Some(1_700_000_000));
+        // not started yet, or a start before the submission: unknown
+        assert_eq!(st("2026-01-01T00:00:00", "N/A").queue_wait(), None);
+        assert_eq!(
+            st("2026-01-01T00:00:05", "2026-01-01T00:00:00").queue_wait(),
+            None
+        );
+        assert_eq!(slurm_time_s("2026-13-01T00:00:00"), None);
     }
 
     #[test]
