@@ -12,9 +12,14 @@
 #
 # Each round runs, one after the other, each with a fresh cache / work folder:
 #   ugc-pipe-20    ugc-pipe run P --executor slurm, default executor settings
-#   snakemake-20   snakemake --executor slurm, the plugin's defaults (first status check
-#                  after 40 s, then +10 s per quiet check up to 180 s), status by squeue
-#   snakemake-20-fast  the same with the plugin's shortest intervals (1 s and 1 s)
+#   snakemake-20   snakemake --executor slurm at the defaults: the plugin's next status
+#                  check comes 40 s (init_seconds_before_status_checks) after one that saw
+#                  a job finish, 10 s later than the last after one that saw none (at
+#                  most 180 s); status by squeue
+#   snakemake-20-fast  the same with both intervals at the shortest the CLI takes, 1 s
+#                  (a quiet check still adds 10 s: 1, 11, 21 s, ...)
+#   ugc-pipe-20-fast   ugc-pipe with its shortest poll after a change at 1 s, as
+#                  Snakemake's fast run (default poll_min 2 s; poll_max stays 30 s)
 #   ugc-pipe-62    ugc-pipe with 6 chains of 10 (62 stages, 4 always pending): the
 #                  polling load at three times as many jobs in the queue
 # Every Slurm client call of each tool (and of its jobs) goes through PATH wrappers that
@@ -127,6 +132,12 @@ for r in $(seq 1 "$ROUNDS"); do
     measure "$d" snakemake "$label" "$n" "$VENV/bin/snakemake" "${args[@]}"
     runs+=("$d")
   done
+
+  d="$WORK/r$r/ugc-pipe-20-fast"
+  n=$(fresh "$d" 2 9)
+  measure "$d" ugc-pipe ugc-pipe-20-fast "$n" "$BIN" run pipeline.yaml --executor slurm \
+    --cache-dir "$d/cache" --json --executor-set poll_min=1
+  runs+=("$d")
 
   d="$WORK/r$r/ugc-pipe-62"
   n=$(fresh "$d" 6 10)

@@ -28,6 +28,7 @@ import os
 import re
 import statistics
 import sys
+import time
 
 
 def read_times(d):
@@ -125,6 +126,30 @@ def sdiag(d):
     return counts
 
 
+JOBCOMP_FIELD = re.compile(r"(\w+)=(\S*)")
+
+
+def foreign_jobs(d, start, end):
+    """Jobs of other users of the cluster (WorkDir outside this run's folder) that ran
+    during the run, from jobcomp/filetxt: their RPCs are in sdiag's counts, not in the
+    wrappers' (which count only this tool's calls)."""
+    path = os.path.join(os.environ.get("UGC_SLURM_ROOT", "/tmp/ugc-slurm"), "log", "jobcomp.txt")
+    if not os.path.exists(path):
+        return None
+    n = 0
+    with open(path) as f:
+        for line in f:
+            job = dict(JOBCOMP_FIELD.findall(line))
+            try:
+                t0 = time.mktime(time.strptime(job["StartTime"], "%Y-%m-%dT%H:%M:%S"))
+                t1 = time.mktime(time.strptime(job["EndTime"], "%Y-%m-%dT%H:%M:%S"))
+            except (KeyError, ValueError):
+                continue
+            if t0 <= end and t1 + 1 >= start and not job.get("WorkDir", "").startswith(d):
+                n += 1
+    return n
+
+
 def med(xs):
     return statistics.median(xs) if xs else float("nan")
 
@@ -169,6 +194,7 @@ def analyze(d):
         "in_job_calls_per_min": round(sum(in_job.values()) / minutes, 2),
         "sdiag_rpcs": rpc,
         "sdiag_rpcs_per_min": round(sum(rpc.values()) / minutes, 2),
+        "foreign_jobs": foreign_jobs(os.path.abspath(d), meta["start"], meta["end"]),
     }
     return row
 
@@ -185,21 +211,21 @@ def main():
         for r in rows:
             f.write(json.dumps(r) + "\n")
     print(
-        "| tool, settings | stages | wall s | overhead/stage s: median (min-max) | "
-        "start / end latency s | head status calls/min | all head calls/min | "
-        "calls from jobs/min | sdiag RPCs/min | head calls |"
+        "| run | stages | wall s | overhead/stage s: median (min-max) | "
+        "start / end latency s | head's status calls/min | head's calls, all | "
+        "calls from jobs | controller RPCs/min | RPCs/stage | others' jobs |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        rpcs = sum(r["sdiag_rpcs"].values())
         print(
             f"| {r['label']} | {r['stages']} | {r['wall_s']:.1f} | "
             f"**{r['overhead_s_median']:.2f}** ({r['overhead_s_min']:.2f}-{r['overhead_s_max']:.2f}) | "
             f"{r['start_latency_s_median']:.2f} / {r['end_latency_s_median']:.2f} | "
-            f"**{r['head_status_calls_per_min']:.1f}** | {r['head_calls_per_min']:.1f} | "
-            f"{r['in_job_calls_per_min']:.1f} | {r['sdiag_rpcs_per_min']:.1f} | "
-            f"{fmt_calls(r['head_calls'])} |"
+            f"**{r['head_status_calls_per_min']:.1f}** | {fmt_calls(r['head_calls'])} | "
+            f"{fmt_calls(r['in_job_calls'])} | {r['sdiag_rpcs_per_min']:.1f} | "
+            f"{rpcs / r['stages']:.1f} | {r['foreign_jobs']} |"
         )
-
 
 if __name__ == "__main__":
     main()
