@@ -9,6 +9,8 @@
 //! - [`run`]: [`TrainTask`] and [`run_loop`]: resume, per-step cancel polling
 //!   (checkpoint, then cancelled), reseeding, progress, an exact `log.csv`, samples,
 //!   periodic checkpoints, batched reads of logged device values.
+//! - [`live`]: what a user watches: status lines (losses, rate, ETA) and TensorBoard event
+//!   files ([`tensorboard`], written by hand), outside the committed output.
 //! - [`stream`]: [`BatchStream`], batches positionable for an exact resume.
 //! - [`dist`]: [`Dist`], the process group of a data-parallel stage (or none) and the
 //!   arithmetic of sharded global batches.
@@ -18,11 +20,13 @@
 pub mod checkpoint;
 pub mod dist;
 pub mod error;
+pub mod live;
 mod log;
 pub mod optim;
 pub mod run;
 mod seed;
 pub mod stream;
+pub mod tensorboard;
 pub mod testing;
 
 pub use dist::Dist;

@@ -22,6 +22,7 @@ use ugc_engine::StageContext;
 use crate::checkpoint;
 use crate::dist::Dist;
 use crate::error::TrainError;
+use crate::live::{Live, STATUS_LINES, cadence};
 use crate::log::CsvLog;
 use crate::seed::step_seed;
 
@@ -97,6 +98,11 @@ pub struct LoopConfig {
     pub tail: usize,
     /// The stage's ranks ([`Dist::none`]: one process).
     pub dist: Dist,
+    /// A status line (losses, rate, ETA) in the stage log and on a console without progress
+    /// bars every this many steps; 0: about 20 over the run.
+    pub status_every: u64,
+    /// Scalars to TensorBoard every this many steps; 0: about 1000 points over the run.
+    pub tensorboard_every: u64,
 }
 
 impl Default for LoopConfig {
@@ -109,6 +115,8 @@ impl Default for LoopConfig {
             phase: "train".into(),
             tail: 10,
             dist: Dist::none(),
+            status_every: 0,
+            tensorboard_every: 0,
         }
     }
 }
@@ -146,7 +154,8 @@ fn run_dir(scratch: &Path) -> PathBuf {
 }
 
 /// Runs `task` for `cfg.steps` steps under `ctx` and copies `log.csv` and (when the task
-/// drew any) `samples/` into `ctx.out_dir`.
+/// drew any) `samples/` into `ctx.out_dir`. Rank 0 also reports the losses, rate and ETA
+/// and writes TensorBoard event files (`crate::live`), outside the output.
 ///
 /// With ranks (`cfg.dist`): rank 0 alone reads and writes the checkpoint, the log and the
 /// samples; at the start it broadcasts the step to continue from and every `state()`
@@ -209,12 +218,18 @@ pub fn run_loop<T: TrainTask + ?Sized>(
     task.seek(start)?;
     ctx.progress.start(&cfg.phase, cfg.steps);
     ctx.progress.set(start);
+    let mut live = leader.then(|| Live::new(ctx, cfg, start, &samples));
+    // Every rank reads the losses at the same steps (with ranks, a read is a collective).
+    let status_every = cadence(cfg.status_every, cfg.steps, STATUS_LINES);
     let mut last = Vec::new();
     let mut pending: Vec<(u64, StepLog)> = Vec::new();
     for step in start..cfg.steps {
         // Any rank's cancel stops every rank at this step (one tiny all-reduce).
         if dist.any(ctx.cancel.is_cancelled())? {
-            read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+            let rows = read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+            if let Some(l) = &mut live {
+                l.rows(&rows);
+            }
             if let Some(log) = &mut log {
                 log.sync()?;
                 checkpoint::save(&ckpt, step, cfg.seed, &task.state())?;
@@ -228,19 +243,29 @@ pub fn run_loop<T: TrainTask + ?Sized>(
         let sample_now = cfg.sample_every > 0 && done % cfg.sample_every == 0 && done < cfg.steps;
         let ckpt_now =
             cfg.checkpoint_every > 0 && done % cfg.checkpoint_every == 0 && done < cfg.steps;
-        if pending.len() >= LOG_READ_EVERY || sample_now || ckpt_now {
+        let line_now = done % status_every == 0;
+        if pending.len() >= LOG_READ_EVERY || sample_now || ckpt_now || line_now {
             // Never sample or checkpoint a state whose losses went non-finite.
-            read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+            let rows = read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+            if let Some(l) = &mut live {
+                l.rows(&rows);
+            }
         }
         if sample_now && leader {
             task.sample(done, &samples)?;
+            if let Some(l) = &mut live {
+                l.samples(done, &samples);
+            }
         }
         if ckpt_now && let Some(log) = &mut log {
             log.sync()?;
             checkpoint::save(&ckpt, done, cfg.seed, &task.state())?;
         }
     }
-    read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+    let rows = read_pending(dist, &mut pending, log.as_mut(), &mut last)?;
+    if let Some(l) = &mut live {
+        l.rows(&rows);
+    }
     let Some(mut log) = log else {
         return Ok(LoopOutcome {
             resumed_from: start,
@@ -249,6 +274,9 @@ pub fn run_loop<T: TrainTask + ?Sized>(
         });
     };
     task.sample(cfg.steps, &samples)?;
+    if let Some(l) = &mut live {
+        l.samples(cfg.steps, &samples);
+    }
     log.flush()?;
     let tail_mean = log.tail_mean(cfg.tail);
     // Publish the log and samples.
@@ -274,6 +302,7 @@ fn share_start(dist: &Dist, code: i64) -> Result<i64, TrainError> {
 
 /// Reads the pending steps' device values to the host in one transfer, refuses a
 /// non-finite loss (naming its step), and appends the rows to the log (rank 0's `log`).
+/// Returns the rows read, by completed step.
 /// With ranks, the device values are summed over ranks first (one all-reduce) and divided
 /// by the world size: each rank logs its shard's share ([`LogValue`]), so every rank reads
 /// the global-batch value.
@@ -282,7 +311,7 @@ fn read_pending(
     pending: &mut Vec<(u64, StepLog)>,
     mut log: Option<&mut CsvLog>,
     last: &mut Vec<(String, f64)>,
-) -> Result<(), TrainError> {
+) -> Result<Vec<(u64, Vec<(String, f64)>)>, TrainError> {
     let on_device: Vec<&Tensor> = pending
         .iter()
         .flat_map(|(_, row)| row.iter())
@@ -308,6 +337,7 @@ fn read_pending(
             .map_err(|e| TrainError::Numeric(format!("reading logged losses: {e}")))?
             .into_iter();
     }
+    let mut rows = Vec::with_capacity(pending.len());
     for (step, row) in pending.drain(..) {
         let values: Vec<(String, f64)> = row
             .into_iter()
@@ -324,9 +354,10 @@ fn read_pending(
         if let Some(log) = log.as_deref_mut() {
             log.row(step + 1, &values)?;
         }
+        rows.push((step + 1, values.clone()));
         *last = values;
     }
-    Ok(())
+    Ok(rows)
 }
 
 /// Copies the files of `from` into `to`, creating `to` only when there is one: a task
