@@ -27,6 +27,13 @@ fi
 # tensorboard: the train tests read the event files back with it (pillow comes with it).
 "$VENV/bin/python" -c 'import numpy, scipy, safetensors, tensorboard' 2>/dev/null || \
   "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off numpy scipy safetensors tensorboard==2.21.0
+# The metrics CLI tests' reference packages (tests/it/metrics_cli.rs, folder_refs.py):
+# pytorch-fid, torchmetrics (KID), scikit-image (PSNR/SSIM), lpips, cityscapesScripts, and
+# torchvision for the first and lpips; torch==$TORCH_VERSION keeps pip from swapping torch.
+"$VENV/bin/python" -c 'import pytorch_fid, torchmetrics, skimage, lpips, cityscapesscripts, torchvision' 2>/dev/null || \
+  "$VENV/bin/pip" install --disable-pip-version-check --progress-bar off "torch==$TORCH_VERSION" \
+    torchvision==0.26.0 pytorch-fid==0.3.0 torchmetrics==1.9.0 scikit-image==0.26.0 lpips==0.1.4 \
+    cityscapesscripts==2.3.0
 
 # Headers that the wheel's CUDA runtime headers include but its packages leave out: the C
 # runtime's crt/ and CCCL's nv/target. crates/torch-ext compiles c10d's NCCL backend
