@@ -100,9 +100,13 @@ fn train_evaluator(ctx: &StageContext<'_>, p: &Params, split_dir: &std::path::Pa
     let labels = LabelSpec::for_split(&manifest, p.foreground_threshold as u8)?;
     let device = tch_device(ctx.device);
     let dist = Dist::new(ctx.rank, device)?;
-    if device == tch::Device::Cpu && dist.is_distributed() {
-        // Ranks on one CPU split libtorch's threads between them.
-        tch::set_num_threads(dist.rank_threads(0, tch::get_num_threads().max(1)));
+    if device == tch::Device::Cpu {
+        // One thread by default (the same float sums on every machine); ranks on one CPU
+        // split the budget between them.
+        let threads = dist.rank_threads(p.torch_threads, tch::get_num_threads().max(1));
+        if threads > 0 {
+            tch::set_num_threads(threads);
+        }
     }
     tch::manual_seed(p.seed as i64);
     let arch = SegNetConfig {

@@ -19,6 +19,8 @@ pub struct Params {
     pub checkpoint_every: u64,
     /// Loader worker threads.
     pub threads: usize,
+    /// libtorch intra-op threads (0 = libtorch's default, one per core). Process-wide.
+    pub torch_threads: i32,
 }
 
 impl crate::KindParams for Params {}
