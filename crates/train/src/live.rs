@@ -162,13 +162,7 @@ impl<'a> Live<'a> {
         }
         self.last_refresh = Some(now);
         let secs = now.duration_since(self.t0).as_secs_f64();
-        let ran = done.saturating_sub(self.start);
-        let rate = if secs > 0.0 { ran as f64 / secs } else { 0.0 };
-        let eta_secs = if rate > 0.0 {
-            (total - done) as f64 / rate
-        } else {
-            f64::INFINITY
-        };
+        let (rate, eta_secs) = rate_and_eta(self.start, *done, total, secs);
         let status = TrainStatus {
             phase: self.phase.clone(),
             step: *done,
@@ -211,6 +205,20 @@ impl<'a> Live<'a> {
     }
 }
 
+/// Steps per second over the steps run in this process (`start` to `done` in `secs`), and
+/// the seconds left at that rate. Counting from step 0 instead would credit a resumed
+/// process with the steps of the one before it and report its start-up as slowness.
+fn rate_and_eta(start: u64, done: u64, total: u64, secs: f64) -> (f64, f64) {
+    let ran = done.saturating_sub(start);
+    let rate = if secs > 0.0 { ran as f64 / secs } else { 0.0 };
+    let eta = if rate > 0.0 {
+        total.saturating_sub(done) as f64 / rate
+    } else {
+        f64::INFINITY
+    };
+    (rate, eta)
+}
+
 /// The PNG files of `dir`, sorted (none when it does not exist).
 fn list_files(dir: &Path) -> Vec<OsString> {
     let mut v: Vec<OsString> = std::fs::read_dir(dir)
@@ -238,5 +246,16 @@ mod tests {
             safe_name("distill[label_ratio=0.25]"),
             "distill_label_ratio=0.25_"
         );
+    }
+
+    #[test]
+    fn a_resumed_process_rates_only_its_own_steps() {
+        // Resumed at 54 of 120, at step 72 after 1.92 s: 18 steps, 9.375/s, 48 left.
+        let (rate, eta) = rate_and_eta(54, 72, 120, 1.92);
+        assert_eq!(rate, 9.375);
+        assert_eq!(eta, 48.0 / 9.375);
+        // Before a step has taken measurable time the ETA is unknown, not zero.
+        assert_eq!(rate_and_eta(54, 54, 120, 0.0), (0.0, f64::INFINITY));
+        assert_eq!(rate_and_eta(0, 120, 120, 10.0), (12.0, 0.0));
     }
 }
