@@ -223,7 +223,7 @@ pub fn run(
             )
             .await
         } else {
-            let mut ui = crate::ui::TermUi::new(bars);
+            let mut ui = crate::ui::TermUi::new(bars).with_stages(s.dag.len());
             run_dag(&s.dag, &s.cache, &s.registry, &keys, &opts, &mut ui).await
         }
     });
