@@ -33,6 +33,7 @@ use crate::graph::Dag;
 use crate::job::{JOB_SCHEMA_VERSION, Job};
 use crate::plan::{KeyBuilder, PlanError, RunReason, why_run};
 use crate::registry::{ExecutionRow, Registry};
+use crate::slurm::book::{Book, JobCtx, ingest_key_spools};
 use crate::slurm::monitor::{FsCacheView, Monitor, SystemClock, Verdict};
 use crate::slurm::queue::{Commands, JobId, SlurmCli, SlurmClient};
 use crate::slurm::script::{StageJob, job_name};
@@ -315,6 +316,11 @@ pub async fn run_dag(
     let mut next_poll = Instant::now();
     // Ctrl-C under Slurm: when the running jobs asked to checkpoint are cancelled.
     let mut cancel_deadline: Option<Instant> = None;
+    // What the registry gets of each Slurm job (the head is its only writer), and each
+    // running job's progress, read from its log every second.
+    let mut book = Book::new(&opts.pipeline);
+    let mut tail_tick = tokio::time::interval(Duration::from_secs(1));
+    tail_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
     loop {
         // A node that could not be submitted this pass (controller unreachable): the loop
@@ -346,7 +352,10 @@ pub async fn run_dag(
                 let forced = opts.forced.contains(&idx);
                 if !forced && let Some(record) = cache.lookup(&key)? {
                     // The run that committed it may have died before its registry row, or
-                    // before clearing its scratch.
+                    // before clearing its scratch; a Slurm job's rows wait in its spool.
+                    if let Err(e) = ingest_key_spools(cache.root(), registry, key.as_str()) {
+                        tracing::warn!("run registry: {e}");
+                    }
                     if let Err(e) = register_record(cache, registry, &record) {
                         tracing::warn!("run registry: {e}");
                     }
@@ -467,6 +476,19 @@ pub async fn run_dag(
                         }
                     };
                     let log_file = log_path(cache, Some(job_run), &node.id);
+                    book.submitted(
+                        registry,
+                        job,
+                        JobCtx::new(
+                            key.as_str(),
+                            &node.id,
+                            &node.kind,
+                            job_run,
+                            1,
+                            node.resources.clone(),
+                            log_file.clone(),
+                        ),
+                    );
                     ui.stage_started(&node.id, &reason, &log_file);
                     ui.stage_event(
                         &node.id,
@@ -601,9 +623,14 @@ pub async fn run_dag(
                         ui.note(&format!("slurm: scancel: {e}"));
                     }
                 }
-                for (job, _key, verdict) in m.poll() {
+                let verdicts = m.poll();
+                for (job, _key, verdict) in verdicts {
                     let Some(&idx) = by_job.get(&job) else { continue };
                     let node_id = dag.node(idx).id.clone();
+                    // Progress up to the verdict first.
+                    for ev in book.tail(job) {
+                        ui.stage_event(&node_id, &ev);
+                    }
                     let Some(r) = running.get_mut(&idx) else { continue };
                     let sj = r.slurm.as_mut().expect("a tracked job is a slurm stage");
                     let show = |ui: &mut dyn RunUi, text: String| {
@@ -611,11 +638,13 @@ pub async fn run_dag(
                     };
                     let end = match verdict {
                         Verdict::Pending { reason } => {
+                            book.seen(registry, job, m.last_status(job));
                             sj.state = "PENDING";
                             show(ui, format!("slurm job {job} PENDING ({})", reason.as_deref().unwrap_or("queued")));
                             None
                         }
                         Verdict::Running { nodes } => {
+                            book.seen(registry, job, m.last_status(job));
                             sj.state = "RUNNING";
                             show(ui, format!(
                                 "slurm job {job} RUNNING on {} (queued {:.1}s)",
@@ -634,26 +663,38 @@ pub async fn run_dag(
                                 rec.meta.run_id == Some(sj.run_id) || rec.meta.run_id == opts.run_id
                             });
                             r.reported = Some(if ours { "executed" } else { "hit" }.into());
+                            book.decided(job, "committed".into(), None);
                             Some(Some(0))
                         }
                         Verdict::Failed { error } => {
+                            book.decided(job, error.clone(), Some(("failed", error.clone())));
                             r.error = Some(error);
                             Some(Some(1))
                         }
                         Verdict::OutOfMemory { detail } => {
-                            r.error = Some(format!("out of memory: {detail}"));
+                            let e = format!("out of memory: {detail}");
+                            book.decided(job, e.clone(), Some(("failed", e.clone())));
+                            r.error = Some(e);
                             Some(Some(1))
                         }
                         Verdict::Unsatisfiable { reason } => {
                             let _ = client.cancel(&[job], None);
-                            r.error = Some(format!(
+                            let e = format!(
                                 "slurm job {job} can never start: Slurm's reason is {reason} (lower the request or change the partition)"
-                            ));
+                            );
+                            book.decided(job, e.clone(), Some(("failed", e.clone())));
+                            r.error = Some(e);
                             Some(Some(1))
                         }
-                        Verdict::Cancelled => Some(Some(130)),
+                        Verdict::Cancelled => {
+                            let e = "cancelled by ugc-pipe (interrupted)".to_string();
+                            book.decided(job, e.clone(), Some(("cancelled", e)));
+                            Some(Some(130))
+                        }
                         Verdict::Retry { why } if summary.interrupted => {
-                            show(ui, format!("slurm job {job} ended ({why:?}); not resubmitted: interrupted"));
+                            let e = format!("slurm job {job} ended ({why:?}); not resubmitted: interrupted");
+                            book.decided(job, e.clone(), Some(("cancelled", e.clone())));
+                            show(ui, e);
                             Some(Some(130))
                         }
                         Verdict::Retry { why } => {
@@ -663,6 +704,8 @@ pub async fn run_dag(
                                         "slurm job {job} ended ({why:?}): resubmitted as job {new} (attempt {})",
                                         sj.attempt_no + 1
                                     ));
+                                    book.decided(job, format!("{why:?}: resubmitted as job {new}"), None);
+                                    book.resubmitted(registry, job, new);
                                     by_job.remove(&job);
                                     by_job.insert(new, idx);
                                     sj.job = new;
@@ -673,9 +716,11 @@ pub async fn run_dag(
                                     None
                                 }
                                 Err(e) => {
-                                    r.error = Some(format!(
+                                    let e = format!(
                                         "slurm job {job} ended ({why:?}) and could not be resubmitted: {e}"
-                                    ));
+                                    );
+                                    book.decided(job, e.clone(), Some(("failed", e.clone())));
+                                    r.error = Some(e);
                                     Some(Some(1))
                                 }
                             }
@@ -685,9 +730,23 @@ pub async fn run_dag(
                         let _ = tx.send(Msg::Exited(idx, code, None));
                     }
                 }
+                // Jobs Slurm has ended: their final row, and their worker's spooled rows.
+                for (job, _key, status) in m.take_settled() {
+                    if let Some(line) = book.settle(cache, registry, job, status.as_ref()) {
+                        ui.note(&line);
+                    }
+                }
                 next_poll = Instant::now() + m.interval();
                 if let Some(t) = cancel_deadline {
                     next_poll = next_poll.min(t);
+                }
+            }
+            _ = tail_tick.tick(), if running.values().any(|r| r.slurm.as_ref().is_some_and(|s| s.state == "RUNNING")) => {
+                for (idx, r) in &running {
+                    let Some(sj) = r.slurm.as_ref().filter(|s| s.state == "RUNNING") else { continue };
+                    for ev in book.tail(sj.job) {
+                        ui.stage_event(&dag.node(*idx).id, &ev);
+                    }
                 }
             }
             msg = rx.recv() => {
@@ -716,7 +775,9 @@ pub async fn run_dag(
                         });
                         let outcome = match (code, settled, record) {
                             (_, Some(outcome), Some(record)) => {
-                                if outcome == NodeOutcome::Executed
+                                // A Slurm job's rows are ingested from its spool when it
+                                // settles; a row rebuilt from the record now would hide them.
+                                if outcome == NodeOutcome::Executed && r.slurm.is_none()
                                     && let Err(e) = register_record(cache, registry, &record) {
                                     tracing::warn!("run registry: {e}");
                                 }
@@ -759,6 +820,28 @@ pub async fn run_dag(
                 cancel_slurm(&summary, &running, monitor.as_mut(), slurm_client.as_ref(), opts, &mut cancel_deadline, &mut next_poll, ui);
                 cancel_all(&mut summary, &mut stop_scheduling, &running, opts, ui)
             }
+        }
+    }
+    // The jobs decided while Slurm still listed them running: wait a little for their
+    // end (the worker exits right after its commit) so the registry has Slurm's final
+    // state and the worker's rows when `run` returns.
+    if let (Some(m), Some(s)) = (monitor.as_mut(), opts.slurm.as_ref()) {
+        let until = Instant::now() + s.settings.lost_grace.min(Duration::from_secs(10));
+        loop {
+            for (job, _key, status) in m.take_settled() {
+                if let Some(line) = book.settle(cache, registry, job, status.as_ref()) {
+                    ui.note(&line);
+                }
+            }
+            if m.settling() == 0 {
+                break;
+            }
+            if Instant::now() >= until {
+                m.settle_now();
+                continue;
+            }
+            tokio::time::sleep(s.settings.poll_min.min(Duration::from_secs(1))).await;
+            m.poll();
         }
     }
     for &idx in &order {

@@ -145,6 +145,19 @@ pub struct SpoolEntry {
     local_id: i64,
 }
 
+impl SpoolEntry {
+    /// A row to [`Registry::ingest`] that no spool file held (the head's own account of a
+    /// stage whose job left none).
+    pub fn new(row: ExecutionRow, committed_unix_ms: Option<u64>) -> SpoolEntry {
+        SpoolEntry {
+            row,
+            committed_unix_ms,
+            metrics: BTreeMap::new(),
+            local_id: 0,
+        }
+    }
+}
+
 /// The spool file's content.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct SpoolFile {
