@@ -411,6 +411,7 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
     let s = open(p, false)?;
     let plan = plan_of(&s, &BTreeSet::new())?;
     let mut rows = Vec::new();
+    let mut slurm_text = Vec::new();
     for idx in &plan.order {
         let node = s.dag.node(*idx);
         let (state, why, cause) = match &plan.states[idx] {
@@ -432,10 +433,16 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
             }
         };
         // `why` is for people; `cause` is the same reason as structured data.
-        rows.push(
-            serde_json::json!({"node": node.id, "kind": node.kind, "status": state,
-            "why": why, "cause": cause}),
-        );
+        let mut row = serde_json::json!({"node": node.id, "kind": node.kind, "status": state,
+            "why": why, "cause": cause});
+        // Its latest Slurm job, for a node that ran as one (`--executor slurm`).
+        if let Some(j) = super::store::last_slurm_job(&s.registry, &s.id(), &node.id)? {
+            row["slurm"] = super::store::slurm_json(&j);
+            slurm_text.push(Some(super::store::describe_slurm_job(&j)));
+        } else {
+            slurm_text.push(None);
+        }
+        rows.push(row);
     }
     if json {
         let missing = missing_external_inputs(&s);
@@ -444,12 +451,16 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
             serde_json::json!({"stages": rows, "runnable": missing.is_empty(), "missing_inputs": missing})
         );
     } else {
-        for r in &rows {
+        for (r, slurm) in rows.iter().zip(&slurm_text) {
             println!(
-                "{:<8} {:<40} {}",
+                "{:<8} {:<40} {}{}",
                 r["status"].as_str().unwrap_or(""),
                 r["node"].as_str().unwrap_or(""),
-                r["why"].as_str().unwrap_or("")
+                r["why"].as_str().unwrap_or(""),
+                slurm
+                    .as_ref()
+                    .map(|t| format!("  [slurm {t}]"))
+                    .unwrap_or_default()
             );
         }
         // Status reports; it does not refuse. The list says what `run` would refuse.

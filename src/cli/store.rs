@@ -4,8 +4,10 @@ use std::path::Path;
 
 use ugc_engine::cache::{Cache, DERIVED_RULE};
 use ugc_engine::exec::register_run_records;
-use ugc_engine::lock::{list_locks, remove_stale};
-use ugc_engine::registry::Registry;
+use ugc_engine::lock::{JobProbe, list_locks, remove_stale};
+use ugc_engine::registry::{Registry, SlurmJobRow};
+use ugc_engine::slurm::book::ingest_all_spools;
+use ugc_engine::slurm::queue::{Commands, SlurmCli};
 
 use super::{CliError, CliResult, EXIT_FAILED, print_json_or};
 
@@ -58,8 +60,11 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
     let cache = open_existing_cache(cache_dir)?;
     let registry = open_registry(&cache)?;
     if let Some(run_id) = run {
-        // A stage process killed between its commit and its registry write left the
-        // record without its row: write it from the record first.
+        // Rows Slurm jobs spooled for a head that did not see them end (it was killed),
+        // then rows of committed stages whose process died before writing its own.
+        if let Err(e) = ingest_all_spools(cache.root(), &registry) {
+            tracing::warn!("run registry: rows spooled by Slurm jobs not ingested: {e}");
+        }
         if let Err(e) = register_run_records(&cache, &registry, run_id) {
             tracing::warn!("run registry: rows of committed stages not recovered: {e}");
         }
@@ -70,20 +75,31 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
                 cache_dir.display()
             )));
         }
+        let jobs = registry.slurm_jobs(run_id).map_err(CliError::failed)?;
+        let job_of = |e: &ugc_engine::registry::ExecutionRow| {
+            e.slurm_job
+                .and_then(|j| jobs.iter().find(|s| s.job == j && s.key == e.key))
+        };
         if json {
-            println!(
-                "{}",
-                serde_json::to_string(&rows).map_err(CliError::failed)?
-            );
+            // An execution that ran as a Slurm job carries the job's row as `slurm`.
+            let mut out = Vec::new();
+            for e in &rows {
+                let mut v = serde_json::to_value(e).map_err(CliError::failed)?;
+                if let Some(j) = job_of(e) {
+                    v["slurm"] = slurm_json(j);
+                }
+                out.push(v);
+            }
+            println!("{}", serde_json::to_string(&out).map_err(CliError::failed)?);
             return Ok(0);
         }
         println!(
             "{:<9} {:<36} {:>9} {:>10} {:>10} {:<10} host",
             "status", "node", "secs", "peak rss", "peak gpu", "device"
         );
-        for e in rows {
+        for e in &rows {
             println!(
-                "{:<9} {:<36} {:>9.2} {:>10} {:>10} {:<10} {}{}",
+                "{:<9} {:<36} {:>9.2} {:>10} {:>10} {:<10} {}{}{}",
                 e.status,
                 e.node,
                 e.duration_ms as f64 / 1000.0,
@@ -91,8 +107,29 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
                 mib(e.peak_gpu_bytes),
                 e.device,
                 e.host,
-                e.error.map(|x| format!("  error: {x}")).unwrap_or_default()
+                job_of(e)
+                    .map(|j| format!("  {}", describe_slurm_job(j)))
+                    .unwrap_or_default(),
+                e.error
+                    .as_ref()
+                    .map(|x| format!("  error: {x}"))
+                    .unwrap_or_default()
             );
+        }
+        if !jobs.is_empty() {
+            println!("slurm jobs:");
+            for j in &jobs {
+                println!(
+                    "  {:<36} attempt {} {}{}",
+                    j.node,
+                    j.attempt,
+                    describe_slurm_job(j),
+                    j.reason
+                        .as_ref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default()
+                );
+            }
         }
         return Ok(0);
     }
@@ -125,6 +162,46 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
     Ok(0)
 }
 
+/// A Slurm job for people: `job 12 COMPLETED on n1, queued 0.9s, ran 3.2s`.
+pub fn describe_slurm_job(j: &SlurmJobRow) -> String {
+    let secs = |ms: Option<u64>| ms.map_or("?".into(), |m| format!("{:.1}s", m as f64 / 1000.0));
+    format!(
+        "job {} {} on {}, queued {}, ran {}",
+        j.job,
+        j.state,
+        j.nodes.as_deref().unwrap_or("?"),
+        secs(j.queue_wait_ms),
+        secs(j.run_ms)
+    )
+}
+
+/// A Slurm job as `runs --json` and `status --json` give it (times in seconds).
+pub fn slurm_json(j: &SlurmJobRow) -> serde_json::Value {
+    let secs = |ms: Option<u64>| ms.map(|m| m as f64 / 1000.0);
+    serde_json::json!({
+        "job": j.job,
+        "attempt": j.attempt,
+        "state": j.state,
+        "nodes": j.nodes,
+        "reason": j.reason,
+        "run_id": j.run_id,
+        "queue_wait_s": secs(j.queue_wait_ms),
+        "run_s": secs(j.run_ms),
+    })
+}
+
+/// The latest Slurm job of each node of a pipeline, for `status`: `None` for nodes that
+/// never ran as one.
+pub fn last_slurm_job(
+    registry: &Registry,
+    pipeline: &str,
+    node: &str,
+) -> Result<Option<SlurmJobRow>, CliError> {
+    registry
+        .last_slurm_job(pipeline, node)
+        .map_err(CliError::failed)
+}
+
 pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
     let cache = open_existing_cache(cache_dir)?;
     let report = cache.gc(None).map_err(CliError::failed)?;
@@ -145,13 +222,21 @@ pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
 
 pub fn unlock(cache_dir: &Path) -> CliResult {
     let cache = open_existing_cache(cache_dir)?;
-    let removed = remove_stale(cache.root()).map_err(CliError::failed)?;
+    // Locks of Slurm jobs are judged by Slurm (`squeue` on PATH), not by a pid.
+    let slurm = SlurmCli::new(Commands::default());
+    let probe: &dyn JobProbe = &slurm;
+    let removed = remove_stale(cache.root(), Some(probe)).map_err(CliError::failed)?;
     for l in &removed {
-        println!("removed stale lock {} ({})", l.key, describe_owner(l));
+        println!(
+            "removed stale lock {} ({}; {})",
+            l.key,
+            describe_owner(l),
+            l.judged
+        );
     }
-    let held = list_locks(cache.root()).map_err(CliError::failed)?;
+    let held = list_locks(cache.root(), Some(probe)).map_err(CliError::failed)?;
     for l in held.iter().filter(|l| l.alive) {
-        println!("held: {} ({})", l.key, describe_owner(l));
+        println!("held: {} ({}; {})", l.key, describe_owner(l), l.judged);
     }
     if removed.is_empty() {
         println!("no stale locks");
@@ -160,8 +245,9 @@ pub fn unlock(cache_dir: &Path) -> CliResult {
 }
 
 fn describe_owner(l: &ugc_engine::lock::LockInfo) -> String {
-    match (l.pid(), l.host()) {
-        (Some(pid), Some(host)) => format!("pid {pid} on {host}"),
+    match (l.pid(), l.host(), l.slurm_job()) {
+        (Some(pid), Some(host), Some(job)) => format!("Slurm job {job}, pid {pid} on {host}"),
+        (Some(pid), Some(host), None) => format!("pid {pid} on {host}"),
         _ => "owner unknown".into(),
     }
 }

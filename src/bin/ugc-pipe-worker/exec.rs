@@ -17,7 +17,10 @@ use ugc_engine::events::{EventProgress, StageEvent};
 use ugc_engine::exec::{DeviceMemory, ExecOutcome, exec_job, exec_rank};
 use ugc_engine::job::Job;
 use ugc_engine::rank::RankEnv;
-use ugc_engine::slurm::attempt::{AttemptWriter, Heartbeat, Outcome};
+use ugc_engine::registry::Registry;
+use ugc_engine::slurm::attempt::{
+    AttemptWriter, Heartbeat, Outcome, REGISTRY_WRITER_ENV, rows_path,
+};
 use ugc_pipe::cli::store::{open_cache, open_registry};
 use ugc_pipe::cli::{CliError, CliResult, EXIT_FAILED, EXIT_INTERRUPTED};
 
@@ -157,7 +160,7 @@ fn exec_here(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliR
                 ),
                 None => tracing::info!("stage {} (kind {}) key {}", job.node, job.kind, job.key),
             }
-            let registry = open_registry(&cache)?;
+            let registry = stage_registry(&cache, key)?;
             let result = exec_job(
                 &cache,
                 &registry,
@@ -189,6 +192,32 @@ fn exec_here(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliR
         error,
     });
     Ok(code)
+}
+
+/// The registry this stage records into: the database itself, or under `--executor
+/// slurm` (the job script sets `UGC_REGISTRY_WRITER=head`) a spool file in the cache,
+/// `attempts/<key>/<job>.rows`, which the head ingests: only the head writes SQLite,
+/// whose WAL mode is unsafe on a network filesystem.
+fn stage_registry(cache: &ugc_engine::cache::Cache, key: &str) -> Result<Registry, CliError> {
+    match std::env::var(REGISTRY_WRITER_ENV)
+        .ok()
+        .as_deref()
+        .map(str::trim)
+    {
+        None | Some("" | "self") => open_registry(cache),
+        Some("head") => {
+            let job = ugc_engine::exec::slurm_job_id().ok_or_else(|| {
+                CliError::usage(format!(
+                    "{REGISTRY_WRITER_ENV}=head needs SLURM_JOB_ID (the spool file is per job)"
+                ))
+            })?;
+            Registry::spool(&rows_path(cache.root(), key, job))
+                .map_err(|e| CliError::failed(format!("run registry spool: {e}")))
+        }
+        Some(other) => Err(CliError::usage(format!(
+            "{REGISTRY_WRITER_ENV}={other:?}: expected `head` (a Slurm job spools its rows) or `self`"
+        ))),
+    }
 }
 
 /// The `done` outcome, error text and exit code of a stage that did not succeed.
