@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod forward;
+mod logs;
 pub mod metrics;
 mod pipeline;
 pub mod store;
@@ -173,6 +174,20 @@ pub enum Verb {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Print a stage's log by its name (the latest run that started it); `-f` follows it
+    /// until the stage ends.
+    Logs {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Stage name or node id (e.g. `distill[label_ratio=0.25]`).
+        stage: String,
+        /// Keep printing what is appended until the stage ends.
+        #[arg(short, long)]
+        follow: bool,
+        /// The training loop's `log.csv` (step and losses) instead of the stage log.
+        #[arg(long)]
+        csv: bool,
     },
     /// Recent runs from the run registry.
     Runs {
@@ -374,6 +389,12 @@ pub fn main() -> i32 {
         Verb::Dag { p, format } => pipeline::dag(&p, format),
         Verb::Explain { p, stage } => pipeline::explain(&p, &stage),
         Verb::Show { p, json } => pipeline::show(&p, json),
+        Verb::Logs {
+            p,
+            stage,
+            follow,
+            csv,
+        } => logs::logs(&p, &stage, follow, csv),
         Verb::Runs {
             cache_dir,
             limit,
