@@ -17,7 +17,7 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{MetricsError, Result};
 use crate::miou::ConfusionMatrix;
 use crate::resize::pil_bicubic_resize;
-use crate::weights::{Extra, WeightsInfo, load_safetensors};
+use crate::weights::{Extra, WeightsInfo, load_weights};
 
 /// Per-channel mean of the DRN Cityscapes models (RGB, [0, 1] scale).
 pub const CITYSCAPES_MEAN: [f64; 3] = [
@@ -376,7 +376,7 @@ impl DrnSeg {
     pub fn load(path: &Path, cfg: &DrnConfig, device: Device) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let net = DrnSegNet::new(&vs.root(), cfg)?;
-        let info = load_safetensors(&mut vs, path, "DRN-D segmentation (DRNSeg)", drn_extra)?;
+        let info = load_weights(&mut vs, path, "DRN-D segmentation (DRNSeg)", drn_extra)?;
         vs.freeze();
         Ok(DrnSeg {
             vs,

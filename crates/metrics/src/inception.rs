@@ -14,7 +14,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::Result;
 use crate::features::{EvaluatorIdentity, FeatureExtractor};
-use crate::weights::{Extra, WeightsInfo, load_safetensors};
+use crate::weights::{Extra, WeightsInfo, load_weights};
 
 /// Feature dimension of pool3.
 pub const POOL3_DIM: i64 = 2048;
@@ -293,24 +293,44 @@ impl FidInceptionNet {
 
     /// pool3 features `N x 2048` of images already resized and scaled to [-1, 1].
     pub fn pool3(&self, x: &Tensor) -> Tensor {
+        self.block_features(x, POOL3_DIM)
+            .expect("2048 is one of FEATURE_DIMS")
+    }
+
+    /// `N x dims` features of pytorch-fid's output block for `dims` (64: first max pool,
+    /// 192: second max pool, 768: pre-aux `Mixed_6e`, 2048: pool3), spatially averaged as
+    /// its `get_activations` does; `None` for another `dims`.
+    pub fn block_features(&self, x: &Tensor, dims: i64) -> Option<Tensor> {
+        if !FEATURE_DIMS.contains(&dims) {
+            return None;
+        }
         let mut x = self.stem[0].f(x);
         x = self.stem[1].f(&x);
         x = max3s2(&self.stem[2].f(&x));
-        x = self.stem[3].f(&x);
-        x = max3s2(&self.stem[4].f(&x));
-        for b in &self.mixed_5 {
-            x = b.f(&x);
+        if dims > 64 {
+            x = self.stem[3].f(&x);
+            x = max3s2(&self.stem[4].f(&x));
         }
-        x = self.mixed_6a.f(&x);
-        for b in &self.mixed_6 {
-            x = b.f(&x);
+        if dims > 192 {
+            for b in &self.mixed_5 {
+                x = b.f(&x);
+            }
+            x = self.mixed_6a.f(&x);
+            for b in &self.mixed_6 {
+                x = b.f(&x);
+            }
         }
-        x = self.mixed_7a.f(&x);
-        x = self.mixed_7b.f(&x);
-        x = self.mixed_7c.f(&x);
-        x.adaptive_avg_pool2d([1, 1]).flatten(1, -1)
+        if dims > 768 {
+            x = self.mixed_7a.f(&x);
+            x = self.mixed_7b.f(&x);
+            x = self.mixed_7c.f(&x);
+        }
+        Some(x.adaptive_avg_pool2d([1, 1]).flatten(1, -1))
     }
 }
+
+/// The feature layers of pytorch-fid's `InceptionV3.BLOCK_INDEX_BY_DIM`.
+pub const FEATURE_DIMS: [i64; 4] = [64, 192, 768, POOL3_DIM];
 
 /// pytorch-fid's input transform: bilinear resize to 299x299, then `2x - 1`. In float32,
 /// or in float64 for float64 images (the precision checks run the whole net in float64).
@@ -360,7 +380,7 @@ impl FidInception {
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let net = FidInceptionNet::new(&vs.root());
-        let info = load_safetensors(&mut vs, path, ARCH, inception_extra)?;
+        let info = load_weights(&mut vs, path, ARCH, inception_extra)?;
         vs.freeze();
         Ok(FidInception {
             vs,
@@ -393,6 +413,26 @@ impl FidInception {
     }
 }
 
+impl FidInception {
+    /// pytorch-fid's activations for `--dims dims` of images `N x 3 x H x W` in [0, 1]
+    /// (resized to 299 inside, as its `InceptionV3(resize_input=True)`), on the CPU.
+    pub fn features_dims(&self, images: &Tensor, dims: i64) -> Result<Tensor> {
+        let s = images.size();
+        if s.len() != 4 || s[1] != 3 {
+            return Err(crate::error::MetricsError::InvalidParam(format!(
+                "Inception features need N x 3 x H x W images, got {s:?}"
+            )));
+        }
+        let x = fid_preprocess(&images.to_device(self.vs.device()).to_kind(self.vs.kind()));
+        let f = tch::no_grad(|| self.net.block_features(&x, dims)).ok_or_else(|| {
+            crate::error::MetricsError::InvalidParam(format!(
+                "--dims {dims}: pytorch-fid's feature layers are 64, 192, 768 and 2048"
+            ))
+        })?;
+        Ok(f.to_device(Device::Cpu))
+    }
+}
+
 impl FeatureExtractor for FidInception {
     fn identity(&self) -> EvaluatorIdentity {
         let loaded = self.weights.is_some();
@@ -421,8 +461,6 @@ impl FeatureExtractor for FidInception {
                 "Inception features need N x 3 x H x W images, got {s:?}"
             )));
         }
-        let x = fid_preprocess(&images.to_device(self.vs.device()).to_kind(self.vs.kind()));
-        let f = tch::no_grad(|| self.net.pool3(&x));
-        Ok(f.to_device(Device::Cpu))
+        self.features_dims(images, POOL3_DIM)
     }
 }

@@ -8,20 +8,25 @@
 //! * [`image_metrics`]: PSNR and SSIM; [`latency`]: warm-up + median timing;
 //! * [`features`]: the [`features::FeatureExtractor`] trait an `evaluate` stage drives.
 //!
-//! Every pretrained network loads from a user-supplied safetensors file through
-//! [`weights::load_safetensors`]; nothing is downloaded or silently replaced.
+//! Every pretrained network loads from a user-supplied weights file through
+//! [`weights::load_weights`] (safetensors or a `.pth` as torch.save wrote it); nothing is downloaded or silently replaced.
 
 pub mod cityscapes;
+pub mod cityscapes_tree;
 pub mod drn;
 pub mod error;
 pub mod features;
+pub mod folder;
+pub mod folders;
 pub mod frechet;
 pub mod image_metrics;
 pub mod inception;
 pub mod kid;
 pub mod latency;
+pub mod lpips;
 pub mod miou;
 pub mod npy;
+pub mod npz;
 pub mod resize;
 pub mod weights;
 

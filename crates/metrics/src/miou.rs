@@ -21,6 +21,10 @@ pub struct ConfusionMatrix {
     num_classes: usize,
     ignore: Option<u32>,
     counts: Vec<u64>,
+    /// Per ground-truth class: pixels predicted as no class at all (a Cityscapes label id
+    /// without a train id). cityscapesScripts counts them as misses (FN) and not as anyone's
+    /// false positive; always zero for [`ConfusionMatrix::update`].
+    missed: Vec<u64>,
     ignored_pixels: u64,
 }
 
@@ -42,6 +46,7 @@ impl ConfusionMatrix {
             num_classes,
             ignore,
             counts: vec![0; num_classes * num_classes],
+            missed: vec![0; num_classes],
             ignored_pixels: 0,
         })
     }
@@ -71,6 +76,47 @@ impl ConfusionMatrix {
                     "ground-truth value {g} at pixel {i} is neither a class (< {n}) nor the ignore index {}",
                     self.ignore.map_or("(none)".to_string(), |v| v.to_string())
                 ));
+            }
+            if p as usize >= n {
+                return Err(format!(
+                    "predicted value {p} at pixel {i} is not a class (< {n})"
+                ));
+            }
+            self.counts[g as usize * n + p as usize] += 1;
+        }
+        Ok(())
+    }
+
+    /// Like [`ConfusionMatrix::update`], but a prediction equal to `void` is a miss of the
+    /// ground-truth class (cityscapesScripts' rule for predicted ids that are not evaluated).
+    pub fn update_with_void(
+        &mut self,
+        pred: &[u32],
+        gt: &[u32],
+        void: u32,
+    ) -> std::result::Result<(), String> {
+        if pred.len() != gt.len() {
+            return Err(format!(
+                "prediction has {} pixels, ground truth {}",
+                pred.len(),
+                gt.len()
+            ));
+        }
+        let n = self.num_classes;
+        for (i, (&p, &g)) in pred.iter().zip(gt).enumerate() {
+            if Some(g) == self.ignore {
+                self.ignored_pixels += 1;
+                continue;
+            }
+            if g as usize >= n {
+                return Err(format!(
+                    "ground-truth value {g} at pixel {i} is neither a class (< {n}) nor the ignore index {}",
+                    self.ignore.map_or("(none)".to_string(), |v| v.to_string())
+                ));
+            }
+            if p == void {
+                self.missed[g as usize] += 1;
+                continue;
             }
             if p as usize >= n {
                 return Err(format!(
@@ -120,7 +166,7 @@ impl ConfusionMatrix {
         (0..n)
             .map(|c| {
                 let tp = self.get(c, c);
-                let gt_total: u64 = (0..n).map(|p| self.get(c, p)).sum();
+                let gt_total: u64 = (0..n).map(|p| self.get(c, p)).sum::<u64>() + self.missed[c];
                 let pred_total: u64 = (0..n).map(|g| self.get(g, c)).sum();
                 let union = gt_total + pred_total - tp;
                 (union > 0).then(|| tp as f64 / union as f64)
@@ -136,13 +182,13 @@ impl ConfusionMatrix {
 
     /// Fraction of evaluated (non-ignored) pixels predicted correctly.
     pub fn pixel_accuracy(&self) -> Option<f64> {
-        let total: u64 = self.counts.iter().sum();
+        let total = self.evaluated_pixels();
         let correct: u64 = (0..self.num_classes).map(|c| self.get(c, c)).sum();
         (total > 0).then(|| correct as f64 / total as f64)
     }
 
     pub fn evaluated_pixels(&self) -> u64 {
-        self.counts.iter().sum()
+        self.counts.iter().sum::<u64>() + self.missed.iter().sum::<u64>()
     }
 
     pub fn ignored_pixels(&self) -> u64 {

@@ -1,4 +1,6 @@
-//! Loading user-supplied safetensors weights into a [`VarStore`] by name.
+//! Loading user-supplied weights into a [`VarStore`] by name: safetensors, or a `.pth` as
+//! `torch.save` wrote it (the official `pt_inception-2015-12-05-6726825d.pth`, DRN and LPIPS
+//! files load as they come), told apart by content through `ugc_torch_ext::pth`.
 //!
 //! Pretrained evaluators cannot be downloaded here, so the file is the user's; a wrong file
 //! must be refused with the names of the missing, mis-shaped and unexpected tensors rather
@@ -61,15 +63,9 @@ fn list(items: &[String]) -> String {
     }
 }
 
-/// Loads `path` into every variable of `vs`. A leading `module.` (from `nn.DataParallel`)
-/// is stripped when every name in the file carries it. `extra` classifies tensors the model
-/// does not have. On any mismatch nothing is copied.
-pub fn load_safetensors(
-    vs: &mut VarStore,
-    path: &Path,
-    arch: &str,
-    extra: impl Fn(&str, &[i64]) -> Extra,
-) -> Result<WeightsInfo> {
+/// Reads a weights file (safetensors or torch.save, by content) with the file's BLAKE3
+/// digest. A leading `module.` on every name (`nn.DataParallel`) is removed.
+pub fn read_weights(path: &Path, arch: &str) -> Result<(BTreeMap<String, Tensor>, String)> {
     let file_err = |reason: String| MetricsError::WeightsFile {
         path: path.to_path_buf(),
         arch: arch.to_string(),
@@ -81,14 +77,13 @@ pub fn load_safetensors(
     let bytes = std::fs::read(path).map_err(|e| file_err(e.to_string()))?;
     let digest = blake3::hash(&bytes).to_hex().to_string();
     drop(bytes);
-    let tensors = Tensor::read_safetensors(path).map_err(|e| {
+    let tensors = ugc_torch_ext::pth::read_state_dict(path).map_err(|e| {
         file_err(format!(
-            "not a readable safetensors file ({e}); convert a PyTorch state dict with \
-             `safetensors.torch.save_file(state_dict, path)`"
+            "not a readable safetensors or torch.save state dict ({e})"
         ))
     })?;
     let strip = !tensors.is_empty() && tensors.iter().all(|(n, _)| n.starts_with("module."));
-    let file: BTreeMap<String, Tensor> = tensors
+    let file = tensors
         .into_iter()
         .map(|(n, t)| {
             let n = if strip {
@@ -99,7 +94,31 @@ pub fn load_safetensors(
             (n, t)
         })
         .collect();
+    Ok((file, digest))
+}
 
+/// Loads `path` (safetensors or torch.save) into every variable of `vs`. `extra`
+/// classifies tensors the model does not have. On any mismatch nothing is copied.
+pub fn load_weights(
+    vs: &mut VarStore,
+    path: &Path,
+    arch: &str,
+    extra: impl Fn(&str, &[i64]) -> Extra,
+) -> Result<WeightsInfo> {
+    let (file, digest) = read_weights(path, arch)?;
+    load_named(vs, path, arch, &file, digest, extra)
+}
+
+/// Copies the named tensors `file` (read from `path`, whose digest is `digest`) into every
+/// variable of `vs`, refusing missing, mis-shaped and unexpected tensors by name.
+pub fn load_named(
+    vs: &mut VarStore,
+    path: &Path,
+    arch: &str,
+    file: &BTreeMap<String, Tensor>,
+    digest: String,
+    extra: impl Fn(&str, &[i64]) -> Extra,
+) -> Result<WeightsInfo> {
     let vars = vs.variables();
     let mut missing = Vec::new();
     let mut misshaped = Vec::new();
@@ -117,7 +136,7 @@ pub fn load_safetensors(
     let mut unexpected = Vec::new();
     let mut ignored = Vec::new();
     let model_names: BTreeSet<String> = vars.keys().cloned().collect();
-    for (name, t) in &file {
+    for (name, t) in file {
         if model_names.contains(name) {
             continue;
         }

@@ -2,4 +2,5 @@
 
 mod architectures;
 mod common;
+mod pth_weights;
 mod reference;
