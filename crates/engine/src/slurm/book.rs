@@ -374,3 +374,180 @@ fn warn(r: Result<(), RegistryError>) {
         tracing::warn!("run registry: {e}");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slurm::attempt::{AttemptWriter, Outcome};
+    use crate::slurm::queue::JobState;
+    use std::io::Write;
+
+    const KEY: &str = "ab00000000000000000000000000000000000000000000000000000000000000";
+
+    fn status(id: JobId, state: JobState) -> JobStatus {
+        JobStatus {
+            id,
+            state,
+            reason: None,
+            nodes: Some("n1".into()),
+            submitted: Some("2026-01-01T00:00:00".into()),
+            started: Some("2026-01-01T00:00:02".into()),
+            exit_code: None,
+        }
+    }
+
+    fn append(path: &Path, text: &str) {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+    }
+
+    #[test]
+    fn progress_is_read_from_the_log_tail_and_settling_records_the_job_and_its_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("cache")).unwrap();
+        let registry = Registry::open(&cache.root().join("registry.sqlite")).unwrap();
+        let run = registry.begin_run("p.yaml", &[]).unwrap();
+        let log = cache.root().join("logs/1/a.log");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        append(
+            &log,
+            "{\"ev\":\"message\",\"text\":\"an earlier attempt\"}\n",
+        );
+        let mut book = Book::new("p.yaml");
+        let ctx = JobCtx::new(
+            KEY,
+            "a",
+            "command",
+            run,
+            1,
+            Resources::default(),
+            log.clone(),
+        );
+        book.submitted(&registry, 5, ctx);
+        let rows = registry.slurm_jobs(run).unwrap();
+        assert_eq!((rows[0].job, rows[0].state.as_str()), (5, "PENDING"));
+
+        // The job's stdout and stderr: log lines, events, half an event.
+        append(
+            &log,
+            "ugc-pipe: job 5 on n1\n{\"ev\":\"message\",\"text\":\"$ make\"}\nINFO stage a\n{\"ev\":\"step\",\"step\":3}\n{\"ev\":\"st",
+        );
+        assert_eq!(
+            book.tail(5),
+            [
+                StageEvent::Message {
+                    text: "$ make".into()
+                },
+                StageEvent::Step { step: 3 }
+            ],
+            "the earlier attempt's lines are not shown again"
+        );
+        assert!(book.tail(5).is_empty(), "nothing new");
+        append(
+            &log,
+            "art\",\"phase\":\"train\",\"total\":9}\n{\"ev\":\"done\",\"outcome\":\"failed\"}\n",
+        );
+        assert_eq!(
+            book.tail(5),
+            [StageEvent::Start {
+                phase: "train".into(),
+                total: 9
+            }],
+            "the line completed; `done` is the verdict's"
+        );
+        book.seen(&registry, 5, Some(&status(5, JobState::Running)));
+        assert_eq!(registry.slurm_jobs(run).unwrap()[0].state, "RUNNING");
+
+        // The worker: its attempt file and a spooled failure row.
+        let w = AttemptWriter::begin(cache.root(), KEY, 5).unwrap();
+        let spool = Registry::spool(&rows_path(cache.root(), KEY, 5)).unwrap();
+        let row = ExecutionRow {
+            id: None,
+            run_id: Some(run),
+            pipeline: "p.yaml".into(),
+            node: "a".into(),
+            kind: "command".into(),
+            key: KEY.into(),
+            status: "failed".into(),
+            started_unix_ms: now_ms(),
+            ended_unix_ms: now_ms(),
+            duration_ms: 0,
+            host: "n1".into(),
+            device: "cpu".into(),
+            peak_rss_bytes: None,
+            peak_gpu_bytes: None,
+            error: Some("exit code 3".into()),
+            resources: None,
+            slurm_job: Some(5),
+        };
+        spool.record_execution(&row).unwrap();
+        w.finish(Outcome::Failed, 1, Some("exit code 3".into()))
+            .unwrap();
+        book.decided(
+            5,
+            "exit code 3".into(),
+            Some(("failed", "exit code 3".into())),
+        );
+        let line = book
+            .settle(&cache, &registry, 5, Some(&status(5, JobState::Failed)))
+            .unwrap();
+        assert!(
+            line.contains("FAILED on n1") && line.contains("queued 2.0s"),
+            "{line}"
+        );
+        let j = &registry.slurm_jobs(run).unwrap()[0];
+        assert_eq!(j.state, "FAILED");
+        assert_eq!(j.reason.as_deref(), Some("exit code 3"));
+        assert_eq!(j.queue_wait_ms, Some(2_000), "Slurm's own times");
+        assert!(j.run_ms.is_some() && j.started_unix_ms.is_some());
+        let execs = registry.executions(run).unwrap();
+        assert_eq!(
+            execs.len(),
+            1,
+            "the worker's own row, not a second from the head"
+        );
+        assert_eq!(execs[0].error.as_deref(), Some("exit code 3"));
+        assert_eq!(ingest_key_spools(cache.root(), &registry, KEY).unwrap(), 0);
+        assert!(book.settle(&cache, &registry, 5, None).is_none(), "once");
+
+        // A job Slurm killed before its worker wrote anything: the head's row.
+        let ctx = JobCtx::new(KEY, "a", "command", run, 2, Resources::default(), log);
+        book.submitted(&registry, 6, ctx);
+        book.decided(
+            6,
+            "out of memory".into(),
+            Some(("failed", "out of memory: OOM".into())),
+        );
+        book.settle(
+            &cache,
+            &registry,
+            6,
+            Some(&status(6, JobState::OutOfMemory)),
+        )
+        .unwrap();
+        let execs = registry.executions(run).unwrap();
+        assert_eq!(execs.len(), 2);
+        assert_eq!(
+            (
+                execs[1].status.as_str(),
+                execs[1].slurm_job,
+                execs[1].error.as_deref()
+            ),
+            ("failed", Some(6), Some("out of memory: OOM"))
+        );
+        let jobs = registry.slurm_jobs(run).unwrap();
+        assert_eq!(
+            (
+                jobs[1].state.as_str(),
+                jobs[1].attempt,
+                jobs[1].queue_wait_ms
+            ),
+            ("OUT_OF_MEMORY", 2, Some(2_000))
+        );
+        assert_eq!(jobs[1].run_ms, None, "no attempt file: no run time");
+    }
+}
