@@ -376,3 +376,110 @@ fn an_impossible_request_is_refused_by_sbatch() {
         "{e}"
     );
 }
+
+#[test]
+fn a_committed_job_settles_with_slurms_end_state_and_queue_wait() {
+    if !slurm_available() {
+        return;
+    }
+    // Commits, then keeps running a moment (a worker still exiting): done at once,
+    // settled when Slurm lists COMPLETED.
+    let stage = Stage::new(
+        "settle",
+        &format!("echo \"writer=$UGC_REGISTRY_WRITER\"; {COMMIT}; sleep 2"),
+    );
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    assert_eq!(
+        wait_final(&mut m, job, Duration::from_secs(60)),
+        Verdict::Done
+    );
+    let t0 = Instant::now();
+    let settled = loop {
+        m.poll();
+        let s = m.take_settled();
+        if !s.is_empty() {
+            break s;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "never settled");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let st = settled[0].2.as_ref().expect("Slurm listed it");
+    assert_eq!(st.state.name(), "COMPLETED");
+    // Submit to start on this idle one-node cluster: about a second (batch_sched_delay=0).
+    let wait = st
+        .queue_wait()
+        .expect("Slurm's submit and start times parse");
+    assert!(wait < Duration::from_secs(30), "{wait:?}");
+    assert!(
+        stage.log_text().contains("writer=head"),
+        "the job script leaves the registry to the head: {}",
+        stage.log_text()
+    );
+}
+
+#[test]
+fn a_lock_held_by_a_job_is_live_until_slurm_ends_it() {
+    if !slurm_available() {
+        return;
+    }
+    use ugc_engine::lock::{list_locks, remove_stale};
+    // The lock file a worker on another node leaves, with no flock the head can see (an
+    // NFS mount with `nolock`): only Slurm can tell whether it is held.
+    let stage = Stage::new(
+        "lock",
+        "mkdir -p \"$CACHE/locks\"; \
+         echo \"{\\\"pid\\\":$$,\\\"host\\\":\\\"compute-x\\\",\\\"since_unix_ms\\\":1,\\\"slurm_job\\\":$SLURM_JOB_ID}\" > \"$CACHE/locks/$KEY.lock\"; \
+         sleep 300",
+    );
+    let s = settings();
+    let cli = SlurmCli::new(Commands::default());
+    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
+    let lock = stage
+        .cache
+        .join("locks")
+        .join(format!("{}.lock", stage.key));
+    let t0 = Instant::now();
+    while !lock.exists() {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the job never wrote its lock"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let locks = list_locks(&stage.cache, Some(&cli)).unwrap();
+    assert_eq!(locks.len(), 1);
+    assert_eq!(locks[0].slurm_job(), Some(job));
+    assert!(locks[0].alive, "{}", locks[0].judged);
+    assert_eq!(locks[0].job_state.as_deref(), Some("RUNNING"));
+    assert!(remove_stale(&stage.cache, Some(&cli)).unwrap().is_empty());
+    cli.cancel(&[job], None).unwrap();
+    let t0 = Instant::now();
+    loop {
+        let ended = cli
+            .status(&[job])
+            .unwrap()
+            .iter()
+            .all(|j| j.state.is_ended());
+        if ended {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "not cancelled");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let removed = remove_stale(&stage.cache, Some(&cli)).unwrap();
+    assert_eq!(
+        removed.len(),
+        1,
+        "a cancelled job with no heartbeat holds nothing"
+    );
+    assert!(
+        removed[0].judged.contains("no heartbeat"),
+        "{}",
+        removed[0].judged
+    );
+    assert!(!lock.exists());
+}
