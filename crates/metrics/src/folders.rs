@@ -284,6 +284,10 @@ pub fn lpips_of_dirs(
     Ok(PairedReport::new(per_image))
 }
 
+/// One generated image waiting for the DRN: its path and pixels, the train ids of its
+/// ground truth (`width, height, values`) and their file.
+type DrnItem = (PathBuf, Rgb8, (u32, u32, Vec<u32>), PathBuf);
+
 /// GAN Compression's Cityscapes mIoU: every generated image of `images` (matched to the
 /// `gtFine` tree by the Cityscapes id in its name) is resized to its label map's size with
 /// Pillow's bicubic filter, segmented by the DRN, and compared with the train ids
@@ -326,10 +330,8 @@ pub fn drn_miou_of_dirs(
     let pairs = match_to_gt(&by_id, &gt, gt_root)?;
     let mut cm = ConfusionMatrix::new(NUM_TRAIN_IDS, Some(IGNORE_TRAIN_ID as u32))?;
     progress.start("DRN segmentation", pairs.len() as u64);
-    let mut pending: Vec<(PathBuf, Rgb8, (u32, u32, Vec<u32>), PathBuf)> = Vec::new();
-    let mut flush = |pending: &mut Vec<(PathBuf, Rgb8, (u32, u32, Vec<u32>), PathBuf)>,
-                     progress: &mut dyn Progress|
-     -> Result<()> {
+    let mut pending: Vec<DrnItem> = Vec::new();
+    let mut flush = |pending: &mut Vec<DrnItem>, progress: &mut dyn Progress| -> Result<()> {
         if pending.is_empty() {
             return Ok(());
         }

@@ -332,7 +332,7 @@ impl Lpips {
                 let r = diff
                     .conv2d(lin, None::<Tensor>, [1, 1], [0, 0], [1, 1], 1)
                     .mean_dim([2i64, 3].as_slice(), true, Kind::Float);
-                val = val + r;
+                val += r;
             }
             val
         });
