@@ -93,6 +93,20 @@ impl EvalRecord {
             .and_then(Value::as_f64)
             .or_else(|| metrics.get("label_fraction").copied())
             .or_else(|| input.point.get(label_var).and_then(Value::as_f64));
+        // Hold-out scores are for choosing hyper-parameters; a report's tables are test
+        // scores, and a row of the other kind among them would read as a result.
+        if let Some(sub) = lookup(&eval, &["split.subset"]).and_then(Value::as_str)
+            && sub != "test"
+        {
+            return Err(ReportError::BadInput {
+                node,
+                file: eval_file,
+                msg: format!(
+                    "scores the `{sub}` images, not the test set: a report compares test \
+                     scores (read hold-out evaluations with `ugc-pipe show`)"
+                ),
+            });
+        }
         if let Some(f) = label_fraction
             && !(f > 0.0 && f <= 1.0)
         {

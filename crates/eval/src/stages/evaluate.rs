@@ -1,5 +1,6 @@
-//! The `evaluate` stage kind: runs a model on the split's **test** set (never the hold-out,
-//! never training data) and writes `metrics.json` (flat numbers), `eval.json` (every value
+//! The `evaluate` stage kind: runs a model on the split's **test** set (or, asked with
+//! `subset: holdout`, on the hold-out carved from the training images, for choosing
+//! hyper-parameters without the test images; never on training data) and writes `metrics.json` (flat numbers), `eval.json` (every value
 //! with the identity of what computed it) and `samples/` (input | output | target strips).
 //!
 //! Metrics: PSNR and SSIM against the ground-truth photos; with an `evaluator` dep, mIoU of
@@ -16,7 +17,7 @@ use serde_json::{Map, Value, json};
 use tch::Tensor;
 use ugc_data::{InputEncoding, Loader, LoaderConfig, SplitManifest, Subset};
 use ugc_engine::{KindSchema, StageContext, StageError, StageKind};
-use ugc_kinds::evaluate::Params;
+use ugc_kinds::evaluate::{EvalSubset, Params};
 use ugc_metrics::frechet::{DEFAULT_EPS, GaussianStats, frechet_distance};
 use ugc_metrics::image_metrics::{SsimConfig, mean, psnr, ssim};
 use ugc_metrics::inception::FidInception;
@@ -172,6 +173,11 @@ fn evaluate(ctx: &StageContext<'_>, p: &Params) -> Result<()> {
     write_outputs(ctx, p, &setup, measured)
 }
 
+/// `test` or `holdout`: the images the stage scores.
+fn subset_name(p: &Params) -> &'static str {
+    p.subset.unwrap_or(EvalSubset::Test).name()
+}
+
 /// Loads the split, the weights files, the model (or the reference), the evaluator and
 /// the test loader, refusing every misconfiguration before any work is done.
 fn build(ctx: &StageContext<'_>, p: &Params) -> Result<Setup> {
@@ -260,11 +266,21 @@ fn build(ctx: &StageContext<'_>, p: &Params) -> Result<Setup> {
         device,
         ..LoaderConfig::eval(p.batch_size)
     };
-    let loader = Loader::new(&manifest, &split_dir, Subset::Test, cfg)?;
+    let subset = match p.subset.unwrap_or(EvalSubset::Test) {
+        EvalSubset::Test => Subset::Test,
+        EvalSubset::Holdout => Subset::Holdout,
+    };
+    let loader = Loader::new(&manifest, &split_dir, subset, cfg)?;
     if loader.is_empty() {
         return Err(EvalError::Input(format!(
-            "split {} has no test images",
-            split_dir.display()
+            "split {} has no {} images{}",
+            split_dir.display(),
+            subset_name(p),
+            if subset == Subset::Holdout {
+                " (its `holdout` ratio is 0, or too small for its training set)"
+            } else {
+                ""
+            }
         )));
     }
     Ok(Setup {
@@ -497,7 +513,7 @@ fn write_outputs(ctx: &StageContext<'_>, p: &Params, s: &Setup, m: Measured) -> 
     let manifest = &s.manifest;
     let eval = json!({
         "split": {
-            "subset": "test",
+            "subset": subset_name(p),
             "manifest_blake3": file_digest(&s.split_dir.join(ugc_data::manifest::MANIFEST_FILE))?,
             "label_fraction": manifest.label_ratio,
             "labeled": manifest.counts.labeled,

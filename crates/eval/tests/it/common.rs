@@ -47,6 +47,18 @@ impl Data {
 }
 
 pub fn make_split(task: &str, n: usize, n_test: usize, size: u32, label_ratio: f64) -> Data {
+    make_split_with_holdout(task, n, n_test, size, label_ratio, 0.0)
+}
+
+/// [`make_split`] with a search hold-out of `holdout` of the training examples.
+pub fn make_split_with_holdout(
+    task: &str,
+    n: usize,
+    n_test: usize,
+    size: u32,
+    label_ratio: f64,
+    holdout: f64,
+) -> Data {
     let synth = SynthStage::new(schema("synth"));
     let split = SplitStage::new(schema("split"));
     let sdir = tempfile::tempdir().unwrap();
@@ -60,7 +72,7 @@ pub fn make_split(task: &str, n: usize, n_test: usize, size: u32, label_ratio: f
     let out = tempfile::tempdir().unwrap();
     run(
         &split,
-        json!({"label_ratio": label_ratio, "holdout": 0.0}),
+        json!({"label_ratio": label_ratio, "holdout": holdout}),
         &[input("data", "synth", sdir.path())],
         out.path(),
     )

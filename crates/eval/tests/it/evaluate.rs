@@ -76,6 +76,36 @@ fn reference_mode_reaches_every_ceiling() {
 }
 
 #[test]
+fn the_hold_out_is_scored_when_asked_and_a_split_without_one_is_refused() {
+    let _rng = ugc_engine::testing::torch_rng();
+    // 32 training examples, a quarter held out: 8 hold-out images, 4 test images.
+    let data = make_split_with_holdout("labels2photo", 32, 4, 32, 1.0, 0.25);
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &evaluate_stage(),
+        json!({"reference": true, "subset": "holdout", "n_samples": 0}),
+        &[data.split_input()],
+        out.path(),
+    )
+    .unwrap();
+    let m = read_json(&out.path().join("metrics.json"));
+    assert_eq!(m["n_images"], 8, "the hold-out, not the 4 test images: {m}");
+    let e = read_json(&out.path().join("eval.json"));
+    assert_eq!(e["split"]["subset"], "holdout");
+
+    let out = tempfile::tempdir().unwrap();
+    let err = run(
+        &evaluate_stage(),
+        json!({"reference": true, "subset": "holdout"}),
+        &[labels_split().split_input()],
+        out.path(),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("has no holdout images"), "{err}");
+}
+
+#[test]
 fn evaluates_a_model_with_cost_latency_and_samples() {
     let _rng = ugc_engine::testing::torch_rng();
     let model = tempfile::tempdir().unwrap();

@@ -18,6 +18,8 @@ pub struct Params {
     pub role: Option<Role>,
     /// Evaluate the ground truth itself (no model).
     pub reference: bool,
+    /// The images scored: the test set unless `holdout` is asked for (tuning).
+    pub subset: Option<EvalSubset>,
     pub batch_size: usize,
     pub n_samples: usize,
     /// Per-image PSNR ceiling (dB).
@@ -29,6 +31,25 @@ pub struct Params {
     pub latency_runs: usize,
     /// Loader worker threads.
     pub threads: usize,
+}
+
+/// Which images of the split an `evaluate` stage scores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum EvalSubset {
+    /// The split's test images: the results.
+    Test,
+    /// The hold-out carved from the training images: for choosing hyper-parameters.
+    Holdout,
+}
+
+impl EvalSubset {
+    pub fn name(self) -> &'static str {
+        match self {
+            EvalSubset::Test => "test",
+            EvalSubset::Holdout => "holdout",
+        }
+    }
 }
 
 impl crate::KindParams for Params {

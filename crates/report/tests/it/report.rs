@@ -418,6 +418,23 @@ fn missing_metrics_file_names_the_node() {
     );
 }
 
+#[test]
+fn a_hold_out_evaluation_is_refused_naming_its_node() {
+    let tmp = tempfile::tempdir().unwrap();
+    let inputs = quickstart(tmp.path());
+    let file = inputs[2].dir.join("eval.json");
+    let mut eval: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    eval["split"]["subset"] = json!("holdout");
+    std::fs::write(&file, eval.to_string()).unwrap();
+    let err = load_records(&inputs, "label_ratio")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("eval_student") && err.contains("`holdout` images"),
+        "{err}"
+    );
+}
+
 /// Runs the report stage on `inputs` with `p` over the schema's defaults.
 fn run_stage(p: Value, inputs: &[StageInput], out: &Path) -> Result<(), StageError> {
     ugc_engine::testing::run_quick(&ReportStage::new(schema()), p, inputs, out)
