@@ -35,21 +35,26 @@
 #
 # Output: WORKDIR/results.jsonl (one line per run, appended) and a markdown table on
 # stdout. Needs root (sdiag -r), the cluster up, and release binaries (cargo build
-# --release --bins).
+# --release --bins; UGC_BENCH_BINDIR names another folder holding both).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 HERE="$ROOT/scripts/bench/slurm"
 ROUNDS="${1:-1}"
 WORK="$(mkdir -p "${2:-$ROOT/target/bench/slurm}" && cd "${2:-$ROOT/target/bench/slurm}" && pwd)"
-BIN="$ROOT/target/release/ugc-pipe"
+BINDIR="${UGC_BENCH_BINDIR:-$ROOT/target/release}"
 SLEEP_S=1
 SMK_VERSION="${UGC_BENCH_SNAKEMAKE:-9.27.1}"
 PLUGIN_VERSION="${UGC_BENCH_SNAKEMAKE_SLURM:-2.8.0}"
 say() { echo "slurm_dag: $*" >&2; }
 die() { say "error: $*"; exit 1; }
 case "$ROUNDS" in '' | *[!0-9]* | 0) die "ROUNDS=$ROUNDS is not a positive whole number" ;; esac
-[ -x "$BIN" ] && [ -x "$ROOT/target/release/ugc-pipe-worker" ] ||
-  die "missing $BIN or ugc-pipe-worker: run cargo build --release --bins"
+[ -x "$BINDIR/ugc-pipe" ] && [ -x "$BINDIR/ugc-pipe-worker" ] ||
+  die "missing $BINDIR/ugc-pipe or ugc-pipe-worker: run cargo build --release --bins"
+# A snapshot of both binaries: a cargo build during the benchmark must not swap the
+# worker under the jobs (the head finds the worker next to itself).
+mkdir -p "$WORK/bin"
+cp "$BINDIR/ugc-pipe" "$BINDIR/ugc-pipe-worker" "$WORK/bin/"
+BIN="$WORK/bin/ugc-pipe"
 [ "$(id -u)" = 0 ] || die "must run as root (sdiag -r resets the controller's counters)"
 "$ROOT/scripts/slurm-up.sh"
 PY=python3
@@ -80,7 +85,7 @@ export PATH="$WRAP:$PATH"
   echo "snakemake: $("$VENV/bin/snakemake" --version)"
   echo "plugin: snakemake-executor-plugin-slurm $("$VENV/bin/python" -c \
     "import importlib.metadata as m; print(m.version('snakemake-executor-plugin-slurm'))")"
-  echo "ugc-pipe: $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates/engine src || echo ' (working tree differs in crates/engine or src)')"
+  echo "ugc-pipe: binaries built $(date -u -r "$BINDIR/ugc-pipe" +%FT%TZ), tree at $(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- crates/engine src || echo ' (working tree differs in crates/engine or src)')"
   echo "load: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$WORK/machine.txt" >&2
 

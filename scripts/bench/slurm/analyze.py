@@ -226,6 +226,30 @@ def main():
             f"{fmt_calls(r['in_job_calls'])} | {r['sdiag_rpcs_per_min']:.1f} | "
             f"{rpcs / r['stages']:.1f} | {r['foreign_jobs']} |"
         )
+    # Over rounds: each label's median of its per-run figures, the per-run ones listed.
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    if len(labels) == len(rows):
+        return
+    print()
+    print(
+        "| run | stages | rounds | overhead/stage s (per round) | wall s (per round) | "
+        "head's status calls/min (per round) | RPCs/stage (per round) |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for label in labels:
+        rs = [r for r in rows if r["label"] == label]
+
+        def col(f, key):
+            vals = [f(r) for r in rs]
+            return f"**{med(vals):.{key}f}** ({', '.join(f'{v:.{key}f}' for v in vals)})"
+
+        print(
+            f"| {label} | {rs[0]['stages']} | {len(rs)} | "
+            f"{col(lambda r: r['overhead_s_median'], 2)} | {col(lambda r: r['wall_s'], 1)} | "
+            f"{col(lambda r: r['head_status_calls_per_min'], 1)} | "
+            f"{col(lambda r: sum(r['sdiag_rpcs'].values()) / r['stages'], 1)} |"
+        )
+
 
 if __name__ == "__main__":
     main()
