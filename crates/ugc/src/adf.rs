@@ -370,9 +370,18 @@ impl StageKind for AdfStage {
             ctx.progress.set(ids.len() as u64);
         }
         let threshold = adaptive_threshold(&scores, rule);
-        let keep = keep_decisions(&scores, threshold, p.enabled);
+        let mut keep = keep_decisions(&scores, threshold, p.enabled);
+        let oracle = p.oracle == Some(true);
         let mut extra = serde_json::Map::new();
-        if let Some(synth) = ctx.input_of_kind("synth") {
+        let synth = ctx.input_of_kind("synth");
+        if oracle && synth.is_none() {
+            return Err(StageError::Config(format!(
+                "stage `{}`: parameter `oracle` drops the bad inputs a `synth` dep lists; \
+                 add the synth stage of the dataset to its deps",
+                ctx.node
+            )));
+        }
+        if let Some(synth) = synth {
             let truth = ugc_data::synth::bad::BadUnlabeledList::load(&synth.dir).map_err(
                 MethodError::data_at(format!("synth dep of stage `{}`", ctx.node)),
             )?;
@@ -387,6 +396,18 @@ impl StageKind for AdfStage {
                         .map_err(|e| StageError::Config(format!("stage `{}`: {e}", ctx.node)))?;
                     extra = acc.metrics();
                     write_json(&ctx.out_dir.join(FILTER_TRUTH_FILE), &acc)?;
+                    if oracle {
+                        let bad: BTreeSet<&str> = list.bad.iter().map(|b| b.id.as_str()).collect();
+                        keep = ids.iter().map(|id| !bad.contains(id.as_str())).collect();
+                        extra.insert("adf.oracle".into(), 1.into());
+                    }
+                }
+                None if oracle => {
+                    return Err(StageError::Config(format!(
+                        "stage `{}`: parameter `oracle` needs a synth dep with bad unlabeled \
+                         inputs (bad_unlabeled_fraction); its dataset lists none",
+                        ctx.node
+                    )));
                 }
                 None => ctx.progress.message(
                     "the synth dep's dataset lists no bad unlabeled inputs: no filter accuracy",

@@ -36,6 +36,36 @@ pub struct Params {
     pub write_pseudo: bool,
     pub image_size: Option<u32>,
     pub torch_threads: i32,
+    /// Drop exactly the synth dep's bad inputs (the benchmark's upper bound); optional
+    /// without a default so that existing adf stages keep their cache keys.
+    pub oracle: Option<bool>,
 }
 
-impl crate::KindParams for Params {}
+impl crate::KindParams for Params {
+    fn check(&self) -> Vec<ugc_engine::ParamProblem> {
+        if self.oracle == Some(true) && !self.enabled {
+            return vec![ugc_engine::ParamProblem::new(
+                "oracle",
+                "drops the known bad inputs, so it needs `enabled: true`",
+            )];
+        }
+        Vec::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use crate::Kind;
+    use crate::testing::assert_refused;
+
+    #[test]
+    fn an_oracle_needs_the_filter_enabled() {
+        assert_refused(
+            Kind::Adf,
+            json!({"enabled": false, "oracle": true}),
+            "oracle",
+        );
+    }
+}
