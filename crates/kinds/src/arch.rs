@@ -98,12 +98,129 @@ impl NormKind {
     }
 }
 
-/// Upsampling schedule of GauGAN (`--num_upsampling_layers` in SPADE).
+/// Upsampling schedule of GauGAN (`--num_upsampling_layers` in SPADE): 5, 6 or 7
+/// doublings of the latent grid; `most` adds the block `up_4` (`ngf -> ngf / 2`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Upsampling {
     Normal,
     More,
+    Most,
+}
+
+impl Upsampling {
+    /// Doublings from the latent grid to the output (`num_up_layers` in SPADE).
+    pub fn doublings(self) -> u32 {
+        match self {
+            Upsampling::Normal => 5,
+            Upsampling::More => 6,
+            Upsampling::Most => 7,
+        }
+    }
+}
+
+/// GauGAN's generator normalisation, SPADE's `--norm_G` (`[spectral]spade<norm>3x3`):
+/// `spectral` wraps `conv_0`, `conv_1`, `conv_s` of every block in spectral norm (folded
+/// into plain weights when a checkpoint is read, see `ugc_nn::spade`), `<norm>` is the
+/// SPADE layers' parameter-free norm (`syncbatch` is batch norm synchronised over GPUs: on
+/// one device, and in our data-parallel training, plain batch norm with the same tensors).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum NormG {
+    /// SPADEGenerator's default.
+    #[default]
+    #[serde(rename = "spectralspadesyncbatch3x3")]
+    SpectralSpadeSyncBatch3x3,
+    #[serde(rename = "spectralspadebatch3x3")]
+    SpectralSpadeBatch3x3,
+    #[serde(rename = "spectralspadeinstance3x3")]
+    SpectralSpadeInstance3x3,
+    #[serde(rename = "spadesyncbatch3x3")]
+    SpadeSyncBatch3x3,
+    #[serde(rename = "spadebatch3x3")]
+    SpadeBatch3x3,
+    #[serde(rename = "spadeinstance3x3")]
+    SpadeInstance3x3,
+}
+
+impl NormG {
+    /// Every variant, official names in `--norm_G` order of the docs.
+    pub const ALL: [NormG; 6] = [
+        NormG::SpectralSpadeSyncBatch3x3,
+        NormG::SpectralSpadeBatch3x3,
+        NormG::SpectralSpadeInstance3x3,
+        NormG::SpadeSyncBatch3x3,
+        NormG::SpadeBatch3x3,
+        NormG::SpadeInstance3x3,
+    ];
+
+    /// The official name (`--norm_G` value).
+    pub fn name(self) -> &'static str {
+        match self {
+            NormG::SpectralSpadeSyncBatch3x3 => "spectralspadesyncbatch3x3",
+            NormG::SpectralSpadeBatch3x3 => "spectralspadebatch3x3",
+            NormG::SpectralSpadeInstance3x3 => "spectralspadeinstance3x3",
+            NormG::SpadeSyncBatch3x3 => "spadesyncbatch3x3",
+            NormG::SpadeBatch3x3 => "spadebatch3x3",
+            NormG::SpadeInstance3x3 => "spadeinstance3x3",
+        }
+    }
+
+    /// Whether the official blocks' convs carry spectral norm (`weight_orig/u/v`).
+    pub fn spectral(self) -> bool {
+        matches!(
+            self,
+            NormG::SpectralSpadeSyncBatch3x3
+                | NormG::SpectralSpadeBatch3x3
+                | NormG::SpectralSpadeInstance3x3
+        )
+    }
+
+    /// Whether SPADE's parameter-free norm is instance norm (no running statistics)
+    /// rather than batch norm.
+    pub fn instance(self) -> bool {
+        matches!(
+            self,
+            NormG::SpectralSpadeInstance3x3 | NormG::SpadeInstance3x3
+        )
+    }
+
+    fn is_default(&self) -> bool {
+        *self == NormG::default()
+    }
+}
+
+impl fmt::Display for NormG {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for NormG {
+    type Err = ArchError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        NormG::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = NormG::ALL.iter().map(|n| n.name()).collect();
+                ArchError::config("norm_g", s, format!("expected one of {}", names.join(", ")))
+            })
+    }
+}
+
+/// The official dropout probability (`nn.Dropout(0.5)` in pix2pix's ResnetBlock and UNet).
+pub const DEFAULT_DROPOUT_RATE: f64 = 0.5;
+
+fn default_dropout_rate() -> f64 {
+    DEFAULT_DROPOUT_RATE
+}
+
+fn is_default_dropout_rate(r: &f64) -> bool {
+    *r == DEFAULT_DROPOUT_RATE
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 /// How the search space of a supernet is derived from the architecture.
@@ -174,10 +291,35 @@ pub struct ArchConfig {
     /// GauGAN upsampling schedule.
     pub upsampling: Upsampling,
     pub norm: NormKind,
-    /// Dropout in residual / UNet blocks (adds no tensors; off by default as in the
-    /// compression repos).
+    /// Dropout in residual / UNet blocks: pix2pix without `--no_dropout`. Adds no tensors
+    /// but shifts the ResNet block's second conv to `conv_block.6` (as in gan-compression's
+    /// `resnet_9blocks`, which always has its Dropout layer). Off by default as in the
+    /// compression repos.
     #[serde(default)]
     pub use_dropout: bool,
+    /// Dropout probability when `use_dropout` (0.5 in pix2pix; gan-compression's
+    /// `--dropout_rate`, default 0, keeps the layer but drops nothing).
+    #[serde(
+        default = "default_dropout_rate",
+        skip_serializing_if = "is_default_dropout_rate"
+    )]
+    pub dropout_rate: f64,
+    /// Label-map families: the label classes of the official `--label_nc`. When set,
+    /// `input_nc` is `label_nc + contain_dontcare_label + (1 unless no_instance)` (the
+    /// official `semantic_nc`), and `infer` builds that input from a label map and an
+    /// instance map as the official data loaders do. Unset: every input channel is a label
+    /// class (the input is one-hot only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_nc: Option<i64>,
+    /// SPADE's `--contain_dontcare_label`: one more one-hot channel, for label 255.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub contain_dontcare_label: bool,
+    /// The official `--no_instance`: no instance-edge channel.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub no_instance: bool,
+    /// GauGAN's `--norm_G` (see [`NormG`]); other families ignore it.
+    #[serde(default, skip_serializing_if = "NormG::is_default")]
+    pub norm_g: NormG,
     /// Explicit full widths per elastic position (in search-space order) for a *compact*
     /// model produced by export; `None` means "derived from `ngf`", as in the official models.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -201,6 +343,11 @@ impl ArchConfig {
             upsampling: Upsampling::More,
             norm: NormKind::Instance,
             use_dropout: false,
+            dropout_rate: DEFAULT_DROPOUT_RATE,
+            label_nc: None,
+            contain_dontcare_label: false,
+            no_instance: false,
+            norm_g: NormG::default(),
             channels: None,
             space: SpaceSpec::default(),
         };
@@ -242,6 +389,70 @@ impl ArchConfig {
         if self.n_blocks < 0 {
             return Err(ArchError::config("n_blocks", self.n_blocks, "must be >= 0"));
         }
+        if !(self.dropout_rate.is_finite() && (0.0..1.0).contains(&self.dropout_rate)) {
+            return Err(ArchError::config(
+                "dropout_rate",
+                self.dropout_rate,
+                "must be in [0, 1)",
+            ));
+        }
+        let label_family = matches!(self.arch, Arch::Pix2PixHd | Arch::Gaugan);
+        if !label_family {
+            for (field, value) in [
+                ("label_nc", self.label_nc.map(|n| n.to_string())),
+                (
+                    "contain_dontcare_label",
+                    self.contain_dontcare_label.then(|| "true".to_string()),
+                ),
+                ("no_instance", self.no_instance.then(|| "true".to_string())),
+            ] {
+                if let Some(value) = value {
+                    return Err(ArchError::config(
+                        field,
+                        value,
+                        format!(
+                            "only the label-map families (pix2pixhd, gaugan) take it; {} reads images",
+                            self.arch
+                        ),
+                    ));
+                }
+            }
+        }
+        if self.arch == Arch::Pix2PixHd && self.contain_dontcare_label {
+            return Err(ArchError::config(
+                "contain_dontcare_label",
+                true,
+                "pix2pixhd has no such option (it is SPADE's); count the class in label_nc",
+            ));
+        }
+        if self.arch != Arch::Gaugan && self.norm_g != NormG::default() {
+            return Err(ArchError::config(
+                "norm_g",
+                self.norm_g,
+                "only gaugan takes norm_g (the pix2pix families and pix2pixhd take `norm`)",
+            ));
+        }
+        if self.arch != Arch::Gaugan && self.upsampling == Upsampling::Most {
+            return Err(ArchError::config(
+                "upsampling",
+                "most",
+                "only gaugan has upsampling schedules",
+            ));
+        }
+        if let Some(want) = self.label_input_nc()? {
+            if want != self.input_nc {
+                return Err(ArchError::config(
+                    "input_nc",
+                    self.input_nc,
+                    format!(
+                        "label_nc {} + contain_dontcare_label {} + instance edges {} make {want} input channels",
+                        self.label_nc.unwrap_or_default(),
+                        u8::from(self.contain_dontcare_label),
+                        u8::from(!self.no_instance),
+                    ),
+                ));
+            }
+        }
         if self.space.width_ratios.is_empty()
             || self
                 .space
@@ -272,6 +483,22 @@ impl ArchConfig {
             ));
         }
         Ok(())
+    }
+
+    /// The input channels `label_nc`, `contain_dontcare_label` and `no_instance` make (the
+    /// official `semantic_nc`), or `None` when `label_nc` is unset.
+    pub fn label_input_nc(&self) -> Result<Option<i64>, ArchError> {
+        match self.label_nc {
+            None => Ok(None),
+            Some(n) if n < 1 => Err(ArchError::config(
+                "label_nc",
+                n,
+                "must be at least 1 (label_nc 0, the official \"images, not labels\", is not a label-map input)",
+            )),
+            Some(n) => Ok(Some(
+                n + i64::from(self.contain_dontcare_label) + i64::from(!self.no_instance),
+            )),
+        }
     }
 
     /// Reads a config from JSON text (`model.json`'s `arch` object).
@@ -313,6 +540,11 @@ impl ArchError {
 fn merged(family: Arch, map: &Map<String, Value>) -> Value {
     let mut base = serde_json::to_value(ArchConfig::new(family)).unwrap_or(Value::Null);
     if let Some(obj) = base.as_object_mut() {
+        if !map.contains_key("input_nc")
+            && let Some(n) = label_channels(map)
+        {
+            obj.insert("input_nc".into(), Value::from(n));
+        }
         for (k, val) in map {
             if k == "space"
                 && let (Some(sp), Some(valo)) = (
@@ -329,6 +561,14 @@ fn merged(family: Arch, map: &Map<String, Value>) -> Value {
         }
     }
     base
+}
+
+/// The input channels a map's `label_nc`, `contain_dontcare_label`, `no_instance` make,
+/// when `label_nc` is an integer (anything else is left to serde to refuse by name).
+pub fn label_channels(map: &Map<String, Value>) -> Option<i64> {
+    let n = map.get("label_nc")?.as_i64()?;
+    let flag = |k: &str| map.get(k).and_then(Value::as_bool).unwrap_or(false);
+    Some(n + i64::from(flag("contain_dontcare_label")) + i64::from(!flag("no_instance")))
 }
 
 /// The config a stage's `arch` parameter map describes, before the split is known: the

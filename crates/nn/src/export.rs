@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor, nn::VarStore};
 
-use crate::arch::ArchConfig;
+use crate::arch::{Arch, ArchConfig};
 use crate::error::NnError;
 use crate::generator::{Generator, build_generator};
 use crate::pth::{self, WeightsFormat};
@@ -158,12 +158,25 @@ pub fn load_into(
 }
 
 /// Compares `file` with the tensors of `cfg`, reporting every missing, unexpected or
-/// mis-shaped tensor by name.
+/// mis-shaped tensor by name (names and shapes only: no tensor data is read, and spectral
+/// norm is not folded; [`read_checkpoint`] + [`check_tensors`] do both).
 pub fn check_weights(cfg: &ArchConfig, file: &Path) -> Result<WeightsReport, NnError> {
-    let want = expected_tensors(cfg)?;
-    let have = file_tensors(file)?;
+    Ok(compare(&expected_tensors(cfg)?, &file_tensors(file)?))
+}
+
+/// Compares in-memory `tensors` (e.g. from [`read_checkpoint`]) with the tensors of `cfg`.
+pub fn check_tensors(
+    cfg: &ArchConfig,
+    tensors: &[(String, Tensor)],
+) -> Result<WeightsReport, NnError> {
+    let have: BTreeMap<String, Vec<i64>> =
+        tensors.iter().map(|(n, t)| (n.clone(), t.size())).collect();
+    Ok(compare(&expected_tensors(cfg)?, &have))
+}
+
+fn compare(want: &BTreeMap<String, Vec<i64>>, have: &BTreeMap<String, Vec<i64>>) -> WeightsReport {
     let mut r = WeightsReport::default();
-    for (name, shape) in &want {
+    for (name, shape) in want {
         match have.get(name) {
             None => r.missing.push(name.clone()),
             Some(s) if s != shape => r.mis_shaped.push(MisShaped {
@@ -179,7 +192,28 @@ pub fn check_weights(cfg: &ArchConfig, file: &Path) -> Result<WeightsReport, NnE
         .filter(|k| !want.contains_key(*k))
         .cloned()
         .collect();
-    Ok(r)
+    r
+}
+
+/// The tensors of a checkpoint as `cfg` takes them: [`read_weights`], then, for GauGAN
+/// with a spectral `norm_g` (the official default), every `weight_orig/u/v` triple folded
+/// into its eval-mode `weight` ([`crate::spade::fold_spectral_norm`]), as SPADE's
+/// `latest_net_G.pth` comes. Returns the folded layer prefixes too (empty when none).
+/// A non-spectral `norm_g` folds nothing, so such a file's triples stay unexpected.
+pub fn read_checkpoint(
+    cfg: &ArchConfig,
+    file: &Path,
+) -> Result<(Vec<(String, Tensor)>, Vec<String>), NnError> {
+    let mut tensors = read_weights(file)?;
+    let folded = if cfg.arch == Arch::Gaugan && cfg.norm_g.spectral() {
+        crate::spade::fold_spectral_norm(&mut tensors).map_err(|e| match e {
+            NnError::Unsupported(msg) => NnError::Unsupported(format!("{}: {msg}", file.display())),
+            e => e,
+        })?
+    } else {
+        Vec::new()
+    };
+    Ok((tensors, folded))
 }
 
 /// A generator with its weights loaded.
@@ -189,10 +223,23 @@ pub struct LoadedModel {
     pub generator: Box<dyn Generator>,
 }
 
-/// Builds `cfg` on `device` and loads `file` after checking it; a mismatch is an error that
-/// lists every bad tensor.
+/// Builds `cfg` on `device` and loads `file` ([`read_checkpoint`]: any format, spectral
+/// norm folded for GauGAN) after checking it; a mismatch is an error that lists every bad
+/// tensor.
 pub fn load_weights(cfg: &ArchConfig, file: &Path, device: Device) -> Result<LoadedModel, NnError> {
-    let report = check_weights(cfg, file)?;
+    let (tensors, _) = read_checkpoint(cfg, file)?;
+    load_tensors(cfg, &tensors, file, device)
+}
+
+/// Builds `cfg` on `device` and loads `tensors` (read from `file`, named in errors) after
+/// checking them against it.
+pub fn load_tensors(
+    cfg: &ArchConfig,
+    tensors: &[(String, Tensor)],
+    file: &Path,
+    device: Device,
+) -> Result<LoadedModel, NnError> {
+    let report = check_tensors(cfg, tensors)?;
     if !report.is_ok() {
         return Err(NnError::WeightsMismatch {
             path: file.to_path_buf(),
@@ -201,8 +248,7 @@ pub fn load_weights(cfg: &ArchConfig, file: &Path, device: Device) -> Result<Loa
     }
     let mut vs = VarStore::new(device);
     let generator = build_generator(&vs.root(), cfg)?;
-    let tensors = read_weights(file)?;
-    load_into(&mut vs, &tensors, file)?;
+    load_into(&mut vs, tensors, file)?;
     Ok(LoadedModel { vs, generator })
 }
 

@@ -1,14 +1,16 @@
 //! GauGAN generator (NVIDIA SPADE `SPADEGenerator`, no VAE encoder) as an elastic supernet.
 //!
 //! The segmentation map is the input: it is resized (nearest) to the latent grid
-//! `H / 2^n_up x W / 2^n_up` (`n_up` = 5 for `normal`, 6 for `more` upsampling) and mapped by
-//! the 3x3 conv `fc` to the trunk width (`16 ngf`). Then `head_0`, 2x up, `G_middle_0`,
-//! (2x up for `more`), `G_middle_1..`, and `up_0..up_3` each after a 2x up, leaky ReLU,
-//! `conv_img`, tanh. Every block is a [`SpadeResBlock`]; `up_k` halve the width and have a
+//! `H / 2^n_up x W / 2^n_up` (`n_up` = 5 for `normal`, 6 for `more`, 7 for `most`
+//! upsampling) and mapped by the 3x3 conv `fc` to the trunk width (`16 ngf`). Then `head_0`,
+//! 2x up, `G_middle_0`, (2x up for `more` and `most`), `G_middle_1..`, and `up_0..up_3` (and
+//! `up_4`, `ngf -> ngf / 2`, for `most`) each after a 2x up, leaky ReLU, `conv_img`, tanh. Every block is a [`SpadeResBlock`]; `up_k` halve the width and have a
 //! learned shortcut. Names are the official ones (`fc`, `head_0.conv_0`, `up_2.norm_s.mlp_gamma`,
 //! ...). Spectral norm is not used (GAN Compression's choice); [`crate::spade::fold_spectral_norm`]
-//! converts official checkpoints that have it. `ArchConfig::norm` is ignored: SPADE's
-//! param-free batch norm is part of the architecture.
+//! converts official checkpoints that have it. `ArchConfig::norm` is ignored; `norm_g`
+//! (SPADE's `--norm_G`) chooses the SPADE layers' parameter-free norm: batch norm
+//! (`spectralspadesyncbatch3x3`, the default, and `..batch3x3`) or instance norm
+//! (`..instance3x3`, no running statistics).
 //!
 //! `n_blocks` is the number of `G_middle` blocks (2 in the official model). `G_middle_0`
 //! runs before the extra `more` upsampling and is always present; `G_middle_J` (J >= 1) runs
@@ -17,7 +19,7 @@
 //!
 //! Elastic positions (search-space order): `fc` (trunk width), `head_0.middle`,
 //! `head_0.hidden`, `G_middle_J.middle`, `G_middle_J.hidden`, then for each `up_k`:
-//! `up_k.middle`, `up_k.out`, `up_k.hidden`. `middle` is `conv_0`'s output width, `hidden`
+//! `up_k.middle`, `up_k.out`, `up_k.hidden` (`k` up to 3, or 4 for `most`). `middle` is `conv_0`'s output width, `hidden`
 //! the SPADE hidden width (128 in the original) of all norms of the block.
 
 use tch::{Tensor, nn};
@@ -34,8 +36,13 @@ use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 /// SPADE's hidden width in the official model (`nhidden = 128` in `SPADE.__init__`).
 pub const OFFICIAL_NHIDDEN: i64 = 128;
 
-/// Number of `up_k` blocks (`normal` and `more` schedules; `most` is not supported).
-const N_UP_BLOCKS: usize = 4;
+/// Number of `up_k` blocks: 4, and `up_4` for the `most` schedule.
+fn n_up_blocks(u: Upsampling) -> usize {
+    match u {
+        Upsampling::Normal | Upsampling::More => 4,
+        Upsampling::Most => 5,
+    }
+}
 
 /// Full widths of one block position.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,11 +76,9 @@ impl Layout {
             ));
         }
         let n = cfg.n_blocks as usize;
-        let n_up = match cfg.upsampling {
-            Upsampling::Normal => 5,
-            Upsampling::More => 6,
-        };
-        let expected = 3 + 2 * n + 3 * N_UP_BLOCKS;
+        let n_up = cfg.upsampling.doublings();
+        let n_ups = n_up_blocks(cfg.upsampling);
+        let expected = 3 + 2 * n + 3 * n_ups;
         match &cfg.channels {
             Some(ch) => {
                 if ch.len() != expected {
@@ -83,7 +88,8 @@ impl Layout {
                         format!(
                             "gaugan with {n} G_middle blocks has {expected} elastic positions \
                              (fc, head_0 middle/hidden, middle/hidden per G_middle, \
-                             middle/out/hidden per up_0..up_3)"
+                             middle/out/hidden per up_0..up_{})",
+                            n_ups - 1
                         ),
                     ));
                 }
@@ -97,7 +103,7 @@ impl Layout {
                     trunk: ch[0],
                     head: two(1),
                     middles: (0..n).map(|j| two(3 + 2 * j)).collect(),
-                    ups: (0..N_UP_BLOCKS)
+                    ups: (0..n_ups)
                         .map(|k| Full {
                             middle: ch[base + 3 * k],
                             out: ch[base + 3 * k + 1],
@@ -118,7 +124,7 @@ impl Layout {
                     trunk,
                     head: same,
                     middles: vec![same; n],
-                    ups: (1..=N_UP_BLOCKS as u32)
+                    ups: (1..=n_ups as u32)
                         .map(|k| {
                             let out = (trunk >> k).max(1);
                             Full {
@@ -175,7 +181,7 @@ fn split(layout: &Layout, sub: &SubnetConfig) -> Active {
         trunk,
         head: two(1),
         middles: (0..n).map(|j| two(3 + 2 * j)).collect(),
-        ups: (0..N_UP_BLOCKS)
+        ups: (0..layout.ups.len())
             .map(|k| BlockWidths {
                 middle: w[base + 3 * k],
                 out: w[base + 3 * k + 1],
@@ -238,7 +244,7 @@ pub fn cost(cfg: &ArchConfig, sub: &SubnetConfig, input_chw: [i64; 3]) -> Result
     c += block_cost(label, a.trunk, a.head, false, hw);
     hw = [hw[0] * 2, hw[1] * 2];
     c += block_cost(label, a.trunk, a.middles[0], false, hw);
-    if cfg.upsampling == Upsampling::More {
+    if cfg.upsampling != Upsampling::Normal {
         hw = [hw[0] * 2, hw[1] * 2];
     }
     for (j, w) in a.middles.iter().enumerate().skip(1) {
@@ -279,8 +285,9 @@ impl Gaugan {
         };
         let t = layout.trunk;
         let fc = ElasticConv2d::new(&(p / "fc"), label, t, 3, pad1);
+        let inst = cfg.norm_g.instance();
         let same = |name: String, f: Full| {
-            SpadeResBlock::new(&(p / name), t, f.middle, t, false, label, f.hidden)
+            SpadeResBlock::new(&(p / name), t, f.middle, t, false, label, f.hidden, inst)
         };
         let head = same("head_0".into(), layout.head);
         let middles = layout
@@ -290,7 +297,7 @@ impl Gaugan {
             .map(|(j, &f)| same(format!("G_middle_{j}"), f))
             .collect();
         let mut ch = t;
-        let mut ups = Vec::with_capacity(N_UP_BLOCKS);
+        let mut ups = Vec::with_capacity(layout.ups.len());
         for (k, f) in layout.ups.iter().enumerate() {
             ups.push(SpadeResBlock::new(
                 &(p / format!("up_{k}")),
@@ -300,6 +307,7 @@ impl Gaugan {
                 true,
                 label,
                 f.hidden,
+                inst,
             ));
             ch = f.out;
         }
@@ -335,6 +343,14 @@ impl Generator for Gaugan {
         self.search_space().check(sub)?;
         let lat = check_batch(x, |chw| latent_hw(&self.cfg, &self.layout, chw))?;
         let s = x.size();
+        if self.cfg.norm_g.instance() && lat[0] * lat[1] < 2 {
+            return Err(NnError::BadInput {
+                shape: s,
+                reason: "instance-norm statistics need more than one value per channel at \
+                         the latent resolution (use a larger input)"
+                    .into(),
+            });
+        }
         if mode.batch_stats() && s[0] * lat[0] * lat[1] < 2 {
             return Err(NnError::BadInput {
                 shape: s,
@@ -349,7 +365,7 @@ impl Generator for Gaugan {
         h = self.head.forward(&h, seg, a.head, mode);
         h = up2(&h);
         h = self.middles[0].forward(&h, seg, a.middles[0], mode);
-        if self.cfg.upsampling == Upsampling::More {
+        if self.cfg.upsampling != Upsampling::Normal {
             h = up2(&h);
         }
         for (j, (blk, w)) in self.middles.iter().zip(&a.middles).enumerate().skip(1) {
@@ -417,14 +433,6 @@ impl Generator for Gaugan {
     }
 
     fn batch_norms(&self) -> Vec<&ElasticBatchNorm2d> {
-        let mut v = Vec::new();
-        for b in self.blocks() {
-            v.push(&b.norm_0.param_free_norm);
-            v.push(&b.norm_1.param_free_norm);
-            if let Some(n) = &b.norm_s {
-                v.push(&n.param_free_norm);
-            }
-        }
-        v
+        self.blocks().flat_map(SpadeResBlock::batch_norms).collect()
     }
 }

@@ -34,7 +34,7 @@ pub mod spade;
 pub mod subnet;
 pub mod unet;
 
-pub use arch::{Arch, ArchConfig, ArchError, NormKind, SpaceSpec, Upsampling};
+pub use arch::{Arch, ArchConfig, ArchError, NormG, NormKind, SpaceSpec, Upsampling};
 pub use cost::Cost;
 pub use disc::{DiscArch, DiscConfig, Discriminator, build_discriminator};
 pub use elastic::Mode;

@@ -193,7 +193,7 @@ impl Block {
     }
 
     /// The residual branch `conv_block(x)`.
-    fn forward(&self, x: &Tensor, inner: i64, dropout: bool, mode: Mode) -> Tensor {
+    fn forward(&self, x: &Tensor, inner: i64, dropout: Option<f64>, mode: Mode) -> Tensor {
         let trunk = x.size()[1];
         match self {
             Block::Plain {
@@ -206,10 +206,9 @@ impl Block {
                 let h = norm1
                     .forward(&conv1.forward(&reflection_pad(x, 1), inner), mode)
                     .relu();
-                let h = if dropout {
-                    h.dropout(0.5, mode.dropout())
-                } else {
-                    h
+                let h = match dropout {
+                    Some(p) => h.dropout(p, mode.dropout()),
+                    None => h,
                 };
                 norm2.forward(&conv2.forward(&reflection_pad(&h, 1), trunk), mode)
             }
@@ -226,10 +225,9 @@ impl Block {
                     pw.forward(&instance_norm(&dw.forward(&reflection_pad(x, 1), c)), c_out)
                 };
                 let h = norm1.forward(&sep(dw1, pw1, x, inner), mode).relu();
-                let h = if dropout {
-                    h.dropout(0.5, mode.dropout())
-                } else {
-                    h
+                let h = match dropout {
+                    Some(p) => h.dropout(p, mode.dropout()),
+                    None => h,
                 };
                 norm2.forward(&sep(dw2, pw2, &h, trunk), mode)
             }
@@ -422,6 +420,7 @@ impl Generator for ResnetGenerator {
         check_input(x, &self.cfg)?;
         self.search_space().check(sub)?;
         let w = widths(sub, self.blocks.len());
+        let dropout = self.cfg.use_dropout.then_some(self.cfg.dropout_rate);
         let mut h = self
             .stem_norm
             .forward(&self.stem.forward(&reflection_pad(x, 3), w.stem), mode)
@@ -431,7 +430,7 @@ impl Generator for ResnetGenerator {
         }
         for (i, (block, &inner)) in self.blocks.iter().zip(w.inner).enumerate() {
             if sub.block_present(i) {
-                h = &h + block.forward(&h, inner, self.cfg.use_dropout, mode);
+                h = &h + block.forward(&h, inner, dropout, mode);
             }
         }
         for ((conv, norm), c) in self.up.iter().zip([w.up1, w.up2]) {

@@ -2,7 +2,8 @@
 //! elastic layers: the spatially-adaptive norm and the SPADE residual block GauGAN stacks.
 //!
 //! SPADE normalises with a *parameter-free* batch norm (`SynchronizedBatchNorm2d(affine=False)`
-//! in the original; on one device that is plain batch norm) and modulates the result with
+//! in the original; on one device that is plain batch norm), or instance norm for
+//! `norm_G spadeinstance3x3` (no tensors), and modulates the result with
 //! `gamma`, `beta` predicted from the segmentation map: `x_norm * (1 + gamma) + beta`.
 //! Its running statistics are shared by every sub-net of a supernet, so they must be
 //! recalibrated per sub-net before evaluation ([`crate::elastic::Mode::Calibrate`]).
@@ -22,7 +23,9 @@ use std::path::Path;
 use tch::{Kind, Tensor, nn};
 
 use crate::cost::{self, Cost};
-use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, leaky_relu, push_named};
+use crate::elastic::{
+    ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, instance_norm, leaky_relu, push_named,
+};
 use crate::error::NnError;
 
 /// SPADE's leaky-ReLU slope (`actvn` in `SPADEResnetBlock`).
@@ -60,8 +63,10 @@ pub fn up2(x: &Tensor) -> Tensor {
 /// One SPADE layer (`norm_0`, `norm_1`, `norm_s` in a block).
 #[derive(Debug)]
 pub struct Spade {
-    /// `param_free_norm`: batch norm without affine parameters (running stats only).
-    pub param_free_norm: ElasticBatchNorm2d,
+    /// `param_free_norm`: batch norm without affine parameters (running stats only), or
+    /// `None` for instance norm (`spadeinstance3x3`: `InstanceNorm2d(affine=False)`, no
+    /// tensors, the same in train and eval).
+    pub param_free_norm: Option<ElasticBatchNorm2d>,
     /// `mlp_shared.0`: label map -> hidden features (followed by ReLU).
     pub mlp_shared: ElasticConv2d,
     pub mlp_gamma: ElasticConv2d,
@@ -71,10 +76,12 @@ pub struct Spade {
 }
 
 impl Spade {
-    /// Full-size layer normalising `norm_nc` channels with `nhidden` hidden features.
-    pub fn new(p: &nn::Path, norm_nc: i64, label_nc: i64, nhidden: i64) -> Self {
+    /// Full-size layer normalising `norm_nc` channels with `nhidden` hidden features; its
+    /// parameter-free norm is instance norm when `instance`, else batch norm.
+    pub fn new(p: &nn::Path, norm_nc: i64, label_nc: i64, nhidden: i64, instance: bool) -> Self {
         Spade {
-            param_free_norm: ElasticBatchNorm2d::new(&(p / "param_free_norm"), norm_nc, false),
+            param_free_norm: (!instance)
+                .then(|| ElasticBatchNorm2d::new(&(p / "param_free_norm"), norm_nc, false)),
             mlp_shared: conv3x3(&(p / "mlp_shared" / "0"), label_nc, nhidden),
             mlp_gamma: conv3x3(&(p / "mlp_gamma"), nhidden, norm_nc),
             mlp_beta: conv3x3(&(p / "mlp_beta"), nhidden, norm_nc),
@@ -87,7 +94,10 @@ impl Spade {
     pub fn forward(&self, x: &Tensor, seg: &Tensor, hidden: i64, mode: Mode) -> Tensor {
         let s = x.size();
         let c = s[1];
-        let normalized = self.param_free_norm.forward(x, mode);
+        let normalized = match &self.param_free_norm {
+            Some(bn) => bn.forward(x, mode),
+            None => instance_norm(x),
+        };
         let seg = resize_nearest(seg, [s[2], s[3]]);
         let actv = self.mlp_shared.forward(&seg, hidden).relu();
         let gamma = self.mlp_gamma.forward(&actv, c);
@@ -98,7 +108,9 @@ impl Spade {
     /// The compact layer's tensors (official names relative to this layer).
     pub fn extract(&self, c: i64, hidden: i64) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
-        push_named(&mut out, "param_free_norm", self.param_free_norm.extract(c));
+        if let Some(bn) = &self.param_free_norm {
+            push_named(&mut out, "param_free_norm", bn.extract(c));
+        }
         push_named(
             &mut out,
             "mlp_shared.0",
@@ -175,6 +187,7 @@ impl SpadeResBlock {
         learned: bool,
         label_nc: i64,
         nhidden: i64,
+        instance: bool,
     ) -> Self {
         let conv_s = learned.then(|| {
             ElasticConv2d::new(
@@ -192,9 +205,9 @@ impl SpadeResBlock {
             conv_0: conv3x3(&(p / "conv_0"), fin, fmiddle),
             conv_1: conv3x3(&(p / "conv_1"), fmiddle, fout),
             conv_s,
-            norm_0: Spade::new(&(p / "norm_0"), fin, label_nc, nhidden),
-            norm_1: Spade::new(&(p / "norm_1"), fmiddle, label_nc, nhidden),
-            norm_s: learned.then(|| Spade::new(&(p / "norm_s"), fin, label_nc, nhidden)),
+            norm_0: Spade::new(&(p / "norm_0"), fin, label_nc, nhidden, instance),
+            norm_1: Spade::new(&(p / "norm_1"), fmiddle, label_nc, nhidden, instance),
+            norm_s: learned.then(|| Spade::new(&(p / "norm_s"), fin, label_nc, nhidden, instance)),
             fin,
             fmiddle,
             fout,
@@ -247,12 +260,19 @@ impl SpadeResBlock {
         out
     }
 
+    /// The batch norms of the block's SPADE layers (none with instance norm).
+    pub fn batch_norms(&self) -> Vec<&ElasticBatchNorm2d> {
+        [Some(&self.norm_0), Some(&self.norm_1), self.norm_s.as_ref()]
+            .into_iter()
+            .flatten()
+            .filter_map(|n| n.param_free_norm.as_ref())
+            .collect()
+    }
+
     /// Resets the running statistics of every SPADE norm in the block.
     pub fn reset_running_stats(&self) {
-        self.norm_0.param_free_norm.reset_running_stats();
-        self.norm_1.param_free_norm.reset_running_stats();
-        if let Some(n) = &self.norm_s {
-            n.param_free_norm.reset_running_stats();
+        for bn in self.batch_norms() {
+            bn.reset_running_stats();
         }
     }
 }

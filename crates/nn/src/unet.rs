@@ -192,8 +192,10 @@ impl UnetGenerator {
         match &lv.up_norm {
             Some(n) => {
                 let h = n.forward(&h, mode);
-                if self.cfg.use_dropout && l + 1 < self.levels.len() && l > 0 {
-                    h.dropout(0.5, mode.dropout())
+                // Officially only the `num_downs - 5` ngf*8 blocks between the innermost
+                // and the ngf*4 one (levels 4 .. n-2) have Dropout.
+                if self.cfg.use_dropout && l >= 4 && l + 1 < self.levels.len() {
+                    h.dropout(self.cfg.dropout_rate, mode.dropout())
                 } else {
                     h
                 }

@@ -5,3 +5,4 @@ mod hd_gaugan;
 mod pix2pix_interop;
 mod pix2pix_supernet;
 mod pth;
+mod variants;

@@ -401,6 +401,7 @@ fn infer_image_matches_official_pre_and_post_processing() {
         Device::Cpu,
         &InferOptions {
             load_size: Some(64),
+            ..InferOptions::default()
         },
     )
     .unwrap();
