@@ -115,7 +115,28 @@ fn a_two_stage_pipeline_runs_as_slurm_jobs_and_equals_the_local_run() {
     let rows = rows.as_array().unwrap();
     assert_eq!(rows.len(), 2, "{rows:?}");
     for r in rows {
-        assert!(r["slurm_job"].as_u64().is_some(), "{r}");
+        let job = r["slurm_job"].as_u64().unwrap_or_else(|| panic!("{r}"));
+        // The head recorded the job: Slurm's final state, its node, queue wait, run time.
+        let sj = &r["slurm"];
+        assert_eq!(sj["job"], job, "{r}");
+        assert_eq!(sj["state"], "COMPLETED", "{r}");
+        assert!(!sj["nodes"].as_str().unwrap_or("").is_empty(), "{r}");
+        assert!(
+            sj["queue_wait_s"].as_f64().is_some() && sj["run_s"].as_f64().is_some(),
+            "{r}"
+        );
+        // The worker's own row, spooled into the cache and ingested by the head (a row
+        // rebuilt from the record would have no peak memory).
+        assert!(r["peak_rss_bytes"].as_u64().is_some(), "{r}");
+        let key = r["key"].as_str().unwrap();
+        let spool = sl.cache().join(format!("attempts/{key}/{job}.rows"));
+        assert!(spool.is_file(), "no spool {}", spool.display());
+    }
+    // `status` names each stage's last job.
+    let st = sl.run(&["status", "p.yaml", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    for stage in st["stages"].as_array().unwrap() {
+        assert_eq!(stage["slurm"]["state"], "COMPLETED", "{stage}");
     }
     // The job the stage saw is the one recorded, and its state changes were shown.
     let msgs: Vec<String> = events(&o, "message")
@@ -123,6 +144,23 @@ fn a_two_stage_pipeline_runs_as_slurm_jobs_and_equals_the_local_run() {
         .map(|m| m["text"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(msgs.iter().any(|m| m.contains("RUNNING on")), "{msgs:?}");
+    // The stage's own progress, streamed from its log: the command kind's first message.
+    assert!(
+        msgs.iter().any(|m| m.starts_with("$ echo \"job=")),
+        "{msgs:?}"
+    );
+    let notes: Vec<String> = events(&o, "note")
+        .iter()
+        .map(|n| n["text"].as_str().unwrap_or("").to_string())
+        .collect();
+    assert!(
+        notes
+            .iter()
+            .filter(|n| n.contains(") COMPLETED on "))
+            .count()
+            == 2,
+        "{notes:?}"
+    );
     // A second run is all cached: nothing submitted.
     let again = run_slurm(&sl, &[]);
     assert_eq!(summary(&again)["cached"], 2, "{}", stderr(&again));
@@ -206,6 +244,23 @@ fn a_failing_stage_skips_its_dependents_and_keep_going_finishes_the_rest() {
     assert!(
         err.contains("exit code 3") && err.contains("(job "),
         "{err}"
+    );
+    // The failure is in the registry with its job, as Slurm ended it.
+    let runs = p.run(&["runs", "--run", &s["run_id"].to_string(), "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&runs.stdout).unwrap();
+    let bad = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["node"] == "bad")
+        .unwrap_or_else(|| panic!("{rows}"));
+    assert_eq!(bad["status"], "failed", "{bad}");
+    assert_eq!(bad["slurm"]["state"], "FAILED", "{bad}");
+    let text = p.run(&["runs", "--run", &s["run_id"].to_string()]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        text.contains("FAILED on ") && text.contains("slurm jobs:"),
+        "{text}"
     );
 }
 
