@@ -7,7 +7,6 @@ mod cuda;
 mod data_parallel;
 mod engine_cli;
 mod live;
-mod metrics_cli;
 mod model_cli;
 mod paper_pipelines;
 mod pipelines;
