@@ -22,12 +22,42 @@ pub struct ArchArgs {
     /// Downsamplings of the pix2pixhd global generator.
     #[arg(long)]
     pub n_downsample: Option<i64>,
-    /// GauGAN upsampling schedule: more | normal.
-    #[arg(long)]
+    /// GauGAN upsampling schedule (SPADE's --num_upsampling_layers): more | normal | most.
+    #[arg(long, alias = "num_upsampling_layers")]
     pub upsampling: Option<String>,
-    /// Output channels.
-    #[arg(long)]
+    /// Output channels (--output_nc).
+    #[arg(long, alias = "output_nc")]
     pub output_nc: Option<i64>,
+    /// Input channels (--input_nc); label-map families derive it from --label-nc.
+    #[arg(long, alias = "input_nc")]
+    pub input_nc: Option<i64>,
+    /// Normalisation of the pix2pix families (--norm): instance | batch | none. Convs have
+    /// biases only with instance norm, as in the official code.
+    #[arg(long)]
+    pub norm: Option<String>,
+    /// Dropout in the ResNet / UNet blocks: pix2pix trained without --no_dropout, and
+    /// gan-compression's resnet teachers (with --dropout-rate 0). Moves the ResNet block's
+    /// second conv to conv_block.6.
+    #[arg(long)]
+    pub dropout: bool,
+    /// Dropout probability with --dropout (default 0.5; gan-compression's --dropout_rate).
+    #[arg(long, alias = "dropout_rate", requires = "dropout")]
+    pub dropout_rate: Option<f64>,
+    /// Label classes of a label-map family (--label_nc); the input is then label_nc one-hot
+    /// channels (+1 with --contain-dontcare-label) (+1 instance-edge channel unless
+    /// --no-instance).
+    #[arg(long, alias = "label_nc")]
+    pub label_nc: Option<i64>,
+    /// SPADE's --contain_dontcare_label: label 255 gets its own channel (needs --label-nc).
+    #[arg(long, alias = "contain_dontcare_label", requires = "label_nc")]
+    pub contain_dontcare_label: bool,
+    /// The official --no_instance: no instance-edge channel (needs --label-nc).
+    #[arg(long, alias = "no_instance", requires = "label_nc")]
+    pub no_instance: bool,
+    /// GauGAN's --norm_G: spectralspadesyncbatch3x3 (default) | spectralspadebatch3x3 |
+    /// spectralspadeinstance3x3 | spadesyncbatch3x3 | spadebatch3x3 | spadeinstance3x3.
+    #[arg(long, alias = "norm_G")]
+    pub norm_g: Option<String>,
     /// A sub-net in config-string form (docs/config-strings.md); default: the full model.
     #[arg(long)]
     pub config: Option<String>,

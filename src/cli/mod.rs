@@ -256,6 +256,17 @@ pub enum Verb {
         /// Resize the input to this square size first (official test: 256).
         #[arg(long)]
         load_size: Option<u32>,
+        /// Instance map of a label-map input (e.g. Cityscapes *_instanceIds.png): its edges
+        /// (pix2pixHD / SPADE get_edges) are the last input channel.
+        #[arg(long)]
+        instance: Option<PathBuf>,
+        /// Eval mode (the default): running BN statistics, no dropout, as pix2pix's test.py
+        /// with --eval, and SPADE's and GAN Compression's test scripts.
+        #[arg(long, conflicts_with = "train_mode")]
+        eval: bool,
+        /// Train mode: batch statistics and dropout, as pix2pix's test.py runs without --eval.
+        #[arg(long)]
+        train_mode: bool,
         /// Where to run: CUDA when a GPU is visible (auto), or cpu / cuda.
         #[arg(long, value_enum, default_value = "auto")]
         device: DeviceChoice,

@@ -42,6 +42,9 @@ fn main() {
             input,
             output,
             load_size,
+            instance,
+            eval: _,
+            train_mode,
             device,
             json,
         } => model::infer(model::InferArgs {
@@ -50,6 +53,8 @@ fn main() {
             input: &input,
             output: &output,
             load_size,
+            instance,
+            train_mode,
             device,
             json,
         }),

@@ -2,13 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use ugc_nn::{Arch, ArchConfig, SubnetConfig, Upsampling};
+use ugc_nn::{Arch, ArchConfig, Mode, NormG, NormKind, SubnetConfig, Upsampling};
 
 use ugc_pipe::cli::args::ArchArgs;
 use ugc_pipe::cli::{CliError, CliResult, EXIT_FAILED, print_json_or};
 use ugc_pipe::runtime::DeviceChoice;
 
-/// The configured architecture; `input_nc` comes from the input shape when known.
+/// The configured architecture; `input_nc` comes from the input shape when known (and
+/// must then agree with `--input-nc` / `--label-nc`).
 pub fn arch_config(a: &ArchArgs, input_nc: Option<i64>) -> Result<ArchConfig, CliError> {
     let arch: Arch = a.arch.parse().map_err(CliError::usage)?;
     let mut cfg = ArchConfig::new(arch);
@@ -27,19 +28,62 @@ pub fn arch_config(a: &ArchArgs, input_nc: Option<i64>) -> Result<ArchConfig, Cl
     if let Some(v) = a.output_nc {
         cfg.output_nc = v;
     }
-    if let Some(v) = input_nc {
-        cfg.input_nc = v;
-    }
     if let Some(u) = &a.upsampling {
         cfg.upsampling = match u.as_str() {
             "more" => Upsampling::More,
             "normal" => Upsampling::Normal,
+            "most" => Upsampling::Most,
             other => {
                 return Err(CliError::usage(format!(
-                    "--upsampling {other}: expected `more` or `normal`"
+                    "--upsampling {other}: expected `more`, `normal` or `most`"
                 )));
             }
         };
+    }
+    if let Some(n) = &a.norm {
+        if arch == Arch::Gaugan {
+            return Err(CliError::usage(format!(
+                "--norm {n}: gaugan's normalisation is --norm-g (SPADE's --norm_G)"
+            )));
+        }
+        cfg.norm = match n.as_str() {
+            "instance" => NormKind::Instance,
+            "batch" => NormKind::Batch,
+            "none" => NormKind::None,
+            other => {
+                return Err(CliError::usage(format!(
+                    "--norm {other}: expected `instance`, `batch` or `none`"
+                )));
+            }
+        };
+    }
+    if let Some(n) = &a.norm_g {
+        cfg.norm_g = n
+            .parse::<NormG>()
+            .map_err(|e| CliError::usage(format!("--norm-g: {e}")))?;
+    }
+    cfg.use_dropout = a.dropout;
+    if let Some(r) = a.dropout_rate {
+        cfg.dropout_rate = r;
+    }
+    cfg.label_nc = a.label_nc;
+    cfg.contain_dontcare_label = a.contain_dontcare_label;
+    cfg.no_instance = a.no_instance;
+    let label_nc = cfg.label_input_nc().map_err(CliError::usage)?;
+    // One source of the input channels, or several that agree.
+    let sources = [
+        ("--input-nc", a.input_nc),
+        ("--label-nc", label_nc),
+        ("--input's channels", input_nc),
+    ];
+    let mut given = sources.iter().filter_map(|(n, v)| v.map(|v| (*n, v)));
+    if let Some((first, v)) = given.next() {
+        if let Some((other, w)) = given.find(|(_, w)| *w != v) {
+            return Err(CliError::usage(format!(
+                "{first} gives {v} input channels but {other} gives {w}"
+            )));
+        }
+        cfg.input_nc = v;
     }
     cfg.validate().map_err(CliError::usage)?;
     Ok(cfg)
@@ -96,6 +140,10 @@ pub struct InferArgs<'a> {
     pub input: &'a Path,
     pub output: &'a Path,
     pub load_size: Option<u32>,
+    /// `--instance`: the instance map of a label-map input.
+    pub instance: Option<PathBuf>,
+    /// `--train-mode` (pix2pix test.py without --eval); eval otherwise.
+    pub train_mode: bool,
     pub device: DeviceChoice,
     pub json: bool,
 }
@@ -104,8 +152,22 @@ pub fn infer(a: InferArgs<'_>) -> CliResult {
     let cfg = arch_config(a.arch, None)?;
     let sub = subnet(a.arch)?;
     let dev = device(a.device)?;
+    if let Some(p) = &a.instance
+        && !p.is_file()
+    {
+        return Err(CliError::usage(format!(
+            "--instance {}: no such file",
+            p.display()
+        )));
+    }
     let opts = ugc_nn::infer::InferOptions {
         load_size: a.load_size,
+        instance: a.instance,
+        mode: if a.train_mode {
+            Mode::Train
+        } else {
+            Mode::Eval
+        },
     };
     let report =
         ugc_nn::infer::infer_image(&cfg, sub.as_ref(), a.weights, a.input, a.output, dev, &opts)
@@ -124,8 +186,9 @@ pub fn infer(a: InferArgs<'_>) -> CliResult {
     Ok(0)
 }
 
-/// Checks an official (converted) checkpoint against an architecture and, with `out`,
-/// writes it as a model directory. GauGAN checkpoints with spectral norm are folded first.
+/// Checks an official checkpoint against an architecture and, with `out`, writes it as a
+/// model directory. GauGAN checkpoints with spectral norm (a spectral `--norm-g`, the
+/// default) are folded first.
 pub fn import(a: &ArchArgs, weights: &Path, out: Option<&PathBuf>, json: bool) -> CliResult {
     let cfg = arch_config(a, None)?;
     if !weights.exists() {
@@ -134,17 +197,9 @@ pub fn import(a: &ArchArgs, weights: &Path, out: Option<&PathBuf>, json: bool) -
             weights.display()
         )));
     }
-    let tmp = tempfile::tempdir().map_err(CliError::failed)?;
-    let mut file = weights.to_path_buf();
-    let mut folded = Vec::new();
-    if cfg.arch == Arch::Gaugan {
-        let dst = tmp.path().join("folded.safetensors");
-        folded = ugc_nn::spade::fold_spectral_norm_file(weights, &dst).map_err(CliError::usage)?;
-        if !folded.is_empty() {
-            file = dst;
-        }
-    }
-    let report = ugc_nn::export::check_weights(&cfg, &file).map_err(CliError::usage)?;
+    let (tensors, folded) =
+        ugc_nn::export::read_checkpoint(&cfg, weights).map_err(CliError::usage)?;
+    let report = ugc_nn::export::check_tensors(&cfg, &tensors).map_err(CliError::usage)?;
     if json {
         println!(
             "{}",
@@ -160,8 +215,8 @@ pub fn import(a: &ArchArgs, weights: &Path, out: Option<&PathBuf>, json: bool) -
         return Ok(EXIT_FAILED);
     }
     if let Some(out) = out {
-        let loaded =
-            ugc_nn::export::load_weights(&cfg, &file, tch::Device::Cpu).map_err(CliError::usage)?;
+        let loaded = ugc_nn::export::load_tensors(&cfg, &tensors, weights, tch::Device::Cpu)
+            .map_err(CliError::usage)?;
         let full = loaded.generator.search_space().largest();
         let meta = ugc_nn::export::export_subnet(loaded.generator.as_ref(), &full, out)
             .map_err(CliError::failed)?;
