@@ -6,6 +6,7 @@ mod common;
 mod cuda;
 mod data_parallel;
 mod engine_cli;
+mod metrics_cli;
 mod live;
 mod model_cli;
 mod paper_pipelines;

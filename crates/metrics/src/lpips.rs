@@ -141,13 +141,19 @@ fn canonical_name(backbone: LpipsBackbone, name: &str) -> Option<String> {
     if name.starts_with("classifier.") {
         return None;
     }
-    // NetLinLayer without dropout puts its conv at index 0; with it (the default), at 1.
+    // The package's state dict holds each lin twice: `linK` and the `lins.K` ModuleList
+    // alias. NetLinLayer without dropout puts its conv at index 0; with it (the default),
+    // at 1.
+    let name = match name.strip_prefix("lins.") {
+        Some(rest) => format!("lin{rest}"),
+        None => name.to_string(),
+    };
     for k in 0..5 {
         if name == format!("lin{k}.model.0.weight") {
             return Some(format!("lin{k}.model.1.weight"));
         }
     }
-    Some(name.to_string())
+    Some(name)
 }
 
 impl Lpips {
@@ -212,11 +218,15 @@ impl Lpips {
                 let Some(canon) = canonical_name(backbone, name) else {
                     continue;
                 };
-                if merged.contains_key(&canon) {
+                if let Some(prev) = merged.get(&canon) {
+                    // The same tensor under its alias (`lins.K` for `linK`) is no conflict.
+                    if prev.size() == t.size() && prev.equal(t) {
+                        continue;
+                    }
                     return Err(MetricsError::WeightsFile {
                         path: path.clone(),
                         arch: arch.into(),
-                        reason: format!("`{canon}` is given twice (in both files)"),
+                        reason: format!("`{canon}` is given twice with different values"),
                     });
                 }
                 merged.insert(canon, t.shallow_clone());
