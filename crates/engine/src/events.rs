@@ -225,7 +225,7 @@ mod tests {
             step: 40,
             total: 120,
             losses: vec![
-                ("d".into(), 0.6931),
+                ("d".into(), 0.7031),
                 ("g_l1".into(), 12.5),
                 ("lr".into(), 2e-4),
             ],
@@ -250,7 +250,7 @@ mod tests {
         assert!(matches!(&evs[1], StageEvent::Message { text } if text.starts_with("resuming")));
         assert_eq!(
             status().summary(2),
-            "step 40/120 · d 0.6931 g_l1 12.50 … · 9.374 steps/s · eta 8s"
+            "step 40/120 · d 0.7031 g_l1 12.50 … · 9.374 steps/s · eta 8s"
         );
         assert_eq!(TrainStatus::from_message("step 3"), None);
     }
