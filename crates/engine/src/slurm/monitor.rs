@@ -414,7 +414,8 @@ impl<'a> Monitor<'a> {
     /// the last status Slurm gave.
     pub fn settle_now(&mut self) {
         for (id, (key, _)) in std::mem::take(&mut self.settling) {
-            self.settled.push((id, key, self.statuses.get(&id).cloned()));
+            self.settled
+                .push((id, key, self.statuses.get(&id).cloned()));
         }
     }
 
@@ -809,7 +810,8 @@ mod tests {
         w.clock.advance(61);
         m.poll();
         let settled = m.take_settled();
-        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::Running);        // the run is over: whatever still settles is settled with what Slurm last said
+        assert_eq!(settled[0].2.as_ref().unwrap().state, JobState::Running);
+        // The run is over: whatever still settles is settled with what Slurm last said.
         m.track("k4", 4, 1);
         set(&w, 4, JobState::Running);
         m.poll();
