@@ -439,19 +439,19 @@ impl ArchConfig {
                 "only gaugan has upsampling schedules",
             ));
         }
-        if let Some(want) = self.label_input_nc()? {
-            if want != self.input_nc {
-                return Err(ArchError::config(
-                    "input_nc",
-                    self.input_nc,
-                    format!(
-                        "label_nc {} + contain_dontcare_label {} + instance edges {} make {want} input channels",
-                        self.label_nc.unwrap_or_default(),
-                        u8::from(self.contain_dontcare_label),
-                        u8::from(!self.no_instance),
-                    ),
-                ));
-            }
+        if let Some(want) = self.label_input_nc()?
+            && want != self.input_nc
+        {
+            return Err(ArchError::config(
+                "input_nc",
+                self.input_nc,
+                format!(
+                    "label_nc {} + contain_dontcare_label {} + instance edges {} make {want} input channels",
+                    self.label_nc.unwrap_or_default(),
+                    u8::from(self.contain_dontcare_label),
+                    u8::from(!self.no_instance),
+                ),
+            ));
         }
         if self.space.width_ratios.is_empty()
             || self

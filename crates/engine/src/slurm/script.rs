@@ -193,6 +193,9 @@ pub fn render(job: &StageJob, settings: &SlurmSettings) -> Result<String, Script
     if let Some(m) = job.request.mem {
         d.push(format!("--mem={}M", m.0));
     }
+    if job.request.exclusive {
+        d.push("--exclusive".into());
+    }
     d.extend(settings.sbatch_args.iter().cloned());
 
     let mut s = String::from("#!/bin/bash\n");
@@ -453,6 +456,21 @@ mod tests {
             render(&j, &SlurmSettings::default()),
             Err(ScriptError::BadKey(_))
         ));
+    }
+
+    #[test]
+    fn an_exclusive_stage_asks_for_its_node_alone() {
+        let plain = StageRequest::default();
+        let alone = StageRequest {
+            exclusive: true,
+            ..StageRequest::default()
+        };
+        let has = |req: &StageRequest| {
+            let text = render(&job(req, false), &SlurmSettings::default()).unwrap();
+            directives(&text).contains(&"--exclusive")
+        };
+        assert!(has(&alone));
+        assert!(!has(&plain));
     }
 
     #[test]

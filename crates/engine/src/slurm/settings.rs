@@ -166,6 +166,9 @@ pub struct StageRequest {
     pub time: Option<TimeLimit>,
     /// The stage's partition; the executor's `partition` when unset.
     pub partition: Option<String>,
+    /// The stage needs its node(s) alone (`resources.exclusive`, e.g. a latency
+    /// measurement): `--exclusive`, so no other job shares them.
+    pub exclusive: bool,
 }
 
 impl Default for StageRequest {
@@ -176,6 +179,7 @@ impl Default for StageRequest {
             mem: None,
             time: None,
             partition: None,
+            exclusive: false,
         }
     }
 }
@@ -208,6 +212,7 @@ impl StageRequest {
                 .transpose()
                 .map_err(|m| ("time", m))?,
             partition,
+            exclusive: false,
         })
     }
 }

@@ -258,14 +258,16 @@ pub(crate) fn parse(
 impl Resources {
     /// What the stage asks of Slurm (the fields were checked when they were set).
     pub fn slurm_request(&self) -> crate::slurm::settings::StageRequest {
-        crate::slurm::settings::StageRequest::parse(
+        let mut r = crate::slurm::settings::StageRequest::parse(
             u32::try_from(self.devices).unwrap_or(u32::MAX),
             self.cpus,
             self.mem.as_deref(),
             self.time.as_deref(),
             self.partition.as_deref(),
         )
-        .expect("resources are checked when set")
+        .expect("resources are checked when set");
+        r.exclusive = self.exclusive == Some(true);
+        r
     }
 }
 
