@@ -19,6 +19,9 @@ use crate::generator::{Generator, build_generator};
 use crate::pth::{self, WeightsFormat};
 use crate::subnet::SubnetConfig;
 
+/// Named tensors, as a weights file holds them.
+pub type Tensors = Vec<(String, Tensor)>;
+
 pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const META_FILE: &str = "model.json";
 const FORMAT: &str = "ugc-nn-model";
@@ -200,10 +203,7 @@ fn compare(want: &BTreeMap<String, Vec<i64>>, have: &BTreeMap<String, Vec<i64>>)
 /// into its eval-mode `weight` ([`crate::spade::fold_spectral_norm`]), as SPADE's
 /// `latest_net_G.pth` comes. Returns the folded layer prefixes too (empty when none).
 /// A non-spectral `norm_g` folds nothing, so such a file's triples stay unexpected.
-pub fn read_checkpoint(
-    cfg: &ArchConfig,
-    file: &Path,
-) -> Result<(Vec<(String, Tensor)>, Vec<String>), NnError> {
+pub fn read_checkpoint(cfg: &ArchConfig, file: &Path) -> Result<(Tensors, Vec<String>), NnError> {
     let mut tensors = read_weights(file)?;
     let folded = if cfg.arch == Arch::Gaugan && cfg.norm_g.spectral() {
         crate::spade::fold_spectral_norm(&mut tensors).map_err(|e| match e {

@@ -30,7 +30,7 @@ use crate::elastic::leaky_relu;
 use crate::elastic::{ConvOpts, ElasticBatchNorm2d, ElasticConv2d, Mode, push_named};
 use crate::error::NnError;
 use crate::generator::{Generator, check_batch};
-use crate::spade::{BlockWidths, SpadeResBlock, block_cost, resize_nearest, up2};
+use crate::spade::{BlockWidths, SpadeOpts, SpadeResBlock, block_cost, resize_nearest, up2};
 use crate::subnet::{BlockChoice, SearchSpace, SubnetConfig};
 
 /// SPADE's hidden width in the official model (`nhidden = 128` in `SPADE.__init__`).
@@ -285,9 +285,13 @@ impl Gaugan {
         };
         let t = layout.trunk;
         let fc = ElasticConv2d::new(&(p / "fc"), label, t, 3, pad1);
-        let inst = cfg.norm_g.instance();
+        let opts = |nhidden| SpadeOpts {
+            label_nc: label,
+            nhidden,
+            instance: cfg.norm_g.instance(),
+        };
         let same = |name: String, f: Full| {
-            SpadeResBlock::new(&(p / name), t, f.middle, t, false, label, f.hidden, inst)
+            SpadeResBlock::new(&(p / name), t, f.middle, t, false, opts(f.hidden))
         };
         let head = same("head_0".into(), layout.head);
         let middles = layout
@@ -305,9 +309,7 @@ impl Gaugan {
                 f.middle,
                 f.out,
                 true,
-                label,
-                f.hidden,
-                inst,
+                opts(f.hidden),
             ));
             ch = f.out;
         }

@@ -158,6 +158,15 @@ pub struct BlockWidths {
     pub hidden: i64,
 }
 
+/// What every SPADE layer of a block shares: the segmentation map's channels, the hidden
+/// width and the parameter-free norm (instance when `instance`, else batch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpadeOpts {
+    pub label_nc: i64,
+    pub nhidden: i64,
+    pub instance: bool,
+}
+
 /// `SPADEResnetBlock(fin, fout)`: `x_s + conv_1(act(norm_1(conv_0(act(norm_0(x))))))`, with
 /// a learned 1x1 shortcut `conv_s(norm_s(x))` when `fin != fout`.
 #[derive(Debug)]
@@ -185,10 +194,13 @@ impl SpadeResBlock {
         fmiddle: i64,
         fout: i64,
         learned: bool,
-        label_nc: i64,
-        nhidden: i64,
-        instance: bool,
+        spade: SpadeOpts,
     ) -> Self {
+        let SpadeOpts {
+            label_nc,
+            nhidden,
+            instance,
+        } = spade;
         let conv_s = learned.then(|| {
             ElasticConv2d::new(
                 &(p / "conv_s"),
