@@ -106,7 +106,7 @@ fn write_aligned(root: &Path, seed: u64) {
                     let edge = [(-1.0, 0.0), (1.0, 0.0), (0.0, -1.0), (0.0, 1.0)]
                         .iter()
                         .any(|(dx, dy)| !inside(fx + dx, fy + dy))
-                        || (sole && !(fy - 1.0 > cy + 0.6 * ry));
+                        || (sole && fy - 1.0 <= cy + 0.6 * ry);
                     if edge {
                         ab.put_pixel(x, y, Rgb([0, 0, 0]));
                     }

@@ -131,7 +131,7 @@ impl<'a> Live<'a> {
 
     /// Whether step `done` gets a status line (its losses must be read first).
     pub(crate) fn line_due(&self, done: u64) -> bool {
-        done % self.status_every == 0 || done == self.total
+        done.is_multiple_of(self.status_every) || done == self.total
     }
 
     /// Rows just read to the host: their scalars every `tensorboard_every` steps (and the

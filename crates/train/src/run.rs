@@ -302,6 +302,9 @@ fn share_start(dist: &Dist, code: i64) -> Result<i64, TrainError> {
 
 /// Reads the pending steps' device values to the host in one transfer, refuses a
 /// non-finite loss (naming its step), and appends the rows to the log (rank 0's `log`).
+/// Logged values by completed step: (step, [(name, value)]).
+type StepRows = Vec<(u64, Vec<(String, f64)>)>;
+
 /// Returns the rows read, by completed step.
 /// With ranks, the device values are summed over ranks first (one all-reduce) and divided
 /// by the world size: each rank logs its shard's share ([`LogValue`]), so every rank reads
@@ -311,7 +314,7 @@ fn read_pending(
     pending: &mut Vec<(u64, StepLog)>,
     mut log: Option<&mut CsvLog>,
     last: &mut Vec<(String, f64)>,
-) -> Result<Vec<(u64, Vec<(String, f64)>)>, TrainError> {
+) -> Result<StepRows, TrainError> {
     let on_device: Vec<&Tensor> = pending
         .iter()
         .flat_map(|(_, row)| row.iter())
