@@ -138,8 +138,9 @@ fn latency_note(members: &[&EvalRecord]) -> Option<String> {
         .collect();
     (!ways.is_empty()).then(|| {
         format!(
-            "Latency: batch 1 at the evaluated size, measured by each evaluate stage on {} \
-             (possibly while other stages ran).",
+            "Latency: batch 1 at the evaluated size, measured by each evaluate stage on {}, \
+             with no other stage running (an evaluate stage that times latency runs alone \
+             unless its `resources.exclusive` is false).",
             ways.into_iter().collect::<Vec<_>>().join("; ")
         )
     })
