@@ -58,33 +58,7 @@ impl ConfusionMatrix {
     /// Adds one image (flattened label maps of equal length). The error is a reason
     /// without the file name; callers add it.
     pub fn update(&mut self, pred: &[u32], gt: &[u32]) -> std::result::Result<(), String> {
-        if pred.len() != gt.len() {
-            return Err(format!(
-                "prediction has {} pixels, ground truth {}",
-                pred.len(),
-                gt.len()
-            ));
-        }
-        let n = self.num_classes;
-        for (i, (&p, &g)) in pred.iter().zip(gt).enumerate() {
-            if Some(g) == self.ignore {
-                self.ignored_pixels += 1;
-                continue;
-            }
-            if g as usize >= n {
-                return Err(format!(
-                    "ground-truth value {g} at pixel {i} is neither a class (< {n}) nor the ignore index {}",
-                    self.ignore.map_or("(none)".to_string(), |v| v.to_string())
-                ));
-            }
-            if p as usize >= n {
-                return Err(format!(
-                    "predicted value {p} at pixel {i} is not a class (< {n})"
-                ));
-            }
-            self.counts[g as usize * n + p as usize] += 1;
-        }
-        Ok(())
+        self.add(pred, gt, None)
     }
 
     /// Like [`ConfusionMatrix::update`], but a prediction equal to `void` is a miss of the
@@ -94,6 +68,15 @@ impl ConfusionMatrix {
         pred: &[u32],
         gt: &[u32],
         void: u32,
+    ) -> std::result::Result<(), String> {
+        self.add(pred, gt, Some(void))
+    }
+
+    fn add(
+        &mut self,
+        pred: &[u32],
+        gt: &[u32],
+        void: Option<u32>,
     ) -> std::result::Result<(), String> {
         if pred.len() != gt.len() {
             return Err(format!(
@@ -114,7 +97,7 @@ impl ConfusionMatrix {
                     self.ignore.map_or("(none)".to_string(), |v| v.to_string())
                 ));
             }
-            if p == void {
+            if Some(p) == void {
                 self.missed[g as usize] += 1;
                 continue;
             }
