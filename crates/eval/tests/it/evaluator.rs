@@ -10,9 +10,9 @@ use crate::common::*;
 #[test]
 fn schemas_parse_and_document_every_parameter() {
     let _rng = ugc_engine::testing::torch_rng();
-    // evaluator 2: its output gained log.csv (the shared training loop); export 2: its
-    // check compares in float64.
-    for (k, version) in [("evaluator", 2), ("evaluate", 1), ("export", 2)] {
+    // evaluator 2: its output gained log.csv (the shared training loop); evaluator 3: it
+    // trains with `torch_threads` (default 1); export 2: its check compares in float64.
+    for (k, version) in [("evaluator", 3), ("evaluate", 1), ("export", 2)] {
         let s = schema(k);
         assert_eq!(s.kind, k);
         assert_eq!(s.version, version, "{k}");
