@@ -214,8 +214,14 @@ fn print_file(path: &Path, follow: bool, done: &dyn Fn() -> bool) -> Result<(), 
     let io = |e: std::io::Error| CliError::failed(format!("{}: {e}", path.display()));
     let mut out = std::io::stdout().lock();
     let mut offset = 0u64;
+    // Polls since the stage was seen to end: the process records its execution a moment
+    // before it logs its outcome, so one more poll reads its last lines.
+    let mut after_end = 0;
     loop {
-        let finished = follow && done();
+        if follow && (after_end > 0 || done()) {
+            after_end += 1;
+        }
+        let finished = after_end > 1;
         match std::fs::File::open(path) {
             Ok(mut f) => {
                 let len = f.metadata().map_err(io)?.len();
