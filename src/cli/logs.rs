@@ -14,6 +14,7 @@ use ugc_engine::graph::Dag;
 use ugc_engine::registry::Registry;
 use ugc_engine::spec::{LoadOptions, load_pipeline};
 
+use super::names::one_node;
 use super::{CliError, CliResult, PipelineArgs};
 
 /// How often `-f` looks for new bytes and for the stage's end.
@@ -89,74 +90,6 @@ pub fn logs(p: &PipelineArgs, stage: &str, follow: bool, csv: bool) -> CliResult
     };
     print_file(&path, follow, &done)?;
     Ok(0)
-}
-
-/// The single node `name` names: a node id, or a stage with one node. Unknown names get
-/// the closest names of the pipeline; a stage of several nodes lists them.
-fn one_node(dag: &Dag, name: &str, pipeline: &Path) -> Result<String, CliError> {
-    let found = dag.find(name);
-    match found.as_slice() {
-        [one] => Ok(dag.node(*one).id.clone()),
-        [] => {
-            let mut names: Vec<String> = dag
-                .nodes()
-                .flat_map(|(_, n)| [n.id.clone(), n.stage.clone()])
-                .collect();
-            names.sort();
-            names.dedup();
-            let close = did_you_mean(name, &names);
-            let hint = if close.is_empty() {
-                format!("its stages and nodes: {}", names.join(", "))
-            } else {
-                format!("did you mean {}?", close.join(" or "))
-            };
-            Err(CliError::usage(format!(
-                "no stage or node `{name}` in {}; {hint}",
-                pipeline.display()
-            )))
-        }
-        many => {
-            let ids: Vec<&str> = many.iter().map(|i| dag.node(*i).id.as_str()).collect();
-            Err(CliError::usage(format!(
-                "stage `{name}` has {} nodes; name one: {}",
-                ids.len(),
-                ids.join(", ")
-            )))
-        }
-    }
-}
-
-/// The names within a small edit distance of `name` (a third of its length, at least 2),
-/// closest first, in backticks.
-fn did_you_mean(name: &str, names: &[String]) -> Vec<String> {
-    let limit = (name.chars().count() / 3).max(2);
-    let mut close: Vec<(usize, &String)> = names
-        .iter()
-        .map(|n| (edit_distance(name, n), n))
-        .filter(|(d, _)| *d <= limit)
-        .collect();
-    close.sort();
-    close.into_iter().map(|(_, n)| format!("`{n}`")).collect()
-}
-
-/// Levenshtein distance over chars.
-fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let up = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                diag
-            } else {
-                1 + diag.min(up).min(row[j])
-            };
-            diag = up;
-        }
-    }
-    row[b.len()]
 }
 
 /// A node id as the head names its log file (the rule of `cache/logs/` and
@@ -251,14 +184,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn close_names_are_suggested_closest_first() {
-        let names: Vec<String> = ["supernet", "search", "distill", "split"]
-            .map(String::from)
-            .to_vec();
-        assert_eq!(did_you_mean("supernt", &names), ["`supernet`"]);
-        assert_eq!(did_you_mean("splt", &names), ["`split`"]);
-        assert!(did_you_mean("zzzzzz", &names).is_empty());
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+    fn node_ids_become_file_names() {
         assert_eq!(ugc_name("distill[r=0.5]"), "distill_r=0.5_");
     }
 }

@@ -6,6 +6,7 @@ pub mod args;
 pub mod forward;
 mod logs;
 pub mod metrics;
+mod names;
 mod pipeline;
 pub mod store;
 
