@@ -27,7 +27,7 @@ use crate::cache::{CacheKey, KeyMaterial, now_unix_ms};
 use crate::lock::{pid_alive, this_host};
 
 /// The schema this code writes. Older databases are migrated on open; newer ones refused.
-pub const REGISTRY_SCHEMA_VERSION: i64 = 5;
+pub const REGISTRY_SCHEMA_VERSION: i64 = 6;
 
 /// Statuses a run can end with.
 pub const RUN_STATUSES: [&str; 3] = ["ok", "failed", "interrupted"];
@@ -100,6 +100,105 @@ pub struct RunRow {
     /// [`DEAD_RUN_STATUS`] when read while `running` though its head is gone.
     pub status: String,
     pub host: String,
+    /// How the run was asked for: its `--set` overrides and executor.
+    #[serde(flatten)]
+    pub settings: RunSettings,
+}
+
+/// One `K=V` flag of a run, split at its first `=`: the key trimmed (as `--set` applies
+/// it), the value as written (YAML text: `3`, `true`, `[1, 2]`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Override {
+    pub key: String,
+    pub value: String,
+}
+
+impl Override {
+    /// Splits `K=V`; a flag without `=` (refused by `run` before a run is recorded) is a
+    /// key with an empty value.
+    pub fn parse(flag: &str) -> Override {
+        let (key, value) = flag.split_once('=').unwrap_or((flag, ""));
+        Override {
+            key: key.trim().to_string(),
+            value: value.to_string(),
+        }
+    }
+}
+
+/// Where a run's [`RunSettings`] were read from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SettingsSource {
+    /// Recorded structured by the head at [`Registry::begin_run_with`] (schema 6 on).
+    #[default]
+    Recorded,
+    /// Parsed back from the run's `argv` ([`RunSettings::from_argv`]): runs recorded
+    /// before schema 6.
+    Argv,
+}
+
+/// What a run was asked to change: the `--set` overrides in command-line order (the last
+/// of a repeated key wins, as when they were applied), the executor and its settings.
+/// `ugc-pipe exp show` and `runs` show these.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct RunSettings {
+    /// `--set K=V`, in order.
+    pub overrides: Vec<Override>,
+    /// `local` or `slurm`.
+    pub executor: String,
+    /// `--profile FILE`, as given.
+    pub profile: Option<String>,
+    /// `--executor-set K=V`, in order.
+    pub executor_overrides: Vec<Override>,
+    pub settings_source: SettingsSource,
+}
+
+impl RunSettings {
+    /// The settings of a `ugc-pipe run` command line, read back the way clap parses it
+    /// (`--set K=V` or `--set=K=V`, likewise `--executor-set`, `--executor`, `--profile`;
+    /// nothing after `--`). For runs recorded before the registry stored them (schema 5
+    /// and older), and for callers of [`Registry::begin_run`] that give argv alone.
+    pub fn from_argv(argv: &[String]) -> RunSettings {
+        let mut s = RunSettings {
+            executor: "local".into(),
+            settings_source: SettingsSource::Argv,
+            ..RunSettings::default()
+        };
+        let mut args = argv.iter().skip(1);
+        while let Some(arg) = args.next() {
+            if arg == "--" {
+                break;
+            }
+            let (name, inline) = match arg.split_once('=') {
+                Some((n, v)) if n.starts_with("--") => (n, Some(v.to_string())),
+                _ => (arg.as_str(), None),
+            };
+            if !matches!(
+                name,
+                "--set" | "--executor-set" | "--executor" | "--profile"
+            ) {
+                continue;
+            }
+            let Some(value) = inline.or_else(|| args.next().cloned()) else {
+                break;
+            };
+            match name {
+                "--set" => s.overrides.push(Override::parse(&value)),
+                "--executor-set" => s.executor_overrides.push(Override::parse(&value)),
+                "--executor" => s.executor = value,
+                _ => s.profile = Some(value),
+            }
+        }
+        s
+    }
+
+    /// The overrides as one map, the last of a repeated key winning.
+    pub fn override_map(&self) -> BTreeMap<String, String> {
+        self.overrides
+            .iter()
+            .map(|o| (o.key.clone(), o.value.clone()))
+            .collect()
+    }
 }
 
 /// One stage execution (or cache hit) inside a run.
@@ -230,7 +329,7 @@ fn check_status(field: &'static str, value: &str, allowed: &[&str]) -> Result<()
 }
 
 /// Migrations, in order; entry `i` brings the schema from version `i` to `i + 1`.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "
     CREATE TABLE runs (
         id INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -309,6 +408,22 @@ const MIGRATIONS: [&str; 5] = [
     );
     CREATE INDEX slurm_jobs_run ON slurm_jobs(run_id);
     CREATE INDEX slurm_jobs_node ON slurm_jobs(pipeline, node);
+",
+    "
+    -- How each run was asked for, structured (RunSettings). `executor` NULL: the run was
+    -- recorded before version 6, and its settings are read back from `argv`.
+    ALTER TABLE runs ADD COLUMN executor TEXT;
+    ALTER TABLE runs ADD COLUMN profile TEXT;
+    -- Its `--set` (flag 'set') and `--executor-set` (flag 'executor-set') flags, in order.
+    CREATE TABLE run_overrides (
+        run_id INTEGER NOT NULL REFERENCES runs(id),
+        seq INTEGER NOT NULL,
+        flag TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (run_id, seq)
+    );
+    CREATE INDEX run_overrides_key ON run_overrides(key);
 ",
 ];
 
@@ -634,27 +749,111 @@ impl Registry {
         }
     }
 
-    /// Records the start of a run by this process (its head); returns its id.
+    /// Records the start of a run by this process (its head); returns its id. Its
+    /// settings are read from `argv` ([`RunSettings::from_argv`]); the head, which has
+    /// them parsed, calls [`Self::begin_run_with`].
     pub fn begin_run(&self, pipeline: &str, argv: &[String]) -> Result<i64, RegistryError> {
+        let settings = RunSettings {
+            settings_source: SettingsSource::Recorded,
+            ..RunSettings::from_argv(argv)
+        };
+        self.begin_run_with(pipeline, argv, &settings)
+    }
+
+    /// Records the start of a run by this process (its head) with its settings, in one
+    /// transaction; returns its id.
+    pub fn begin_run_with(
+        &self,
+        pipeline: &str,
+        argv: &[String],
+        settings: &RunSettings,
+    ) -> Result<i64, RegistryError> {
         self.head_only("begin_run")?;
         let argv = serde_json::to_string(argv).expect("strings serialize");
         let head = ProcessIdentity::current();
         let identity = serde_json::to_string(&head).expect("identity serializes");
-        let conn = self.conn();
-        conn.execute(
-            "INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid, head)
-             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6)",
+        let mut conn = self.conn();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(|e| self.db(e))?;
+        tx.execute(
+            "INSERT INTO runs (pipeline, argv, started_unix_ms, status, host, pid, head,
+                 executor, profile)
+             VALUES (?1, ?2, ?3, 'running', ?4, ?5, ?6, ?7, ?8)",
             params![
                 pipeline,
                 argv,
                 int("started_unix_ms", now_unix_ms())?,
                 this_host(),
                 head.pid,
-                identity
+                identity,
+                settings.executor,
+                settings.profile,
             ],
         )
         .map_err(|e| self.db(e))?;
-        Ok(conn.last_insert_rowid())
+        let id = tx.last_insert_rowid();
+        let flags = (settings.overrides.iter().map(|o| ("set", o))).chain(
+            settings
+                .executor_overrides
+                .iter()
+                .map(|o| ("executor-set", o)),
+        );
+        for (seq, (flag, o)) in flags.enumerate() {
+            tx.execute(
+                "INSERT INTO run_overrides (run_id, seq, flag, key, value)
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![id, seq as i64, flag, o.key, o.value],
+            )
+            .map_err(|e| self.db(e))?;
+        }
+        tx.commit().map_err(|e| self.db(e))?;
+        Ok(id)
+    }
+
+    /// The settings of run `run_id` as recorded; for a run recorded before schema 6 (no
+    /// `executor`), parsed from its argv. `None` when there is no such run.
+    pub fn run_settings(&self, run_id: i64) -> Result<Option<RunSettings>, RegistryError> {
+        let conn = self.conn();
+        let row: Option<(String, Option<String>, Option<String>)> = conn
+            .query_row(
+                "SELECT argv, executor, profile FROM runs WHERE id = ?1",
+                params![run_id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()
+            .map_err(|e| self.db(e))?;
+        let Some((argv, executor, profile)) = row else {
+            return Ok(None);
+        };
+        let Some(executor) = executor else {
+            // Written by this code as a JSON array; a hand-edited argv reads as no flags.
+            let argv: Vec<String> = serde_json::from_str(&argv).unwrap_or_default();
+            return Ok(Some(RunSettings::from_argv(&argv)));
+        };
+        let mut settings = RunSettings {
+            executor,
+            profile,
+            ..RunSettings::default()
+        };
+        let mut stmt = conn
+            .prepare("SELECT flag, key, value FROM run_overrides WHERE run_id = ?1 ORDER BY seq")
+            .map_err(|e| self.db(e))?;
+        let rows = stmt
+            .query_map(params![run_id], |r| {
+                Ok((r.get::<_, String>(0)?, r.get(1)?, r.get(2)?))
+            })
+            .map_err(|e| self.db(e))?;
+        for row in rows {
+            let (flag, key, value) = row.map_err(|e| self.db(e))?;
+            let o = Override { key, value };
+            if flag == "executor-set" {
+                settings.executor_overrides.push(o);
+            } else {
+                settings.overrides.push(o);
+            }
+        }
+        Ok(Some(settings))
     }
 
     /// Records how a run ended: `ok`, `failed` or `interrupted`.
@@ -961,33 +1160,60 @@ impl Registry {
     /// The latest `limit` runs, newest first. A `running` run whose head is provably gone
     /// reads as [`DEAD_RUN_STATUS`].
     pub fn runs(&self, limit: usize) -> Result<Vec<RunRow>, RegistryError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare(
-                "SELECT id, pipeline, argv, started_unix_ms, ended_unix_ms, status, host, pid, head
-                 FROM runs ORDER BY id DESC LIMIT ?1",
-            )
-            .map_err(|e| self.db(e))?;
-        let here = ProcessIdentity::current();
-        let rows = stmt
-            .query_map(params![i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
-                let mut row = RunRow {
-                    id: r.get(0)?,
-                    pipeline: r.get(1)?,
-                    argv: r.get(2)?,
-                    started_unix_ms: u(r.get(3)?),
-                    ended_unix_ms: r.get::<_, Option<i64>>(4)?.map(u),
-                    status: r.get(5)?,
-                    host: r.get(6)?,
-                };
-                let (pid, head): (i64, Option<String>) = (r.get(7)?, r.get(8)?);
-                if row.status == "running" && head_gone(head.as_deref(), &row.host, pid, &here) {
-                    row.status = DEAD_RUN_STATUS.into();
-                }
+        self.select_runs(
+            "ORDER BY id DESC LIMIT ?1",
+            params![i64::try_from(limit).unwrap_or(i64::MAX)],
+        )
+    }
+
+    /// Every run of `pipeline` (as the head names it: its absolute path), oldest first.
+    pub fn runs_of(&self, pipeline: &str) -> Result<Vec<RunRow>, RegistryError> {
+        self.select_runs("WHERE pipeline = ?1 ORDER BY id", params![pipeline])
+    }
+
+    /// Runs by `tail` (a WHERE/ORDER clause) with their settings.
+    fn select_runs(
+        &self,
+        tail: &str,
+        args: impl rusqlite::Params,
+    ) -> Result<Vec<RunRow>, RegistryError> {
+        let rows: Vec<RunRow> = {
+            let conn = self.conn();
+            let mut stmt = conn
+                .prepare(&format!(
+                    "SELECT id, pipeline, argv, started_unix_ms, ended_unix_ms, status, host, pid, head
+                     FROM runs {tail}"
+                ))
+                .map_err(|e| self.db(e))?;
+            let here = ProcessIdentity::current();
+            let rows = stmt
+                .query_map(args, |r| {
+                    let mut row = RunRow {
+                        id: r.get(0)?,
+                        pipeline: r.get(1)?,
+                        argv: r.get(2)?,
+                        started_unix_ms: u(r.get(3)?),
+                        ended_unix_ms: r.get::<_, Option<i64>>(4)?.map(u),
+                        status: r.get(5)?,
+                        host: r.get(6)?,
+                        settings: RunSettings::default(),
+                    };
+                    let (pid, head): (i64, Option<String>) = (r.get(7)?, r.get(8)?);
+                    if row.status == "running" && head_gone(head.as_deref(), &row.host, pid, &here)
+                    {
+                        row.status = DEAD_RUN_STATUS.into();
+                    }
+                    Ok(row)
+                })
+                .map_err(|e| self.db(e))?;
+            rows.collect::<Result<_, _>>().map_err(|e| self.db(e))?
+        };
+        rows.into_iter()
+            .map(|mut row| {
+                row.settings = self.run_settings(row.id)?.unwrap_or_default();
                 Ok(row)
             })
-            .map_err(|e| self.db(e))?;
-        rows.collect::<Result<_, _>>().map_err(|e| self.db(e))
+            .collect()
     }
 
     /// Whether run `run_id` was ever recorded (`runs --run N` names a missing one).
@@ -1639,6 +1865,186 @@ mod tests {
             .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .unwrap();
         assert_eq!(version, REGISTRY_SCHEMA_VERSION);
+    }
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    fn o(key: &str, value: &str) -> Override {
+        Override {
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    #[test]
+    fn settings_are_read_back_from_argv_as_clap_parses_them() {
+        let argv = strings(&[
+            "/bin/ugc-pipe",
+            "run",
+            "p.yaml",
+            "--set",
+            "train.lr=0.1",
+            "--set=model.ngf=[8, 16]",
+            "--executor=slurm",
+            "--executor-set",
+            "partition=gpu",
+            "--profile",
+            "site.yaml",
+            "--set",
+            " flag_only",
+            "-j",
+            "2",
+            "--",
+            "--set",
+            "after=dashes",
+        ]);
+        let s = RunSettings::from_argv(&argv);
+        assert_eq!(
+            s.overrides,
+            [
+                o("train.lr", "0.1"),
+                o("model.ngf", "[8, 16]"),
+                o("flag_only", "")
+            ]
+        );
+        assert_eq!(s.executor, "slurm");
+        assert_eq!(s.profile.as_deref(), Some("site.yaml"));
+        assert_eq!(s.executor_overrides, [o("partition", "gpu")]);
+        assert_eq!(s.settings_source, SettingsSource::Argv);
+        // A value with `=` keeps it; a trailing flag without its value is dropped.
+        let s = RunSettings::from_argv(&strings(&["x", "run", "--set", "a=b=c", "--set"]));
+        assert_eq!(s.overrides, [o("a", "b=c")]);
+        assert_eq!(s.executor, "local");
+        assert_eq!(
+            RunSettings {
+                overrides: vec![o("a", "1"), o("b", "2"), o("a", "3")],
+                ..RunSettings::default()
+            }
+            .override_map(),
+            BTreeMap::from([("a".into(), "3".into()), ("b".into(), "2".into())]),
+            "the last of a repeated key wins, as when applied"
+        );
+    }
+
+    #[test]
+    fn run_settings_are_recorded_structured_and_listed_with_their_runs() {
+        let dir = tempfile::tempdir().unwrap();
+        let reg = Registry::open(&dir.path().join("r.sqlite")).unwrap();
+        let settings = RunSettings {
+            overrides: vec![o("train.lr", "0.1"), o("steps", "400")],
+            executor: "slurm".into(),
+            profile: Some("site.yaml".into()),
+            executor_overrides: vec![o("partition", "gpu")],
+            settings_source: SettingsSource::Recorded,
+        };
+        // The argv says something else: what the head parsed is what is recorded.
+        let a = reg
+            .begin_run_with(
+                "p.yaml",
+                &strings(&["ugc-pipe", "run", "p.yaml"]),
+                &settings,
+            )
+            .unwrap();
+        let b = reg
+            .begin_run(
+                "q.yaml",
+                &strings(&["ugc-pipe", "run", "q.yaml", "--set", "x=1"]),
+            )
+            .unwrap();
+        let c = reg.begin_run("p.yaml", &[]).unwrap();
+        assert_eq!(reg.run_settings(a).unwrap().as_ref(), Some(&settings));
+        let sb = reg.run_settings(b).unwrap().unwrap();
+        assert_eq!(
+            (
+                sb.overrides.as_slice(),
+                sb.executor.as_str(),
+                sb.settings_source
+            ),
+            (&[o("x", "1")][..], "local", SettingsSource::Recorded)
+        );
+        assert_eq!(reg.run_settings(c + 1).unwrap(), None);
+        // Stored as rows one can query, not as text to parse.
+        let lr: String = reg
+            .conn()
+            .query_row(
+                "SELECT value FROM run_overrides WHERE run_id = ?1 AND key = 'train.lr'",
+                params![a],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(lr, "0.1");
+        let runs = reg.runs(10).unwrap();
+        assert_eq!(runs.iter().map(|r| r.id).collect::<Vec<_>>(), [c, b, a]);
+        assert_eq!(runs[2].settings, settings);
+        let of_p = reg.runs_of("p.yaml").unwrap();
+        assert_eq!(of_p.iter().map(|r| r.id).collect::<Vec<_>>(), [a, c]);
+        assert_eq!(of_p[1].settings.executor, "local");
+        assert!(of_p[1].settings.overrides.is_empty());
+        let json = serde_json::to_value(&runs[2]).unwrap();
+        assert_eq!(
+            json["overrides"],
+            json!([{"key": "train.lr", "value": "0.1"}, {"key": "steps", "value": "400"}])
+        );
+        assert_eq!(json["executor"], "slurm");
+        assert_eq!(json["settings_source"], "recorded");
+    }
+
+    #[test]
+    fn a_schema_5_registry_migrates_to_6_and_reads_old_overrides_from_argv() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("r.sqlite");
+        {
+            let conn = Connection::open(&path).unwrap();
+            for m in &MIGRATIONS[..5] {
+                conn.execute_batch(m).unwrap();
+            }
+            conn.execute_batch(
+                r#"CREATE TABLE schema_version (version INTEGER NOT NULL);
+                 INSERT INTO schema_version (version) VALUES (1), (2), (3), (4), (5);
+                 INSERT INTO runs (pipeline, argv, started_unix_ms, ended_unix_ms, status,
+                     host, pid)
+                     VALUES ('p', '["ugc-pipe","run","p","--set","a.b=2","--executor","slurm"]',
+                         1, 2, 'ok', 'h', 1),
+                         ('p', 'not json', 3, 4, 'ok', 'h', 1);
+                 INSERT INTO executions (run_id, pipeline, node, kind, key, status,
+                     started_unix_ms, ended_unix_ms, duration_ms, host, device)
+                     VALUES (1, 'p', 'a', 'command', 'k', 'executed', 1, 2, 1, 'h', 'cpu');"#,
+            )
+            .unwrap();
+        }
+        let reg = Registry::open(&path).unwrap();
+        let version: i64 = reg
+            .conn()
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, REGISTRY_SCHEMA_VERSION);
+        assert_eq!(reg.executions(1).unwrap().len(), 1, "rows kept");
+        let old = reg.run_settings(1).unwrap().unwrap();
+        assert_eq!(old.overrides, [o("a.b", "2")]);
+        assert_eq!(old.executor, "slurm");
+        assert_eq!(old.settings_source, SettingsSource::Argv);
+        let unreadable = reg.run_settings(2).unwrap().unwrap();
+        assert!(unreadable.overrides.is_empty(), "{unreadable:?}");
+        // New runs beside the old ones are recorded structured.
+        let new = reg
+            .begin_run_with(
+                "p",
+                &[],
+                &RunSettings {
+                    overrides: vec![o("a.b", "3")],
+                    executor: "local".into(),
+                    ..RunSettings::default()
+                },
+            )
+            .unwrap();
+        let runs = reg.runs_of("p").unwrap();
+        assert_eq!(runs.len(), 3);
+        assert_eq!(runs[2].id, new);
+        assert_eq!(runs[2].settings.overrides, [o("a.b", "3")]);
+        assert_eq!(runs[2].settings.settings_source, SettingsSource::Recorded);
+        assert_eq!(runs[0].settings, old);
     }
 
     #[test]
