@@ -328,6 +328,52 @@ impl Dag {
         seen.into_iter().collect()
     }
 
+    /// `targets` and everything upstream of them: what running the targets needs.
+    pub fn with_ancestors(&self, targets: &BTreeSet<NodeIndex>) -> BTreeSet<NodeIndex> {
+        let mut seen = targets.clone();
+        let mut stack: Vec<NodeIndex> = targets.iter().copied().collect();
+        while let Some(n) = stack.pop() {
+            for &d in &self.deps[n.index()] {
+                if seen.insert(d) {
+                    stack.push(d);
+                }
+            }
+        }
+        seen
+    }
+
+    /// The DAG of the nodes in `keep` only, in their creation order, with the edges
+    /// between them (`run P TARGET...`). `keep` must be closed under dependencies (see
+    /// [`Dag::with_ancestors`]) so that every kept node has all of its deps, in their order,
+    /// and plans to the same key as in the whole DAG. Indices are renumbered.
+    ///
+    /// # Panics
+    /// If a kept node's dependency is not kept (a caller bug).
+    pub fn restricted(&self, keep: &BTreeSet<NodeIndex>) -> Dag {
+        let mut graph = DiGraph::new();
+        let mut new_of: HashMap<NodeIndex, NodeIndex> = HashMap::new();
+        for &old in keep {
+            new_of.insert(old, graph.add_node(self.graph[old].clone()));
+        }
+        let mut deps = Vec::with_capacity(keep.len());
+        for &old in keep {
+            let n = new_of[&old];
+            let mine: Vec<NodeIndex> = self.deps[old.index()]
+                .iter()
+                .map(|d| {
+                    *new_of
+                        .get(d)
+                        .expect("restricted(): keep must hold every dependency of its nodes")
+                })
+                .collect();
+            for &d in &mine {
+                graph.add_edge(d, n, ());
+            }
+            deps.push(mine);
+        }
+        Dag { graph, deps }
+    }
+
     pub fn len(&self) -> usize {
         self.graph.node_count()
     }
@@ -438,6 +484,7 @@ fn stage_order(p: &Pipeline, index: &HashMap<&str, usize>) -> Result<Vec<usize>,
                 pos: pos.clone(),
                 stage: s.name.clone(),
                 dep: d.clone(),
+                known: p.stages.iter().map(|t| t.name.clone()).collect(),
             })?;
             indeg[i] += 1;
             users[j].push(i);

@@ -289,3 +289,53 @@ fn a_kind_rule_makes_a_stage_exclusive_unless_its_resources_say_otherwise() {
     assert_eq!(exclusive("d"), None, "a kind without the rule");
     assert_eq!(exclusive("e"), Some(true), "asked for by the stage");
 }
+
+/// `run P distill[...]`: the target and its ancestors, nothing beside or below them.
+#[test]
+fn a_target_keeps_its_ancestors_only_and_plans_them_to_the_same_keys() {
+    let d = dag(ABLATION);
+    let target = d.find("distill[adf=true,label_ratio=0.25]");
+    assert_eq!(target.len(), 1);
+    let keep = d.with_ancestors(&target.iter().copied().collect());
+    let sub = d.restricted(&keep);
+    let sub_ids: Vec<String> = sub.nodes().map(|(_, n)| n.id.clone()).collect();
+    assert_eq!(
+        sub_ids,
+        // Creation order: `prep` was made at the matrix's first point, before this split.
+        [
+            "data",
+            "prep",
+            "split[label_ratio=0.25]",
+            "distill[adf=true,label_ratio=0.25]"
+        ]
+    );
+    // Every kept node has its deps, in the stage's `deps` order.
+    let t = sub.find("distill")[0];
+    assert_eq!(ids(&sub, &sub.deps(t)), ["split[label_ratio=0.25]", "prep"]);
+    assert_eq!(ids(&sub, &sub.topo_order()), sub_ids);
+
+    // Same keys as in the whole DAG: a target reuses what a full run cached.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = crate::cache::Cache::open(dir.path()).unwrap();
+    let kinds = kinds();
+    let keys = crate::plan::KeyBuilder {
+        cache: &cache,
+        kinds: &kinds,
+        env: BTreeMap::new(),
+        device_kind: "cpu".into(),
+    };
+    for (i, n) in sub.nodes() {
+        let whole = d.find(&n.id)[0];
+        assert_eq!(
+            keys.own_material(&sub, i).unwrap(),
+            keys.own_material(&d, whole).unwrap(),
+            "{}",
+            n.id
+        );
+    }
+
+    // A stage name selects all its nodes; their ancestors are shared once.
+    let all_split: BTreeSet<NodeIndex> = d.find("split").into_iter().collect();
+    let sub = d.restricted(&d.with_ancestors(&all_split));
+    assert_eq!(sub.len(), 4, "data and three splits");
+}

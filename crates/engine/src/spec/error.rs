@@ -3,6 +3,8 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use super::suggest::did_you_mean;
+
 /// A position in a pipeline file (1-based line and column). For a `--set` flag the "file"
 /// is the flag itself, so messages still read `where: what`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -57,7 +59,7 @@ pub enum SpecError {
     /// A resource limit (nesting depth, node count, alias expansion) was exceeded.
     #[error("{pos}: refused: {message}")]
     Limit { pos: SourcePos, message: String },
-    #[error("{pos}: unknown key `{key}` in {section} (valid: {})", list(.valid))]
+    #[error("{pos}: unknown key `{key}` in {section}{} (valid: {})", did_you_mean(.key, .valid), list(.valid))]
     UnknownKey {
         pos: SourcePos,
         key: String,
@@ -70,7 +72,7 @@ pub enum SpecError {
         key: String,
         section: String,
     },
-    #[error("{pos}: stage `{stage}` has no parameter `{param}` (valid: {})", list(.valid))]
+    #[error("{pos}: stage `{stage}` has no parameter `{param}`{} (valid: {})", did_you_mean(.param, .valid), list(.valid))]
     UnknownParam {
         pos: SourcePos,
         stage: String,
@@ -97,17 +99,19 @@ pub enum SpecError {
         value: String,
         allowed: Vec<String>,
     },
-    #[error("{pos}: unknown stage kind `{kind}` (known: {})", list(.known))]
+    #[error("{pos}: unknown stage kind `{kind}`{} (known: {})", did_you_mean(.kind, .known), list(.known))]
     UnknownKind {
         pos: SourcePos,
         kind: String,
         known: Vec<String>,
     },
-    #[error("{pos}: stage `{stage}` depends on `{dep}`, which is not a stage of this pipeline")]
+    #[error("{pos}: stage `{stage}` depends on `{dep}`, which is not a stage of this pipeline{}", did_you_mean(.dep, .known))]
     UnknownDep {
         pos: SourcePos,
         stage: String,
         dep: String,
+        /// The pipeline's stage names, for the suggestion.
+        known: Vec<String>,
     },
     #[error("{pos}: duplicate stage name `{name}` (first defined at {first})")]
     DuplicateStage {

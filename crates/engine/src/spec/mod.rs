@@ -10,6 +10,7 @@ mod overrides;
 pub(crate) mod refs;
 pub(crate) mod resolve;
 pub mod resources;
+pub mod suggest;
 #[cfg(test)]
 mod tests;
 #[cfg(test)]
@@ -392,6 +393,7 @@ fn parse_pipeline(
                     pos: pos.clone(),
                     stage: s.name.clone(),
                     dep: dep.clone(),
+                    known: stages.iter().map(|t| t.name.clone()).collect(),
                 });
             }
         }

@@ -10,6 +10,7 @@ use serde_json::{Map, Value};
 
 use super::refs::paths_overlap;
 use super::resolve::describe;
+use super::suggest::did_you_mean;
 use super::{Pipeline, SourcePos, SpecError, yaml};
 use crate::stage::KindRegistry;
 
@@ -80,8 +81,9 @@ pub(crate) fn apply(
                 .ok_or_else(|| err(format!("stage `{first}` has unknown kind `{}`", stage.kind)))?;
             let Some(ps) = schema.params.get(*param) else {
                 return Err(err(format!(
-                    "stage `{first}` (kind {}) has no parameter `{param}` (valid: {})",
+                    "stage `{first}` (kind {}) has no parameter `{param}`{} (valid: {})",
                     stage.kind,
+                    did_you_mean(param, schema.params.keys()),
                     schema.params.keys().cloned().collect::<Vec<_>>().join(", ")
                 )));
             };
@@ -103,11 +105,19 @@ pub(crate) fn apply(
             stage.param_pos.set(&path, pos);
             Ok(())
         }
-        (false, None) => Err(err(format!(
-            "`{first}` is neither a param (params: {}) nor a stage (stages: {})",
-            join(p.params.keys()),
-            join(p.stages.iter().map(|s| &s.name))
-        ))),
+        (false, None) => {
+            let names: Vec<&String> = p
+                .params
+                .keys()
+                .chain(p.stages.iter().map(|s| &s.name))
+                .collect();
+            Err(err(format!(
+                "`{first}` is neither a param (params: {}) nor a stage (stages: {}){}",
+                join(p.params.keys()),
+                join(p.stages.iter().map(|s| &s.name)),
+                did_you_mean(first, names)
+            )))
+        }
     }
 }
 
@@ -187,9 +197,10 @@ fn set_existing(
     for seg in init {
         walked.push('.');
         walked.push_str(seg);
+        let hint = did_you_mean(seg, cur.keys());
         let next = cur
             .get_mut(*seg)
-            .ok_or_else(|| format!("`{walked}` does not exist"))?;
+            .ok_or_else(|| format!("`{walked}` does not exist{hint}"))?;
         let desc = describe(next);
         cur = next
             .as_object_mut()
@@ -197,7 +208,8 @@ fn set_existing(
     }
     if !cur.contains_key(*last) {
         return Err(format!(
-            "`{walked}.{last}` does not exist (keys there: {})",
+            "`{walked}.{last}` does not exist{} (keys there: {})",
+            did_you_mean(last, cur.keys()),
             join(cur.keys())
         ));
     }

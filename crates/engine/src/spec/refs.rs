@@ -96,7 +96,10 @@ pub(crate) fn lookup<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&
     let first = segs.next().unwrap_or_default();
     let mut cur = params.get(first).ok_or_else(|| {
         format!(
-            "params are: {}",
+            "{}params are: {}",
+            super::suggest::suggest(first, params.keys())
+                .first()
+                .map_or(String::new(), |n| format!("did you mean `{n}`? ")),
             if params.is_empty() {
                 "none".to_string()
             } else {
@@ -109,7 +112,10 @@ pub(crate) fn lookup<'a>(params: &'a Map<String, Value>, name: &str) -> Result<&
         cur = match cur {
             Value::Object(m) => m.get(seg).ok_or_else(|| {
                 format!(
-                    "`{walked}` has keys: {}",
+                    "{}`{walked}` has keys: {}",
+                    super::suggest::suggest(seg, m.keys())
+                        .first()
+                        .map_or(String::new(), |n| format!("did you mean `{walked}.{n}`? ")),
                     m.keys().cloned().collect::<Vec<_>>().join(", ")
                 )
             })?,

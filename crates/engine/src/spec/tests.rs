@@ -65,7 +65,7 @@ fn unknown_top_level_key_has_position() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:2:1: unknown key `stagez` in the pipeline (valid: params, matrix, stages, executor)"
+            "{FILE}:2:1: unknown key `stagez` in the pipeline; did you mean `stages`? (valid: params, matrix, stages, executor)"
         )
     );
 }
@@ -85,7 +85,7 @@ fn unknown_stage_key_has_position() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:4:5: unknown key `dep` in stage `data` (valid: kind, deps, params, resources, doc, gather)"
+            "{FILE}:4:5: unknown key `dep` in stage `data`; did you mean `deps` or `doc`? (valid: kind, deps, params, resources, doc, gather)"
         )
     );
 }
@@ -97,7 +97,9 @@ fn unknown_param_lists_the_valid_ones() {
     );
     assert_eq!(
         e,
-        format!("{FILE}:6:7: stage `data` has no parameter `nn` (valid: log_every, n, size, task)")
+        format!(
+            "{FILE}:6:7: stage `data` has no parameter `nn`; did you mean `n`? (valid: log_every, n, size, task)"
+        )
     );
 }
 
@@ -156,7 +158,7 @@ fn unknown_kind_lists_known_kinds() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:3:11: unknown stage kind `synthh` (known: command, dp, ranged, split, synth, timed, train)"
+            "{FILE}:3:11: unknown stage kind `synthh`; did you mean `synth`? (known: command, dp, ranged, split, synth, timed, train)"
         )
     );
 }
@@ -169,7 +171,7 @@ fn missing_dep_has_position() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:5:18: stage `split` depends on `dta`, which is not a stage of this pipeline"
+            "{FILE}:5:18: stage `split` depends on `dta`, which is not a stage of this pipeline; did you mean `data`?"
         )
     );
 }
@@ -353,12 +355,12 @@ fn override_with_unknown_path_names_the_flag() {
     let e = load_with(GOOD, &["model.ngff=1"]).unwrap_err();
     assert_eq!(
         e.to_string(),
-        "--set model.ngff=1: `params.model.ngff` does not exist (keys there: ngf, name)"
+        "--set model.ngff=1: `params.model.ngff` does not exist; did you mean `ngf`? (keys there: ngf, name)"
     );
     let e = load_with(GOOD, &["split.sede=1"]).unwrap_err();
     assert!(
         e.to_string()
-            .starts_with("--set split.sede=1: stage `split` (kind split) has no parameter `sede`"),
+            .starts_with("--set split.sede=1: stage `split` (kind split) has no parameter `sede`; did you mean `seed`?"),
         "{e}"
     );
     let e = load_with(GOOD, &["split=1"]).unwrap_err();
@@ -423,14 +425,18 @@ fn unknown_ref_points_at_the_string() {
     );
     assert_eq!(
         e,
-        format!("{FILE}:6:13: unknown reference `${{tsk}}` (params are: task)")
+        format!(
+            "{FILE}:6:13: unknown reference `${{tsk}}` (did you mean `task`? params are: task)"
+        )
     );
     let e = err(
         "params: {m: {ngf: 8}}\nstages:\n  c: {kind: command, params: {cmd: \"x ${m.nfg}\"}}\n",
     );
     assert_eq!(
         e,
-        format!("{FILE}:3:36: unknown reference `${{m.nfg}}` (`m` has keys: ngf)")
+        format!(
+            "{FILE}:3:36: unknown reference `${{m.nfg}}` (did you mean `m.ngf`? `m` has keys: ngf)"
+        )
     );
     let e = err("stages:\n  c: {kind: command, params: {cmd: \"x ${oops\"}}\n");
     assert!(e.contains("unterminated reference"), "{e}");
@@ -870,7 +876,7 @@ fn bad_resources_are_refused_with_positions_all_at_once() {
     for want in [
         format!("{FILE}:4:26: stage `a`: `devices` must be a whole number >= 1, got 0"),
         format!(
-            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a` (valid: devices, dist_timeout_s, cpus, mem, time, partition, exclusive)"
+            "{FILE}:4:29: unknown key `gpus` in `resources` of stage `a`; did you mean `cpus`? (valid: devices, dist_timeout_s, cpus, mem, time, partition, exclusive)"
         ),
         format!(
             "{FILE}:7:26: `resources.devices` of stage `b`: expected a whole number >= 1, got float"
@@ -1045,4 +1051,18 @@ fn slurm_resources_are_parsed_checked_with_positions_and_left_out_of_the_job_whe
     // Unset fields are not serialised: a job file without them is the one before them.
     let b = serde_json::to_value(&p.stage("b").unwrap().resources).unwrap();
     assert_eq!(b.as_object().unwrap().len(), 2, "{b}");
+}
+
+/// A typo far from every name gets no suggestion, only the list.
+#[test]
+fn a_name_close_to_none_gets_the_list_without_a_guess() {
+    let e = err("stages:\n  data:\n    kind: zzzzzzz\n");
+    assert!(e.contains("unknown stage kind `zzzzzzz` (known: "), "{e}");
+    let e = load_with(GOOD, &["split.zzzzzz=1"])
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("did you mean"), "{e}");
+    // `--set` of a stage name mistyped: the stage is suggested.
+    let e = load_with(GOOD, &["splt.seed=1"]).unwrap_err().to_string();
+    assert!(e.ends_with("; did you mean `split`?"), "{e}");
 }
