@@ -111,7 +111,14 @@ fn failure(error: Option<&str>) -> Outcome {
 
 fn exec_here(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliResult {
     let rank = RankEnv::from_process_env().map_err(CliError::usage)?;
-    let cache = open_cache(cache_dir)?;
+    let cache = if head_writes_registry()? {
+        // A compute node of `--executor slurm`: the cache may be on a network filesystem,
+        // where SQLite is unsafe, so no database there (the registry is spooled too).
+        ugc_engine::cache::Cache::open_on_compute_node(cache_dir)
+            .map_err(|e| CliError::failed(format!("cache {}: {e}", cache_dir.display())))?
+    } else {
+        open_cache(cache_dir)?
+    };
     let job = Job::read(cache.root(), key, run).map_err(CliError::usage)?;
     if rank.is_none() && job.resources.devices > 1 {
         let signals = crate::launch::Signals::register()
@@ -199,21 +206,28 @@ fn exec_here(key: &str, cache_dir: &Path, force: bool, run: Option<i64>) -> CliR
 /// `attempts/<key>/<job>.rows`, which the head ingests: only the head writes SQLite,
 /// whose WAL mode is unsafe on a network filesystem.
 fn stage_registry(cache: &ugc_engine::cache::Cache, key: &str) -> Result<Registry, CliError> {
+    if !head_writes_registry()? {
+        return open_registry(cache);
+    }
+    let job = ugc_engine::exec::slurm_job_id().ok_or_else(|| {
+        CliError::usage(format!(
+            "{REGISTRY_WRITER_ENV}=head needs SLURM_JOB_ID (the spool file is per job)"
+        ))
+    })?;
+    Registry::spool(&rows_path(cache.root(), key, job))
+        .map_err(|e| CliError::failed(format!("run registry spool: {e}")))
+}
+
+/// Whether this process runs as a compute node's stage under `--executor slurm`
+/// (`UGC_REGISTRY_WRITER=head`), where only the head opens SQLite files in the cache.
+fn head_writes_registry() -> Result<bool, CliError> {
     match std::env::var(REGISTRY_WRITER_ENV)
         .ok()
         .as_deref()
         .map(str::trim)
     {
-        None | Some("" | "self") => open_registry(cache),
-        Some("head") => {
-            let job = ugc_engine::exec::slurm_job_id().ok_or_else(|| {
-                CliError::usage(format!(
-                    "{REGISTRY_WRITER_ENV}=head needs SLURM_JOB_ID (the spool file is per job)"
-                ))
-            })?;
-            Registry::spool(&rows_path(cache.root(), key, job))
-                .map_err(|e| CliError::failed(format!("run registry spool: {e}")))
-        }
+        None | Some("" | "self") => Ok(false),
+        Some("head") => Ok(true),
         Some(other) => Err(CliError::usage(format!(
             "{REGISTRY_WRITER_ENV}={other:?}: expected `head` (a Slurm job spools its rows) or `self`"
         ))),

@@ -12,7 +12,8 @@
 //!                                   `commit` and `verify`
 //! locks/<key>.lock, locks/gc.lock   per-key locks; gc vs. commit exclusion
 //! logs/, registry.sqlite            per-stage logs and the run registry (other modules)
-//! statcache.sqlite                  stat cache of digests
+//! statcache.sqlite                  stat cache of digests (a compute node keeps its own
+//!                                   elsewhere: [`Cache::open_on_compute_node`])
 //! ```
 //!
 //! Crash safety: a stage writes only under a staging directory; [`Cache::commit`] fsyncs
@@ -295,15 +296,53 @@ impl Drop for GcGuard {
     }
 }
 
+/// The file name of a compute node's own stat cache for the cache at `root`: per host
+/// (a temp dir may itself be shared) and per cache root (one node may serve several).
+fn node_local_stat_cache_name(root: &Path, host: &str) -> String {
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    let root_hash = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+    format!("statcache-{host}-{}.sqlite", &root_hash[..16])
+}
+
 impl Cache {
     /// Opens (creating if needed) the cache at `root`.
     pub fn open(root: &Path) -> Result<Cache, CacheError> {
+        Self::open_with_stat_cache(root, |root| Ok(root.join("statcache.sqlite")))
+    }
+
+    /// Opens the cache at `root` the way a compute node of a cluster must, when the cache
+    /// is on a shared (network) filesystem: SQLite's WAL mode needs shared memory between
+    /// its users, which NFS and Lustre do not give, so the stat cache of digests lives in a
+    /// node-local file, `<temp dir>/ugc-pipe/statcache-<host>-<root hash>.sqlite`, and
+    /// nothing on the shared filesystem is opened as a database. It is only a cache: a
+    /// node without one re-hashes what it reads.
+    pub fn open_on_compute_node(root: &Path) -> Result<Cache, CacheError> {
+        Self::open_with_stat_cache(root, |root| {
+            let dir = std::env::temp_dir().join("ugc-pipe");
+            std::fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
+            Ok(dir.join(node_local_stat_cache_name(root, &crate::exec::host_name())))
+        })
+    }
+
+    fn open_with_stat_cache(
+        root: &Path,
+        stat_cache_at: impl FnOnce(&Path) -> Result<PathBuf, CacheError>,
+    ) -> Result<Cache, CacheError> {
         for sub in SUBDIRS {
             let dir = root.join(sub);
             std::fs::create_dir_all(&dir).map_err(CacheError::io(&dir))?;
         }
         let root = root.canonicalize().map_err(CacheError::io(root))?;
-        let stat = StatCache::open(&root.join("statcache.sqlite"))?;
+        let stat = StatCache::open(&stat_cache_at(&root)?)?;
         Ok(Cache {
             root,
             stat,

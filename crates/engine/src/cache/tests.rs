@@ -804,3 +804,59 @@ fn records_without_the_inputs_verified_field_still_load() {
     let got = cache.lookup(&rec.key).unwrap().expect("older record loads");
     assert!(!got.meta.inputs_verified);
 }
+
+#[test]
+fn a_compute_node_opens_no_database_in_the_shared_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("dataset");
+    std::fs::create_dir_all(&data).unwrap();
+    std::fs::write(data.join("a.png"), vec![1u8; 1000]).unwrap();
+    age(&data.join("a.png"));
+    let root = dir.path().join("cache");
+    let node = Cache::open_on_compute_node(&root).unwrap();
+    let d1 = node.digest_path(&data).unwrap();
+    assert_eq!(node.hash_count(), 1);
+    // Nothing SQLite (the database, its WAL or shared-memory files) in the shared cache.
+    let in_root: Vec<String> = std::fs::read_dir(node.root())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("sqlite"))
+        .collect();
+    assert!(in_root.is_empty(), "{in_root:?}");
+    // The node's own stat cache persists across its processes, and gives the head's digest.
+    let again = Cache::open_on_compute_node(&root).unwrap();
+    assert_eq!(again.digest_path(&data).unwrap(), d1);
+    assert_eq!(
+        again.hash_count(),
+        0,
+        "the node-local stat cache was not reused"
+    );
+    assert_eq!(Cache::open(&root).unwrap().digest_path(&data).unwrap(), d1);
+    let name = super::node_local_stat_cache_name(node.root(), &crate::exec::host_name());
+    for suffix in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(
+            std::env::temp_dir()
+                .join("ugc-pipe")
+                .join(format!("{name}{suffix}")),
+        );
+    }
+}
+
+#[test]
+fn a_node_local_stat_cache_is_named_by_host_and_cache_root() {
+    let a = super::node_local_stat_cache_name(Path::new("/shared/cache"), "gpu-07");
+    assert!(
+        a.starts_with("statcache-gpu-07-") && a.ends_with(".sqlite"),
+        "{a}"
+    );
+    assert_ne!(
+        a,
+        super::node_local_stat_cache_name(Path::new("/shared/cache"), "gpu-08")
+    );
+    assert_ne!(
+        a,
+        super::node_local_stat_cache_name(Path::new("/other/cache"), "gpu-07")
+    );
+    // A host name is never a path.
+    assert!(!super::node_local_stat_cache_name(Path::new("/c"), "../x/y").contains('/'));
+}
