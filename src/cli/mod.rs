@@ -3,6 +3,7 @@
 //! 0 success, 1 a stage or command failed, 2 bad input (usage, pipeline, data), 130 interrupted.
 
 pub mod args;
+mod exp;
 pub mod forward;
 mod logs;
 pub mod metrics;
@@ -189,6 +190,12 @@ pub enum Verb {
         /// The training loop's `log.csv` (step and losses) instead of the stage log.
         #[arg(long)]
         csv: bool,
+    },
+    /// Compare the runs of a pipeline: `exp show P` puts overrides and the parameters that
+    /// differ against metrics, one row per run and matrix point; `--diff A [B]`.
+    Exp {
+        #[command(subcommand)]
+        which: exp::ExpVerb,
     },
     /// Recent runs from the run registry.
     Runs {
@@ -407,6 +414,7 @@ pub fn main() -> i32 {
             follow,
             csv,
         } => logs::logs(&p, &stage, follow, csv),
+        Verb::Exp { which } => exp::exp(&which),
         Verb::Runs {
             cache_dir,
             limit,

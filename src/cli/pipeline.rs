@@ -177,7 +177,7 @@ pub fn run(
     let argv: Vec<String> = std::env::args().collect();
     let run_id = s
         .registry
-        .begin_run(&s.id(), &argv)
+        .begin_run_with(&s.id(), &argv, &super::exp::run_settings(p, executor))
         .map_err(|e| CliError::failed(format!("run registry: {e}")))?;
     let worker = super::forward::worker_path()?;
     let mut stage_env = std::collections::BTreeMap::new();

@@ -32,7 +32,7 @@ pub fn open_registry(cache: &Cache) -> Result<Registry, CliError> {
         .map_err(|e| CliError::failed(format!("run registry: {e}")))
 }
 
-fn fmt_ms(ms: u64) -> String {
+pub(super) fn fmt_ms(ms: u64) -> String {
     let secs = (ms / 1000) as i64;
     // Local-time-free, sortable UTC stamp.
     let days = secs.div_euclid(86_400);
@@ -151,12 +151,13 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
             .map(|e| format!("{:.2}", e.saturating_sub(r.started_unix_ms) as f64 / 1000.0))
             .unwrap_or_else(|| "-".into());
         println!(
-            "{:>5} {:<21} {:<12} {:>9} {}",
+            "{:>5} {:<21} {:<12} {:>9} {}{}",
             r.id,
             fmt_ms(r.started_unix_ms),
             r.status,
             secs,
-            r.pipeline
+            r.pipeline,
+            super::exp::settings_text(&r.settings)
         );
     }
     Ok(0)
