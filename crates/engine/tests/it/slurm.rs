@@ -344,6 +344,45 @@ while :; do sleep 1; done"#,
     assert!(stage.log_text().contains("USR1: checkpointed"));
 }
 
+/// A stage over its memory request is killed by Slurm's cgroup and reported as out of
+/// memory (not as its own error): the worker writes no attempt file here, so the verdict
+/// comes from Slurm's `OUT_OF_MEMORY` alone. Needs memory enforcement, which
+/// `scripts/slurm-up.sh` configures where the host has the cgroup controller.
+#[test]
+fn a_stage_over_its_memory_request_is_reported_out_of_memory() {
+    if !slurm_available() {
+        return;
+    }
+    let conf = std::fs::read_to_string("/etc/slurm/cgroup.conf").unwrap_or_default();
+    if !conf.lines().any(|l| l.trim() == "ConstrainRAMSpace=yes") {
+        eprintln!("skipped: this cluster does not enforce memory limits (no memory cgroup)");
+        return;
+    }
+    // 400 MiB written (so resident, not merely reserved) against a 64 MiB request.
+    let stage = Stage::new(
+        "oom",
+        "python3 -c \"x = b'\\x01' * (400 << 20); print(len(x))\"",
+    );
+    let s = settings();
+    let (cli, cache, clock) = monitor_parts(&stage);
+    let req = StageRequest {
+        mem: Some(ugc_engine::slurm::settings::MemMiB(64)),
+        ..StageRequest::default()
+    };
+    let job = stage.submit(&cli, &req, false, &s);
+    let mut m = Monitor::new(&s, &cli, &cache, &clock);
+    m.track(&stage.key, job, 1);
+    match wait_final(&mut m, job, Duration::from_secs(60)) {
+        Verdict::OutOfMemory { detail } => {
+            assert!(detail.to_ascii_lowercase().contains("memory"), "{detail}")
+        }
+        v => panic!(
+            "expected out of memory, got {v:?}; log: {}",
+            stage.log_text()
+        ),
+    }
+}
+
 /// The script's directives are what sbatch reads: an impossible request is refused at
 /// submit time with Slurm's own words.
 #[test]
