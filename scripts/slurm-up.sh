@@ -50,9 +50,17 @@ case "$NGPU" in '' | *[!0-9]*) die "UGC_SLURM_GPUS=$NGPU is not a whole number" 
 NODE=$(hostname -s)
 node_state() { timeout 5 sinfo -h -n "$NODE" -o %T 2>/dev/null | head -n1; }
 
-if live "$ROOT/run/slurmctld.pid" && live "$ROOT/run/slurmd.pid" && [ "$(node_state)" = idle ]; then
-  say "already up (node $NODE idle)"
-  exit 0
+# Up and serving: idle, or running jobs (mixed, allocated, completing); a node that is
+# down, drained or invalid is brought up again (which also clears its queue).
+if live "$ROOT/run/slurmctld.pid" && live "$ROOT/run/slurmd.pid"; then
+  state=$(node_state)
+  case "$state" in
+    idle | mixed | allocated | completing)
+      say "already up (node $NODE $state)"
+      exit 0
+      ;;
+  esac
+  say "node $NODE is ${state:-unreachable}: bringing the cluster up again"
 fi
 
 missing=()

@@ -97,6 +97,22 @@ pub struct PipelineArgs {
     pub device: DeviceChoice,
 }
 
+/// Which cache the verbs on a cache (`runs`, `gc`, `unlock`, `verify`) use: the rule of
+/// every verb (README "Where the cache is"): `--cache-dir`, else `UGC_PIPE_CACHE`, else
+/// the pipeline's project `cache/` (as `run` uses), else the nearest `cache/` in the
+/// current directory or one of its parents.
+#[derive(Args, Debug, Clone)]
+pub struct CacheArgs {
+    /// A pipeline whose project's cache to use, as `run` would (`runs` then lists its runs
+    /// only).
+    #[arg(value_name = "PIPELINE")]
+    pub pipeline: Option<PathBuf>,
+    /// Cache root (default: PIPELINE's project `cache/`, else the nearest `cache/` here or
+    /// in a parent folder; env UGC_PIPE_CACHE).
+    #[arg(long, env = "UGC_PIPE_CACHE")]
+    pub cache_dir: Option<PathBuf>,
+}
+
 /// Where `run` executes its stages.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ExecutorKind {
@@ -177,6 +193,14 @@ pub enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Print one node's output folder, nothing else (for scripts: `cd $(ugc-pipe path P
+    /// report)`); exit 1 when it is not computed yet.
+    Path {
+        #[command(flatten)]
+        p: PipelineArgs,
+        /// Stage name (a stage of one node) or node id (e.g. `distill[label_ratio=0.25]`).
+        node: String,
+    },
     /// Print a stage's log by its name (the latest run that started it); `-f` follows it
     /// until the stage ends.
     Logs {
@@ -199,9 +223,8 @@ pub enum Verb {
     },
     /// Recent runs from the run registry.
     Runs {
-        /// Cache root (env UGC_PIPE_CACHE).
-        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
-        cache_dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// How many of the latest runs to list.
         #[arg(long, default_value_t = 20)]
         limit: usize,
@@ -214,24 +237,21 @@ pub enum Verb {
     },
     /// Remove unreferenced objects, orphan views and stale temporary directories.
     Gc {
-        /// Cache root (env UGC_PIPE_CACHE).
-        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
-        cache_dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
     /// Remove locks left by dead processes.
     Unlock {
-        /// Cache root (env UGC_PIPE_CACHE).
-        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
-        cache_dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
     },
     /// Re-hash every object; corrupt ones are removed so their stages re-run.
     Verify {
-        /// Cache root (env UGC_PIPE_CACHE).
-        #[arg(long, env = "UGC_PIPE_CACHE", default_value = "cache")]
-        cache_dir: PathBuf,
+        #[command(flatten)]
+        cache: CacheArgs,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -408,6 +428,7 @@ pub fn main() -> i32 {
         Verb::Dag { p, format } => pipeline::dag(&p, format),
         Verb::Explain { p, stage } => pipeline::explain(&p, &stage),
         Verb::Show { p, json } => pipeline::show(&p, json),
+        Verb::Path { p, node } => pipeline::path(&p, &node),
         Verb::Logs {
             p,
             stage,
@@ -416,14 +437,14 @@ pub fn main() -> i32 {
         } => logs::logs(&p, &stage, follow, csv),
         Verb::Exp { which } => exp::exp(&which),
         Verb::Runs {
-            cache_dir,
+            cache,
             limit,
             run,
             json,
-        } => store::runs(&cache_dir, limit, run, json),
-        Verb::Gc { cache_dir, json } => store::gc(&cache_dir, json),
-        Verb::Unlock { cache_dir } => store::unlock(&cache_dir),
-        Verb::Verify { cache_dir, json } => store::verify(&cache_dir, json),
+        } => store::runs(&cache, limit, run, json),
+        Verb::Gc { cache, json } => store::gc(&cache, json),
+        Verb::Unlock { cache } => store::unlock(&cache),
+        Verb::Verify { cache, json } => store::verify(&cache, json),
         Verb::Exec { .. }
         | Verb::Profile { .. }
         | Verb::Infer { .. }

@@ -8,7 +8,7 @@ use ugc_engine::cache::Cache;
 use ugc_engine::exec::register_record;
 use ugc_engine::executor::{NodeOutcome, RunOptions, run_dag};
 use ugc_engine::graph::Dag;
-use ugc_engine::plan::{KeyBuilder, NodeState, describe_changes, plan};
+use ugc_engine::plan::{KeyBuilder, NodeState, RunReason, describe_changes, plan};
 use ugc_engine::registry::Registry;
 use ugc_engine::spec::{LoadOptions, Machine, Pipeline, load_pipeline};
 
@@ -248,19 +248,28 @@ pub fn run(
         summary.count(NodeOutcome::Failed),
         summary.count(NodeOutcome::Skipped),
     );
+    let outputs = run_outputs(&s, &summary.outcomes);
     if json {
         println!(
             "{}",
             serde_json::json!({"event": "summary", "run_id": run_id, "status": status,
                 "executed": ex, "cached": ca, "failed": fa, "skipped": sk,
                 "cancelled": summary.count(NodeOutcome::Cancelled),
-                "secs": summary.secs, "errors": summary.errors})
+                "secs": summary.secs, "errors": summary.errors, "outputs": outputs})
         );
     } else {
         tracing::info!(
             "run {run_id} {status}: {ex} executed, {ca} cached, {fa} failed, {sk} skipped in {:.2}s",
             summary.secs
         );
+        for o in &outputs {
+            tracing::info!(
+                "{} ({}): {}",
+                o["node"].as_str().unwrap_or(""),
+                o["kind"].as_str().unwrap_or(""),
+                o["output"].as_str().unwrap_or("")
+            );
+        }
     }
     Ok(if summary.interrupted {
         EXIT_INTERRUPTED
@@ -269,6 +278,56 @@ pub fn run(
     } else {
         EXIT_FAILED
     })
+}
+
+/// Where a run's results are, for its last lines: the output folders of the nodes it
+/// covered (`outcomes`) that are of kind `report` or `export`, or when it covered none of
+/// those, of its sinks (covered nodes no covered node depends on); only those committed,
+/// so a failed run lists what it did finish. The plan is made again to find their records
+/// (a stage may have been computed by this run).
+fn run_outputs(s: &Session, outcomes: &BTreeMap<String, NodeOutcome>) -> Vec<serde_json::Value> {
+    let plan = match plan_of(s, &BTreeSet::new()) {
+        Ok(plan) => plan,
+        Err(e) => {
+            tracing::warn!("where the outputs are: {}", e.message);
+            return Vec::new();
+        }
+    };
+    let covered: Vec<petgraph::graph::NodeIndex> = plan
+        .order
+        .iter()
+        .copied()
+        .filter(|i| outcomes.contains_key(&s.dag.node(*i).id))
+        .collect();
+    let mut chosen: Vec<_> = covered
+        .iter()
+        .copied()
+        .filter(|i| matches!(s.dag.node(*i).kind.as_str(), "report" | "export"))
+        .collect();
+    if chosen.is_empty() {
+        chosen = covered
+            .iter()
+            .copied()
+            .filter(|i| {
+                s.dag
+                    .dependents(*i)
+                    .iter()
+                    .all(|d| !outcomes.contains_key(&s.dag.node(*d).id))
+            })
+            .collect();
+    }
+    chosen
+        .into_iter()
+        .filter_map(|i| {
+            let NodeState::Cached { record, .. } = &plan.states[&i] else {
+                return None;
+            };
+            let dir = s.cache.output_dir(record).ok()?;
+            let node = s.dag.node(i);
+            Some(serde_json::json!({"node": node.id, "kind": node.kind,
+                "output": shown_path(&dir)}))
+        })
+        .collect()
 }
 
 /// Refuses to start when a dataset or weights file a stage names is missing: better now
@@ -414,24 +473,7 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
     let mut slurm_text = Vec::new();
     for idx in &plan.order {
         let node = s.dag.node(*idx);
-        let (state, why, cause) = match &plan.states[idx] {
-            NodeState::Cached { .. } => ("cached", String::new(), None),
-            NodeState::Run { reason, .. } => match reason {
-                ugc_engine::plan::RunReason::New => ("missing", "never run".to_string(), None),
-                r => ("stale", r.to_string(), Some(r)),
-            },
-            NodeState::Blocked { reason } => {
-                let last = s
-                    .registry
-                    .last_node_key(&s.id(), &node.id)
-                    .map_err(CliError::failed)?;
-                if last.is_some() {
-                    ("stale", reason.to_string(), Some(reason))
-                } else {
-                    ("missing", "never run".to_string(), None)
-                }
-            }
-        };
+        let (state, why, cause) = node_status(&s, &plan, *idx)?;
         // `why` is for people; `cause` is the same reason as structured data.
         let mut row = serde_json::json!({"node": node.id, "kind": node.kind, "status": state,
             "why": why, "cause": cause});
@@ -474,6 +516,48 @@ pub fn status(p: &PipelineArgs, json: bool) -> CliResult {
         }
     }
     Ok(0)
+}
+
+/// A node's status as `status` gives it: `cached`, `missing` (never run) or `stale`, with
+/// why for people and the same reason as data (`cause`).
+fn node_status<'p>(
+    s: &Session,
+    plan: &'p ugc_engine::plan::Plan,
+    idx: petgraph::graph::NodeIndex,
+) -> Result<(&'static str, String, Option<&'p RunReason>), CliError> {
+    Ok(match &plan.states[&idx] {
+        NodeState::Cached { .. } => ("cached", String::new(), None),
+        NodeState::Run { reason, .. } => match reason {
+            RunReason::New => ("missing", "never run".to_string(), None),
+            r => ("stale", r.to_string(), Some(r)),
+        },
+        NodeState::Blocked { reason } => {
+            let last = s
+                .registry
+                .last_node_key(&s.id(), &s.dag.node(idx).id)
+                .map_err(CliError::failed)?;
+            if last.is_some() {
+                ("stale", reason.to_string(), Some(reason))
+            } else {
+                ("missing", "never run".to_string(), None)
+            }
+        }
+    })
+}
+
+/// `path` as people use it from here: relative to the current directory when it lies
+/// under it (short, and the same on every machine for a project's own cache), else
+/// absolute.
+fn shown_path(path: &Path) -> PathBuf {
+    let abs = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+    let Ok(cwd) = std::env::current_dir() else {
+        return abs;
+    };
+    match abs.strip_prefix(&cwd) {
+        Ok(rel) if !rel.as_os_str().is_empty() => rel.to_path_buf(),
+        Ok(_) => PathBuf::from("."),
+        Err(_) => abs,
+    }
 }
 
 pub fn dag(p: &PipelineArgs, format: DagFormat) -> CliResult {
@@ -553,32 +637,89 @@ pub fn show(p: &PipelineArgs, json: bool) -> CliResult {
         .registry
         .metrics_for_keys(&keys)
         .map_err(CliError::failed)?;
+    // `rows`: the nodes with metrics (what scripts of `show --json` read); `nodes`: every
+    // node, with its status and, once computed, its output folder.
     let mut rows = Vec::new();
+    let mut nodes = Vec::new();
     for idx in &plan.order {
         let node = s.dag.node(*idx);
+        let out = match &plan.states[idx] {
+            NodeState::Cached { record, .. } => s.cache.output_dir(record).ok(),
+            _ => None,
+        };
+        let (status, why, _) = node_status(&s, &plan, *idx)?;
+        nodes.push(serde_json::json!({"node": node.id, "stage": node.stage,
+            "kind": node.kind, "point": node.matrix_point, "status": status, "why": why,
+            "key": plan.states[idx].key().map(|k| k.to_string()),
+            "output": out.as_deref().map(shown_path)}));
         let Some(key) = plan.states[idx].key() else {
             continue;
         };
         let Some(m) = metrics.get(key.as_str()) else {
             continue;
         };
-        let out = match &plan.states[idx] {
-            NodeState::Cached { record, .. } => s.cache.output_dir(record).ok(),
-            _ => None,
-        };
         rows.push(serde_json::json!({"node": node.id, "stage": node.stage,
             "point": node.matrix_point, "metrics": m, "output": out}));
     }
     if json {
-        println!("{}", serde_json::json!({"rows": rows}));
-    } else if rows.is_empty() {
+        println!("{}", serde_json::json!({"rows": rows, "nodes": nodes}));
+        return Ok(0);
+    }
+    print_node_outputs(&nodes);
+    if nodes.iter().all(|n| n["status"] != "cached") {
         println!(
-            "no metrics yet: run the pipeline first (`ugc-pipe run {}`)",
+            "\nnothing computed yet: run the pipeline first (`ugc-pipe run {}`)",
             p.pipeline.display()
         );
-    } else {
+    } else if !rows.is_empty() {
         print_metric_tables(&rows, &s);
     }
+    Ok(0)
+}
+
+/// One line per node in plan order: its output folder, or its status and why when it is
+/// not computed.
+fn print_node_outputs(nodes: &[serde_json::Value]) {
+    let width = nodes
+        .iter()
+        .map(|n| n["node"].as_str().unwrap_or("").chars().count())
+        .max()
+        .unwrap_or(0)
+        .max("node".len());
+    println!("{:<width$}  {:<7}  output", "node", "status");
+    for n in nodes {
+        let status = n["status"].as_str().unwrap_or("");
+        let last = match n["output"].as_str() {
+            Some(out) => out.to_string(),
+            None => format!("({})", n["why"].as_str().unwrap_or("")),
+        };
+        println!(
+            "{:<width$}  {status:<7}  {last}",
+            n["node"].as_str().unwrap_or("")
+        );
+    }
+}
+
+/// `ugc-pipe path P NODE`: the node's output folder, absolute, alone on stdout (for
+/// `cd $(ugc-pipe path P report)`). A node not computed yet is exit 1, saying why.
+pub fn path(p: &PipelineArgs, name: &str) -> CliResult {
+    let s = open(p, false)?;
+    let id = super::names::one_node(&s.dag, name, &s.pipeline.path)?;
+    let idx = s.dag.find(&id)[0];
+    let plan = plan_of(&s, &BTreeSet::new())?;
+    let NodeState::Cached { record, .. } = &plan.states[&idx] else {
+        let (status, why, _) = node_status(&s, &plan, idx)?;
+        return Err(CliError::failed(format!(
+            "`{id}` is not computed yet ({status}: {why}); `ugc-pipe run {}` computes it",
+            p.pipeline.display()
+        )));
+    };
+    let dir = s
+        .cache
+        .output_dir(record)
+        .map_err(|e| CliError::failed(format!("output of `{id}`: {e}")))?;
+    let dir = std::path::absolute(&dir).unwrap_or(dir);
+    println!("{}", dir.display());
     Ok(0)
 }
 
