@@ -1,6 +1,6 @@
 //! Verbs on the cache and the run registry: runs, gc, unlock, verify.
 
-use std::path::Path;
+use std::path::{Component, Path, PathBuf};
 
 use ugc_engine::cache::{Cache, DERIVED_RULE};
 use ugc_engine::exec::register_run_records;
@@ -9,7 +9,70 @@ use ugc_engine::registry::{Registry, SlurmJobRow};
 use ugc_engine::slurm::book::ingest_all_spools;
 use ugc_engine::slurm::queue::{Commands, SlurmCli};
 
-use super::{CliError, CliResult, EXIT_FAILED, print_json_or};
+use super::{CacheArgs, CliError, CliResult, EXIT_FAILED, print_json_or};
+
+/// The cache a cache verb works on, by the one rule of every verb: `--cache-dir` (or
+/// `UGC_PIPE_CACHE`, which clap reads into it), else the given pipeline's project
+/// `cache/` (where `run` of that pipeline puts it), else the nearest existing cache
+/// named `cache/` in the current directory or a parent (so the verbs work from any
+/// folder of a project, `pipelines/` included). No cache anywhere is a usage error.
+pub fn cache_dir_for(c: &CacheArgs) -> Result<PathBuf, CliError> {
+    if let Some(dir) = &c.cache_dir {
+        return Ok(dir.clone());
+    }
+    if let Some(p) = &c.pipeline {
+        if !p.is_file() {
+            return Err(CliError::usage(format!(
+                "pipeline {}: no such file",
+                p.display()
+            )));
+        }
+        return Ok(super::pipeline::default_cache_dir(&pipeline_id(p)?));
+    }
+    let cwd = std::env::current_dir()
+        .map_err(|e| CliError::failed(format!("the current directory: {e}")))?;
+    for dir in cwd.ancestors() {
+        let cand = dir.join("cache");
+        if is_cache(&cand) {
+            if dir != cwd {
+                tracing::info!("cache {}", cand.display());
+            }
+            return Ok(cand);
+        }
+    }
+    Err(CliError::usage(format!(
+        "no cache found: no cache/ in {} or a parent folder; name it with --cache-dir \
+         (or UGC_PIPE_CACHE), or give the pipeline (`ugc-pipe runs P`)",
+        cwd.display()
+    )))
+}
+
+/// A folder the store made: its records and objects folders exist (`Cache::open` makes
+/// them), so an unrelated `cache/` (a browser's, a build tool's) is not taken for one.
+fn is_cache(dir: &Path) -> bool {
+    dir.join("records").is_dir() && dir.join("objects").is_dir()
+}
+
+/// The pipeline's id in the run registry: its path made absolute against the current
+/// directory with `.` and `..` folded lexically, as `ugc_engine::spec::load_pipeline`
+/// makes `Pipeline::path` (nothing is resolved through symlinks).
+fn pipeline_id(p: &Path) -> Result<PathBuf, CliError> {
+    let abs = std::path::absolute(p)
+        .map_err(|e| CliError::usage(format!("pipeline {}: {e}", p.display())))?;
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other),
+        }
+    }
+    Ok(out)
+}
 
 pub fn open_cache(dir: &Path) -> Result<Cache, CliError> {
     Cache::open(dir).map_err(|e| CliError::failed(format!("cache {}: {e}", dir.display())))
@@ -56,7 +119,8 @@ fn mib(b: Option<u64>) -> String {
         .unwrap_or_else(|| "-".into())
 }
 
-pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> CliResult {
+pub fn runs(c: &CacheArgs, limit: usize, run: Option<i64>, json: bool) -> CliResult {
+    let cache_dir = &cache_dir_for(c)?;
     let cache = open_existing_cache(cache_dir)?;
     let registry = open_registry(&cache)?;
     if let Some(run_id) = run {
@@ -133,7 +197,18 @@ pub fn runs(cache_dir: &Path, limit: usize, run: Option<i64>, json: bool) -> Cli
         }
         return Ok(0);
     }
-    let rows = registry.runs(limit).map_err(CliError::failed)?;
+    // Given a pipeline, its runs only (the registry names a run's pipeline by its id).
+    let rows = match &c.pipeline {
+        Some(p) => {
+            let id = pipeline_id(p)?.display().to_string();
+            let all = registry.runs(usize::MAX).map_err(CliError::failed)?;
+            all.into_iter()
+                .filter(|r| r.pipeline == id)
+                .take(limit)
+                .collect()
+        }
+        None => registry.runs(limit).map_err(CliError::failed)?,
+    };
     if json {
         println!(
             "{}",
@@ -203,8 +278,8 @@ pub fn last_slurm_job(
         .map_err(CliError::failed)
 }
 
-pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
-    let cache = open_existing_cache(cache_dir)?;
+pub fn gc(c: &CacheArgs, json: bool) -> CliResult {
+    let cache = open_existing_cache(&cache_dir_for(c)?)?;
     let report = cache.gc(None).map_err(CliError::failed)?;
     print_json_or(json, &report, || {
         println!(
@@ -221,8 +296,8 @@ pub fn gc(cache_dir: &Path, json: bool) -> CliResult {
     Ok(0)
 }
 
-pub fn unlock(cache_dir: &Path) -> CliResult {
-    let cache = open_existing_cache(cache_dir)?;
+pub fn unlock(c: &CacheArgs) -> CliResult {
+    let cache = open_existing_cache(&cache_dir_for(c)?)?;
     // Locks of Slurm jobs are judged by Slurm (`squeue` on PATH), not by a pid.
     let slurm = SlurmCli::new(Commands::default());
     let probe: &dyn JobProbe = &slurm;
@@ -253,8 +328,8 @@ fn describe_owner(l: &ugc_engine::lock::LockInfo) -> String {
     }
 }
 
-pub fn verify(cache_dir: &Path, json: bool) -> CliResult {
-    let cache = open_existing_cache(cache_dir)?;
+pub fn verify(c: &CacheArgs, json: bool) -> CliResult {
+    let cache = open_existing_cache(&cache_dir_for(c)?)?;
     let report = cache.verify().map_err(CliError::failed)?;
     let damaged = !(report.corrupt.is_empty()
         && report.missing.is_empty()
