@@ -293,30 +293,7 @@ fn run_outputs(s: &Session, outcomes: &BTreeMap<String, NodeOutcome>) -> Vec<ser
             return Vec::new();
         }
     };
-    let covered: Vec<petgraph::graph::NodeIndex> = plan
-        .order
-        .iter()
-        .copied()
-        .filter(|i| outcomes.contains_key(&s.dag.node(*i).id))
-        .collect();
-    let mut chosen: Vec<_> = covered
-        .iter()
-        .copied()
-        .filter(|i| matches!(s.dag.node(*i).kind.as_str(), "report" | "export"))
-        .collect();
-    if chosen.is_empty() {
-        chosen = covered
-            .iter()
-            .copied()
-            .filter(|i| {
-                s.dag
-                    .dependents(*i)
-                    .iter()
-                    .all(|d| !outcomes.contains_key(&s.dag.node(*d).id))
-            })
-            .collect();
-    }
-    chosen
+    result_nodes(&s.dag, &plan.order, |id| outcomes.contains_key(id))
         .into_iter()
         .filter_map(|i| {
             let NodeState::Cached { record, .. } = &plan.states[&i] else {
@@ -327,6 +304,34 @@ fn run_outputs(s: &Session, outcomes: &BTreeMap<String, NodeOutcome>) -> Vec<ser
             Some(serde_json::json!({"node": node.id, "kind": node.kind,
                 "output": shown_path(&dir)}))
         })
+        .collect()
+}
+
+/// The nodes whose outputs are a run's results, in `order`: among the nodes the run
+/// covered, those of kind `report` or `export`; if none, the covered nodes that no covered
+/// node depends on.
+fn result_nodes(
+    dag: &Dag,
+    order: &[petgraph::graph::NodeIndex],
+    covered: impl Fn(&str) -> bool,
+) -> Vec<petgraph::graph::NodeIndex> {
+    let covered: Vec<_> = order
+        .iter()
+        .copied()
+        .filter(|i| covered(&dag.node(*i).id))
+        .collect();
+    let results: Vec<_> = covered
+        .iter()
+        .copied()
+        .filter(|i| matches!(dag.node(*i).kind.as_str(), "report" | "export"))
+        .collect();
+    if !results.is_empty() {
+        return results;
+    }
+    covered
+        .iter()
+        .copied()
+        .filter(|i| dag.dependents(*i).iter().all(|d| !covered.contains(d)))
         .collect()
 }
 
@@ -777,5 +782,49 @@ fn fmt_metric(v: f64) -> String {
         format!("{v:.4e}")
     } else {
         format!("{v:.4}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The quickstart's DAG: a whole run's results are its report (and exports); a run of
+    /// part of it (`run P TARGET`), its own sinks.
+    #[test]
+    fn a_runs_results_are_its_reports_and_exports_else_its_sinks() {
+        let kinds = crate::stages::schema_registry();
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/quickstart.yaml");
+        let pipeline = load_pipeline(&path, &kinds, &LoadOptions::default()).unwrap();
+        let dag = Dag::build(&pipeline, &kinds).unwrap();
+        let order = dag.topo_order();
+        let all = result_nodes(&dag, &order, |_| true);
+        assert!(!all.is_empty());
+        for i in &all {
+            assert!(
+                matches!(dag.node(*i).kind.as_str(), "report" | "export"),
+                "{}",
+                dag.node(*i).id
+            );
+        }
+        // The ancestors of the first report: they include no report or export, so the
+        // results are their sinks: the report's direct deps among them.
+        let report = all[0];
+        let mut part = BTreeSet::new();
+        part.insert(report);
+        let mut part = dag.with_ancestors(&part);
+        part.remove(&report);
+        let ids: BTreeSet<String> = part.iter().map(|i| dag.node(*i).id.clone()).collect();
+        let sinks = result_nodes(&dag, &order, |id| ids.contains(id));
+        assert!(!sinks.is_empty());
+        for i in &sinks {
+            assert!(part.contains(i));
+            assert!(
+                dag.dependents(*i).iter().all(|d| !part.contains(d)),
+                "{} has a dependent in the part",
+                dag.node(*i).id
+            );
+        }
+        assert!(sinks.iter().all(|i| dag.dependents(*i).contains(&report)));
     }
 }
