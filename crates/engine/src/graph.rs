@@ -245,10 +245,95 @@ impl Dag {
                 }
             }
         }
+        let dag = Dag { graph, deps };
+        problems.extend(dag.check_continuations(p, kinds));
         if !problems.is_empty() {
             return Err(SpecError::several(problems));
         }
-        Ok(Dag { graph, deps })
+        Ok(dag)
+    }
+
+    /// Every node that starts from a dep's final state (`init_from`, [`ContinueSchema`]):
+    /// the dep must be among its stage's `deps`, of the same kind, keep its state, have
+    /// the same networks (`same`) and fewer `steps`. Each problem names the stage, the
+    /// parameter and its value, at the value's position.
+    fn check_continuations(&self, p: &Pipeline, kinds: &KindRegistry) -> Vec<SpecError> {
+        let mut problems = Vec::new();
+        for (idx, node) in self.nodes() {
+            let Some(c) = kinds.schema(&node.kind).and_then(|k| k.continues.as_ref()) else {
+                continue;
+            };
+            let Some(from) = node.params.get(&c.from).and_then(Value::as_str) else {
+                continue;
+            };
+            let Some(stage) = p.stage(&node.stage) else {
+                continue;
+            };
+            let pos = stage.param_pos.at(std::slice::from_ref(&c.from)).clone();
+            let what = format!("stage `{}` parameter `{}` = `{from}`", node.stage, c.from);
+            let mut refuse = |message: String| {
+                problems.push(SpecError::Invalid {
+                    pos: pos.clone(),
+                    message: format!("{what}: {message}"),
+                })
+            };
+            let Some(dep) = self
+                .deps(idx)
+                .into_iter()
+                .find(|&d| self.node(d).stage == from)
+            else {
+                refuse(format!(
+                    "names no dep of the stage (deps: {}){}",
+                    stage.deps.join(", "),
+                    crate::spec::suggest::did_you_mean(from, &stage.deps)
+                ));
+                continue;
+            };
+            let d = self.node(dep);
+            if d.kind != node.kind {
+                refuse(format!(
+                    "`{from}` is a {} stage; a {} stage continues only a {} stage",
+                    d.kind, node.kind, node.kind
+                ));
+                continue;
+            }
+            if d.params.get(&c.keep) != Some(&Value::Bool(true)) {
+                refuse(format!(
+                    "`{from}` does not keep its final state: set `{}: true` on it (its \
+                     output then holds the weights, optimiser state and step; it runs once \
+                     more)",
+                    c.keep
+                ));
+            }
+            let differ: Vec<&str> = c
+                .same
+                .iter()
+                .filter(|n| node.params.get(*n) != d.params.get(*n))
+                .map(String::as_str)
+                .collect();
+            if !differ.is_empty() {
+                refuse(format!(
+                    "`{from}` trains other networks: {} differ{} (its state would not fit)",
+                    differ
+                        .iter()
+                        .map(|n| format!("`{n}`"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    if differ.len() == 1 { "s" } else { "" }
+                ));
+            }
+            let steps = |n: &Node| n.params.get(&c.steps).and_then(Value::as_u64);
+            if let (Some(mine), Some(theirs)) = (steps(node), steps(d))
+                && mine <= theirs
+            {
+                refuse(format!(
+                    "`{}` = {mine} must be greater than `{from}`'s {theirs} (it continues \
+                     from step {theirs})",
+                    c.steps
+                ));
+            }
+        }
+        problems
     }
 
     /// Nodes so that every dependency comes before its dependents; among ready nodes the

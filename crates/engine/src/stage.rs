@@ -222,7 +222,32 @@ pub struct KindSchema {
     /// their load). A stage's `resources.exclusive` overrides it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exclusive_when: Option<String>,
+    /// Present when a stage of the kind can start from a dep's final training state
+    /// (`init_from`) instead of from step 0: checked at plan time ([`crate::graph`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub continues: Option<ContinueSchema>,
     pub params: BTreeMap<String, ParamSchema>,
+}
+
+/// How a training kind continues another stage's training (`train.init_from: trained200`
+/// with `steps: 400` runs steps 200..400 only).
+///
+/// `from` and `keep` enter the cache key only when set (not null / not false), so adding
+/// them to a kind left the keys of every stage that does not use them as they were; when
+/// set, `from` is in the key by value and the dep's output by the dep mechanism.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContinueSchema {
+    /// The string parameter naming the dep to start from; null: from scratch.
+    pub from: String,
+    /// The bool parameter that makes a stage commit its final state (weights, optimiser
+    /// moments, step) in its output: the dep named by `from` must have it on.
+    pub keep: String,
+    /// The int parameter of the total steps: must be greater than the dep's.
+    pub steps: String,
+    /// Parameters that must equal the dep's: the state fits only the same networks.
+    #[serde(default)]
+    pub same: Vec<String>,
 }
 
 /// How a data-parallel kind splits its work over ranks.
@@ -283,6 +308,27 @@ impl KindSchema {
                         ));
                     }
                 }
+            }
+        }
+        if let Some(c) = &schema.continues {
+            let want = [
+                (&c.from, ParamType::String),
+                (&c.keep, ParamType::Bool),
+                (&c.steps, ParamType::Int),
+            ];
+            for (name, ty) in want {
+                if schema.params.get(name).map(|p| p.ty) != Some(ty) {
+                    return Err(format!(
+                        "kind {}: continues names `{name}`, which is not a {ty:?} parameter",
+                        schema.kind
+                    ));
+                }
+            }
+            if let Some(bad) = c.same.iter().find(|n| !schema.params.contains_key(*n)) {
+                return Err(format!(
+                    "kind {}: continues.same names `{bad}`, which is not a parameter",
+                    schema.kind
+                ));
             }
         }
         if let Some(name) = &schema.exclusive_when {

@@ -339,3 +339,75 @@ fn a_target_keeps_its_ancestors_only_and_plans_them_to_the_same_keys() {
     let sub = d.restricted(&d.with_ancestors(&all_split));
     assert_eq!(sub.len(), 4, "data and three splits");
 }
+
+const CONTINUED: &str = r#"stages:
+  data: {kind: synth, params: {task: edges2photo}}
+  short: {kind: fit, params: {steps: 4, keep_state: true}}
+  long: {kind: fit, deps: [short], params: {steps: 8, init_from: short}}
+"#;
+
+/// `init_from` and `keep_state` are in the key only when used: a stage that uses
+/// neither has the key it had before the kind could continue.
+#[test]
+fn continuation_params_enter_the_key_only_when_set() {
+    let d = dag(CONTINUED);
+    let key = |stage: &str| d.node(d.find(stage)[0]).key_params.clone();
+    assert_eq!(
+        key("short"),
+        json!({"keep_state": true, "lr": 0.1, "steps": 4, "width": 4})
+    );
+    assert_eq!(
+        key("long"),
+        json!({"init_from": "short", "lr": 0.1, "steps": 8, "width": 4})
+    );
+    let plain = dag("stages:\n  a: {kind: fit}\n");
+    assert_eq!(
+        plain.node(plain.find("a")[0]).key_params,
+        json!({"lr": 0.1, "steps": 10, "width": 4})
+    );
+}
+
+/// Each refusal names the stage, the parameter and its value, at the value.
+#[test]
+fn a_continuation_of_what_cannot_be_continued_is_refused_at_plan_time() {
+    let bad = |from: &str, to: &str| {
+        // Loading builds the DAG, so the loader refuses it (exit 2 in the CLI).
+        let e = crate::spec::testutil::err(&CONTINUED.replace(from, to));
+        assert!(
+            e.contains("stage `long` parameter `init_from` = `"),
+            "{from} -> {to}: {e}"
+        );
+        e
+    };
+    let e = bad("init_from: short", "init_from: shrt");
+    assert!(e.starts_with("/pipes/p.yaml:4:66: "), "{e}");
+    assert!(
+        e.contains("names no dep of the stage (deps: short); did you mean `short`?"),
+        "{e}"
+    );
+    let e = bad(
+        "deps: [short], params: {steps: 8, init_from: short}",
+        "deps: [data], params: {steps: 8, init_from: data}",
+    );
+    assert!(
+        e.contains("`data` is a synth stage; a fit stage continues only a fit stage"),
+        "{e}"
+    );
+    let e = bad("keep_state: true", "keep_state: false");
+    assert!(
+        e.contains("`short` does not keep its final state: set `keep_state: true`"),
+        "{e}"
+    );
+    let e = bad("steps: 4, keep", "steps: 4, width: 8, keep");
+    assert!(
+        e.contains("`short` trains other networks: `width` differs"),
+        "{e}"
+    );
+    let e = bad("steps: 8", "steps: 4");
+    assert!(
+        e.contains("`steps` = 4 must be greater than `short`'s 4"),
+        "{e}"
+    );
+    // What is right plans.
+    dag(CONTINUED);
+}

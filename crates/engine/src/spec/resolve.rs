@@ -273,6 +273,15 @@ pub(crate) fn resolve_stage(
         let segs: Vec<String> = dotted.split('.').map(str::to_string).collect();
         remove_path(&mut key, &segs);
     }
+    // A continuation's parameters are in the key only when used (see ContinueSchema).
+    if let Some(c) = &schema.continues {
+        if key.get(&c.from).is_some_and(Value::is_null) {
+            key.remove(&c.from);
+        }
+        if key.get(&c.keep) == Some(&Value::Bool(false)) {
+            key.remove(&c.keep);
+        }
+    }
     Ok(Resolved {
         params: Value::Object(out),
         key_params: Value::Object(key),

@@ -158,7 +158,7 @@ fn unknown_kind_lists_known_kinds() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:3:11: unknown stage kind `synthh`; did you mean `synth`? (known: command, dp, ranged, split, synth, timed, train)"
+            "{FILE}:3:11: unknown stage kind `synthh`; did you mean `synth`? (known: command, dp, fit, ranged, split, synth, timed, train)"
         )
     );
 }

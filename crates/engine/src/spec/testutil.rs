@@ -92,6 +92,17 @@ params:
       b: {type: float, default: 2.0}
   odd: {type: int, default: 1}
 "#,
+    r#"
+kind: fit
+version: 1
+continues: {from: init_from, keep: keep_state, steps: steps, same: [width]}
+params:
+  steps: {type: int, default: 10}
+  width: {type: int, default: 4}
+  lr: {type: float, default: 0.1}
+  init_from: {type: string}
+  keep_state: {type: bool, default: false}
+"#,
 ];
 
 /// The cross-field check of `ranged`: `odd` must be odd.
