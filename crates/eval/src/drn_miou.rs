@@ -4,9 +4,11 @@
 //! ids, everything else ignored). The weights are user-supplied (`drn_weights`); nothing is
 //! downloaded.
 //!
-//! Difference from GAN Compression: it upsamples every generated image to the 2048x1024
-//! label resolution before segmenting; here the label maps come at the split's test
-//! resolution, and DRN runs at that resolution.
+//! Difference from GAN Compression (`ugc-pipe metrics miou --drn` follows it exactly): it
+//! runs DRN on the generated image and resizes the log-probabilities to the 2048x1024
+//! label maps with Pillow's bilinear filter; here the label maps come at the split's test
+//! resolution, the generated images have that size, and the prediction is the argmax of
+//! DRN's logits at that resolution (`DrnSeg::predict_at_input_size`).
 
 use std::path::Path;
 
@@ -31,7 +33,8 @@ pub struct DrnMiou {
 }
 
 impl DrnMiou {
-    /// Loads `DRNSeg` weights (converted to safetensors) for the 19-class head.
+    /// Loads `DRNSeg` weights (safetensors, or a `.pth` as `torch.save` wrote it) for the
+    /// 19-class head.
     pub fn load(path: &Path, device: Device) -> Result<Self> {
         Self::new(DrnSeg::load(path, &DrnConfig::d105(TRAIN_CLASSES), device)?)
     }

@@ -5,9 +5,12 @@
 //! `layer0..layer8` (children of the classification DRN without `avgpool`/`fc`), `seg.*`
 //! (1x1 classifier) and `up.weight` (depthwise 16x16 transposed conv, stride 8). A leading
 //! `module.` from `nn.DataParallel` is stripped by the loader.
-//! Input protocol (GAN-compression `cityscapes_mIoU.py`): the generated 8-bit image is
-//! resized to 2048x1024 with Pillow's bicubic filter, scaled to [0, 1] and normalised with the Cityscapes
-//! mean/std below; the prediction is the argmax over the upsampled logits.
+//! Protocol of GAN Compression's `metric/cityscapes_mIoU.py` ([`DrnSeg::predict`]): the
+//! generated 8-bit image is scaled to [0, 1] and normalised with the Cityscapes mean/std
+//! below *at its own resolution* (its `FromArray([2048, 1024])` ignores the size); DRN's
+//! upsampled logits go through `LogSoftmax`, each class plane is resized to the label
+//! resolution (2048x1024 there) with Pillow's float32 bilinear filter, and the prediction is
+//! the argmax of the resized log-probabilities.
 
 use std::path::Path;
 
@@ -16,7 +19,7 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::{MetricsError, Result};
 use crate::miou::ConfusionMatrix;
-use crate::resize::pil_bicubic_resize;
+use crate::resize::pil_bilinear_resize_f32;
 use crate::weights::{Extra, WeightsInfo, load_weights};
 
 /// Per-channel mean of the DRN Cityscapes models (RGB, [0, 1] scale).
@@ -31,7 +34,8 @@ pub const CITYSCAPES_STD: [f64; 3] = [
     0.186_565_610_475_094_76,
     0.184_475_089_884_804_35,
 ];
-/// Resolution GAN-compression feeds DRN (height, width).
+/// Resolution GAN-compression resizes DRN's log-probabilities to (height, width): the
+/// Cityscapes label maps'.
 pub const CITYSCAPES_EVAL_SIZE: [i64; 2] = [1024, 2048];
 
 /// Architecture of a DRN-D segmentation network (kept apart from the weights).
@@ -326,17 +330,11 @@ pub fn bilinear_up_kernel(num_classes: i64) -> Tensor {
         .repeat([num_classes, 1, 1, 1])
 }
 
-/// GAN-compression's DRN input: images holding 8-bit values in [0, 1] are resized to
-/// `size` with Pillow's bicubic filter (exactly, see [`crate::resize`]) when their size
-/// differs, then normalised with the Cityscapes mean/std. Runs the resize on the CPU.
-pub fn cityscapes_input(images: &Tensor, size: [i64; 2]) -> Result<Tensor> {
-    let s = images.size();
+/// GAN-compression's DRN input: images holding 8-bit values in [0, 1], at their own
+/// resolution, normalised with the Cityscapes mean/std in float32 (`t.sub_(m).div_(s)`).
+pub fn cityscapes_input(images: &Tensor) -> Result<Tensor> {
     let device = images.device();
-    let x = if s.len() == 4 && [s[2], s[3]] != size {
-        pil_bicubic_resize(images, size)?.to_device(device)
-    } else {
-        images.to_kind(Kind::Float)
-    };
+    let x = images.to_kind(Kind::Float);
     let mean = Tensor::from_slice(&CITYSCAPES_MEAN.map(|v| v as f32))
         .view([1, 3, 1, 1])
         .to_device(device);
@@ -372,7 +370,8 @@ impl std::fmt::Debug for DrnSeg {
 }
 
 impl DrnSeg {
-    /// Loads `DRNSeg` weights (converted to safetensors) for `cfg` onto `device`.
+    /// Loads `DRNSeg` weights (safetensors, or a `.pth` as `torch.save` wrote it) for `cfg`
+    /// onto `device`.
     pub fn load(path: &Path, cfg: &DrnConfig, device: Device) -> Result<Self> {
         let mut vs = nn::VarStore::new(device);
         let net = DrnSegNet::new(&vs.root(), cfg)?;
@@ -419,21 +418,46 @@ impl DrnSeg {
         tch::no_grad(|| self.net.logits(&x))
     }
 
-    /// Label map `N x H x W` (int64, CPU) for images in [0, 1] at the resolution `size`.
-    pub fn predict(&self, images: &Tensor, size: [i64; 2]) -> Result<Tensor> {
+    fn check_images(images: &Tensor) -> Result<()> {
         let s = images.size();
         if s.len() != 4 || s[1] != 3 {
             return Err(MetricsError::InvalidParam(format!(
                 "DRN needs N x 3 x H x W images, got {s:?}"
             )));
         }
-        let x = cityscapes_input(images, size)?;
+        Ok(())
+    }
+
+    /// GAN Compression's label map `N x size` (int64, CPU) for images in [0, 1]: DRN at
+    /// the images' resolution, `LogSoftmax` over the classes, each class plane resized to
+    /// `size` (height, width) with Pillow's float32 bilinear filter when it differs
+    /// (`resize_4d_tensor`), argmax (the first of equal values, as NumPy's).
+    pub fn predict(&self, images: &Tensor, size: [i64; 2]) -> Result<Tensor> {
+        Self::check_images(images)?;
+        let x = cityscapes_input(images)?;
+        let lp = self.logits(&x).log_softmax(1, None::<Kind>);
+        let s = lp.size();
+        let lp = if [s[2], s[3]] == size {
+            lp.to_device(Device::Cpu)
+        } else {
+            pil_bilinear_resize_f32(&lp, size)?
+        };
+        Ok(lp.argmax(1, false))
+    }
+
+    /// Label map at DRN's output resolution: the argmax of the logits (equal to
+    /// [`Self::predict`]'s argmax of the log-probabilities unless two logits of a pixel are
+    /// so close that subtracting the log-sum-exp rounds them to one float32 value).
+    pub fn predict_at_input_size(&self, images: &Tensor) -> Result<Tensor> {
+        Self::check_images(images)?;
+        let x = cityscapes_input(images)?;
         Ok(self.logits(&x).argmax(1, false).to_device(Device::Cpu))
     }
 
-    /// Predicts at the ground truth's resolution (as GAN-compression resizes every generated
-    /// image to the 2048x1024 label size) and adds the pixels to `cm`.
-    /// `gt`: `N x H x W` train ids (ignore value allowed).
+    /// Adds the pixels of `images` to `cm` against `gt` (`N x H x W` train ids, ignore value
+    /// allowed). Images of the ground truth's size (an evaluate stage's generator outputs)
+    /// are scored by [`Self::predict_at_input_size`]; others by [`Self::predict`], which
+    /// resizes the log-probabilities to the ground truth as GAN Compression does.
     pub fn update_confusion(
         &self,
         cm: &mut ConfusionMatrix,
@@ -447,7 +471,12 @@ impl DrnSeg {
                 images.size()
             )));
         }
-        let pred = self.predict(images, [g[1], g[2]])?;
+        let s = images.size();
+        let pred = if s.len() == 4 && [s[2], s[3]] == [g[1], g[2]] {
+            self.predict_at_input_size(images)?
+        } else {
+            self.predict(images, [g[1], g[2]])?
+        };
         cm.update_tensors(&pred, gt).map_err(MetricsError::Mismatch)
     }
 }

@@ -289,9 +289,10 @@ pub fn lpips_of_dirs(
 type DrnItem = (PathBuf, Rgb8, (u32, u32, Vec<u32>), PathBuf);
 
 /// GAN Compression's Cityscapes mIoU: every generated image of `images` (matched to the
-/// `gtFine` tree by the Cityscapes id in its name) is resized to its label map's size with
-/// Pillow's bicubic filter, segmented by the DRN, and compared with the train ids
-/// (19 classes, 255 ignored).
+/// `gtFine` tree by the Cityscapes id in its name) is segmented by the DRN at its own
+/// resolution, its log-probabilities are resized to its label map's size with Pillow's
+/// float32 bilinear filter ([`DrnSeg::predict`]), and the argmax is compared with the train
+/// ids (19 classes, 255 ignored) in one confusion matrix over all images.
 pub fn drn_miou_of_dirs(
     drn: &DrnSeg,
     images: &Path,
