@@ -180,6 +180,21 @@ pub fn run_loop<T: TrainTask + ?Sized>(
     let start = if leader {
         std::fs::create_dir_all(&samples).map_err(|e| TrainError::io(&samples, e))?;
         let resumed = checkpoint::resume_or_start(&ckpt, cfg.seed, &task.state());
+        // No checkpoint of its own: a continuation starts from its dep's final state. (A
+        // continuation's own checkpoints are all past that step, so this is its first try.)
+        let resumed = resumed.and_then(|start| {
+            if start > 0 {
+                return Ok(start);
+            }
+            let from = continue_from(ctx, &run, &task.state())?;
+            if let Some((dep, step)) = &from {
+                ctx.progress.message(&format!(
+                    "continuing `{dep}`: from its step {step}, training steps {step}..{} only",
+                    cfg.steps
+                ));
+            }
+            Ok(from.map_or(0, |(_, step)| step))
+        });
         let resumed = resumed.and_then(|start| {
             if start > cfg.steps {
                 Err(TrainError::Checkpoint {
@@ -205,7 +220,7 @@ pub fn run_loop<T: TrainTask + ?Sized>(
         let state: Vec<Tensor> = task.state().into_iter().map(|(_, t)| t).collect();
         dist.broadcast(&state, 0)?;
     }
-    if start > 0 && leader {
+    if start > 0 && leader && !continuing(ctx) {
         ctx.progress
             .message(&format!("resuming from step {start} of {}", cfg.steps));
     }
@@ -278,6 +293,20 @@ pub fn run_loop<T: TrainTask + ?Sized>(
         l.samples(cfg.steps, &samples);
     }
     log.flush()?;
+    if ctx
+        .params
+        .get(KEEP_STATE)
+        .and_then(serde_json::Value::as_bool)
+        == Some(true)
+    {
+        // What a continuation (`init_from`) starts from: the checkpoint format, committed.
+        checkpoint::save(
+            &ctx.out_dir.join(STATE_DIR),
+            cfg.steps,
+            cfg.seed,
+            &task.state(),
+        )?;
+    }
     let tail_mean = log.tail_mean(cfg.tail);
     // Publish the log and samples.
     let out_log = ctx.out_dir.join("log.csv");
@@ -288,6 +317,68 @@ pub fn run_loop<T: TrainTask + ?Sized>(
         last,
         tail_mean,
     })
+}
+
+/// The parameter of a training kind naming the dep whose final state it starts from (its
+/// schema's `continues.from`); absent or null: from step 0.
+pub const INIT_FROM: &str = "init_from";
+/// The bool parameter that makes a stage commit its final state in [`STATE_DIR`] (its
+/// schema's `continues.keep`).
+pub const KEEP_STATE: &str = "keep_state";
+/// The output folder of the final state: a checkpoint ([`checkpoint::save`]) of every
+/// `state()` tensor (weights, buffers, optimiser moments and step counts) at the last step.
+pub const STATE_DIR: &str = "state";
+
+fn continuing(ctx: &StageContext<'_>) -> bool {
+    ctx.params
+        .get(INIT_FROM)
+        .and_then(serde_json::Value::as_str)
+        .is_some()
+}
+
+/// With `init_from: DEP`: restores DEP's committed final state into `live` and copies its
+/// `log.csv` into `run` (its rows are this run's first ones, so the log and the averages
+/// read as one run's). Returns the dep and the step to continue from; `None` without
+/// `init_from`. The plan refused a dep of another kind, networks or step count; a state
+/// that still does not fit is refused here, naming the file.
+fn continue_from(
+    ctx: &StageContext<'_>,
+    run: &Path,
+    live: &[(String, Tensor)],
+) -> Result<Option<(String, u64)>, TrainError> {
+    let Some(dep) = ctx
+        .params
+        .get(INIT_FROM)
+        .and_then(serde_json::Value::as_str)
+    else {
+        return Ok(None);
+    };
+    let input = ctx
+        .inputs
+        .iter()
+        .find(|i| i.name == dep)
+        .ok_or_else(|| TrainError::param(INIT_FROM, dep, "is not among this stage's deps"))?;
+    let dir = input.dir.join(STATE_DIR);
+    let loaded = checkpoint::load(&dir)?.ok_or_else(|| TrainError::Checkpoint {
+        path: dir.clone(),
+        reason: format!("`{dep}` committed no final state (it needs `{KEEP_STATE}: true`)"),
+    })?;
+    checkpoint::restore(&loaded, live).map_err(|e| match e {
+        TrainError::Checkpoint { path, reason } => TrainError::Checkpoint {
+            path,
+            reason: format!(
+                "the final state of `{dep}` does not fit this stage's networks: {}",
+                reason
+                    .split_once('\n')
+                    .map_or(reason.as_str(), |(_, list)| list)
+            ),
+        },
+        other => other,
+    })?;
+    let src = input.dir.join("log.csv");
+    let dst = run.join("log.csv");
+    std::fs::copy(&src, &dst).map_err(|e| TrainError::io(&src, e))?;
+    Ok(Some((dep.to_string(), loaded.record.step)))
 }
 
 /// Rank 0's start step (or -1: it could not resume) on every rank.
@@ -451,14 +542,26 @@ mod tests {
         progress: &dyn ugc_engine::Progress,
         cancel: &CancelToken,
     ) -> Result<LoopOutcome, TrainError> {
+        run_with(task, steps, dir, progress, cancel, &json!({}), &[])
+    }
+
+    fn run_with(
+        task: &mut Counter,
+        steps: u64,
+        dir: &Path,
+        progress: &dyn ugc_engine::Progress,
+        cancel: &CancelToken,
+        params: &serde_json::Value,
+        inputs: &[ugc_engine::StageInput],
+    ) -> Result<LoopOutcome, TrainError> {
         let (out, scratch) = (dir.join("out"), dir.join("scratch"));
         std::fs::create_dir_all(&out).unwrap();
-        let (params, env) = (json!({}), BTreeMap::new());
+        let env = BTreeMap::new();
         let ctx = StageContext {
             node: "n",
             kind: "train",
-            params: &params,
-            inputs: &[],
+            params,
+            inputs,
             out_dir: &out,
             scratch_dir: &scratch,
             device: DeviceKind::Cpu,
@@ -568,6 +671,113 @@ mod tests {
             .to_string();
         assert!(
             e.contains("log.csv") && e.contains("5 complete rows") && e.contains("step 9"),
+            "{e}"
+        );
+    }
+
+    /// Records the messages a stage would put in its log.
+    #[derive(Default)]
+    struct Messages(std::sync::Mutex<Vec<String>>);
+
+    impl ugc_engine::Progress for Messages {
+        fn start(&self, _: &str, _: u64) {}
+        fn set(&self, _: u64) {}
+        fn message(&self, m: &str) {
+            self.0.lock().unwrap().push(m.to_string());
+        }
+    }
+
+    #[test]
+    fn a_continuation_trains_only_the_steps_after_its_deps_and_logs_like_one_run() {
+        let scale = 1.0 / 7.0;
+        let whole = tempfile::tempdir().unwrap();
+        let full = run(&mut counter(scale), 8, whole.path()).unwrap();
+
+        let first = tempfile::tempdir().unwrap();
+        let keep = json!({"keep_state": true});
+        let token = CancelToken::new();
+        run_with(
+            &mut counter(scale),
+            4,
+            first.path(),
+            &NullProgress,
+            &token,
+            &keep,
+            &[],
+        )
+        .unwrap();
+        assert!(first.path().join("out/state/latest.json").is_file());
+        // Without `keep_state` nothing more is committed: the outputs stay as they were.
+        assert!(!whole.path().join("out/state").exists());
+
+        let input = ugc_engine::StageInput {
+            name: "short".into(),
+            node: "short".into(),
+            point: BTreeMap::new(),
+            kind: "train".into(),
+            dir: first.path().join("out"),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let said = Messages::default();
+        // Steps seen by the task: 4..8 only (the counter logs `step * scale`).
+        let mut task = counter(scale);
+        let cont = json!({"init_from": "short"});
+        let done = run_with(
+            &mut task,
+            8,
+            dir.path(),
+            &said,
+            &token,
+            &cont,
+            &[input.clone()],
+        )
+        .unwrap();
+        assert_eq!(done.resumed_from, 4);
+        let said = said.0.lock().unwrap();
+        assert_eq!(
+            said[0],
+            "continuing `short`: from its step 4, training steps 4..8 only"
+        );
+        // Its status lines (one per step at 8 steps) cover steps 5..=8 only.
+        let steps: Vec<u64> = said[1..]
+            .iter()
+            .map(|m| {
+                let json = m.split_once(' ').unwrap().1;
+                serde_json::from_str::<serde_json::Value>(json).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect();
+        assert_eq!(steps, [5, 6, 7, 8]);
+        let log = |d: &Path| std::fs::read(d.join("out/log.csv")).unwrap();
+        assert!(log(whole.path()) == log(dir.path()), "log.csv differs");
+        let bits = |o: &LoopOutcome| {
+            o.tail_mean
+                .iter()
+                .map(|(_, v)| v.to_bits())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(bits(&full), bits(&done));
+
+        // A dep without its state is refused naming the folder.
+        let bare = ugc_engine::StageInput {
+            dir: whole.path().join("out"),
+            ..input
+        };
+        let other = tempfile::tempdir().unwrap();
+        let e = run_with(
+            &mut counter(scale),
+            8,
+            other.path(),
+            &NullProgress,
+            &token,
+            &cont,
+            &[bare],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("out/state") && e.contains("`short` committed no final state"),
             "{e}"
         );
     }
