@@ -9,6 +9,7 @@ mod engine_cli;
 mod live;
 mod metrics_cli;
 mod model_cli;
+mod outputs;
 mod paper_pipelines;
 mod pipelines;
 mod quickstart;
