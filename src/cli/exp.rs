@@ -168,6 +168,8 @@ struct TableRow<'a> {
     point: BTreeMap<String, Value>,
     nodes: Vec<&'a NodeRun>,
     params: BTreeMap<String, Value>,
+    /// Every node the pipeline has at this point ran or was found cached in this run.
+    complete: bool,
 }
 
 fn show(a: &ShowArgs) -> CliResult {
@@ -199,7 +201,11 @@ fn show(a: &ShowArgs) -> CliResult {
             order.push(n.matrix_point.clone());
         }
     }
-    let rows = table_rows(runs, &chosen, &order);
+    let expected: Vec<(String, BTreeMap<String, Value>)> = dag
+        .nodes()
+        .map(|(_, n)| (n.id.clone(), n.matrix_point.clone()))
+        .collect();
+    let rows = table_rows(runs, &chosen, &order, &expected);
     let param_cols = param_columns(&rows, a.all_params);
     let point_cols: BTreeSet<String> = rows.iter().flat_map(|r| r.point.keys().cloned()).collect();
     let metric_cols: Vec<&MetricCol> = chosen
@@ -568,23 +574,22 @@ fn within(small: &BTreeMap<String, Value>, big: &BTreeMap<String, Value>) -> boo
     small.iter().all(|(k, v)| big.get(k) == Some(v))
 }
 
-/// The rows of each run: one per matrix point of its metric nodes (the points no other
-/// contains; every node when none has a chosen metric), each with the nodes of that point
+/// The rows of each run: one per matrix point of its nodes of the metric stages (the
+/// points no other contains; every node when there are none), each with the nodes of that point
 /// and those of no or fewer matrix variables (a shared upstream, a gathering report).
 /// `order`: the matrix points in the pipeline's order (the first variable varying
-/// slowest); a run's rows follow it, whatever order its nodes ran in.
+/// slowest); a run's rows follow it, whatever order its nodes ran in. `expected`: the
+/// pipeline's nodes now (id, point), to tell a complete point of a failed run.
 fn table_rows<'a>(
     runs: &'a [RunData],
     chosen: &[MetricCol],
     order: &[BTreeMap<String, Value>],
+    expected: &[(String, BTreeMap<String, Value>)],
 ) -> Vec<TableRow<'a>> {
     let mut rows = Vec::new();
     for data in runs {
-        let has_metric = |n: &NodeRun| {
-            chosen
-                .iter()
-                .any(|c| c.stage == n.stage && n.metrics.contains_key(&c.metric))
-        };
+        // A node of a metric stage defines a row even when it failed (and has none).
+        let has_metric = |n: &NodeRun| chosen.iter().any(|c| c.stage == n.stage);
         let defining: Vec<&NodeRun> = if data.nodes.iter().any(has_metric) {
             data.nodes.iter().filter(|n| has_metric(n)).collect()
         } else {
@@ -619,11 +624,20 @@ fn table_rows<'a>(
                     params.insert(format!("{}.{k}", n.stage), v.clone());
                 }
             }
+            let complete = expected
+                .iter()
+                .filter(|(_, p)| within(p, &point))
+                .all(|(id, _)| {
+                    nodes.iter().any(|n| {
+                        &n.node == id && matches!(n.status.as_str(), "executed" | "cached")
+                    })
+                });
             rows.push(TableRow {
                 data,
                 point,
                 nodes,
                 params,
+                complete,
             });
         }
     }
@@ -653,15 +667,20 @@ fn metric_of(r: &TableRow<'_>, c: &MetricCol) -> Option<f64> {
         .and_then(|n| n.metrics.get(&c.metric).copied())
 }
 
-/// A row's status: the worst end of its own nodes (`failed`, `cancelled`, `skipped`),
-/// else the run's (`ok`, `running`, `dead`, or the failure of another point).
+/// A row's status: the worst end of its own nodes (`failed`, `cancelled`, `skipped`);
+/// `ok` for a point of a failed or interrupted run whose every node (as the pipeline is
+/// now) completed, since the failure was another point's; else the run's (`ok`,
+/// `running`, `dead`, `failed`: the run stopped before this point's nodes ran).
 fn row_status(r: &TableRow<'_>) -> String {
     for bad in ["failed", "cancelled", "skipped"] {
         if r.nodes.iter().any(|n| n.status == bad) {
             return bad.into();
         }
     }
-    r.data.run.status.clone()
+    match r.data.run.status.as_str() {
+        "failed" | "interrupted" | "dead" if r.complete => "ok".into(),
+        other => other.into(),
+    }
 }
 
 fn overrides_text(run: &RunRow) -> String {

@@ -6,6 +6,7 @@ mod common;
 mod cuda;
 mod data_parallel;
 mod engine_cli;
+mod experiments;
 mod live;
 mod metrics_cli;
 mod model_cli;
