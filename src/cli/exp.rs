@@ -194,7 +194,11 @@ fn show(a: &ShowArgs) -> CliResult {
         Some(n) => &runs[runs.len().saturating_sub(n)..],
         None => &runs,
     };
-    let chosen = choose_metrics(&a.metric, runs.iter().flat_map(|r| &r.nodes), &dag)?;
+    let chosen = choose_metrics(
+        &a.metric,
+        runs.iter().flat_map(|r| &r.nodes),
+        &report_metrics(&dag),
+    )?;
     let mut order: Vec<BTreeMap<String, Value>> = Vec::new();
     for (_, n) in dag.nodes() {
         if !order.contains(&n.matrix_point) {
@@ -491,13 +495,29 @@ fn flatten(params: &Value) -> BTreeMap<String, Value> {
     out
 }
 
+/// The `metric` and `extra_metrics` of the pipeline's `report` stages: what its tables
+/// compare, so the default columns of `exp show`.
+fn report_metrics(dag: &Dag) -> BTreeSet<String> {
+    let mut reported = BTreeSet::new();
+    for (_, n) in dag.nodes().filter(|(_, n)| n.kind == "report") {
+        if let Some(m) = n.params.get("metric").and_then(Value::as_str) {
+            reported.insert(m.to_string());
+        }
+        if let Some(extra) = n.params.get("extra_metrics").and_then(Value::as_array) {
+            reported.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
+        }
+    }
+    reported
+}
+
 /// The metric columns to show, in stage then metric order. `asked` entries name a
 /// metric (`psnr`) or a stage's metric (`eval.psnr`); one that matches nothing recorded
 /// is refused with the names there are.
+/// `reported`: the metrics the pipeline's reports put first ([`report_metrics`]).
 fn choose_metrics<'a>(
     asked: &[String],
     nodes: impl Iterator<Item = &'a NodeRun>,
-    dag: &Dag,
+    reported: &BTreeSet<String>,
 ) -> Result<Vec<MetricCol>, CliError> {
     let mut all: BTreeMap<MetricCol, String> = BTreeMap::new();
     for n in nodes {
@@ -538,16 +558,6 @@ fn choose_metrics<'a>(
             out.extend(hits.into_iter().cloned());
         }
         return Ok(out.into_iter().collect());
-    }
-    // The report's primary and extra metrics, where the pipeline has a report.
-    let mut reported: BTreeSet<String> = BTreeSet::new();
-    for (_, n) in dag.nodes().filter(|(_, n)| n.kind == "report") {
-        if let Some(m) = n.params.get("metric").and_then(Value::as_str) {
-            reported.insert(m.to_string());
-        }
-        if let Some(extra) = n.params.get("extra_metrics").and_then(Value::as_array) {
-            reported.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
-        }
     }
     let evaluated: Vec<&MetricCol> = all
         .iter()
@@ -840,7 +850,11 @@ fn diff(a: &ShowArgs, id: &str, runs: &[RunData], dag: &Dag) -> CliResult {
         }
     };
     let both = [first, second];
-    let chosen = choose_metrics(&a.metric, both.iter().flat_map(|r| &r.nodes), dag)?;
+    let chosen = choose_metrics(
+        &a.metric,
+        both.iter().flat_map(|r| &r.nodes),
+        &report_metrics(dag),
+    )?;
 
     // (section, name, A, B, change): every value as text for people, JSON for machines.
     let mut overrides = Vec::new();
@@ -1001,6 +1015,72 @@ mod tests {
         assert_eq!(
             parse_node_id("split"),
             ("split".to_string(), BTreeMap::new())
+        );
+    }
+
+    fn node(stage: &str, kind: &str, metrics: &[(&str, f64)]) -> NodeRun {
+        NodeRun {
+            node: stage.into(),
+            stage: stage.into(),
+            kind: kind.into(),
+            point: BTreeMap::new(),
+            key: "k".repeat(64),
+            status: "executed".into(),
+            params: None,
+            metrics: metrics.iter().map(|(m, v)| (m.to_string(), *v)).collect(),
+        }
+    }
+
+    fn names(cols: &[MetricCol]) -> Vec<String> {
+        cols.iter().map(MetricCol::name).collect()
+    }
+
+    #[test]
+    fn default_metrics_are_the_evaluations_the_report_compares() {
+        let nodes = [
+            node("supernet", "supernet", &[("loss_g", 1.0)]),
+            node(
+                "eval_ugc",
+                "evaluate",
+                &[("miou", 0.5), ("psnr", 20.0), ("fid", 9.0)],
+            ),
+            node("eval_student", "evaluate", &[("miou", 0.4), ("psnr", 19.0)]),
+            node("report", "report", &[("tables", 3.0)]),
+        ];
+        let reported = BTreeSet::from(["miou".to_string(), "fid".to_string()]);
+        let chosen = choose_metrics(&[], nodes.iter(), &reported).unwrap();
+        assert_eq!(
+            names(&chosen),
+            ["eval_student.miou", "eval_ugc.fid", "eval_ugc.miou"]
+        );
+        // No report (or none of its metrics recorded): every metric of the evaluations.
+        let chosen = choose_metrics(&[], nodes.iter(), &BTreeSet::new()).unwrap();
+        assert_eq!(
+            names(&chosen),
+            [
+                "eval_student.miou",
+                "eval_student.psnr",
+                "eval_ugc.fid",
+                "eval_ugc.miou",
+                "eval_ugc.psnr"
+            ]
+        );
+        // No evaluation at all: whatever was recorded.
+        let chosen = choose_metrics(&[], nodes[..1].iter(), &reported).unwrap();
+        assert_eq!(names(&chosen), ["supernet.loss_g"]);
+        // Asked for: by name (every stage), by stage and name, in stage order.
+        let asked = ["psnr".to_string(), "report.tables".to_string()];
+        let chosen = choose_metrics(&asked, nodes.iter(), &reported).unwrap();
+        assert_eq!(
+            names(&chosen),
+            ["eval_student.psnr", "eval_ugc.psnr", "report.tables"]
+        );
+        let err = choose_metrics(&["mIoU".into()], nodes.iter(), &reported).unwrap_err();
+        assert_eq!(err.code, crate::cli::EXIT_USAGE);
+        assert!(
+            err.message.contains("did you mean `miou`"),
+            "{}",
+            err.message
         );
     }
 
