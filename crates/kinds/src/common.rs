@@ -75,6 +75,10 @@ impl DistillWeights {
 #[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 pub struct CommonParams {
     pub steps: u64,
+    /// The dep whose final state (`state/`) this stage continues from; null: from scratch.
+    pub init_from: Option<String>,
+    /// Commit the final state under `state/` for a continuation.
+    pub keep_state: bool,
     pub batch_size: usize,
     pub lr: f64,
     pub beta1: f64,

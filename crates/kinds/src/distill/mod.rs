@@ -13,6 +13,10 @@ use crate::common::{AmpDtype, DistillWeights};
 #[serde(deny_unknown_fields)]
 pub struct Params {
     pub steps: u64,
+    /// The dep whose final state (`state/`) this stage continues from; null: from scratch.
+    pub init_from: Option<String>,
+    /// Commit the final state under `state/` for a continuation.
+    pub keep_state: bool,
     pub batch_size: usize,
     pub unlabeled_batch_size: usize,
     pub lr: f64,
