@@ -14,6 +14,12 @@
 #include <torch/csrc/distributed/c10d/ProcessGroupGloo.hpp>
 #include <torch/csrc/distributed/c10d/TCPStore.hpp>
 
+#include <arpa/inet.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
@@ -90,14 +96,87 @@ bool is_loopback(const std::string& host) {
   return host == "127.0.0.1" || host == "localhost" || host == "::1";
 }
 
-// Gloo's transport device: the interface named by GLOO_SOCKET_IFNAME (as torch.distributed
-// honours it), loopback for a one-machine group, else this host's resolved address.
+bool is_loopback_address(const sockaddr* sa) {
+  if (sa->sa_family == AF_INET) {
+    auto a = ntohl(reinterpret_cast<const sockaddr_in*>(sa)->sin_addr.s_addr);
+    return (a >> 24) == 127;
+  }
+  if (sa->sa_family == AF_INET6) {
+    return IN6_IS_ADDR_LOOPBACK(&reinterpret_cast<const sockaddr_in6*>(sa)->sin6_addr);
+  }
+  return false;
+}
+
+// Whether `host` resolves to at least one address and to loopback ones only: Debian's
+// `127.0.1.1 <hostname>` line in /etc/hosts, or a container's `127.0.0.1 <hostname>`.
+bool resolves_to_loopback_only(const std::string& host) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_STREAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(host.c_str(), nullptr, &hints, &res) != 0 || res == nullptr) {
+    return true;  // unresolvable counts as unusable, like loopback
+  }
+  bool only = true;
+  for (auto* ai = res; ai; ai = ai->ai_next) {
+    only = only && is_loopback_address(ai->ai_addr);
+  }
+  freeaddrinfo(res);
+  return only;
+}
+
+// The numeric address this host sends from to reach `master`: the routing table's choice,
+// found by "connecting" a UDP socket, which sends nothing.
+std::optional<std::string> local_address_towards(const std::string& master) {
+  addrinfo hints{};
+  hints.ai_family = AF_UNSPEC;
+  hints.ai_socktype = SOCK_DGRAM;
+  addrinfo* res = nullptr;
+  if (getaddrinfo(master.c_str(), "9", &hints, &res) != 0) {
+    return std::nullopt;
+  }
+  std::optional<std::string> out;
+  for (auto* ai = res; ai && !out; ai = ai->ai_next) {
+    int fd = ::socket(ai->ai_family, SOCK_DGRAM, 0);
+    if (fd < 0) {
+      continue;
+    }
+    sockaddr_storage local{};
+    socklen_t len = sizeof local;
+    char name[NI_MAXHOST];
+    if (::connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 &&
+        ::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &len) == 0 &&
+        !is_loopback_address(reinterpret_cast<sockaddr*>(&local)) &&
+        ::getnameinfo(reinterpret_cast<sockaddr*>(&local), len, name, sizeof name, nullptr, 0,
+                      NI_NUMERICHOST) == 0) {
+      out = name;
+    }
+    ::close(fd);
+  }
+  freeaddrinfo(res);
+  return out;
+}
+
+// Gloo's transport device, the address this rank's peers connect to:
+// 1. the interface named by GLOO_SOCKET_IFNAME (as torch.distributed honours it);
+// 2. loopback for a one-machine group (the master is loopback);
+// 3. this host's name where it resolves to a non-loopback address (torch.distributed's
+//    default, createDefaultDevice);
+// 4. else the address this host reaches the master from. torch.distributed would bind
+//    loopback here, so ranks on other nodes could not connect: the classic failure of a
+//    node whose /etc/hosts maps its own name to 127.0.1.1.
 std::shared_ptr<::gloo::transport::Device> gloo_device(const std::string& master) {
   if (const char* ifname = std::getenv("GLOO_SOCKET_IFNAME"); ifname && *ifname) {
     return c10d::ProcessGroupGloo::createDeviceForInterface(ifname);
   }
   if (is_loopback(master)) {
     return c10d::ProcessGroupGloo::createDeviceForHostname("127.0.0.1");
+  }
+  char host[256] = {0};
+  if (::gethostname(host, sizeof host - 1) == 0 && resolves_to_loopback_only(host)) {
+    if (auto local = local_address_towards(master)) {
+      return c10d::ProcessGroupGloo::createDeviceForHostname(*local);
+    }
   }
   return c10d::ProcessGroupGloo::createDefaultDevice();
 }
