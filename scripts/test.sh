@@ -21,6 +21,14 @@ command -v chromium >/dev/null && export UGC_REQUIRE_CHROMIUM=1  # setup install
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     ./scripts/slurm-up.sh
     export UGC_REQUIRE_SLURM=1
+    # And a two-node cluster (network namespaces of this machine) for a data-parallel
+    # stage whose ranks span two nodes; a machine without network namespaces skips that
+    # one test, saying so.
+    if conf=$(./scripts/slurm-two-nodes.sh up); then
+        export UGC_SLURM_TWO_NODES=$conf
+    else
+        echo "test.sh: no two-node cluster here; slurm::a_data_parallel_stage_spans_two_nodes skips" >&2
+    fi
 fi
 
 status=0

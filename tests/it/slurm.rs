@@ -453,3 +453,98 @@ fn bad_executor_settings_exit_2_with_positions_before_anything_is_submitted() {
     let o = p.run(&["run", "p.yaml", "--executor-set", "max_jobs=2"]);
     assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
 }
+
+/// A data-parallel stage whose two ranks `srun` places on two nodes: the two-node cluster
+/// of `scripts/slurm-two-nodes.sh` (two slurmd in network namespaces, 1 CPU each), named
+/// by `UGC_SLURM_TWO_NODES` (its slurm.conf; scripts/test.sh sets it). The ranks find each
+/// other across the nodes (the master is the first node's name; each node's own hostname
+/// resolves to loopback, as on many real nodes), the stage commits once, and its model is
+/// bit-identical to the same two ranks started on one machine by the local launcher: the
+/// same reductions in the same order.
+#[test]
+fn a_data_parallel_stage_spans_two_nodes() {
+    let Some(conf) = std::env::var_os("UGC_SLURM_TWO_NODES") else {
+        eprintln!("skipped: UGC_SLURM_TWO_NODES is unset (scripts/slurm-two-nodes.sh up)");
+        return;
+    };
+    if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
+        eprintln!("skipped: the local comparison needs 2 CPU cores for 2 ranks");
+        return;
+    }
+    let pipeline = format!(
+        "{EXECUTOR}stages:
+  data:
+    kind: synth
+    params: {{task: labels2photo, n: 8, n_test: 4, size: 32, seed: 0}}
+  split:
+    kind: split
+    deps: [data]
+    params: {{label_ratio: 1.0, seed: 0}}
+  fit:
+    kind: train
+    deps: [split]
+    resources: {{devices: 2, dist_timeout_s: 60}}
+    params:
+      arch: {{arch: pix2pix-resnet, ngf: 4, n_blocks: 1}}
+      steps: 2
+      batch_size: 2
+      ndf: 4
+      seed: 0
+"
+    );
+    let (sl, lo) = (Project::new(), Project::new());
+    sl.write("p.yaml", &pipeline);
+    lo.write("p.yaml", &pipeline);
+    let o = sl
+        .cmd(&[
+            "run",
+            "p.yaml",
+            "--executor",
+            "slurm",
+            "--device",
+            "cpu",
+            "--json",
+        ])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(summary(&o)["executed"], 3, "{}", stderr(&o));
+    let log = std::fs::read_to_string(sl.cache().join("logs/1/fit.log")).unwrap();
+    for rank in ["rank 0 of 2", "rank 1 of 2"] {
+        assert!(log.contains(rank), "{rank} missing: {log}");
+    }
+    let st = sl
+        .cmd(&["status", "p.yaml", "--json"])
+        .env("SLURM_CONF", &conf)
+        .output()
+        .unwrap();
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let fit = st["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "fit" || s["node"] == "fit")
+        .unwrap_or_else(|| panic!("{st}"));
+    assert_eq!(fit["slurm"]["nodes"], "ugc-n[1-2]", "{fit}");
+
+    let l = lo.run(&["run", "p.yaml", "--device", "cpu", "--json", "-j", "2"]);
+    assert_eq!(l.status.code(), Some(0), "{}", stderr(&l));
+    let model = |p: &Project| {
+        let o = p.run(&["show", "p.yaml", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+        let out = v["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == "fit")
+            .and_then(|r| r["output"].as_str())
+            .unwrap_or_else(|| panic!("{v}"))
+            .to_string();
+        std::fs::read(std::path::Path::new(&out).join("model/model.safetensors")).unwrap()
+    };
+    assert!(
+        model(&sl) == model(&lo),
+        "the two-node model differs from the local one"
+    );
+}
