@@ -270,6 +270,10 @@ impl RunUi for TermUi {
     fn note(&mut self, msg: &str) {
         tracing::warn!("{msg}");
     }
+
+    fn info(&mut self, msg: &str) {
+        tracing::info!("{msg}");
+    }
 }
 
 /// `--json`: one JSON object per line on stdout.

@@ -35,7 +35,7 @@ use crate::plan::{KeyBuilder, PlanError, RunReason, why_run};
 use crate::registry::{ExecutionRow, Registry};
 use crate::slurm::book::{Book, JobCtx, ingest_key_spools};
 use crate::slurm::monitor::{FsCacheView, Monitor, SystemClock, Verdict};
-use crate::slurm::queue::{Commands, JobId, SlurmCli, SlurmClient};
+use crate::slurm::queue::{Commands, JobId, JobState, JobStatus, SlurmCli, SlurmClient};
 use crate::slurm::script::{StageJob, job_name};
 use crate::slurm::settings::SlurmSettings;
 use crate::stage::{DeviceKind, StageInput};
@@ -64,7 +64,21 @@ pub trait RunUi: Send {
         secs: f64,
         error: Option<&str>,
     );
+    /// Something that needs the user's attention (a warning).
     fn note(&mut self, msg: &str);
+    /// A line for the record that needs no attention (a Slurm job that ended normally).
+    fn info(&mut self, msg: &str) {
+        self.note(msg);
+    }
+}
+
+/// A settled job's line: information when Slurm says it completed, else a note.
+fn tell_settled(ui: &mut dyn RunUi, line: &str, status: Option<&JobStatus>) {
+    if status.is_some_and(|s| s.state == JobState::Completed) {
+        ui.info(line);
+    } else {
+        ui.note(line);
+    }
 }
 
 /// Seconds a stage asked to stop gets to checkpoint before it is killed: the head's
@@ -733,7 +747,7 @@ pub async fn run_dag(
                 // Jobs Slurm has ended: their final row, and their worker's spooled rows.
                 for (job, _key, status) in m.take_settled() {
                     if let Some(line) = book.settle(cache, registry, job, status.as_ref()) {
-                        ui.note(&line);
+                        tell_settled(ui, &line, status.as_ref());
                     }
                 }
                 next_poll = Instant::now() + m.interval();
@@ -830,7 +844,7 @@ pub async fn run_dag(
         loop {
             for (job, _key, status) in m.take_settled() {
                 if let Some(line) = book.settle(cache, registry, job, status.as_ref()) {
-                    ui.note(&line);
+                    tell_settled(ui, &line, status.as_ref());
                 }
             }
             if m.settling() == 0 {
