@@ -40,12 +40,16 @@ pub struct ShowArgs {
     #[arg(long, env = "UGC_PIPE_CACHE")]
     pub cache_dir: Option<PathBuf>,
     /// Metrics to show, comma-separated: `psnr` (of every stage that has it) or
-    /// `eval.psnr` (of one stage). Default: the evaluate stages' metrics (only the
-    /// report's `metric` and `extra_metrics` when the pipeline has a report), else every
+    /// `eval.psnr` (of one stage). Default: the report's `metric` of every evaluate
+    /// stage; without a report, every metric of the evaluate stages; without those, every
     /// metric recorded.
     #[arg(long, value_delimiter = ',', value_name = "NAMES")]
     pub metric: Vec<String>,
-    /// Every parameter, not only those that differ between the rows shown.
+    /// Parameters to show, comma-separated: `train.lr`, or `train` for every one of a
+    /// stage (any dotted prefix). Default: all that differ between the rows shown.
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    pub param: Vec<String>,
+    /// Every parameter (of `--param`), not only those that differ between the rows shown.
     #[arg(long)]
     pub all_params: bool,
     /// Only the latest N runs.
@@ -210,7 +214,7 @@ fn show(a: &ShowArgs) -> CliResult {
         .map(|(_, n)| (n.id.clone(), n.matrix_point.clone()))
         .collect();
     let rows = table_rows(runs, &chosen, &order, &expected);
-    let param_cols = param_columns(&rows, a.all_params);
+    let param_cols = param_columns(&rows, a.all_params, &a.param);
     let point_cols: BTreeSet<String> = rows.iter().flat_map(|r| r.point.keys().cloned()).collect();
     let metric_cols: Vec<&MetricCol> = chosen
         .iter()
@@ -495,19 +499,15 @@ fn flatten(params: &Value) -> BTreeMap<String, Value> {
     out
 }
 
-/// The `metric` and `extra_metrics` of the pipeline's `report` stages: what its tables
-/// compare, so the default columns of `exp show`.
+/// The primary `metric` of the pipeline's `report` stages: what its tables rank by, so
+/// the default columns of `exp show` (one per evaluate stage; the report's
+/// `extra_metrics` too would make the quickstart's table 35 metrics wide: `--metric`).
 fn report_metrics(dag: &Dag) -> BTreeSet<String> {
-    let mut reported = BTreeSet::new();
-    for (_, n) in dag.nodes().filter(|(_, n)| n.kind == "report") {
-        if let Some(m) = n.params.get("metric").and_then(Value::as_str) {
-            reported.insert(m.to_string());
-        }
-        if let Some(extra) = n.params.get("extra_metrics").and_then(Value::as_array) {
-            reported.extend(extra.iter().filter_map(Value::as_str).map(str::to_string));
-        }
-    }
-    reported
+    dag.nodes()
+        .filter(|(_, n)| n.kind == "report")
+        .filter_map(|(_, n)| n.params.get("metric").and_then(Value::as_str))
+        .map(str::to_string)
+        .collect()
 }
 
 /// The metric columns to show, in stage then metric order. `asked` entries name a
@@ -655,11 +655,23 @@ fn table_rows<'a>(
 }
 
 /// The parameter columns: those whose value is not the same in every row (a row without
-/// the parameter differs from one with it), or all with `all`.
-fn param_columns(rows: &[TableRow<'_>], all: bool) -> Vec<String> {
+/// the parameter differs from one with it), or all with `all`; only those `only` names
+/// (a name, or a dotted prefix of names) when it names any.
+fn param_columns(rows: &[TableRow<'_>], all: bool, only: &[String]) -> Vec<String> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.params.keys()).collect();
+    let named = |name: &str| {
+        only.is_empty()
+            || only.iter().any(|o| {
+                let o = o.trim();
+                name == o
+                    || name
+                        .strip_prefix(o)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+    };
     names
         .into_iter()
+        .filter(|name| named(name))
         .filter(|name| {
             all || {
                 let first = rows[0].params.get(*name);

@@ -172,6 +172,32 @@ fn three_set_runs_compare_in_one_table() {
     let o = p.run(&["exp", "show", "p.yaml", "--metric", "psnx"]);
     assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     assert!(stderr(&o).contains("did you mean `psnr`"), "{}", stderr(&o));
+    // --param: a name or a stage (any dotted prefix); --all-params keeps equal ones too.
+    let train = json_of(&p, &["exp", "show", "p.yaml", "--json", "--param", "train"]);
+    assert_eq!(
+        train["columns"]["params"],
+        json!(["train.env.LR", "train.env.STEPS"])
+    );
+    let all = json_of(
+        &p,
+        &[
+            "exp",
+            "show",
+            "p.yaml",
+            "--json",
+            "--param",
+            "train.env.LR,train.cmd",
+            "--all-params",
+        ],
+    );
+    assert_eq!(
+        all["columns"]["params"],
+        json!(["train.cmd", "train.env.LR"])
+    );
+    assert_eq!(
+        all["rows"][0]["params"]["train.cmd"],
+        r#"echo "$LR $STEPS" > model.txt"#
+    );
     // --limit keeps the latest runs.
     let last = json_of(&p, &["exp", "show", "p.yaml", "--json", "--limit", "2"]);
     let runs: Vec<i64> = last["rows"]
