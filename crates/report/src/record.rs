@@ -188,15 +188,19 @@ impl EvalRecord {
     }
 
     /// Whether the model is a searched sub-net trained as its own network: a `train` stage
-    /// whose architecture lists explicit `channels` (eval.json `model.arch_config`), which
-    /// only a sub-net taken from a search has; the original model has its full widths.
+    /// whose `origin.json`, passed on as eval.json `model.origin`, says its architecture is
+    /// a sub-net cut from a supernet (`from_dep` a search or distill model, or a `config`).
+    /// The widths cannot tell: pix2pixHD and GauGAN list explicit `channels` for the
+    /// original model too. A train model without the record (train before version 3)
+    /// counts as the original.
     pub fn from_search(&self) -> bool {
         self.model_kind.as_deref() == Some("train")
             && self
                 .model_json
-                .get("arch_config")
-                .and_then(|a| a.get("channels"))
-                .is_some_and(|c| !c.is_null())
+                .get("origin")
+                .and_then(|o| o.get("subnet"))
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
     }
 
     /// The key of `curve_by_kind` this record's model answers to.
@@ -335,4 +339,86 @@ fn list_samples(node: &str, dir: &Path) -> Result<Vec<PathBuf>, ReportError> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// An evaluate output of a `train` model with `model` as eval.json records it.
+    fn record(dir: &Path, model: Value) -> EvalRecord {
+        std::fs::create_dir_all(dir).unwrap();
+        std::fs::write(dir.join("metrics.json"), r#"{"fid": 10.0}"#).unwrap();
+        std::fs::write(
+            dir.join("eval.json"),
+            json!({"split": {"subset": "test"}, "model": model}).to_string(),
+        )
+        .unwrap();
+        let input = StageInput {
+            name: "eval".into(),
+            node: String::new(),
+            point: BTreeMap::new(),
+            kind: "evaluate".into(),
+            dir: dir.into(),
+        };
+        EvalRecord::load(&input, "label_ratio").unwrap()
+    }
+
+    fn train_model(arch: &str, channels: Value, origin: Option<Value>) -> Value {
+        let mut m = json!({
+            "reference": false, "stage": "original", "kind": "train", "arch": arch,
+            "arch_config": {"arch": arch, "channels": channels}, "config": "w=..;d=..",
+        });
+        if let Some(o) = origin {
+            m["origin"] = o;
+        }
+        m
+    }
+
+    #[test]
+    fn student_alone_is_read_from_the_train_origin_not_from_the_widths() {
+        let tmp = tempfile::tempdir().unwrap();
+        let original = json!({"arch_from": "arch", "subnet": false});
+        let from_search =
+            json!({"arch_from": "dep", "dep": "search", "dep_kind": "search", "subnet": true});
+        let from_config = json!({"arch_from": "config", "config": "w=8,8;d=", "subnet": true});
+        // pix2pixHD and GauGAN originals list their widths; the pix2pix ResNet's do not.
+        for (i, (arch, widths)) in [
+            ("pix2pixhd", json!([64, 128, 256, 512, 1024])),
+            ("gaugan", json!([1024, 1024, 1024, 512, 256, 128, 64])),
+            ("pix2pix-resnet", Value::Null),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let dir = |name: &str| tmp.path().join(format!("{i}_{name}"));
+            let r = record(
+                &dir("orig"),
+                train_model(arch, widths.clone(), Some(original.clone())),
+            );
+            assert!(!r.from_search(), "{arch} original");
+            assert_eq!(r.kind_key().as_deref(), Some("train"), "{arch}");
+            let r = record(
+                &dir("search"),
+                train_model(arch, json!([16, 24, 32]), Some(from_search.clone())),
+            );
+            assert!(r.from_search(), "{arch} from a search");
+            assert_eq!(r.kind_key().as_deref(), Some("train_from_search"));
+            let r = record(
+                &dir("config"),
+                train_model(arch, json!([8, 8]), Some(from_config.clone())),
+            );
+            assert!(r.from_search(), "{arch} config sub-net");
+            // No record (an older train output): the original, whatever the widths.
+            let r = record(&dir("none"), train_model(arch, json!([8, 8]), None));
+            assert!(!r.from_search(), "{arch} without origin");
+        }
+        // Only train models: a distilled student with a `subnet` origin is UGC's, not alone.
+        let mut m = train_model("pix2pixhd", json!([8]), Some(from_search));
+        m["kind"] = json!("distill");
+        let r = record(&tmp.path().join("distill"), m);
+        assert!(!r.from_search());
+        assert_eq!(r.kind_key().as_deref(), Some("distill"));
+    }
 }

@@ -18,6 +18,9 @@ use crate::setup;
 use crate::supernet::{GanSetup, build_task, metrics, sample_chw};
 use ugc_train::run_loop;
 
+/// Where a `train` stage records how its architecture was chosen (see `TrainStage::origin`).
+pub const ORIGIN_FILE: &str = "origin.json";
+
 /// `train` parameters (`crates/kinds/src/train/`).
 pub use ugc_kinds::train::Params as TrainParams;
 
@@ -66,11 +69,49 @@ impl TrainStage {
         Ok((g.compact_config(&sub)?, None))
     }
 
+    /// How the architecture was chosen (`origin.json`), so that a report can tell a
+    /// searched sub-net trained on its own from the original model without guessing from
+    /// its widths: `arch_from` is `arch` (the map as given), `config` (a sub-net of it) or
+    /// `dep` (`from_dep`'s model); `subnet` says whether the architecture is a sub-net cut
+    /// from a supernet (a `config`, a `search` or `distill` dep's model, or that of a
+    /// `train` dep whose own origin says so).
+    fn origin(ctx: &StageContext<'_>, p: &TrainParams) -> Result<Value, MethodError> {
+        if let Some(dep) = &p.from_dep {
+            let input = ctx.inputs.iter().find(|i| &i.name == dep).ok_or_else(|| {
+                MethodError::param("from_dep", dep, "is not among this stage's deps")
+            })?;
+            let subnet = match input.kind.as_str() {
+                "search" | "distill" => true,
+                "train" => {
+                    let path = input.dir.join(ORIGIN_FILE);
+                    match std::fs::read_to_string(&path) {
+                        Ok(text) => serde_json::from_str::<Value>(&text)
+                            .map_err(|e| MethodError::Json { path, source: e })?
+                            .get("subnet")
+                            .and_then(Value::as_bool)
+                            .unwrap_or(false),
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+                        Err(e) => return Err(MethodError::io(&path, e)),
+                    }
+                }
+                _ => false,
+            };
+            return Ok(serde_json::json!({
+                "arch_from": "dep", "dep": dep, "dep_kind": input.kind, "subnet": subnet,
+            }));
+        }
+        Ok(match &p.config {
+            Some(cs) => serde_json::json!({"arch_from": "config", "config": cs, "subnet": true}),
+            None => serde_json::json!({"arch_from": "arch", "subnet": false}),
+        })
+    }
+
     fn run_inner(&self, ctx: &StageContext<'_>) -> Result<(), MethodError> {
         let p: TrainParams = serde_json::from_value(ctx.params.clone())
             .map_err(|e| MethodError::param("params", ctx.node, e.to_string()))?;
         let split = setup::open_split(ctx)?;
         let (arch, init) = Self::resolve_arch(ctx, &p, &split.manifest)?;
+        let origin = Self::origin(ctx, &p)?;
         let largest = ugc_nn::search_space(&arch)?.largest();
         let weights = GanLossWeights {
             l1: p.common.lambda_l1,
@@ -109,6 +150,7 @@ impl TrainStage {
             &ctx.out_dir.join("metrics.json"),
             &metrics(&outcome, &extra),
         )?;
+        setup::write_json(&ctx.out_dir.join(ORIGIN_FILE), &origin)?;
         // Rank 0's output is committed only once every rank has finished.
         built.dist.barrier()?;
         Ok(())

@@ -64,6 +64,9 @@ enum Subject {
 
 struct UnderTest {
     source: ModelSource,
+    /// A `train` dep's `origin.json` (how its architecture was chosen), passed on to
+    /// eval.json `model.origin` for the report.
+    origin: Option<Value>,
     meta: ModelMeta,
     model: LoadedModel,
     sub: SubnetConfig,
@@ -192,14 +195,14 @@ fn build(ctx: &StageContext<'_>, p: &Params) -> Result<Setup> {
     let inception = configured_file(
         "fid_inception_weights",
         &p.fid_inception_weights,
-        "FID needs pytorch-fid's Inception weights converted to safetensors",
+        "FID needs pytorch-fid's Inception weights (pt_inception-2015-12-05-6726825d.pth)",
     )?
     .map(|path| FidInception::load(path, device))
     .transpose()?;
     let drn_path = configured_file(
         "drn_weights",
         &p.drn_weights,
-        "the Cityscapes mIoU needs DRN-D-105 (DRNSeg) weights converted to safetensors",
+        "the Cityscapes mIoU needs DRN-D-105 (DRNSeg) weights (drn-d-105_ms_cityscapes.pth)",
     )?;
 
     let subject = if p.reference {
@@ -208,8 +211,10 @@ fn build(ctx: &StageContext<'_>, p: &Params) -> Result<Setup> {
         let source = find_model(ctx, p.model.as_deref(), p.role.map(|r| r.name()))?;
         let (meta, model) = load_model(&source.dir, device)?;
         let sub = model.generator.search_space().largest();
+        let origin = train_origin(ctx, &source)?;
         Subject::Model(Box::new(UnderTest {
             source,
+            origin,
             meta,
             model,
             sub,
@@ -461,6 +466,7 @@ fn write_outputs(ctx: &StageContext<'_>, p: &Params, s: &Setup, m: Measured) -> 
     if let Subject::Model(under_test) = &s.subject {
         let UnderTest {
             source,
+            origin,
             meta,
             model,
             sub,
@@ -504,6 +510,10 @@ fn write_outputs(ctx: &StageContext<'_>, p: &Params, s: &Setup, m: Measured) -> 
             "input": [meta.arch.input_nc, h, w],
             "latency": latency,
         });
+        // Only when the dep recorded one, so that other models' eval.json stays as it was.
+        if let Some(o) = origin {
+            model_json["origin"] = o.clone();
+        }
     }
     metrics.insert("n_images".into(), (n as u64).into());
     metrics.insert("label_fraction".into(), s.manifest.label_ratio.into());
@@ -586,4 +596,22 @@ fn not_computed(
         v.insert("latency_ms".into(), "`latency: false`".into());
     }
     Value::Object(v)
+}
+
+/// `origin.json` of a `train` dep (written since the train kind's version 3), if any.
+fn train_origin(ctx: &StageContext<'_>, source: &ModelSource) -> Result<Option<Value>> {
+    if source.kind != "train" {
+        return Ok(None);
+    }
+    let Some(input) = ctx.inputs.iter().find(|i| i.name == source.stage) else {
+        return Ok(None);
+    };
+    let path = input.dir.join("origin.json");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| EvalError::Input(format!("{}: not valid JSON: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(EvalError::Input(format!("reading {}: {e}", path.display()))),
+    }
 }

@@ -144,6 +144,32 @@ fn evaluates_a_model_with_cost_latency_and_samples() {
     assert_eq!(e["model"]["latency"]["runs"], 3);
     assert!(e["model"]["config"].is_string());
     assert_eq!(e["samples"].as_array().unwrap().len(), 2);
+    // Only a train dep's origin.json is passed on; other models' eval.json has no origin.
+    assert!(e["model"].get("origin").is_none(), "{e}");
+}
+
+#[test]
+fn a_train_models_origin_reaches_eval_json() {
+    let _rng = ugc_engine::testing::torch_rng();
+    let model = tempfile::tempdir().unwrap();
+    fake_model_stage(model.path(), 1);
+    let origin = json!({"arch_from": "dep", "dep": "search", "dep_kind": "search", "subnet": true});
+    std::fs::write(model.path().join("origin.json"), origin.to_string()).unwrap();
+    let out = tempfile::tempdir().unwrap();
+    run(
+        &evaluate_stage(),
+        json!({"latency": false, "n_samples": 0}),
+        &[
+            labels_split().split_input(),
+            input("ev", "evaluator", labels_evaluator()),
+            input("student_alone", "train", model.path()),
+        ],
+        out.path(),
+    )
+    .unwrap();
+    let e = read_json(&out.path().join("eval.json"));
+    assert_eq!(e["model"]["kind"], "train");
+    assert_eq!(e["model"]["origin"], origin);
 }
 
 #[test]

@@ -259,6 +259,14 @@ fn train_writes_a_loadable_model_of_the_chosen_subnet() {
     assert_eq!(rows.len(), 6);
     assert!(h.iter().any(|c| c == "model_l1"), "{h:?}");
     assert!(!h.iter().any(|c| c.contains("distill")), "{h:?}");
+    // origin.json: a `config` sub-net, which the report counts as a student trained alone.
+    let origin = |dir: &std::path::Path| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("origin.json")).unwrap()).unwrap()
+    };
+    assert_eq!(
+        origin(out.path()),
+        json!({"arch_from": "config", "config": cfg, "subnet": true})
+    );
 
     // A second run takes the architecture and weights of the first from a dep.
     let out2 = tempfile::tempdir().unwrap();
@@ -275,6 +283,11 @@ fn train_writes_a_loadable_model_of_the_chosen_subnet() {
     let (meta2, _) =
         ugc_nn::export::load_model(&out2.path().join("model"), tch::Device::Cpu).unwrap();
     assert_eq!(meta2.arch, meta.arch);
+    // The sub-net provenance carries over from a train dep.
+    assert_eq!(
+        origin(out2.path()),
+        json!({"arch_from": "dep", "dep": "baseline", "dep_kind": "train", "subnet": true})
+    );
     let p3 = with_defaults(kind.schema(), json!({"from_dep": "nope", "steps": 1}));
     let e = run(&kind, &p3, &[inputs[0].clone(), dep], out2.path())
         .unwrap_err()
