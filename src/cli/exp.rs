@@ -354,13 +354,13 @@ fn load_runs(cache_dir: &Path, id: &str, dag: &Dag) -> Result<Vec<RunData>, CliE
     let registry = super::store::open_registry(&cache)?;
     let mut records: HashMap<String, Record> = HashMap::new();
     for record in cache.records().map_err(CliError::failed)? {
-        if record.meta.pipeline == id {
-            if let Err(e) = register_record(&cache, &registry, &record) {
-                tracing::warn!(
-                    "run registry: row of `{}` not recovered: {e}",
-                    record.meta.node
-                );
-            }
+        if record.meta.pipeline == id
+            && let Err(e) = register_record(&cache, &registry, &record)
+        {
+            tracing::warn!(
+                "run registry: row of `{}` not recovered: {e}",
+                record.meta.node
+            );
         }
         records.insert(record.key.as_str().to_string(), record);
     }
