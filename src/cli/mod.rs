@@ -144,6 +144,10 @@ pub enum Verb {
     Run {
         #[command(flatten)]
         p: PipelineArgs,
+        /// Run only these stages (all their matrix nodes) or node ids, and what they need
+        /// (their ancestors); none: the whole pipeline.
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
         /// Print the plan (what runs, what is cached, why) and run nothing.
         #[arg(long)]
         dry_run: bool,
@@ -417,13 +421,16 @@ pub fn main() -> i32 {
     let result = match cli.command {
         Verb::Run {
             p,
+            targets,
             dry_run,
             force,
             keep_going,
             jobs,
             json,
             executor,
-        } => pipeline::run(&p, &executor, dry_run, &force, keep_going, jobs, json, bars),
+        } => pipeline::run(
+            &p, &targets, &executor, dry_run, &force, keep_going, jobs, json, bars,
+        ),
         Verb::Status { p, json } => pipeline::status(&p, json),
         Verb::Dag { p, format } => pipeline::dag(&p, format),
         Verb::Explain { p, stage } => pipeline::explain(&p, &stage),

@@ -10,7 +10,7 @@ use ugc_engine::executor::{NodeOutcome, RunOptions, run_dag};
 use ugc_engine::graph::Dag;
 use ugc_engine::plan::{KeyBuilder, NodeState, RunReason, describe_changes, plan};
 use ugc_engine::registry::Registry;
-use ugc_engine::spec::{LoadOptions, Machine, Pipeline, load_pipeline};
+use ugc_engine::spec::{LoadOptions, Machine, Pipeline, load_pipeline, suggest};
 
 use super::{CliError, CliResult, DagFormat, EXIT_FAILED, EXIT_INTERRUPTED, PipelineArgs};
 use crate::runtime::{fingerprint, resolve_device};
@@ -98,6 +98,29 @@ fn open_on(p: &PipelineArgs, for_run: bool, on_slurm: bool) -> Result<Session, C
     })
 }
 
+/// The refusal of a name that is no stage or node of the pipeline, with the closest
+/// names (else the stage names): `what` says where it was written (`--force x`).
+fn unknown_node(s: &Session, what: &str, name: &str) -> CliError {
+    let mut names: Vec<String> = s
+        .dag
+        .nodes()
+        .flat_map(|(_, n)| [n.stage.clone(), n.id.clone()])
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut hint = suggest::did_you_mean(name, &names);
+    if hint.is_empty() {
+        let stages: Vec<&str> = s.pipeline.stages.iter().map(|t| t.name.as_str()).collect();
+        hint = format!(" (its stages: {})", stages.join(", "));
+    }
+    CliError::usage(format!(
+        "{what}: no stage or node `{name}` in {}{hint}",
+        s.pipeline.path.display()
+    ))
+}
+
+/// The nodes `--force` names (every node of a stage name), all checked before anything
+/// runs: an unknown name is exit 2 with the closest names.
 fn forced_nodes(
     s: &Session,
     force: &[String],
@@ -106,14 +129,35 @@ fn forced_nodes(
     for f in force {
         let found = s.dag.find(f);
         if found.is_empty() {
-            return Err(CliError::usage(format!(
-                "--force {f}: no stage or node of that name in {}",
-                s.pipeline.path.display()
-            )));
+            return Err(unknown_node(s, &format!("--force {f}"), f));
         }
         out.extend(found);
     }
     Ok(out)
+}
+
+/// `run P TARGET...`: keeps the targets (a stage name: all its nodes; or a node id) and
+/// their ancestors only, so that the plan, the execution and the summary cover just what
+/// the targets need (`dvc repro STAGE`). Every target is checked first (exit 2 with
+/// "did you mean"); no target keeps the whole DAG.
+fn select_targets(s: &mut Session, targets: &[String]) -> Result<(), CliError> {
+    if targets.is_empty() {
+        return Ok(());
+    }
+    let mut chosen = BTreeSet::new();
+    let mut unknown = Vec::new();
+    for t in targets {
+        let found = s.dag.find(t);
+        if found.is_empty() {
+            unknown.push(unknown_node(s, &format!("target `{t}`"), t).message);
+        }
+        chosen.extend(found);
+    }
+    if !unknown.is_empty() {
+        return Err(CliError::usage(unknown.join("\n")));
+    }
+    s.dag = s.dag.restricted(&s.dag.with_ancestors(&chosen));
+    Ok(())
 }
 
 /// The Slurm executor's settings: the pipeline's `executor:` block, then the profile,
@@ -150,6 +194,7 @@ fn slurm_settings(
 #[allow(clippy::too_many_arguments)]
 pub fn run(
     p: &PipelineArgs,
+    targets: &[String],
     executor: &super::ExecutorArgs,
     dry_run: bool,
     force: &[String],
@@ -164,12 +209,30 @@ pub fn run(
             "--profile and --executor-set configure `--executor slurm`",
         ));
     }
-    let s = open_on(p, true, on_slurm)?;
+    let mut s = open_on(p, true, on_slurm)?;
     // Checked before anything runs, also for `--dry-run`.
     let settings = on_slurm
         .then(|| slurm_settings(&s.pipeline.path, executor))
         .transpose()?;
-    let forced = forced_nodes(&s, force)?;
+    // `--force` names are checked against the whole pipeline, then must lie among the
+    // targets' nodes (forcing a node that will not run is a mistake worth saying).
+    let force_ids: BTreeSet<String> = forced_nodes(&s, force)?
+        .into_iter()
+        .map(|i| s.dag.node(i).id.clone())
+        .collect();
+    select_targets(&mut s, targets)?;
+    let forced: BTreeSet<petgraph::graph::NodeIndex> = s
+        .dag
+        .nodes()
+        .filter(|(_, n)| force_ids.contains(&n.id))
+        .map(|(i, _)| i)
+        .collect();
+    if let Some(f) = force.iter().find(|f| s.dag.find(f).is_empty()) {
+        return Err(CliError::usage(format!(
+            "--force {f}: not among the nodes the targets ({}) need",
+            targets.join(", ")
+        )));
+    }
     if dry_run {
         return print_plan(&s, &forced, json);
     }
@@ -584,10 +647,7 @@ pub fn explain(p: &PipelineArgs, stage: &str) -> CliResult {
     let s = open(p, false)?;
     let targets = s.dag.find(stage);
     if targets.is_empty() {
-        return Err(CliError::usage(format!(
-            "no stage or node `{stage}` in {}",
-            s.pipeline.path.display()
-        )));
+        return Err(unknown_node(&s, "explain", stage));
     }
     let plan = plan_of(&s, &BTreeSet::new())?;
     for idx in targets {

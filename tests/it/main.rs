@@ -15,3 +15,4 @@ mod paper_pipelines;
 mod pipelines;
 mod quickstart;
 mod slurm;
+mod targets;

@@ -188,10 +188,13 @@ pub fn run_loop<T: TrainTask + ?Sized>(
             }
             let from = continue_from(ctx, &run, &task.state())?;
             if let Some((dep, step)) = &from {
-                ctx.progress.message(&format!(
+                let text = format!(
                     "continuing `{dep}`: from its step {step}, training steps {step}..{} only",
                     cfg.steps
-                ));
+                );
+                // In the stage log (the worker's tracing) and beside the progress bar.
+                tracing::info!("{}: {text}", ctx.node);
+                ctx.progress.message(&text);
             }
             Ok(from.map_or(0, |(_, step)| step))
         });

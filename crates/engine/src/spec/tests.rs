@@ -85,7 +85,7 @@ fn unknown_stage_key_has_position() {
     assert_eq!(
         e,
         format!(
-            "{FILE}:4:5: unknown key `dep` in stage `data`; did you mean `deps` or `doc`? (valid: kind, deps, params, resources, doc, gather)"
+            "{FILE}:4:5: unknown key `dep` in stage `data`; did you mean `deps`? (valid: kind, deps, params, resources, doc, gather)"
         )
     );
 }
