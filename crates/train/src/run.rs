@@ -732,7 +732,7 @@ mod tests {
             &said,
             &token,
             &cont,
-            &[input.clone()],
+            std::slice::from_ref(&input),
         )
         .unwrap();
         assert_eq!(done.resumed_from, 4);
