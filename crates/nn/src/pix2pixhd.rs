@@ -5,7 +5,10 @@
 //! 3x3 convs (`model.4`, `model.7`, ...); `n_blocks` residual blocks
 //! (`model.K.conv_block.{1,5}`: reflection pad, conv, IN, ReLU, pad, conv, IN); as many 3x3
 //! transposed convs (stride 2, output padding 1); reflection pad 3, 7x7 conv, tanh. Instance
-//! norm is `affine=False` (pix2pixHD's `get_norm_layer("instance")`), so it has no tensors.
+//! norm is `affine=False` (pix2pixHD's `get_norm_layer("instance")`), so it has no tensors;
+//! `--norm batch` is `BatchNorm2d(affine=True)` at the norm positions (`model.2`, `model.5`,
+//! ..., `conv_block.{2,6}`) with weight, bias and running statistics. pix2pixHD has no bias
+//! rule: its convs keep their biases under either norm.
 //!
 //! Elastic positions (search-space order): `stem`, `down1..D` (`downD` is also the
 //! residual trunk width), `blockJ.inner` (first conv of block J), `up1..D`. Depth: block J
@@ -17,8 +20,8 @@ use tch::{Tensor, nn};
 use crate::arch::{Arch, ArchConfig, NormKind};
 use crate::cost::{self, Cost};
 use crate::elastic::{
-    ConvOpts, ConvTransposeOpts, ElasticConv2d, ElasticConvTranspose2d, Mode, instance_norm,
-    push_named, reflection_pad,
+    ConvOpts, ConvTransposeOpts, ElasticBatchNorm2d, ElasticConv2d, ElasticConvTranspose2d, Mode,
+    Norm2d, push_named, reflection_pad,
 };
 use crate::error::NnError;
 use crate::generator::{Generator, check_batch};
@@ -39,11 +42,11 @@ impl Layout {
             return Err(NnError::config("arch", cfg.arch, "expected pix2pixhd"));
         }
         cfg.validate()?;
-        if cfg.norm != NormKind::Instance {
+        if !matches!(cfg.norm, NormKind::Instance | NormKind::Batch) {
             return Err(NnError::config(
                 "norm",
                 format!("{:?}", cfg.norm).to_lowercase(),
-                "pix2pixhd is implemented with instance norm only (the official default)",
+                "pix2pixhd takes instance or batch (pix2pixHD's get_norm_layer)",
             ));
         }
         let d = cfg.n_downsample;
@@ -184,18 +187,23 @@ pub fn cost(cfg: &ArchConfig, sub: &SubnetConfig, input_chw: [i64; 3]) -> Result
     search_space(cfg)?.check(sub)?;
     check_input(cfg, input_chw)?;
     let a = split(&layout, sub);
+    // Batch norm's affine transform counts (torchprofile); instance norm here has none.
+    let affine = cfg.norm == NormKind::Batch;
     let mut hw = [input_chw[1], input_chw[2]];
-    let mut c = cost::conv2d(cfg.input_nc, a.stem, [7, 7], 1, hw, true);
+    let mut c =
+        cost::conv2d(cfg.input_nc, a.stem, [7, 7], 1, hw, true) + cost::norm(a.stem, hw, affine);
     let mut ch = a.stem;
     for &w in a.downs {
         hw = down_hw(hw);
-        c += cost::conv2d(ch, w, [3, 3], 1, hw, true);
+        c += cost::conv2d(ch, w, [3, 3], 1, hw, true) + cost::norm(w, hw, affine);
         ch = w;
     }
     for (j, &inner) in a.blocks.iter().enumerate() {
         if sub.block_present(j) {
             c += cost::conv2d(ch, inner, [3, 3], 1, hw, true)
-                + cost::conv2d(inner, ch, [3, 3], 1, hw, true);
+                + cost::norm(inner, hw, affine)
+                + cost::conv2d(inner, ch, [3, 3], 1, hw, true)
+                + cost::norm(ch, hw, affine);
         }
     }
     for &w in a.ups {
@@ -203,18 +211,20 @@ pub fn cost(cfg: &ArchConfig, sub: &SubnetConfig, input_chw: [i64; 3]) -> Result
             cost::conv_transpose_out(hw[0], 3, 2, 1, 1, 1),
             cost::conv_transpose_out(hw[1], 3, 2, 1, 1, 1),
         ];
-        c += cost::conv_transpose2d(ch, w, [3, 3], 1, hw, true);
+        c += cost::conv_transpose2d(ch, w, [3, 3], 1, hw, true) + cost::norm(w, hw, affine);
         ch = w;
     }
     c += cost::conv2d(ch, cfg.output_nc, [7, 7], 1, hw, true);
     Ok(c)
 }
 
-/// One pix2pixHD `ResnetBlock` (`conv_block.1`, `conv_block.5`).
+/// One pix2pixHD `ResnetBlock` (`conv_block.1`, `conv_block.5`, norms `.2`, `.6`).
 #[derive(Debug)]
 struct ResBlock {
     conv1: ElasticConv2d,
+    norm1: Norm2d,
     conv2: ElasticConv2d,
+    norm2: Norm2d,
 }
 
 /// The Pix2PixHD global generator supernet.
@@ -222,10 +232,10 @@ struct ResBlock {
 pub struct Pix2PixHd {
     cfg: ArchConfig,
     layout: Layout,
-    stem: ElasticConv2d,
-    downs: Vec<ElasticConv2d>,
+    stem: (ElasticConv2d, Norm2d),
+    downs: Vec<(ElasticConv2d, Norm2d)>,
     blocks: Vec<ResBlock>,
-    ups: Vec<ElasticConvTranspose2d>,
+    ups: Vec<(ElasticConvTranspose2d, Norm2d)>,
     last: ElasticConv2d,
 }
 
@@ -240,16 +250,19 @@ impl Pix2PixHd {
             ..Default::default()
         };
         let d = layout.downs.len();
-        let stem = ElasticConv2d::new(&(&m / 1), cfg.input_nc, layout.stem, 7, plain(0, 1));
+        // Instance norm (affine=False) creates no tensors, so an instance-norm model's
+        // variables are exactly those it had before batch norm was supported.
+        let norm = |i: usize, c: i64| Norm2d::new(&(&m / i), cfg.norm, c);
+        let stem = (
+            ElasticConv2d::new(&(&m / 1), cfg.input_nc, layout.stem, 7, plain(0, 1)),
+            norm(2, layout.stem),
+        );
         let mut ch = layout.stem;
         let mut downs = Vec::with_capacity(d);
         for (i, &w) in layout.downs.iter().enumerate() {
-            downs.push(ElasticConv2d::new(
-                &(&m / (4 + 3 * i)),
-                ch,
-                w,
-                3,
-                plain(1, 2),
+            downs.push((
+                ElasticConv2d::new(&(&m / (4 + 3 * i)), ch, w, 3, plain(1, 2)),
+                norm(5 + 3 * i, w),
             ));
             ch = w;
         }
@@ -262,7 +275,9 @@ impl Pix2PixHd {
                 let bp = &m / (first_block + j) / "conv_block";
                 ResBlock {
                     conv1: ElasticConv2d::new(&(&bp / 1), ch, inner, 3, plain(0, 1)),
+                    norm1: Norm2d::new(&(&bp / 2), cfg.norm, inner),
                     conv2: ElasticConv2d::new(&(&bp / 5), inner, ch, 3, plain(0, 1)),
+                    norm2: Norm2d::new(&(&bp / 6), cfg.norm, ch),
                 }
             })
             .collect();
@@ -275,12 +290,9 @@ impl Pix2PixHd {
                 output_padding: 1,
                 bias: true,
             };
-            ups.push(ElasticConvTranspose2d::new(
-                &(&m / (first_up + 3 * i)),
-                ch,
-                w,
-                3,
-                opts,
+            ups.push((
+                ElasticConvTranspose2d::new(&(&m / (first_up + 3 * i)), ch, w, 3, opts),
+                norm(first_up + 3 * i + 1, w),
             ));
             ch = w;
         }
@@ -312,27 +324,30 @@ impl Generator for Pix2PixHd {
         search_space(&self.cfg).expect("config validated in Pix2PixHd::new")
     }
 
-    fn forward(&self, x: &Tensor, sub: &SubnetConfig, _mode: Mode) -> Result<Tensor, NnError> {
+    fn forward(&self, x: &Tensor, sub: &SubnetConfig, mode: Mode) -> Result<Tensor, NnError> {
         self.search_space().check(sub)?;
         check_batch(x, |chw| check_input(&self.cfg, chw))?;
         let a = split(&self.layout, sub);
-        let act = |t: Tensor| instance_norm(&t).relu();
-        let mut h = act(self.stem.forward(&reflection_pad(x, 3), a.stem));
-        for (conv, &w) in self.downs.iter().zip(a.downs) {
-            h = act(conv.forward(&h, w));
+        let act = |norm: &Norm2d, t: Tensor| norm.forward(&t, mode).relu();
+        let (stem, stem_norm) = &self.stem;
+        let mut h = act(stem_norm, stem.forward(&reflection_pad(x, 3), a.stem));
+        for ((conv, norm), &w) in self.downs.iter().zip(a.downs) {
+            h = act(norm, conv.forward(&h, w));
         }
         let trunk = h.size()[1];
         for (j, (blk, &inner)) in self.blocks.iter().zip(a.blocks).enumerate() {
             if !sub.block_present(j) {
                 continue;
             }
-            let r = act(blk.conv1.forward(&reflection_pad(&h, 1), inner));
-            let r = instance_norm(&blk.conv2.forward(&reflection_pad(&r, 1), trunk));
+            let r = act(&blk.norm1, blk.conv1.forward(&reflection_pad(&h, 1), inner));
+            let r = blk
+                .norm2
+                .forward(&blk.conv2.forward(&reflection_pad(&r, 1), trunk), mode);
             // Not `h += r`: that adds in place into a tensor autograd saved (reflection pad).
             h = &h + &r;
         }
-        for (conv, &w) in self.ups.iter().zip(a.ups) {
-            h = act(conv.forward(&h, w));
+        for ((conv, norm), &w) in self.ups.iter().zip(a.ups) {
+            h = act(norm, conv.forward(&h, w));
         }
         Ok(self
             .last
@@ -370,15 +385,17 @@ impl Generator for Pix2PixHd {
         push_named(
             &mut out,
             "model.1",
-            self.stem.extract(self.cfg.input_nc, a.stem),
+            self.stem.0.extract(self.cfg.input_nc, a.stem),
         );
+        push_named(&mut out, "model.2", self.stem.1.extract(a.stem));
         let mut ch = a.stem;
-        for (i, (conv, &w)) in self.downs.iter().zip(a.downs).enumerate() {
+        for (i, ((conv, norm), &w)) in self.downs.iter().zip(a.downs).enumerate() {
             push_named(
                 &mut out,
                 &format!("model.{}", 4 + 3 * i),
                 conv.extract(ch, w),
             );
+            push_named(&mut out, &format!("model.{}", 5 + 3 * i), norm.extract(w));
             ch = w;
         }
         let mut idx = 4 + 3 * d;
@@ -393,13 +410,24 @@ impl Generator for Pix2PixHd {
             );
             push_named(
                 &mut out,
+                &format!("model.{idx}.conv_block.2"),
+                blk.norm1.extract(inner),
+            );
+            push_named(
+                &mut out,
                 &format!("model.{idx}.conv_block.5"),
                 blk.conv2.extract(inner, ch),
             );
+            push_named(
+                &mut out,
+                &format!("model.{idx}.conv_block.6"),
+                blk.norm2.extract(ch),
+            );
             idx += 1;
         }
-        for (conv, &w) in self.ups.iter().zip(a.ups) {
+        for ((conv, norm), &w) in self.ups.iter().zip(a.ups) {
             push_named(&mut out, &format!("model.{idx}"), conv.extract(ch, w));
+            push_named(&mut out, &format!("model.{}", idx + 1), norm.extract(w));
             ch = w;
             idx += 3;
         }
@@ -409,5 +437,16 @@ impl Generator for Pix2PixHd {
             self.last.extract(ch, self.cfg.output_nc),
         );
         Ok(out)
+    }
+
+    fn batch_norms(&self) -> Vec<&ElasticBatchNorm2d> {
+        let mut v: Vec<&Norm2d> = vec![&self.stem.1];
+        v.extend(self.downs.iter().map(|(_, n)| n));
+        for b in &self.blocks {
+            v.push(&b.norm1);
+            v.push(&b.norm2);
+        }
+        v.extend(self.ups.iter().map(|(_, n)| n));
+        v.into_iter().filter_map(Norm2d::batch_norm).collect()
     }
 }
