@@ -214,6 +214,7 @@ fn show(a: &ShowArgs) -> CliResult {
         .map(|(_, n)| (n.id.clone(), n.matrix_point.clone()))
         .collect();
     let rows = table_rows(runs, &chosen, &order, &expected);
+    check_param_names(&rows, &a.param)?;
     let param_cols = param_columns(&rows, a.all_params, &a.param);
     let point_cols: BTreeSet<String> = rows.iter().flat_map(|r| r.point.keys().cloned()).collect();
     let metric_cols: Vec<&MetricCol> = chosen
@@ -654,21 +655,50 @@ fn table_rows<'a>(
     rows
 }
 
+/// Refuses a `--param` entry that names no parameter of the rows (neither a name nor a
+/// dotted prefix of one), with the closest names.
+fn check_param_names(rows: &[TableRow<'_>], only: &[String]) -> Result<(), CliError> {
+    let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.params.keys()).collect();
+    for want in only.iter().map(|o| o.trim()) {
+        if names.iter().any(|n| param_named(n, want)) {
+            continue;
+        }
+        // Names and their stage prefixes, the two forms an entry can take.
+        let mut candidates: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        candidates.extend(
+            names
+                .iter()
+                .filter_map(|n| n.split_once('.').map(|(stage, _)| stage.to_string())),
+        );
+        candidates.sort();
+        candidates.dedup();
+        let close = did_you_mean(want, &candidates);
+        let hint = if close.is_empty() {
+            "`--all-params` lists them all".to_string()
+        } else {
+            format!("did you mean {}?", close.join(" or "))
+        };
+        return Err(CliError::usage(format!(
+            "--param {want}: no parameter of that name or prefix in these runs; {hint}"
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `--param` entry `want` names parameter `name`: itself, or a dotted prefix.
+fn param_named(name: &str, want: &str) -> bool {
+    name == want
+        || name
+            .strip_prefix(want)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// The parameter columns: those whose value is not the same in every row (a row without
 /// the parameter differs from one with it), or all with `all`; only those `only` names
 /// (a name, or a dotted prefix of names) when it names any.
 fn param_columns(rows: &[TableRow<'_>], all: bool, only: &[String]) -> Vec<String> {
     let names: BTreeSet<&String> = rows.iter().flat_map(|r| r.params.keys()).collect();
-    let named = |name: &str| {
-        only.is_empty()
-            || only.iter().any(|o| {
-                let o = o.trim();
-                name == o
-                    || name
-                        .strip_prefix(o)
-                        .is_some_and(|rest| rest.starts_with('.'))
-            })
-    };
+    let named = |name: &str| only.is_empty() || only.iter().any(|o| param_named(name, o.trim()));
     names
         .into_iter()
         .filter(|name| named(name))

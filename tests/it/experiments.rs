@@ -194,6 +194,13 @@ fn three_set_runs_compare_in_one_table() {
         all["columns"]["params"],
         json!(["train.cmd", "train.env.LR"])
     );
+    let o = p.run(&["exp", "show", "p.yaml", "--param", "trian"]);
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    assert!(
+        stderr(&o).contains("did you mean `train`"),
+        "{}",
+        stderr(&o)
+    );
     assert_eq!(
         all["rows"][0]["params"]["train.cmd"],
         r#"echo "$LR $STEPS" > model.txt"#
