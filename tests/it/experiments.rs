@@ -290,6 +290,20 @@ fn diff_shows_what_differs_between_two_runs_with_metric_changes() {
         psnr.split_whitespace().collect::<Vec<_>>(),
         ["metric", "eval.psnr", "31", "33", "+2", "(+6.5%)"]
     );
+    // The whole of it, its keys named by order of appearance.
+    let mut shown = text.clone();
+    let mut keys: Vec<String> = d["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|k| [&k["a"], &k["b"]])
+        .map(|k| k.as_str().unwrap().chars().take(12).collect())
+        .collect();
+    keys.sort_by_key(|k| shown.find(k.as_str()));
+    for (i, k) in keys.iter().enumerate() {
+        shown = shown.replace(k, &format!("{:<12}", format!("<key {}>", i + 1)));
+    }
+    insta::assert_snapshot!("diff_1_3", shown);
     // A alone: against the latest run (4, the first setting again: nothing differs).
     let d = json_of(&p, &["exp", "show", "p.yaml", "--diff", "1", "--json"]);
     assert_eq!(d["b"]["run"], 4);
