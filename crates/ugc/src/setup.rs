@@ -41,11 +41,19 @@ pub fn open_split(ctx: &StageContext<'_>) -> Result<SplitData, MethodError> {
 /// Reads an [`ArchConfig`] from a parameter map: `arch` (family name) is required, every
 /// other field defaults to the family's official value (`ArchConfig::new`). When the split
 /// feeds one-hot inputs and `input_nc` is not given, it is set from the class table (plus
-/// one instance-edge channel), so users need not count channels.
+/// one instance-edge channel unless `no_instance`), so users need not count channels.
 pub fn arch_from_param(
     param: &str,
     v: &Value,
     manifest: &SplitManifest,
+) -> Result<ArchConfig, MethodError> {
+    arch_from_classes(param, v, manifest.classes.as_ref())
+}
+
+fn arch_from_classes(
+    param: &str,
+    v: &Value,
+    classes: Option<&ugc_data::ClassTable>,
 ) -> Result<ArchConfig, MethodError> {
     let map = v
         .as_object()
@@ -59,14 +67,14 @@ pub fn arch_from_param(
     })?;
     let mut base = serde_json::to_value(ArchConfig::new(family))
         .map_err(|e| MethodError::param(param, v, e.to_string()))?;
-    if let (Some(obj), Some(InputEncoding::OneHot { instance_edges }), Some(ct)) = (
-        base.as_object_mut(),
-        default_encoding(family),
-        &manifest.classes,
-    ) {
+    if let (Some(obj), Some(InputEncoding::OneHot { .. }), Some(ct)) =
+        (base.as_object_mut(), default_encoding(family), classes)
+    {
+        // The official `--no_instance` drops the edge channel from the data as well.
+        let no_instance = map.get("no_instance").and_then(Value::as_bool) == Some(true);
         obj.insert(
             "input_nc".into(),
-            Value::from(ct.onehot_channels as i64 + i64::from(instance_edges)),
+            Value::from(ct.onehot_channels as i64 + i64::from(!no_instance)),
         );
     }
     if let Some(obj) = base.as_object_mut() {
@@ -104,13 +112,22 @@ pub fn default_encoding(arch: Arch) -> Option<InputEncoding> {
     }
 }
 
-/// The encoding used for `cfg` on `manifest`: one-hot needs a class table.
+/// The encoding used for `cfg` on `manifest`: one-hot needs a class table; the
+/// instance-edge channel is there unless `cfg.no_instance`, and the class table's one-hot
+/// channels plus that channel must be the model's `input_nc`.
 pub fn encoding_for(
     cfg: &ArchConfig,
     manifest: &SplitManifest,
 ) -> Result<InputEncoding, MethodError> {
-    match default_encoding(cfg.arch) {
-        Some(enc) if manifest.classes.is_none() => Err(MethodError::param(
+    encoding_with(cfg, manifest.classes.as_ref())
+}
+
+fn encoding_with(
+    cfg: &ArchConfig,
+    classes: Option<&ugc_data::ClassTable>,
+) -> Result<InputEncoding, MethodError> {
+    match (default_encoding(cfg.arch), classes) {
+        (Some(enc), None) => Err(MethodError::param(
             "arch.arch",
             cfg.arch,
             format!(
@@ -118,8 +135,28 @@ pub fn encoding_for(
                 cfg.arch
             ),
         )),
-        Some(enc) => Ok(enc),
-        None => Ok(InputEncoding::Rgb),
+        (Some(_), Some(ct)) => {
+            let instance_edges = !cfg.no_instance;
+            let want = ct.onehot_channels as i64 + i64::from(instance_edges);
+            if cfg.input_nc != want {
+                return Err(MethodError::param(
+                    "arch.input_nc",
+                    cfg.input_nc,
+                    format!(
+                        "class table `{}` gives {} one-hot channels{}: {want} input channels",
+                        ct.name,
+                        ct.onehot_channels,
+                        if instance_edges {
+                            " + the instance-edge channel (no_instance unset)"
+                        } else {
+                            " (no_instance: no edge channel)"
+                        }
+                    ),
+                ));
+            }
+            Ok(InputEncoding::OneHot { instance_edges })
+        }
+        (None, _) => Ok(InputEncoding::Rgb),
     }
 }
 
@@ -359,6 +396,49 @@ pub fn write_json(path: &Path, value: &impl Serialize) -> Result<(), MethodError
 mod tests {
     use super::*;
     use ugc_engine::StageError;
+
+    #[test]
+    fn no_instance_drops_the_edge_channel_from_the_model_and_the_data() {
+        let ct = ugc_data::ClassTable::cityscapes();
+        let hd = |extra: Value| {
+            let mut m = serde_json::json!({"arch": "pix2pixhd"});
+            m.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            m
+        };
+        let arch = |v: &Value| arch_from_classes("arch", v, Some(&ct));
+        // The official Cityscapes input: 35 one-hot channels + instance edges.
+        let cfg = arch(&hd(serde_json::json!({}))).unwrap();
+        assert_eq!(cfg.input_nc, 36);
+        assert_eq!(
+            encoding_with(&cfg, Some(&ct)).unwrap(),
+            InputEncoding::OneHot {
+                instance_edges: true
+            }
+        );
+        // --no_instance, with or without label_nc: 35 channels, no edges in the batches.
+        for extra in [
+            serde_json::json!({"no_instance": true}),
+            serde_json::json!({"no_instance": true, "label_nc": 35}),
+        ] {
+            let cfg = arch(&hd(extra.clone())).unwrap_or_else(|e| panic!("{extra}: {e}"));
+            assert_eq!(cfg.input_nc, 35, "{extra}");
+            assert_eq!(
+                encoding_with(&cfg, Some(&ct)).unwrap(),
+                InputEncoding::OneHot {
+                    instance_edges: false
+                },
+                "{extra}"
+            );
+        }
+        // A model whose channels the class table cannot feed is refused by name.
+        let cfg = arch(&hd(serde_json::json!({"input_nc": 20}))).unwrap();
+        let e = encoding_with(&cfg, Some(&ct)).unwrap_err().to_string();
+        assert!(e.contains("arch.input_nc") && e.contains("36"), "{e}");
+        let e = encoding_with(&cfg, None).unwrap_err().to_string();
+        assert!(e.contains("no class table"), "{e}");
+    }
 
     #[test]
     fn stage_two_file_errors_keep_their_context_and_stage_error_kind() {

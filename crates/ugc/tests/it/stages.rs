@@ -356,6 +356,12 @@ fn supernet_runs_bn_unet_and_one_hot_families() {
             json!({"arch": "pix2pixhd", "ngf": 4, "n_downsample": 2, "n_blocks": 4}),
             "multiscale",
         ),
+        // The official --no_instance: one channel less (no instance edges in the data).
+        (
+            json!({"arch": "pix2pixhd", "ngf": 4, "n_downsample": 2, "n_blocks": 2,
+                   "label_nc": 8, "no_instance": true}),
+            "multiscale",
+        ),
     ] {
         let out = tempfile::tempdir().unwrap();
         let p = supernet_params(3, json!({"arch": arch}));
@@ -365,6 +371,15 @@ fn supernet_runs_bn_unet_and_one_hot_families() {
         )
         .unwrap();
         assert_eq!(d["arch"], disc, "{arch}");
+        let a: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.path().join("supernet/arch.json")).unwrap(),
+        )
+        .unwrap();
+        if arch["arch"] == "pix2pixhd" {
+            // The synthetic class table's 8 one-hot channels, + 1 for the instance edges.
+            let edges = arch.get("no_instance").is_none();
+            assert_eq!(a["input_nc"], 8 + i64::from(edges), "{arch}: {a}");
+        }
         let (_, rows) = read_log(&out.path().join("log.csv"));
         assert_eq!(rows.len(), 3);
         assert!(rows.iter().flatten().all(|v| v.is_finite()));
