@@ -252,3 +252,34 @@ fn docs_stage_kinds_md_is_current() {
         path.display()
     );
 }
+
+/// The continuation parameters (`continues`) were added without changing any key: at
+/// their defaults they are not in the key material, set they are.
+#[test]
+fn continuation_params_are_in_the_key_only_when_set() {
+    let kinds = schema_registry();
+    let mut continuing = Vec::new();
+    for &kind in Kind::ALL {
+        let Some(c) = kind.schema().continues else {
+            continue;
+        };
+        continuing.push(kind.name());
+        let key_of = |params: &Map<String, Value>| {
+            let (text, r) = plan(kind, params, &[]);
+            let p = r.unwrap_or_else(|e| panic!("kind {kind}: {e}\n{text}"));
+            let dag = ugc_engine::graph::Dag::build(&p, &kinds).unwrap();
+            dag.node(dag.find("s")[0]).key_params.clone()
+        };
+        let plain = key_of(&Map::new());
+        for name in [&c.from, &c.keep] {
+            assert!(
+                plain.get(name).is_none(),
+                "kind {kind}: `{name}` in {plain}"
+            );
+        }
+        let mut keep = Map::new();
+        keep.insert(c.keep.clone(), json!(true));
+        assert_eq!(key_of(&keep)[&c.keep], json!(true), "kind {kind}");
+    }
+    assert_eq!(continuing, ["supernet", "distill", "train"]);
+}
