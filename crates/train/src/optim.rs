@@ -324,6 +324,24 @@ mod tests {
         assert_eq!(LrSchedule::constant(0.5, 10).at(9), 0.5);
     }
 
+    /// The rule docs/engine.md states for `init_from`: a continuation equals one longer
+    /// run only if the rates of the dep's steps were the longer run's.
+    #[test]
+    fn a_continuation_has_the_longer_runs_rates_only_when_the_dep_did_not_decay() {
+        let run = |steps, decay_steps| LrSchedule {
+            base: 1.0,
+            steps,
+            decay_steps,
+        };
+        let rates = |s: &LrSchedule, n: u64| (0..n).map(|i| s.at(i)).collect::<Vec<_>>();
+        // A constant 4-step dep, an 8-step run decaying over its last 4: the same 4 rates.
+        assert_eq!(rates(&run(4, 0), 4), rates(&run(8, 4), 4));
+        // Decaying over its last 5, the longer run is below the base at step 3 already.
+        assert_ne!(rates(&run(4, 0), 4), rates(&run(8, 5), 4));
+        // A dep that decayed trained its last steps below the longer run's rates.
+        assert_ne!(rates(&run(4, 2), 4), rates(&run(8, 0), 4));
+    }
+
     #[test]
     fn bad_config_names_the_field() {
         let e = AdamConfig {
