@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use ugc_engine::graph::Dag;
+use ugc_engine::spec::suggest::suggest;
 
 use super::CliError;
 
@@ -43,37 +44,13 @@ pub fn one_node(dag: &Dag, name: &str, pipeline: &Path) -> Result<String, CliErr
     }
 }
 
-/// The names within a small edit distance of `name` (a third of its length, at least 2),
-/// closest first, in backticks.
+/// The names close to `name`, closest first, in backticks: the engine's rule
+/// (`ugc_engine::spec::suggest`), so every verb and the pipeline's own errors suggest alike.
 pub fn did_you_mean(name: &str, names: &[String]) -> Vec<String> {
-    let limit = (name.chars().count() / 3).max(2);
-    let mut close: Vec<(usize, &String)> = names
-        .iter()
-        .map(|n| (edit_distance(name, n), n))
-        .filter(|(d, _)| *d <= limit)
-        .collect();
-    close.sort();
-    close.into_iter().map(|(_, n)| format!("`{n}`")).collect()
-}
-
-/// Levenshtein distance over chars.
-pub fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut row: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut diag = row[0];
-        row[0] = i + 1;
-        for (j, cb) in b.iter().enumerate() {
-            let up = row[j + 1];
-            row[j + 1] = if ca == *cb {
-                diag
-            } else {
-                1 + diag.min(up).min(row[j])
-            };
-            diag = up;
-        }
-    }
-    row[b.len()]
+    suggest(name, names)
+        .into_iter()
+        .map(|n| format!("`{n}`"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -88,6 +65,7 @@ mod tests {
         assert_eq!(did_you_mean("supernt", &names), ["`supernet`"]);
         assert_eq!(did_you_mean("splt", &names), ["`split`"]);
         assert!(did_you_mean("zzzzzz", &names).is_empty());
-        assert_eq!(edit_distance("kitten", "sitting"), 3);
+        // A swap of neighbours is one edit.
+        assert_eq!(did_you_mean("sreach", &names), ["`search`"]);
     }
 }
