@@ -1117,7 +1117,7 @@ mod tests {
             names(&chosen),
             ["eval_student.psnr", "eval_ugc.psnr", "report.tables"]
         );
-        let err = choose_metrics(&["mIoU".into()], nodes.iter(), &reported).unwrap_err();
+        let err = choose_metrics(&["moiu".into()], nodes.iter(), &reported).unwrap_err();
         assert_eq!(err.code, crate::cli::EXIT_USAGE);
         assert!(
             err.message.contains("did you mean `miou`"),
