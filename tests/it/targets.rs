@@ -225,23 +225,21 @@ fn a_continuation_trains_the_missing_steps_only_and_equals_one_longer_run() {
         !whole.join("state").exists(),
         "nothing more without keep_state"
     );
-    for f in ["log.csv", "metrics.json", "model/model.json"] {
-        let (a, b) = (
-            std::fs::read(long.join(f)).unwrap(),
-            std::fs::read(whole.join(f)).unwrap(),
-        );
+    // Every output file: model (weights and model.json), log.csv, metrics.json, samples.
+    let (a, b) = (walk(&long), walk(&whole));
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&a), names(&b));
+    assert!(
+        names(&a).contains(&"model/model.safetensors".to_string()),
+        "{:?}",
+        names(&a)
+    );
+    for ((name, x), (_, y)) in a.iter().zip(&b) {
         assert!(
-            a == b,
-            "{f} differs between the continuation and one 8-step run"
+            x == y,
+            "{name} differs between the continuation and one 8-step run"
         );
     }
-    let weights = |d: &std::path::Path| {
-        let mut v: Vec<(String, Vec<u8>)> = walk(&d.join("model"));
-        v.retain(|(n, _)| n.ends_with(".safetensors"));
-        v
-    };
-    assert!(!weights(&long).is_empty());
-    assert!(weights(&long) == weights(&whole), "the weights differ");
     assert_eq!(
         std::fs::read_to_string(long.join("log.csv"))
             .unwrap()
@@ -317,4 +315,64 @@ fn a_continuation_of_what_cannot_be_continued_is_exit_2_naming_stage_param_and_v
         "{}",
         stderr(&o)
     );
+}
+
+/// The same for `supernet` (elastic generator, sandwich sub-nets, distillation on
+/// unlabeled inputs): 2 + 2 steps equal one 4-step run, every output file.
+#[test]
+fn a_supernet_continuation_equals_one_longer_run() {
+    let p = Project::new();
+    let stage = |name: &str, deps: &str, steps: u64, extra: &str| {
+        format!(
+            r#"  {name}:
+    kind: supernet
+    deps: [{deps}]
+    params:
+      arch: {{arch: pix2pix-resnet, ngf: 4, n_blocks: 2}}
+      steps: {steps}
+      batch_size: 2
+      ndf: 4
+      seed: 0
+{extra}"#
+        )
+    };
+    p.write(
+        "sn.yaml",
+        &format!(
+            r#"stages:
+  data:
+    kind: synth
+    params: {{task: labels2photo, n: 8, n_test: 4, size: 32, seed: 0}}
+  split:
+    kind: split
+    deps: [data]
+    params: {{label_ratio: 0.5, seed: 0}}
+{}{}{}"#,
+            stage("short", "split", 2, "      keep_state: true\n"),
+            stage("long", "split, short", 4, "      init_from: short\n"),
+            stage("whole", "split", 4, ""),
+        ),
+    );
+    let o = p.run(&["run", "sn.yaml", "-j", "1", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{}\n{}", stdout(&o), stderr(&o));
+    let o = p.run(&["show", "sn.yaml", "--json"]);
+    let rows: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+    let out = |node: &str| {
+        let row = rows["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["node"] == node)
+            .unwrap_or_else(|| panic!("no {node} in {rows}"));
+        std::path::PathBuf::from(row["output"].as_str().unwrap())
+    };
+    let (long, whole) = (walk(&out("long")), walk(&out("whole")));
+    let names = |v: &[(String, Vec<u8>)]| v.iter().map(|(n, _)| n.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&long), names(&whole));
+    for ((name, a), (_, b)) in long.iter().zip(&whole) {
+        assert!(
+            a == b,
+            "{name} differs between the continuation and one 4-step run"
+        );
+    }
 }
