@@ -346,28 +346,46 @@ fn a_killed_heads_rerun_reattaches_and_nothing_runs_twice() {
             c = counter.display()
         ),
     );
-    let mut child = p.spawn(&["run", "p.yaml", "--executor", "slurm", "--json"]);
+    // A job is declared lost after 4 silent beats + lost_grace: 7 s with the fast
+    // EXECUTOR settings, close to stage a's 4 s under a loaded machine. This test is about
+    // re-attaching, not loss, so it gives the heartbeat room (lost after 30 s).
+    let slack = [
+        "--executor-set",
+        "heartbeat=5",
+        "--executor-set",
+        "lost_grace=10",
+    ];
+    let mut args = vec!["run", "p.yaml", "--executor", "slurm", "--json"];
+    args.extend_from_slice(&slack);
+    let mut child = p.spawn(&args);
     assert!(
         wait_until(30, || p.count("count") == 1),
         "stage a never started"
     );
     child.kill().unwrap(); // SIGKILL: no chance to cancel anything
     let _ = child.wait();
-    let o = run_slurm(&p, &[]);
+    let o = run_slurm(&p, &slack);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    let runs = p.run(&["runs", "--run", "2", "--json"]);
+    let why = format!(
+        "second run:\n{}\n{}\nits executions: {}",
+        String::from_utf8_lossy(&o.stdout),
+        stderr(&o),
+        String::from_utf8_lossy(&runs.stdout)
+    );
     let notes: Vec<String> = events(&o, "note")
         .iter()
         .map(|n| n["text"].as_str().unwrap_or("").to_string())
         .collect();
     assert!(
         notes.iter().any(|n| n.contains("re-attached to job")),
-        "{notes:?}"
+        "{notes:?}\n{why}"
     );
     // a ran once (in the first run's job), b once.
     assert_eq!(
         p.count("count"),
         2,
-        "{}",
+        "{}\n{why}",
         std::fs::read_to_string(&counter).unwrap()
     );
     assert_eq!(p.records(), 2);
