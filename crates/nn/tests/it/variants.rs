@@ -165,6 +165,22 @@ fn official_variants_load_strictly_match_pytorch_and_export_back() {
         assert!(report.is_ok(), "{name}: {report}");
         let io = io_of(d, name);
         let x = &io["input"];
+        if case.cfg.arch == Arch::Pix2PixHd {
+            // Learnable parameters (norm statistics are buffers): batch norm's weight and
+            // bias count, instance norm (affine=False) has none.
+            let learnable: i64 = tensors
+                .iter()
+                .filter(|(k, _)| {
+                    !["running_mean", "running_var", "num_batches_tracked"]
+                        .iter()
+                        .any(|b| k.ends_with(b))
+                })
+                .map(|(_, t)| t.numel() as i64)
+                .sum();
+            let s = x.size();
+            let cost = ugc_nn::profile(&case.cfg, None, [s[1], s[2], s[3]]).unwrap();
+            assert_eq!(cost.params as i64, learnable, "{name}: params");
+        }
 
         // Label-map cases: the official input, made from the PNGs as infer makes it.
         let label = d.join(format!("{name}_label.png"));
