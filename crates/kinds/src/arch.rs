@@ -425,6 +425,17 @@ impl ArchConfig {
                 "pix2pixhd has no such option (it is SPADE's); count the class in label_nc",
             ));
         }
+        // pix2pixHD's get_norm_layer knows batch and instance only (ugc_nn checks the
+        // same on build; here it is refused at plan time, naming the field).
+        if self.arch == Arch::Pix2PixHd
+            && !matches!(self.norm, NormKind::Instance | NormKind::Batch)
+        {
+            return Err(ArchError::config(
+                "norm",
+                format!("{:?}", self.norm).to_lowercase(),
+                "pix2pixhd takes instance or batch (pix2pixHD's get_norm_layer)",
+            ));
+        }
         if self.arch != Arch::Gaugan && self.norm_g != NormG::default() {
             return Err(ArchError::config(
                 "norm_g",
@@ -615,4 +626,27 @@ pub fn arch_from_map(param: &str, v: &Value) -> Result<ArchConfig, ParamProblem>
 /// The plan-time check of an `arch` parameter map: empty when [`arch_from_map`] accepts it.
 pub fn check_arch_param(param: &str, v: &Value) -> Vec<ParamProblem> {
     arch_from_map(param, v).err().into_iter().collect()
+}
+
+#[cfg(test)]
+mod plan_time_tests {
+    use super::*;
+
+    #[test]
+    fn pix2pixhd_norms_are_checked_at_plan_time_naming_the_field() {
+        let at = |norm: &str| {
+            check_arch_param(
+                "arch",
+                &serde_json::json!({"arch": "pix2pixhd", "norm": norm, "ngf": 4}),
+            )
+        };
+        assert!(at("instance").is_empty() && at("batch").is_empty());
+        let p = at("none");
+        assert_eq!(p.len(), 1, "{p:?}");
+        let text = format!("{p:?}");
+        assert!(
+            text.contains("arch.norm") && text.contains("instance or batch"),
+            "{text}"
+        );
+    }
 }
