@@ -1,6 +1,6 @@
 //! Verbs on the cache and the run registry: runs, gc, unlock, verify.
 
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 
 use ugc_engine::cache::{Cache, DERIVED_RULE};
 use ugc_engine::exec::register_run_records;
@@ -53,25 +53,11 @@ fn is_cache(dir: &Path) -> bool {
     dir.join("records").is_dir() && dir.join("objects").is_dir()
 }
 
-/// The pipeline's id in the run registry: its path made absolute against the current
-/// directory with `.` and `..` folded lexically, as `ugc_engine::spec::load_pipeline`
-/// makes `Pipeline::path` (nothing is resolved through symlinks).
+/// The pipeline's id in the run registry, as `ugc_engine::spec::load_pipeline` makes
+/// `Pipeline::path`.
 fn pipeline_id(p: &Path) -> Result<PathBuf, CliError> {
-    let abs = std::path::absolute(p)
-        .map_err(|e| CliError::usage(format!("pipeline {}: {e}", p.display())))?;
-    let mut out = PathBuf::new();
-    for c in abs.components() {
-        match c {
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    out.push("..");
-                }
-            }
-            other => out.push(other),
-        }
-    }
-    Ok(out)
+    ugc_engine::spec::absolute(p)
+        .map_err(|e| CliError::usage(format!("pipeline {}: {e}", p.display())))
 }
 
 pub fn open_cache(dir: &Path) -> Result<Cache, CliError> {

@@ -6,10 +6,13 @@ use crate::common::*;
 
 /// A tiny train stage on a synthetic task; `resources` is the stage's `resources:` line.
 fn tiny(p: &Project, resources: &str, batch: usize) -> std::path::PathBuf {
-    p.write(
-        "dp.yaml",
-        &format!(
-            r#"stages:
+    p.write("dp.yaml", &tiny_yaml(resources, batch))
+}
+
+/// The pipeline of [`tiny`]: synth data, a split, and the train stage `fit`.
+pub fn tiny_yaml(resources: &str, batch: usize) -> String {
+    format!(
+        r#"stages:
   data:
     kind: synth
     params: {{task: labels2photo, n: 8, n_test: 4, size: 32, seed: 0}}
@@ -27,7 +30,6 @@ fn tiny(p: &Project, resources: &str, batch: usize) -> std::path::PathBuf {
       ndf: 4
       seed: 0
 "#
-        ),
     )
 }
 

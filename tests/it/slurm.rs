@@ -490,25 +490,8 @@ fn a_data_parallel_stage_spans_two_nodes() {
         return;
     }
     let pipeline = format!(
-        "{EXECUTOR}stages:
-  data:
-    kind: synth
-    params: {{task: labels2photo, n: 8, n_test: 4, size: 32, seed: 0}}
-  split:
-    kind: split
-    deps: [data]
-    params: {{label_ratio: 1.0, seed: 0}}
-  fit:
-    kind: train
-    deps: [split]
-    resources: {{devices: 2, dist_timeout_s: 60}}
-    params:
-      arch: {{arch: pix2pix-resnet, ngf: 4, n_blocks: 1}}
-      steps: 2
-      batch_size: 2
-      ndf: 4
-      seed: 0
-"
+        "{EXECUTOR}{}",
+        super::data_parallel::tiny_yaml("    resources: {devices: 2, dist_timeout_s: 60}\n", 2)
     );
     let (sl, lo) = (Project::new(), Project::new());
     sl.write("p.yaml", &pipeline);

@@ -256,8 +256,10 @@ pub fn load_pipeline_str(
     }
 }
 
-/// `path` made absolute against the current directory, `.`/`..` folded lexically.
-fn absolute(path: &Path) -> std::io::Result<PathBuf> {
+/// `path` made absolute against the current directory, `.`/`..` folded lexically
+/// (nothing resolved through symlinks): what `Pipeline::path` is, and so a pipeline's id
+/// in the run registry.
+pub fn absolute(path: &Path) -> std::io::Result<PathBuf> {
     let joined = if path.is_absolute() {
         path.to_path_buf()
     } else {
