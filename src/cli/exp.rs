@@ -474,30 +474,10 @@ fn parse_node_id(id: &str) -> (String, BTreeMap<String, Value>) {
 
 /// Nested parameter objects as dotted names (`model.ngf`); lists and scalars as values.
 fn flatten(params: &Value) -> BTreeMap<String, Value> {
-    fn walk(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
-        match v {
-            Value::Object(m) if !m.is_empty() => {
-                for (k, x) in m {
-                    let name = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&name, x, out);
-                }
-            }
-            other => {
-                out.insert(prefix.to_string(), other.clone());
-            }
-        }
-    }
-    let mut out = BTreeMap::new();
-    if let Value::Object(m) = params {
-        for (k, x) in m {
-            walk(k, x, &mut out);
-        }
-    }
-    out
+    ugc_engine::dotted::dotted_leaves(params)
+        .into_iter()
+        .map(|(k, v)| (k, v.clone()))
+        .collect()
 }
 
 /// The primary `metric` of the pipeline's `report` stages: what its tables rank by, so

@@ -142,27 +142,11 @@ pub fn read_metrics(dir: &std::path::Path) -> BTreeMap<String, f64> {
     let Ok(value) = serde_json::from_slice::<serde_json::Value>(&text) else {
         return out;
     };
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, f64>) {
-        match v {
-            serde_json::Value::Number(n) => {
-                if let Some(x) = n.as_f64() {
-                    out.insert(prefix.to_string(), x);
-                }
-            }
-            serde_json::Value::Object(map) => {
-                for (k, v) in map {
-                    let key = if prefix.is_empty() {
-                        k.clone()
-                    } else {
-                        format!("{prefix}.{k}")
-                    };
-                    walk(&key, v, out);
-                }
-            }
-            _ => {}
+    for (name, v) in crate::dotted::dotted_leaves(&value) {
+        if let Some(x) = v.as_f64() {
+            out.insert(name, x);
         }
     }
-    walk("", &value, &mut out);
     out
 }
 

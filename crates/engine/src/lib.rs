@@ -10,6 +10,7 @@
 //! - [`rank`]: a process's place in a data-parallel stage (torchrun's variables).
 
 pub mod cache;
+pub mod dotted;
 pub mod events;
 pub mod exec;
 pub mod executor;

@@ -234,10 +234,9 @@ impl EventWriter {
     /// `session_start_info`): `params` flattened to `a.b` names; numbers, strings and
     /// booleans as they are, lists as JSON text, nulls left out.
     pub fn hparams(&mut self, params: &serde_json::Value, group: &str) -> Result<(), TrainError> {
-        let mut flat = Vec::new();
-        flatten("", params, &mut flat);
+        let flat = ugc_engine::dotted::dotted_leaves(params);
         let mut start = Msg::default();
-        for (k, v) in &flat {
+        for (k, v) in flat.iter().filter(|(_, v)| !v.is_null() && !v.is_object()) {
             let mut value = Msg::default();
             match v {
                 serde_json::Value::Number(n) => {
@@ -295,24 +294,6 @@ impl EventWriter {
     /// Makes what was written visible to a TensorBoard reading the file now.
     pub fn flush(&mut self) -> Result<(), TrainError> {
         self.file.flush().map_err(|e| TrainError::io(&self.path, e))
-    }
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Value)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let name = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&name, v, out);
-            }
-        }
-        serde_json::Value::Null => {}
-        other if !prefix.is_empty() => out.push((prefix.to_string(), other.clone())),
-        _ => {}
     }
 }
 
