@@ -90,6 +90,21 @@ impl Stage {
     fn log_text(&self) -> String {
         std::fs::read_to_string(self.log()).unwrap_or_default()
     }
+
+    /// Submits the stage and follows it with a monitor until its verdict is final.
+    fn run_to_verdict(
+        &self,
+        req: &StageRequest,
+        gpu: bool,
+        s: &SlurmSettings,
+        limit: Duration,
+    ) -> Verdict {
+        let (cli, cache, clock) = monitor_parts(self);
+        let job = self.submit(&cli, req, gpu, s);
+        let mut m = Monitor::new(s, &cli, &cache, &clock);
+        m.track(&self.key, job, 1);
+        wait_final(&mut m, job, limit)
+    }
 }
 
 /// A hex tag per test so keys differ (the tests share one cluster).
@@ -145,12 +160,8 @@ fn a_stage_that_commits_is_done() {
     }
     let stage = Stage::new("ok", COMMIT);
     let s = settings();
-    let (cli, cache, clock) = monitor_parts(&stage);
-    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
-    let mut m = Monitor::new(&s, &cli, &cache, &clock);
-    m.track(&stage.key, job, 1);
     assert_eq!(
-        wait_final(&mut m, job, Duration::from_secs(60)),
+        stage.run_to_verdict(&StageRequest::default(), false, &s, Duration::from_secs(60)),
         Verdict::Done
     );
     let log = stage.log_text();
@@ -171,11 +182,7 @@ fn a_failing_stage_fails_with_slurms_word_and_its_log() {
     }
     let stage = Stage::new("fail", "echo 'boom' >&2; exit 3");
     let s = settings();
-    let (cli, cache, clock) = monitor_parts(&stage);
-    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
-    let mut m = Monitor::new(&s, &cli, &cache, &clock);
-    m.track(&stage.key, job, 1);
-    match wait_final(&mut m, job, Duration::from_secs(60)) {
+    match stage.run_to_verdict(&StageRequest::default(), false, &s, Duration::from_secs(60)) {
         Verdict::Failed { error } => assert!(error.contains("ended FAILED"), "{error}"),
         v => panic!("{v:?}"),
     }
@@ -227,12 +234,8 @@ fn a_gpu_stage_sees_its_fake_gpu() {
         &format!("echo \"CVD=$CUDA_VISIBLE_DEVICES GPUS=$SLURM_JOB_GPUS\"; {COMMIT}"),
     );
     let s = settings();
-    let (cli, cache, clock) = monitor_parts(&stage);
-    let job = stage.submit(&cli, &StageRequest::default(), true, &s);
-    let mut m = Monitor::new(&s, &cli, &cache, &clock);
-    m.track(&stage.key, job, 1);
     assert_eq!(
-        wait_final(&mut m, job, Duration::from_secs(60)),
+        stage.run_to_verdict(&StageRequest::default(), true, &s, Duration::from_secs(60)),
         Verdict::Done
     );
     let log = stage.log_text();
@@ -328,11 +331,12 @@ while :; do sleep 1; done"#,
         grace: Duration::from_secs(50),
         ..settings()
     };
-    let (cli, cache, clock) = monitor_parts(&stage);
-    let job = stage.submit(&cli, &StageRequest::default(), false, &s);
-    let mut m = Monitor::new(&s, &cli, &cache, &clock);
-    m.track(&stage.key, job, 1);
-    let v = wait_final(&mut m, job, Duration::from_secs(150));
+    let v = stage.run_to_verdict(
+        &StageRequest::default(),
+        false,
+        &s,
+        Duration::from_secs(150),
+    );
     assert_eq!(
         v,
         Verdict::Retry {
