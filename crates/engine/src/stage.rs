@@ -250,6 +250,12 @@ pub struct ContinueSchema {
     pub same: Vec<String>,
 }
 
+/// The parameter a continuing kind names its start dep with (`continues.from`): the one
+/// name the training core reads (`ugc_train::run`), so every kind's schema must use it.
+pub const INIT_FROM: &str = "init_from";
+/// The parameter that commits a stage's final state (`continues.keep`), likewise.
+pub const KEEP_STATE: &str = "keep_state";
+
 /// How a data-parallel kind splits its work over ranks.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -311,6 +317,16 @@ impl KindSchema {
             }
         }
         if let Some(c) = &schema.continues {
+            for (field, name, fixed) in
+                [("from", &c.from, INIT_FROM), ("keep", &c.keep, KEEP_STATE)]
+            {
+                if name != fixed {
+                    return Err(format!(
+                        "kind {}: continues.{field} is `{name}`, but the training core reads `{fixed}`",
+                        schema.kind
+                    ));
+                }
+            }
             let want = [
                 (&c.from, ParamType::String),
                 (&c.keep, ParamType::Bool),
@@ -560,5 +576,31 @@ impl KindRegistry {
     }
     pub fn names(&self) -> impl Iterator<Item = &str> {
         self.schemas.keys().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The training core reads `init_from` and `keep_state` by name: a schema that calls
+    /// them anything else would plan continuations the core never performs.
+    #[test]
+    fn a_continuing_kind_must_use_the_names_the_training_core_reads() {
+        let schema = |from: &str, keep: &str| {
+            KindSchema::from_yaml(&format!(
+                "kind: fit\nversion: 1\ncontinues: {{from: {from}, keep: {keep}, steps: steps}}\n\
+                 params:\n  steps: {{type: int, default: 1}}\n  {from}: {{type: string}}\n  \
+                 {keep}: {{type: bool, default: false}}\n"
+            ))
+        };
+        assert!(schema(INIT_FROM, KEEP_STATE).is_ok());
+        let e = schema("start", KEEP_STATE).unwrap_err();
+        assert!(
+            e.contains("continues.from is `start`, but the training core reads `init_from`"),
+            "{e}"
+        );
+        let e = schema(INIT_FROM, "commit").unwrap_err();
+        assert!(e.contains("continues.keep is `commit`"), "{e}");
     }
 }

@@ -323,11 +323,9 @@ pub fn run_loop<T: TrainTask + ?Sized>(
 }
 
 /// The parameter of a training kind naming the dep whose final state it starts from (its
-/// schema's `continues.from`); absent or null: from step 0.
-pub const INIT_FROM: &str = "init_from";
-/// The bool parameter that makes a stage commit its final state in [`STATE_DIR`] (its
-/// schema's `continues.keep`).
-pub const KEEP_STATE: &str = "keep_state";
+/// schema's `continues.from`, checked to be this name); absent or null: from step 0.
+/// `KEEP_STATE` makes a stage commit its final state in [`STATE_DIR`].
+pub use ugc_engine::stage::{INIT_FROM, KEEP_STATE};
 /// The output folder of the final state: a checkpoint ([`checkpoint::save`]) of every
 /// `state()` tensor (weights, buffers, optimiser moments and step counts) at the last step.
 pub const STATE_DIR: &str = "state";
