@@ -309,11 +309,29 @@ fn sigint_cancels_every_job_of_the_run_and_exits_130() {
     assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     let s = summary(&o);
     assert_eq!(s["status"], "interrupted", "{s}");
-    let run = format!("run={}:", s["run_id"]);
-    assert!(
-        wait_until(5, || !queued_comments().iter().any(|c| c.contains(&run))),
-        "jobs of the run left in the queue: {:?}",
+    // This run's jobs, by key (other tests' caches have a run 1 too): the job scripts it
+    // wrote, `slurm/<run>/<key>.sbatch`.
+    let keys: Vec<String> = std::fs::read_dir(p.cache().join(format!("slurm/{}", s["run_id"])))
+        .unwrap()
+        .filter_map(|e| {
+            e.ok()?
+                .path()
+                .file_stem()?
+                .to_str()
+                .map(|k| format!("key={k}:"))
+        })
+        .collect();
+    assert!(!keys.is_empty());
+    let ours = || {
         queued_comments()
+            .into_iter()
+            .filter(|c| keys.iter().any(|k| c.contains(k)))
+            .collect::<Vec<_>>()
+    };
+    assert!(
+        wait_until(5, || ours().is_empty()),
+        "jobs of the run left in the queue: {:?}",
+        ours()
     );
 }
 
@@ -413,13 +431,21 @@ fn a_job_cancelled_behind_the_heads_back_is_resubmitted() {
         "stage a never started"
     );
     // Someone else's scancel of our job: not ours, so not a cancellation of the run.
+    // Found by this run's key (its job script is `slurm/1/<key>.sbatch` in the cache), not
+    // by the stage name: other tests running at once have stages named `a` too.
+    let keys: Vec<String> = std::fs::read_dir(p.cache().join("slurm/1"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.path().file_stem()?.to_str().map(str::to_string))
+        .collect();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let key = format!("key={}:", keys[0]);
     let jobs: Vec<String> = std::process::Command::new("squeue")
         .args(["-h", "--me", "-o", "%i|%k"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap()
         .lines()
-        .filter(|l| l.contains(&p.cache().display().to_string()) || l.contains("node=a"))
+        .filter(|l| l.contains(&key))
         .map(|l| l.split('|').next().unwrap().to_string())
         .collect();
     assert!(!jobs.is_empty());
